@@ -1,0 +1,10 @@
+"""MoEC: compress 3D/4D medical volumes into the weights of a mixture-of-experts neural field.
+
+No Qt, napari or magicgui here: the CLI, the napari plugin and the tests drive these functions.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import BudgetError, MoecError, MoecFormatError, OutputError, VolumeError  # noqa: E402
+
+__all__ = ["__version__", "BudgetError", "MoecError", "MoecFormatError", "OutputError", "VolumeError"]

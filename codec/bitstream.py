@@ -1,0 +1,112 @@
+"""The .moec container: magic, version, deflated header, payload, CRC32 (DESIGN section 4).
+
+    offset  size  field
+    0       4     magic b"MOEC"
+    4       1     format version (u8)
+    5       2     H = length of the deflated header (u16, little-endian)
+    7       H     header: zlib-deflated [u16 NIfTI header length | raw NIfTI-1 header | UTF-8 JSON]
+    7+H     4     P = payload length (u32)
+    11+H    P     payload: the coded weights (see pack.py)
+    11+H+P  4     CRC32 of every byte before it
+
+This module knows bytes and sections only; what the JSON and the payload mean is pack.py's business.
+Every length is checked against the file size before anything is allocated, and the header is
+inflated with a hard output limit, so a hostile file cannot make the reader allocate gigabytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .errors import MoecFormatError
+
+__all__ = ["MAGIC", "VERSION", "READABLE_VERSIONS", "Container", "pack_container", "unpack_container",
+           "MoecFormatError"]
+
+MAGIC = b"MOEC"
+VERSION = 1
+READABLE_VERSIONS = (1,)
+MAX_INFLATED_HEADER = 1 << 16
+NIFTI_HEADER_BYTES = 348
+_PREFIX = struct.Struct("<4sBH")
+_U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+MIN_FILE_BYTES = _PREFIX.size + _U32.size + _U32.size
+
+
+@dataclass(frozen=True)
+class Container:
+    version: int
+    meta: dict
+    nifti: bytes
+    payload: bytes
+
+
+def pack_container(meta: dict, nifti: bytes, payload: bytes) -> bytes:
+    if len(nifti) != NIFTI_HEADER_BYTES:
+        raise ValueError(f"the NIfTI header must have {NIFTI_HEADER_BYTES} bytes")
+    text = json.dumps(meta, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+    inner = _U16.pack(len(nifti)) + nifti + text
+    if len(inner) > MAX_INFLATED_HEADER:
+        raise ValueError("the header is too large")
+    header = zlib.compress(inner, 9)
+    body = _PREFIX.pack(MAGIC, VERSION, len(header)) + header + _U32.pack(len(payload)) + payload
+    return body + _U32.pack(zlib.crc32(body))
+
+
+def _reject_constant(name: str) -> float:
+    raise MoecFormatError(f"the header holds a non-finite number ({name})")
+
+
+def unpack_container(data: bytes, name: str = "the file") -> Container:
+    """Split and verify a .moec byte string; MoecFormatError on anything malformed."""
+    data = bytes(data)
+    if len(data) < MIN_FILE_BYTES:
+        raise MoecFormatError(f"{name} is not a .moec file: {len(data)} bytes is too short")
+    magic, version, header_len = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise MoecFormatError(f"{name} is not a .moec file (it does not start with 'MOEC')")
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        raise MoecFormatError(
+            f"{name} is .moec format version {version}; this program reads version {readable}"
+            + (" (a newer moec-napari may read it)" if version > max(READABLE_VERSIONS) else "")
+        )
+    at = _PREFIX.size + header_len
+    if at + _U32.size + _U32.size > len(data):
+        raise MoecFormatError(f"{name} is truncated: its header claims {header_len} bytes")
+    (payload_len,) = _U32.unpack_from(data, at)
+    end = at + _U32.size + payload_len
+    if end + _U32.size != len(data):
+        if end + _U32.size > len(data):
+            raise MoecFormatError(
+                f"{name} is truncated: {len(data)} bytes where its header promises {end + _U32.size}"
+            )
+        raise MoecFormatError(f"{name} has {len(data) - end - _U32.size} unexpected bytes after its end")
+    (crc,) = _U32.unpack_from(data, end)
+    if zlib.crc32(data[:end]) != crc:
+        raise MoecFormatError(f"{name} is corrupt: its checksum does not match its contents")
+    try:
+        inflater = zlib.decompressobj()
+        inner = inflater.decompress(data[_PREFIX.size:at], MAX_INFLATED_HEADER + 1)
+        if len(inner) > MAX_INFLATED_HEADER or inflater.unconsumed_tail or not inflater.eof:
+            raise MoecFormatError(f"{name} has a malformed header (bad length or not fully deflated)")
+    except zlib.error as exc:
+        raise MoecFormatError(f"{name} has a header that cannot be inflated ({exc})") from None
+    if len(inner) < _U16.size or _U16.unpack_from(inner, 0)[0] != NIFTI_HEADER_BYTES:
+        raise MoecFormatError(f"{name} has no valid NIfTI header")
+    nifti = inner[_U16.size:_U16.size + NIFTI_HEADER_BYTES]
+    if len(nifti) != NIFTI_HEADER_BYTES:
+        raise MoecFormatError(f"{name} has a truncated NIfTI header")
+    try:
+        meta = json.loads(inner[_U16.size + NIFTI_HEADER_BYTES:].decode("utf-8"), parse_constant=_reject_constant)
+    except MoecFormatError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise MoecFormatError(f"{name} has an unreadable header ({type(exc).__name__})") from None
+    if not isinstance(meta, dict):
+        raise MoecFormatError(f"{name} has a header that is not a record")
+    return Container(version, meta, nifti, data[at + _U32.size:end])

@@ -1,0 +1,386 @@
+"""`moec compress | decompress | info | eval | sample`: the codec on the command line.
+
+Errors are one readable line on stderr and a non-zero exit status, never a traceback (set
+MOEC_DEBUG=1 to see one). Outputs are written atomically and never over the command's own input;
+an existing output is kept unless --force is given.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must precede `import torch`: spinning OpenMP threads slow training badly when the cores are shared.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+# --- formatting -------------------------------------------------------------------------------------
+
+def _bytes(n: int) -> str:
+    return f"{n:,} bytes"
+
+
+def _db(x: float) -> str:
+    if math.isnan(x):
+        return "undefined"
+    return "inf (exact)" if math.isinf(x) else f"{x:.2f} dB"
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr; a line every 10% when stderr is not a terminal."""
+
+    def __init__(self, stream=sys.stderr, width: int = 28):
+        self.stream = stream
+        self.width = width
+        self.tty = stream.isatty()
+        self.last = 0.0
+        self.last_decile = -1
+
+    def update(self, p, budget_text: str) -> None:
+        now = time.monotonic()
+        decile = int(p.fraction * 10)
+        if self.tty and now - self.last < 0.2:
+            return
+        if not self.tty and decile == self.last_decile:
+            return
+        self.last, self.last_decile = now, decile
+        filled = int(self.width * p.fraction)
+        psnr = "" if math.isnan(p.psnr) else f" PSNR {p.psnr:5.2f} dB"
+        text = (f"[{'#' * filled}{'.' * (self.width - filled)}] {100 * p.fraction:3.0f}% step {p.step}"
+                f" {p.stage:<6} loss {p.loss:.5f}{psnr} {_clock(p.seconds)}{budget_text}")
+        if self.tty:
+            self.stream.write("\r" + text[:150].ljust(150))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _check_output(path: Path, force: bool, *inputs) -> None:
+    from .files import refuse_overwrite
+    from .errors import OutputError
+
+    refuse_overwrite(path, *inputs)
+    if path.exists() and not force:
+        raise OutputError(f"{path} exists; use --force to replace it")
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+def cmd_compress(args) -> int:
+    import torch
+
+    from . import pack, pipeline
+    from .errors import MoecError
+    from .train import TrainConfig
+    from .volume import load_volume
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    source = Path(args.input)
+    output = Path(args.output) if args.output else source.with_name(_stem(source) + ".moec")
+    _check_output(output, args.force, source)
+    volume = load_volume(source)
+    settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
+                                 partition=args.partition, bits=args.bits, granularity=args.granularity)
+    train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                        balance_weight=args.balance, router_pretraining=not args.no_router_pretraining,
+                        seed=args.seed, device=args.device)
+    plan = pipeline.plan(volume, settings, train)
+    m = plan.model
+    print(f"{source.name}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
+          f"{_bytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {_bytes(plan.upper_bytes)}", file=sys.stderr)
+    print(f"model: {_describe_model(m)}; {m.parameter_count():,} parameters, "
+          f"{'float16' if plan.quant.float16 else f'{plan.quant.bits}-bit'} weights; device {train.device}",
+          file=sys.stderr)
+    fitter = pipeline.new_fitter(volume, plan, train)
+    budget_text = f"/{_clock(60 * train.minutes)}" if args.steps is None else f"/{args.steps} steps"
+    bar = None if args.quiet else ProgressBar()
+    stopped = False
+    run = fitter.fit()
+    try:
+        for progress in run:
+            if bar:
+                bar.update(progress, budget_text)
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        run.close()
+        if bar:
+            bar.close()
+    if fitter.steps_run == 0:
+        raise MoecError("stopped before the first training step; nothing written")
+    if stopped:
+        print(f"stopped at step {fitter.steps_run}: writing the model trained so far", file=sys.stderr)
+    data = pipeline.encode(fitter, plan)
+    pack.write(output, data)
+    # Every figure comes from decoding the bytes just written, as a reader of the file would.
+    moec = pack.read(output)
+    evaluation = pipeline.evaluate(volume, moec)
+    q = evaluation.quality
+    used = sum(1 for e in evaluation.experts if e.share > 0)
+    report = {
+        "output": str(output), "bytes": len(data), "ratio": evaluation.ratio, "file_ratio": evaluation.file_ratio,
+        "psnr": q.psnr, "ssim": q.ssim, "steps": fitter.steps_run, "stages": fitter.record()["stages"],
+        "experts_used": used, "stopped": stopped,
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"wrote {output}: {_bytes(len(data))}")
+    file_part = f", {evaluation.file_ratio:.1f}x vs {source.name} ({_bytes(volume.source_bytes)})" \
+        if evaluation.file_ratio else ""
+    print(f"  ratio     {evaluation.ratio:.1f}x vs raw voxels ({_bytes(volume.raw_bytes)}){file_part}")
+    print(f"  PSNR      {_db(q.psnr)} (peak {q.peak:g}, decoded from the written file)")
+    print(f"  SSIM      {q.ssim:.4f} ({q.ssim_method})")
+    stages = fitter.record()["stages"]
+    print(f"  training  {fitter.steps_run} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
+          f"{used} of {m.experts} experts in use")
+    return 0
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".npy", ".moec"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _describe_model(m) -> str:
+    if m.partition == "blocks":
+        grid = "x".join(map(str, m.block_grid))
+        return f"block partition {grid} ({m.experts} SIRENs of {m.expert_layers}x{m.expert_width})"
+    if m.experts == 1:
+        return f"single SIREN ({m.encoder_layers + m.expert_layers} sine layers of {m.expert_width})"
+    return (f"learned partition, {m.experts} experts, top-{m.top_k}; encoder {m.encoder_layers}x{m.encoder_width}, "
+            f"router {m.router_width}, experts {m.expert_layers}x{m.expert_width}")
+
+
+def cmd_decompress(args) -> int:
+    from . import pack
+    from .decode import reconstruct
+    from .volume import save_labels, save_nifti, save_volume
+
+    source = Path(args.input)
+    output = Path(args.output)
+    _check_output(output, args.force, source)
+    for extra in (args.labels, args.confidence):
+        if extra:
+            _check_output(Path(extra), args.force, source, output)
+    moec = pack.read(source)
+    recon = reconstruct(moec, device=args.device if args.device != "auto" else "cpu")
+    tag = f"MoEC lossy {moec.ratio:.0f}x"
+    save_volume(recon.volume, output, descrip=tag)
+    print(f"wrote {output} ({' x '.join(map(str, moec.meta.shape))} {moec.meta.dtype.name}, {tag})")
+    if args.labels:
+        save_labels(recon.volume, recon.labels, args.labels, f"MoEC experts (label k+1 = expert k), {tag}")
+        print(f"wrote {args.labels} (expert assignment, labels 1..{moec.meta.model.experts})")
+    if args.confidence:
+        save_nifti(recon.volume, recon.confidence.astype("float32"), args.confidence, f"MoEC gate confidence, {tag}")
+        print(f"wrote {args.confidence} (gate confidence, 0..1)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from . import pack
+    from .volume import nifti_header
+
+    source = Path(args.input)
+    moec = pack.read(source)
+    meta = moec.meta
+    m = meta.model
+    if args.json:
+        print(json.dumps({"bytes": moec.nbytes, "ratio": moec.ratio, **meta.to_json()}))
+        return 0
+    spacing = nifti_header(meta.nifti).get_zooms()[: len(meta.shape)]
+    params = m.parameter_count()
+    t = meta.train
+    q = meta.quant
+    weights = "float16" if q.float16 else (
+        f"{q.bits}-bit (+{q.first_layer_extra_bits} on the first layer), per-{q.granularity} steps, range-coded")
+    stages = t.get("stages", [0, 0, 0])
+    budget = f"{t['minutes']:g} min budget" if t.get("minutes") else "step budget"
+    print(f"file      {source} ({_bytes(moec.nbytes)}, format version 1)")
+    print(f"volume    {' x '.join(map(str, meta.shape))} {meta.dtype.name}, spacing "
+          f"{' x '.join(f'{s:g}' for s in spacing)}, values {meta.vmin:g} .. {meta.vmax:g}"
+          + (f" (stored with slope {meta.slope:g}, intercept {meta.inter:g})" if (meta.slope, meta.inter) != (1, 0) else ""))
+    print(f"ratio     {moec.ratio:.1f}x vs raw voxels ({_bytes(meta.raw_bytes)})")
+    print(f"model     {_describe_model(m)}; {params:,} parameters")
+    print(f"weights   {weights}; {8 * moec.nbytes / params:.2f} bits per parameter (whole file)")
+    print(f"made      seed {t.get('seed')}, {t.get('steps')} steps (router {stages[0]}, joint {stages[1]}, "
+          f"final {stages[2]}) in {t.get('runs')} run(s), {budget}, batch {t.get('batch')}, lr {t.get('lr')}, "
+          f"balance {t.get('balance')}")
+    print(f"software  " + ", ".join(f"{k} {v}" for k, v in sorted(meta.made_by.items())))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import pack, pipeline
+    from .volume import load_volume
+
+    original = load_volume(args.original)
+    moec = pack.read(args.input)
+    evaluation = pipeline.evaluate(original, moec)
+    q = evaluation.quality
+    if args.json:
+        print(json.dumps({"ratio": evaluation.ratio, "file_ratio": evaluation.file_ratio, "quality": asdict(q),
+                          "experts": [asdict(e) for e in evaluation.experts]}))
+        return 0
+    print(f"ratio             {evaluation.ratio:.1f}x vs raw voxels"
+          + (f", {evaluation.file_ratio:.1f}x vs {Path(args.original).name}" if evaluation.file_ratio else ""))
+    print(f"PSNR              {_db(q.psnr)} (peak = max - min = {q.peak:g})")
+    if q.psnr_dtype_peak is not None:
+        print(f"PSNR, dtype peak  {_db(q.psnr_dtype_peak)} (peak = {original.dtype.name} maximum, as SCI/TINC report; "
+              "not comparable with the line above)")
+    print(f"SSIM              {q.ssim:.4f} ({q.ssim_method})")
+    print(f"max error         {q.max_error:g} (real units)")
+    print(f"99th pct error    {q.p99_error:g}")
+    print(f"PSNR inside body  {_db(q.psnr_body)} ({100 * q.body_share:.1f}% of voxels)")
+    print(f"worst slice       k = {q.worst_slice} (third axis), {_db(q.worst_slice_psnr)}")
+    print()
+    print("expert  label  voxels   PSNR in region  parameters")
+    for e in evaluation.experts:
+        print(f"{e.expert:>6}  {e.expert + 1:>5}  {100 * e.share:5.1f}%  {_db(e.psnr):>14}  {e.parameters:>10,}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .phantom import make_phantom
+    from .volume import save_labels, save_volume
+
+    output = Path(args.output)
+    _check_output(output, args.force)
+    volume, labels = make_phantom(tuple(args.shape))
+    save_volume(volume, output, descrip="MoEC sample phantom (synthetic CT, HU)")
+    print(f"wrote {output} ({' x '.join(map(str, volume.shape))} int16, HU)")
+    if args.labels:
+        _check_output(Path(args.labels), args.force, output)
+        save_labels(volume, labels, args.labels, "MoEC phantom tissue labels")
+        print(f"wrote {args.labels} (tissue labels)")
+    return 0
+
+
+# --- argument parsing ------------------------------------------------------------------------------
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} must be positive")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="moec", description="Compress 3D/4D medical volumes with a "
+                                     "mixture-of-experts neural representation (MoEC).")
+    parser.add_argument("--version", action="version", version=f"moec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compress", help="NIfTI/NumPy volume -> .moec file")
+    c.add_argument("input", help=".nii, .nii.gz or .npy volume (3D or 4D)")
+    c.add_argument("-o", "--output", help="the .moec file to write (default: beside the input)")
+    c.add_argument("--ratio", type=_positive(float), default=256.0,
+                   help="compression ratio vs the raw voxels; the file lands in [R, 1.05 R] (default 256)")
+    budget = c.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=_positive(float), default=5.0, help="training time budget (default 5)")
+    budget.add_argument("--steps", type=_positive(int), help="train this many steps instead (reproducible)")
+    c.add_argument("--experts", type=_positive(int), default=8, help="number of experts (default 8; 1 = one SIREN)")
+    c.add_argument("--top-k", type=int, choices=(1, 2), default=1, help="experts per voxel (default 1)")
+    c.add_argument("--partition", choices=("learned", "blocks"), default="learned",
+                   help="learned router (default) or the fixed block split baseline")
+    c.add_argument("--bits", type=int, default=8, help="weight bit width before entropy coding; 16 = float16 (default 8)")
+    c.add_argument("--granularity", choices=("tensor", "channel"), default="tensor", help="one step per tensor or per output channel")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--threads", type=_positive(int), help="torch CPU threads (default: torch's choice)")
+    c.add_argument("--lr", type=_positive(float), default=5e-3, help="learning rate (default 0.005)")
+    c.add_argument("--batch", type=_positive(int), default=1 << 15, help="coordinates per step (default 32768)")
+    c.add_argument("--balance", type=float, default=0.1, help="balancing loss weight (default 0.1)")
+    c.add_argument("--no-router-pretraining", action="store_true", help="skip the router's balanced start (ablation)")
+    c.add_argument("--force", action="store_true", help="replace an existing output file")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.set_defaults(run=cmd_compress)
+
+    d = sub.add_parser("decompress", help=".moec file -> NIfTI volume")
+    d.add_argument("input")
+    d.add_argument("-o", "--output", required=True, help=".nii, .nii.gz or .npy to write")
+    d.add_argument("--labels", help="also write the expert assignment (uint8, expert k as k+1) as NIfTI")
+    d.add_argument("--confidence", help="also write the gate confidence (float32) as NIfTI")
+    d.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    d.add_argument("--force", action="store_true", help="replace existing output files")
+    d.set_defaults(run=cmd_decompress)
+
+    i = sub.add_parser("info", help="describe a .moec file")
+    i.add_argument("input")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(run=cmd_info)
+
+    e = sub.add_parser("eval", help="measure a .moec file against the original volume")
+    e.add_argument("original")
+    e.add_argument("input")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(run=cmd_eval)
+
+    s = sub.add_parser("sample", help="write the sample phantom (synthetic CT) as NIfTI")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--labels", help="also write its tissue labels")
+    s.add_argument("--shape", type=_positive(int), nargs=3, default=(96, 80, 48), metavar=("X", "Y", "Z"))
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(run=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import MoecError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except MoecError as exc:
+        print(f"moec: error: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        if os.environ.get("MOEC_DEBUG"):
+            raise
+        print(f"moec: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("moec: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("moec: error: out of memory", file=sys.stderr)
+    except Exception as exc:  # the promise is one line, never a traceback
+        if os.environ.get("MOEC_DEBUG"):
+            raise
+        print(f"moec: error: unexpected {type(exc).__name__}: {exc} (MOEC_DEBUG=1 shows the traceback)", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Voxel coordinates and the fixed block partition.
+
+Convention "centre" (stored in every .moec header): voxel i of an axis of length n sits at
+x = (2 i + 1) / n - 1, the centre of its cell when [-1, 1] is cut into n equal cells. An axis of
+length 1 therefore maps to 0, and no coordinate ever reaches the edges of [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+COORDINATE_CONVENTION = "centre"
+
+
+def axis_positions(index, n: int):
+    """Positions in [-1, 1] of voxel indices along an axis of length n (the "centre" convention)."""
+    return (2.0 * index + 1.0) / n - 1.0
+
+
+def coords_from_flat(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Coordinates (B, D) in [-1, 1] of the voxels with C-order flat indices `flat` (B,)."""
+    coords = torch.empty(flat.shape[0], len(shape), dtype=torch.float32, device=flat.device)
+    rest = flat
+    for axis in range(len(shape) - 1, -1, -1):
+        n = shape[axis]
+        index = rest % n
+        rest = torch.div(rest, n, rounding_mode="floor")
+        coords[:, axis] = axis_positions(index.to(torch.float32), n)
+    return coords
+
+
+def selection_coords(shape: tuple[int, ...], selection: tuple[slice | int, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Coordinates (C order) of the voxels picked by `selection` (an int or a slice per axis), and
+    the picked shape (integer axes kept as length 1)."""
+    axes = [torch.from_numpy(axis_positions(np.atleast_1d(np.arange(n)[sel]).astype(np.float32), n))
+            for n, sel in zip(shape, selection)]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], dim=1), tuple(len(a) for a in axes)
+
+
+def flat_chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def block_grid(shape: tuple[int, ...], blocks: int) -> tuple[int, ...]:
+    """A near-cubic grid of `blocks` equal blocks: 2x2x2 for 8, 2x2x1 for 4 on a cube.
+
+    Prime factors, largest first, go to the axis whose blocks are currently longest, so blocks stay
+    close to cubes in voxels whatever the volume's proportions.
+    """
+    grid = [1] * len(shape)
+    factors = []
+    rest, p = blocks, 2
+    while rest > 1:
+        while rest % p == 0:
+            factors.append(p)
+            rest //= p
+        p += 1
+    for factor in sorted(factors, reverse=True):
+        longest = max(range(len(shape)), key=lambda a: (shape[a] / grid[a], -a))
+        grid[longest] *= factor
+    assert math.prod(grid) == blocks
+    return tuple(grid)
+
+
+def block_index(coords: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """The block (0 .. prod(grid)-1, C order) holding each coordinate."""
+    index = torch.zeros(coords.shape[0], dtype=torch.long, device=coords.device)
+    for axis, g in enumerate(grid):
+        cell = ((coords[:, axis] + 1.0) * (0.5 * g)).floor().clamp_(0, g - 1).long()
+        index = index * g + cell
+    return index
+
+
+def block_local(coords: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Coordinates rescaled to [-1, 1] inside their own block."""
+    local = torch.empty_like(coords)
+    for axis, g in enumerate(grid):
+        scaled = (coords[:, axis] + 1.0) * (0.5 * g)
+        cell = scaled.floor().clamp_(0, g - 1)
+        local[:, axis] = 2.0 * (scaled - cell) - 1.0
+    return local

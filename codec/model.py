@@ -1,0 +1,310 @@
+"""The MoEC network (arXiv 2312.01361): shared encoder, router, N expert SIRENs, shared decoder.
+
+    x_hat = Dec( sum_{i in top-k} w_i * E_i(e) ),   e = Enc(x),   w = renormalised top-k of softmax(G(e))
+
+Expert weights of one layer are stacked into a single (N, in, out) tensor, so an expert is an index
+into the stack, dispatch groups coordinates by expert (each coordinate runs through its k experts
+only), and quantization treats each stacked tensor as one tensor. With `partition="blocks"` the router
+is replaced by the fixed TINC-style block split and every expert sees its block's local coordinates:
+the baseline is an option of the same code, not a copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import grid as gridlib
+from .quantize import fake_quantize
+
+PARTITIONS = ("learned", "blocks")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in the .moec header."""
+
+    dims: int = 3
+    experts: int = 8
+    top_k: int = 1
+    partition: str = "learned"
+    encoder_width: int = 32
+    encoder_layers: int = 1
+    router_width: int = 16
+    expert_width: int = 32
+    expert_layers: int = 2
+    out_channels: int = 1
+    omega0: float = 30.0
+    block_grid: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("invalid model configuration: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.dims not in (3, 4):
+            out.append(f"dims must be 3 or 4, not {self.dims}")
+        if not 1 <= self.experts <= 64:
+            out.append(f"experts must be 1..64, not {self.experts}")
+        if not 1 <= self.top_k <= min(2, self.experts):
+            out.append(f"top_k must be 1..{min(2, self.experts)}, not {self.top_k}")
+        if self.partition not in PARTITIONS:
+            out.append(f"partition must be one of {PARTITIONS}, not {self.partition!r}")
+        for name in ("encoder_width", "router_width", "expert_width"):
+            if not 1 <= getattr(self, name) <= 4096:
+                out.append(f"{name} must be 1..4096")
+        if not 1 <= self.expert_layers <= 8:
+            out.append("expert_layers must be 1..8")
+        if not 0 <= self.encoder_layers <= 4:
+            out.append("encoder_layers must be 0..4")
+        if self.partition == "learned" and self.encoder_layers == 0 and self.experts > 1:
+            out.append("a learned partition needs an encoder")
+        if self.out_channels != 1:
+            out.append("only one output channel is supported")
+        if not (1.0 <= self.omega0 <= 1000.0):
+            out.append("omega0 must be in 1..1000")
+        if self.partition == "blocks":
+            if len(self.block_grid) != self.dims or math.prod(self.block_grid) != self.experts:
+                out.append(f"block_grid {self.block_grid} must have {self.dims} axes and {self.experts} blocks")
+            if self.top_k != 1:
+                out.append("the block partition routes each voxel to exactly one expert")
+        elif self.block_grid:
+            out.append("block_grid is only for the block partition")
+        return out
+
+    @property
+    def has_router(self) -> bool:
+        return self.partition == "learned" and self.experts > 1
+
+    @property
+    def uses_encoder(self) -> bool:
+        return self.partition == "learned" and self.encoder_layers > 0
+
+    @property
+    def coordinate_layer(self) -> str:
+        """The weight tensor that reads raw coordinates (the omega_0-scaled one)."""
+        return "encoder.w0" if self.uses_encoder else "experts.w0"
+
+    def tensor_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and shapes of every parameter, in the order they are stored in a .moec file."""
+        shapes: list[tuple[str, tuple[int, ...]]] = []
+        width_in = self.dims
+        if self.uses_encoder:
+            for layer in range(self.encoder_layers):
+                shapes += [
+                    (f"encoder.w{layer}", (1, width_in, self.encoder_width)),
+                    (f"encoder.b{layer}", (1, self.encoder_width)),
+                ]
+                width_in = self.encoder_width
+        if self.has_router:
+            shapes += [
+                ("router.w0", (width_in, self.router_width)),
+                ("router.b0", (self.router_width,)),
+                ("router.w1", (self.router_width, self.experts)),
+                ("router.b1", (self.experts,)),
+            ]
+        for layer in range(self.expert_layers):
+            shapes += [
+                (f"experts.w{layer}", (self.experts, width_in, self.expert_width)),
+                (f"experts.b{layer}", (self.experts, self.expert_width)),
+            ]
+            width_in = self.expert_width
+        shapes += [("decoder.w", (self.expert_width, self.out_channels)), ("decoder.b", (self.out_channels,))]
+        return shapes
+
+    def parameter_count(self) -> int:
+        return sum(math.prod(shape) for _, shape in self.tensor_shapes())
+
+    def expert_parameter_count(self) -> int:
+        """Parameters that belong to one expert alone (its share of the stacked tensors)."""
+        return sum(math.prod(s[1:]) for name, s in self.tensor_shapes() if name.startswith("experts."))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["block_grid"] = list(self.block_grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        d = dict(d)
+        d["block_grid"] = tuple(d.get("block_grid", ()))
+        return cls(**d)
+
+
+class Routing(NamedTuple):
+    probs: torch.Tensor | None  # (B, N) gate probabilities; None for the block partition
+    choice: torch.Tensor  # (B, k) chosen experts
+    weights: torch.Tensor  # (B, k) mixing weights (ones forward at top-1)
+
+
+class Output(NamedTuple):
+    values: torch.Tensor  # (B, C) normalised intensities
+    routing: Routing
+
+
+def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -> nn.Parameter:
+    return nn.Parameter((torch.rand(shape, generator=generator) * 2.0 - 1.0) * bound)
+
+
+class _FakeQuantizable(nn.Module):
+    """A module whose parameters can be read through fake quantization (quantization-aware training)."""
+
+    fake_steps: dict[str, torch.Tensor] | None = None
+
+    def _param(self, name: str) -> torch.Tensor:
+        p = getattr(self, name)
+        if self.fake_steps is not None and name in self.fake_steps:
+            return fake_quantize(p, self.fake_steps[name])
+        return p
+
+
+class SirenStack(_FakeQuantizable):
+    """`groups` independent SIRENs of identical shape, with weights stacked as (groups, in, out).
+
+    `first_omega` marks a stack that reads raw coordinates: its first layer gets SIREN's first-layer
+    initialisation; a stack that reads encoder features uses the hidden-layer one throughout.
+    """
+
+    def __init__(self, groups: int, width_in: int, width: int, layers: int, omega0: float,
+                 first_omega: bool, generator: torch.Generator):
+        super().__init__()
+        self.omega0 = omega0
+        self.layers = layers
+        for layer in range(layers):
+            n_in = width_in if layer == 0 else width
+            bound = 1.0 / n_in if (layer == 0 and first_omega) else math.sqrt(6.0 / n_in) / omega0
+            setattr(self, f"w{layer}", _uniform((groups, n_in, width), bound, generator))
+            setattr(self, f"b{layer}", _uniform((groups, width), 1.0 / math.sqrt(n_in), generator))
+
+    def run(self, group: int, x: torch.Tensor) -> torch.Tensor:
+        for layer in range(self.layers):
+            w, b = self._param(f"w{layer}"), self._param(f"b{layer}")
+            x = torch.sin(self.omega0 * torch.addmm(b[group], x, w[group]))
+        return x
+
+    def run_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Every group on every row: (B, in) -> (groups, B, out). The dense reference form."""
+        x = x.unsqueeze(0)
+        for layer in range(self.layers):
+            w, b = self._param(f"w{layer}"), self._param(f"b{layer}")
+            x = torch.sin(self.omega0 * (torch.matmul(x, w) + b.unsqueeze(1)))
+        return x
+
+
+class Router(nn.Module):
+    """Gating MLP: Linear, ReLU, Linear, softmax over the experts (softmax applied by the caller)."""
+
+    def __init__(self, width_in: int, width: int, experts: int, generator: torch.Generator):
+        super().__init__()
+        self.w0 = _uniform((width_in, width), 1.0 / math.sqrt(width_in), generator)
+        self.b0 = _uniform((width,), 1.0 / math.sqrt(width_in), generator)
+        self.w1 = _uniform((width, experts), 1.0 / math.sqrt(width), generator)
+        self.b1 = _uniform((experts,), 1.0 / math.sqrt(width), generator)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b1, torch.relu(torch.addmm(self.b0, e, self.w0)), self.w1)
+
+
+class Decoder(_FakeQuantizable):
+    """The shared linear layer from expert features to intensities (SIREN's last-layer init)."""
+
+    def __init__(self, width_in: int, channels: int, omega0: float, generator: torch.Generator):
+        super().__init__()
+        bound = math.sqrt(6.0 / width_in) / omega0
+        self.w = _uniform((width_in, channels), bound, generator)
+        self.b = _uniform((channels,), bound, generator)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self._param("b"), h, self._param("w"))
+
+
+class MoEC(nn.Module):
+    """The network. `forward` is the sparse form used for training and decoding."""
+
+    def __init__(self, config: ModelConfig, seed: int = 0):
+        super().__init__()
+        self.config = config
+        generator = torch.Generator().manual_seed(seed)
+        width_in = config.dims
+        self.encoder: SirenStack | None = None
+        self.router: Router | None = None
+        if config.uses_encoder:
+            self.encoder = SirenStack(1, width_in, config.encoder_width, config.encoder_layers, config.omega0,
+                                      first_omega=True, generator=generator)
+            width_in = config.encoder_width
+        if config.has_router:
+            self.router = Router(width_in, config.router_width, config.experts, generator)
+        self.experts = SirenStack(config.experts, width_in, config.expert_width, config.expert_layers,
+                                  config.omega0, first_omega=not config.uses_encoder, generator=generator)
+        self.decoder = Decoder(config.expert_width, config.out_channels, config.omega0, generator)
+
+    # --- the two halves of a forward pass -------------------------------------------------------
+    def features(self, coords: torch.Tensor) -> torch.Tensor:
+        """What the experts read: encoder features, or block-local coordinates for the block split."""
+        if self.config.partition == "blocks":
+            return gridlib.block_local(coords, self.config.block_grid)
+        if self.encoder is not None:
+            return self.encoder.run(0, coords)
+        return coords
+
+    def route(self, coords: torch.Tensor, feats: torch.Tensor) -> Routing:
+        cfg = self.config
+        if cfg.partition == "blocks":
+            choice = gridlib.block_index(coords, cfg.block_grid).unsqueeze(1)
+            return Routing(None, choice, torch.ones(choice.shape, dtype=feats.dtype, device=feats.device))
+        if self.router is None:
+            choice = torch.zeros(coords.shape[0], 1, dtype=torch.long, device=coords.device)
+            return Routing(None, choice, torch.ones(choice.shape, dtype=feats.dtype, device=feats.device))
+        probs = torch.softmax(self.router(feats), dim=-1)
+        top, choice = probs.topk(cfg.top_k, dim=-1)
+        if cfg.top_k == 1:
+            # Straight-through: the forward value is the expert's own output; the gate probability
+            # only carries the router's gradient.
+            weights = top / top.detach()
+        else:
+            weights = top / top.sum(dim=-1, keepdim=True)
+        return Routing(probs, choice, weights)
+
+    def dispatch(self, feats: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Run each coordinate through its chosen experts only, grouped by expert."""
+        batch, k = routing.choice.shape
+        flat = routing.choice.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.config.experts).tolist()
+        rows = torch.div(order, k, rounding_mode="floor")
+        grouped = feats.index_select(0, rows)
+        outputs = [self.experts.run(e, part) for e, part in enumerate(grouped.split(counts)) if counts[e]]
+        mixed = torch.cat(outputs) * routing.weights.reshape(-1)[order].unsqueeze(1)
+        return mixed.new_zeros(batch, mixed.shape[1]).index_add(0, rows, mixed)
+
+    def forward(self, coords: torch.Tensor) -> Output:
+        feats = self.features(coords)
+        routing = self.route(coords, feats)
+        return Output(self.decoder(self.dispatch(feats, routing)), routing)
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def named_tensors(self) -> list[tuple[str, nn.Parameter]]:
+        """Parameters in storage order (ModelConfig.tensor_shapes)."""
+        params = dict(self.named_parameters())
+        return [(name, params[name]) for name, _ in self.config.tensor_shapes()]
+
+    def prefix_names(self) -> list[str]:
+        """The tensors that decide the partition: frozen (and quantized) in the final stage."""
+        return [n for n, _ in self.config.tensor_shapes() if n.startswith(("encoder.", "router."))]
+
+    def set_fake_steps(self, steps: dict[str, torch.Tensor] | None) -> None:
+        """Fake-quantize expert and decoder tensors (name -> step) in every forward pass; None: off.
+
+        The encoder and router need none: in the final stage they are quantized for real, in place.
+        """
+        for module in (self.experts, self.decoder):
+            prefix = "experts." if module is self.experts else "decoder."
+            module.fake_steps = None if steps is None else {
+                n[len(prefix):]: s for n, s in steps.items() if n.startswith(prefix)
+            }

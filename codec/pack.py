@@ -1,0 +1,305 @@
+"""A trained model and its volume's description <-> the bytes of a .moec file.
+
+The header (JSON inside the container) holds what a decoder needs to rebuild the voxels: shape,
+stored dtype and NIfTI scaling, intensity range, coordinate convention, model configuration,
+quantization settings, and how the file was made. Tensor shapes follow from the model configuration
+and are never stored. The payload is either float16 weights, or (the default) a small binary table
+of per-tensor steps and symbol models followed by one range-coded stream of integer symbols:
+
+    per tensor, in ModelConfig.tensor_shapes() order:
+        u8 family | i16 lowest symbol | i16 highest symbol | f16 scale | f16 step x n_steps
+    then the range coder's 32-bit words.
+
+Reading validates every field against sane limits before anything is allocated; any problem is a
+MoecFormatError.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from . import __version__, entropy
+from .bitstream import Container, pack_container, unpack_container
+from .errors import MoecFormatError
+from .files import atomic_write_bytes
+from .grid import COORDINATE_CONVENTION
+from .model import ModelConfig, MoEC
+from .quantize import QuantConfig, dequantize, max_steps, quantize, step_shape, to_float16
+from .volume import NIFTI1_HEADER_BYTES, SUPPORTED_DTYPES, Volume
+
+MAX_AXIS = 1 << 15
+MAX_VOXELS = 1 << 31
+MAX_PARAMETERS = 1 << 24
+_TABLE_ENTRY = struct.Struct("<Bhhe")
+
+
+@dataclass(frozen=True, eq=False)
+class MoecMeta:
+    """The validated header of a .moec file."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    slope: float
+    inter: float
+    vmin: float
+    vmax: float
+    nifti: bytes
+    model: ModelConfig
+    quant: QuantConfig
+    train: dict
+    made_by: dict
+
+    @property
+    def affine(self) -> np.ndarray:
+        return nib.Nifti1Header(binaryblock=self.nifti).get_best_affine()
+
+    @property
+    def raw_bytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def volume_like(self, data: np.ndarray) -> Volume:
+        """A Volume holding `data` (real units) with this file's affine, header, dtype and scaling."""
+        return Volume(np.asarray(data, dtype=np.float32), self.affine, self.nifti, self.dtype,
+                      self.slope, self.inter)
+
+    def to_json(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "dtype": self.dtype.name,
+            "scaling": [self.slope, self.inter],
+            "range": [self.vmin, self.vmax],
+            "coords": COORDINATE_CONVENTION,
+            "model": self.model.to_dict(),
+            "weights": {"bits": self.quant.bits, "extra": self.quant.first_layer_extra_bits,
+                        "granularity": self.quant.granularity},
+            "train": self.train,
+            "made_by": self.made_by,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class MoecFile:
+    meta: MoecMeta
+    model: MoEC
+    nbytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.meta.raw_bytes / self.nbytes
+
+
+def made_by() -> dict:
+    return {"moec": __version__, "torch": torch.__version__.split("+")[0], "numpy": np.__version__}
+
+
+def describe(volume: Volume, model: ModelConfig, quant: QuantConfig, train: dict) -> MoecMeta:
+    """The header for compressing `volume` with this model; the NIfTI header carries the affine."""
+    hdr = nib.Nifti1Header(binaryblock=volume.header).copy()
+    if not np.allclose(hdr.get_best_affine(), volume.affine, atol=1e-6):
+        hdr.set_sform(volume.affine, code=int(hdr["sform_code"]) or 2)
+    vmin, vmax = volume.value_range
+    return MoecMeta(volume.shape, np.dtype(volume.dtype), volume.slope, volume.inter, vmin, vmax,
+                    bytes(hdr.binaryblock), model, quant, dict(train), made_by())
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+def tensor_steps(model: MoEC, quant: QuantConfig, multiplier: float = 1.0,
+                 fixed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Each tensor's quantization steps: `fixed` ones as they are (the frozen encoder and router),
+    the rest from their largest weight at the configured bit width, scaled by `multiplier`."""
+    fixed = fixed or {}
+    steps = {}
+    for name, param in model.named_tensors():
+        if name in fixed:
+            steps[name] = fixed[name]
+            continue
+        w = param.detach().cpu().numpy()
+        base = max_steps(w, quant.bits_for(name, model.config.coordinate_layer), quant.granularity)
+        steps[name] = to_float16(np.clip(base * multiplier, 6.0e-8, 6.0e4))
+    return steps
+
+
+def encode_payload(model: MoEC, quant: QuantConfig, steps: dict[str, np.ndarray] | None) -> bytes:
+    tensors = [(name, p.detach().cpu().numpy().astype(np.float32)) for name, p in model.named_tensors()]
+    if quant.float16:
+        return b"".join(w.astype("<f2").tobytes() for _, w in tensors)
+    assert steps is not None
+    symbols = [quantize(w, steps[name]) for name, w in tensors]
+    models = [entropy.fit_model(s) for s in symbols]
+    table = b"".join(
+        _TABLE_ENTRY.pack(m.family, m.lo, m.hi, m.scale) + steps[name].astype("<f2").tobytes()
+        for (name, _), m in zip(tensors, models)
+    )
+    return table + entropy.encode(symbols, models)
+
+
+def encode(model: MoEC, meta: MoecMeta, steps: dict[str, np.ndarray] | None) -> bytes:
+    """The complete .moec bytes for `model` (steps: from tensor_steps, None for float16)."""
+    return pack_container(meta.to_json(), meta.nifti, encode_payload(model, meta.quant, steps))
+
+
+def write(path: str | Path, data: bytes) -> None:
+    atomic_write_bytes(path, data)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def _int(value, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise MoecFormatError(f"header field {name} must be an integer in {lo}..{hi}, not {value!r}")
+    return value
+
+
+def _float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MoecFormatError(f"header field {name} must be a finite number, not {value!r}")
+    return float(value)
+
+
+def _field(d: dict, key: str, kind: type, where: str = "header"):
+    if key not in d:
+        raise MoecFormatError(f"the {where} lacks the field {key!r}")
+    value = d[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MoecFormatError(f"the {where} field {key!r} has the wrong type")
+    return value
+
+
+def _model_config(d: dict, ndim: int) -> ModelConfig:
+    known = {f for f in ModelConfig.__dataclass_fields__}
+    if set(d) != known:
+        raise MoecFormatError(f"the model description has unexpected fields: {sorted(set(d) ^ known)}")
+    values = {}
+    for key in known - {"partition", "omega0", "block_grid"}:
+        values[key] = _int(d[key], f"model.{key}", 0, 4096)
+    values["omega0"] = _float(d["omega0"], "model.omega0")
+    if d["partition"] not in ("learned", "blocks"):
+        raise MoecFormatError(f"unknown partition {d['partition']!r}")
+    values["partition"] = d["partition"]
+    grid = d["block_grid"]
+    if not isinstance(grid, list) or len(grid) > 4:
+        raise MoecFormatError("model.block_grid must be a short list")
+    values["block_grid"] = tuple(_int(g, "model.block_grid", 1, 64) for g in grid)
+    try:
+        config = ModelConfig(**values)
+    except ValueError as exc:
+        raise MoecFormatError(str(exc)) from None
+    if config.dims != ndim:
+        raise MoecFormatError(f"the model reads {config.dims} coordinates but the volume is {ndim}D")
+    if config.parameter_count() > MAX_PARAMETERS:
+        raise MoecFormatError(f"the model claims {config.parameter_count()} parameters (limit {MAX_PARAMETERS})")
+    return config
+
+
+def parse_meta(container: Container) -> MoecMeta:
+    j = container.meta
+    shape_list = _field(j, "shape", list)
+    if len(shape_list) not in (3, 4):
+        raise MoecFormatError(f"the volume must be 3D or 4D, not {len(shape_list)}D")
+    shape = tuple(_int(n, "shape", 1, MAX_AXIS) for n in shape_list)
+    if math.prod(shape) > MAX_VOXELS:
+        raise MoecFormatError(f"the volume claims {math.prod(shape)} voxels (limit {MAX_VOXELS})")
+    dtype_name = _field(j, "dtype", str)
+    if dtype_name not in SUPPORTED_DTYPES:
+        raise MoecFormatError(f"unsupported stored dtype {dtype_name!r}")
+    scaling = _field(j, "scaling", list)
+    rng = _field(j, "range", list)
+    if len(scaling) != 2 or len(rng) != 2:
+        raise MoecFormatError("scaling and range must be pairs")
+    slope, inter = (_float(v, "scaling") for v in scaling)
+    vmin, vmax = (_float(v, "range") for v in rng)
+    if slope == 0 or vmin > vmax:
+        raise MoecFormatError("scaling slope is zero or the intensity range is reversed")
+    if _field(j, "coords", str) != COORDINATE_CONVENTION:
+        raise MoecFormatError(f"unknown coordinate convention {j['coords']!r}")
+    model = _model_config(_field(j, "model", dict), len(shape))
+    w = _field(j, "weights", dict)
+    try:
+        quant = QuantConfig(_int(w.get("bits"), "weights.bits", 2, 16), _int(w.get("extra"), "weights.extra", 0, 6),
+                            _field(w, "granularity", str, "weights"))
+    except ValueError as exc:
+        raise MoecFormatError(str(exc)) from None
+    train = _field(j, "train", dict)
+    made = _field(j, "made_by", dict)
+    try:
+        hdr = nib.Nifti1Header(binaryblock=container.nifti, check=True)
+        dims = tuple(int(d) for d in hdr.get_data_shape())
+        affine = hdr.get_best_affine()
+    except Exception as exc:  # nibabel reports a bad header with several exception types
+        raise MoecFormatError(f"the stored NIfTI header is invalid ({exc})") from None
+    if dims[: len(shape)] != shape or any(d != 1 for d in dims[len(shape):]):
+        raise MoecFormatError(f"the NIfTI header's shape {dims} does not match the volume's {shape}")
+    if not np.isfinite(affine).all():
+        raise MoecFormatError("the NIfTI header's affine is not finite")
+    return MoecMeta(shape, np.dtype(dtype_name), slope, inter, vmin, vmax, container.nifti, model, quant,
+                    train, made)
+
+
+def _decode_tensors(meta: MoecMeta, payload: bytes) -> list[np.ndarray]:
+    shapes = meta.model.tensor_shapes()
+    if meta.quant.float16:
+        need = 2 * meta.model.parameter_count()
+        if len(payload) != need:
+            raise MoecFormatError(f"the float16 weights take {len(payload)} bytes, not {need}")
+        flat = np.frombuffer(payload, dtype="<f2").astype(np.float32)
+        out, at = [], 0
+        for _, shape in shapes:
+            n = math.prod(shape)
+            out.append(flat[at:at + n].reshape(shape))
+            at += n
+        return out
+    at, models, steps = 0, [], []
+    for _, shape in shapes:
+        n_steps = math.prod(step_shape(shape, meta.quant.granularity))
+        end = at + _TABLE_ENTRY.size + 2 * n_steps
+        if end > len(payload):
+            raise MoecFormatError("the weight table is truncated")
+        family, lo, hi, scale = _TABLE_ENTRY.unpack_from(payload, at)
+        step = np.frombuffer(payload[at + _TABLE_ENTRY.size:end], dtype="<f2").astype(np.float32)
+        if family >= len(entropy.FAMILIES) or lo > hi or not (math.isfinite(scale) and scale > 0):
+            raise MoecFormatError("the weight table holds an invalid symbol model")
+        if not (np.isfinite(step).all() and (step > 0).all()):
+            raise MoecFormatError("the weight table holds an invalid quantization step")
+        models.append(entropy.SymbolModel(family, float(scale), lo, hi))
+        steps.append(step.reshape(step_shape(shape, meta.quant.granularity)))
+        at = end
+    symbols = entropy.decode(payload[at:], models, [math.prod(s) for _, s in shapes])
+    out = []
+    for (_, shape), sym, model, step in zip(shapes, symbols, models, steps):
+        if sym.size and (sym.min() < model.lo or sym.max() > model.hi):
+            raise MoecFormatError("the weight stream decodes to symbols outside their range")
+        out.append(dequantize(sym.reshape(shape), step))
+    return out
+
+
+def decode(data: bytes, name: str = "the file") -> MoecFile:
+    """Bytes of a .moec file -> its header and the model with the stored weights."""
+    container = unpack_container(data, name)
+    meta = parse_meta(container)
+    tensors = _decode_tensors(meta, container.payload)
+    model = MoEC(meta.model)
+    with torch.no_grad():
+        for (tensor_name, param), values in zip(model.named_tensors(), tensors):
+            if not np.isfinite(values).all():
+                raise MoecFormatError(f"{tensor_name} holds non-finite weights")
+            param.copy_(torch.from_numpy(np.ascontiguousarray(values)))
+    model.eval()
+    return MoecFile(meta, model, len(data))
+
+
+def read(path: str | Path) -> MoecFile:
+    path = Path(path)
+    if not path.is_file():
+        raise MoecFormatError(f"no such .moec file: {path}")
+    size = path.stat().st_size
+    if size > MAX_PARAMETERS * 4 + (1 << 20):
+        raise MoecFormatError(f"{path} is {size} bytes, far larger than any .moec file")
+    return decode(path.read_bytes(), str(path))

@@ -1,0 +1,95 @@
+"""The steps every front end takes, in one place: settings -> plan -> Fitter -> bytes -> figures.
+
+The CLI, the napari plugin and the tests call these functions, so a file made in one comes out the
+same in the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import budget, pack
+from .budget import Architecture, Plan
+from .decode import Reconstruction, reconstruct
+from .metrics import ExpertStat, Quality, expert_table, quality
+from .pack import MoecFile
+from .quantize import QuantConfig
+from .train import Fitter, TrainConfig, train_record
+from .volume import Volume
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a user chooses about the file (training time and seed live in TrainConfig)."""
+
+    ratio: float = 256.0
+    experts: int = 8
+    top_k: int = 1
+    partition: str = "learned"
+    bits: int = 8
+    granularity: str = "tensor"
+    first_layer_extra_bits: int = 2
+    expert_layers: int = 2
+    encoder_layers: int = 1
+    encoder_share: float = 1.0
+
+    def architecture(self) -> Architecture:
+        return Architecture(experts=self.experts, top_k=self.top_k, partition=self.partition,
+                            expert_layers=self.expert_layers, encoder_layers=self.encoder_layers,
+                            encoder_share=self.encoder_share)
+
+    def quant(self) -> QuantConfig:
+        return QuantConfig(self.bits, self.first_layer_extra_bits, self.granularity)
+
+
+def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig()) -> Plan:
+    """Network widths for `volume` at the settings' ratio (BudgetError when it cannot be met)."""
+    arch = settings.architecture()
+    quant = settings.quant()
+    example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape)
+    # A record with large counters: the header can only shrink once the real numbers are known.
+    meta = pack.describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9))
+    header = budget.header_bytes(meta.nifti, meta.to_json())
+    return budget.plan_model(volume.shape, volume.dtype.itemsize, settings.ratio, arch, quant, header)
+
+
+def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig) -> Fitter:
+    return Fitter(volume, plan_.model, plan_.quant, config)
+
+
+def encode(fitter: Fitter, plan_: Plan) -> bytes:
+    """The .moec bytes of the model trained so far, landed inside the plan's size window."""
+    model = fitter.model
+    meta = pack.describe(fitter.volume, model.config, plan_.quant, fitter.record())
+    if plan_.quant.float16:
+        return pack.encode(model, meta, None)
+
+    def file_at(multiplier: float) -> bytes:
+        return pack.encode(model, meta, pack.tensor_steps(model, plan_.quant, multiplier, fitter.frozen_steps))
+
+    multiplier = budget.fit_to_window(lambda m: len(file_at(m)), plan_.upper_bytes)
+    return file_at(multiplier)
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """A decoded file measured against its original."""
+
+    moec: MoecFile
+    reconstruction: Reconstruction
+    quality: Quality
+    experts: list[ExpertStat]
+    ratio: float  # raw voxel bytes / file bytes
+    file_ratio: float | None  # source file bytes / file bytes
+
+
+def evaluate(original: Volume, moec: MoecFile, device: str = "cpu") -> Evaluation:
+    """Decode `moec` and measure it against `original` (same shape, file voxel order)."""
+    if original.shape != moec.meta.shape:
+        raise ValueError(f"the .moec file holds a {moec.meta.shape} volume, the original is {original.shape}")
+    recon = reconstruct(moec, device=device)
+    q = quality(original.data, recon.volume.data, original.dtype, original.slope)
+    table = expert_table(original.data, recon.volume.data, recon.labels, moec.meta.model.experts,
+                         moec.meta.model.expert_parameter_count())
+    file_ratio = original.source_bytes / moec.nbytes if original.source_bytes else None
+    return Evaluation(moec, recon, q, table, moec.ratio, file_ratio)

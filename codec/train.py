@@ -1,0 +1,256 @@
+"""Training: `Fitter.fit()` is a generator of Progress that the CLI, the plugin and the tests drive.
+
+Stages of one run (DESIGN section 3), by fraction of the run's budget (steps or wall-clock time):
+
+    router  (first 5%, fresh learned models only)  encoder + router learn a balanced block split,
+            so joint training starts from a spatial partition instead of collapsing onto one expert;
+    joint   (to 80%)  everything, loss = MSE + balancing loss (Switch form, alpha N sum f_i P_i);
+    final   (last 20%)  encoder and router are quantized in place and frozen, so the partition stops
+            moving and equals the one the decoder will compute from the stored router; experts and
+            decoder train quantization-aware against it.
+
+The model trained so far is `Fitter.model` at every moment: closing the generator (a cancel, a
+stopped worker) keeps it, and calling `fit()` again continues from it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import MoecError
+from .grid import block_grid, block_index, coords_from_flat
+from .model import MoEC
+from .quantize import QuantConfig, max_steps, max_steps_torch, round_in_place
+from .volume import Volume, to_unit
+
+STAGES = ("router", "joint", "final")
+#: A continued run restarts its learning rate lower: the model is already near a minimum.
+CONTINUE_LR_FACTOR = 0.3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    minutes: float = 5.0
+    steps: int | None = None  # a step budget overrides `minutes` and makes the run reproducible
+    batch_size: int = 1 << 15
+    lr: float = 5e-3
+    lr_decay: float = 0.1  # learning rate at the end of a run / at its start (exponential)
+    balance_weight: float = 0.1
+    router_pretraining: bool = True
+    pretrain_fraction: float = 0.05
+    final_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("steps must be at least 1")
+        if self.steps is None and not (self.minutes > 0 and math.isfinite(self.minutes)):
+            raise ValueError("minutes must be a positive number")
+        if not 1 <= self.batch_size <= 1 << 22:
+            raise ValueError("batch_size must be 1 .. 4194304")
+        if not (self.lr > 0 and 0 < self.lr_decay <= 1 and self.balance_weight >= 0):
+            raise ValueError("lr and lr_decay must be positive (lr_decay at most 1), balance_weight not negative")
+        if not (0 <= self.pretrain_fraction < 1 and 0 <= self.final_fraction < 1
+                and self.pretrain_fraction + self.final_fraction < 1):
+            raise ValueError("the pretraining and final fractions must leave room for joint training")
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # steps run by this Fitter so far, all runs together
+    stage: str
+    loss: float
+    psnr: float  # on the training batch, dB, peak = max - min of the volume
+    seconds: float  # since this run started
+    fraction: float  # of this run's budget used
+    lr: float
+    expert_share: tuple[float, ...]  # share of the batch routed to each expert
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MoecError("--device cuda was asked for, but this torch build sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise MoecError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def psnr_of_mse(mse: float) -> float:
+    """PSNR of a mean squared error on the [-1, 1] scale, where the peak (max - min) is 2."""
+    if math.isnan(mse):
+        return math.nan
+    return 10.0 * math.log10(4.0 / mse) if mse > 0 else math.inf
+
+
+_optimizer_ready = False
+
+
+def _warm_up_optimizer() -> None:
+    """torch imports its compiler stack (about 2 s) on the first optimizer step; pay that before a
+    run's clock starts, not inside its time budget."""
+    global _optimizer_ready
+    if not _optimizer_ready:
+        p = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.Adam([p])
+        p.sum().backward()
+        optimizer.step()
+        _optimizer_ready = True
+
+
+def train_record(config: TrainConfig, steps: int, stage_steps: list[int], runs: int) -> dict:
+    return {"seed": config.seed, "steps": steps, "stages": stage_steps, "runs": runs,
+            "minutes": None if config.steps is not None else config.minutes, "batch": config.batch_size,
+            "lr": config.lr, "balance": config.balance_weight, "pretrain": config.router_pretraining}
+
+
+class Fitter:
+    """Owns a volume's training state: the model, the sampler, and the record of what was run."""
+
+    def __init__(self, volume: Volume, model_config, quant: QuantConfig, config: TrainConfig = TrainConfig()):
+        self.volume = volume
+        self.quant = quant
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.shape = volume.shape
+        self.vmin, self.vmax = volume.value_range
+        self.target = torch.from_numpy(to_unit(volume.data, self.vmin, self.vmax).reshape(-1)).to(self.device)
+        self.model = MoEC(model_config, seed=config.seed).to(self.device)
+        self.sampler = torch.Generator().manual_seed(config.seed + 1)
+        self.steps_run = 0
+        self.stage_steps = {stage: 0 for stage in STAGES}
+        self.runs = 0
+        #: Steps of the encoder and router tensors once quantized and frozen (final stage).
+        self.frozen_steps: dict[str, np.ndarray | None] = {}
+        self.history: list[Progress] = []
+        self.pretrain_grid = block_grid(self.shape, model_config.experts)
+        _warm_up_optimizer()
+
+    def record(self) -> dict:
+        """How the model was made, for the file's header (no timestamps: files stay reproducible)."""
+        return train_record(self.config, self.steps_run, [self.stage_steps[s] for s in STAGES], self.runs)
+
+    # --- the generator --------------------------------------------------------------------------
+    def fit(self, minutes: float | None = None, steps: int | None = None) -> Iterator[Progress]:
+        """Train for a budget (default: the config's), yielding Progress after every step."""
+        if steps is None and minutes is None:
+            steps, minutes = self.config.steps, self.config.minutes
+        fresh = self.steps_run == 0
+        lr0 = self.config.lr * (1.0 if fresh else CONTINUE_LR_FACTOR)
+        pretrain = self.config.pretrain_fraction if (
+            fresh and self.config.router_pretraining and self.model.router is not None) else 0.0
+        final_from = 1.0 - self.config.final_fraction
+        self.runs += 1
+        start = time.perf_counter()
+        local = 0
+        stage = None
+        optimizer = None
+        try:
+            while True:
+                seconds = time.perf_counter() - start
+                fraction = local / steps if steps is not None else seconds / (60.0 * minutes)
+                if fraction >= 1.0:
+                    break
+                wanted = "router" if fraction < pretrain else ("joint" if fraction < final_from else "final")
+                if wanted != stage:
+                    stage = wanted
+                    optimizer = self._enter(stage, lr0)
+                lr = lr0 * self.config.lr_decay ** fraction
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss, mse, share = self._step(stage, optimizer)
+                local += 1
+                self.steps_run += 1
+                self.stage_steps[stage] += 1
+                progress = Progress(self.steps_run, stage, loss, psnr_of_mse(mse), time.perf_counter() - start,
+                                    min(1.0, local / steps if steps is not None else
+                                        (time.perf_counter() - start) / (60.0 * minutes)), lr, share)
+                self.history.append(progress)
+                yield progress
+        finally:
+            # A closed generator (cancel) leaves a consistent model: no fake quantization left on.
+            self.model.set_fake_steps(None)
+
+    # --- stages ---------------------------------------------------------------------------------
+    def _enter(self, stage: str, lr: float) -> torch.optim.Optimizer:
+        model = self.model
+        if stage == "final":
+            self._freeze_prefix()
+        else:
+            self._unfreeze_prefix()
+        if stage == "router":
+            params = [p for n, p in model.named_parameters() if n.startswith(("encoder.", "router."))]
+        elif stage == "final":
+            params = [p for n, p in model.named_parameters() if n.startswith(("experts.", "decoder."))]
+        else:
+            params = list(model.parameters())
+        return torch.optim.Adam(params, lr=lr)
+
+    def _freeze_prefix(self) -> None:
+        """Quantize the encoder and router in place and stop training them (the partition is final)."""
+        for name, param in self.model.named_tensors():
+            if name not in self.model.prefix_names():
+                continue
+            if self.quant.float16:
+                step = None
+            else:
+                bits = self.quant.bits_for(name, self.model.config.coordinate_layer)
+                step = max_steps(param.detach().cpu().numpy(), bits, self.quant.granularity)
+            round_in_place(param, step)
+            param.requires_grad_(False)
+            self.frozen_steps[name] = step
+
+    def _unfreeze_prefix(self) -> None:
+        for param in self.model.parameters():
+            param.requires_grad_(True)
+        self.frozen_steps = {}
+
+    def _fake_steps(self) -> dict[str, torch.Tensor] | None:
+        if self.quant.float16:
+            return None
+        coordinate_layer = self.model.config.coordinate_layer
+        return {
+            name: max_steps_torch(p, self.quant.bits_for(name, coordinate_layer), self.quant.granularity)
+            for name, p in self.model.named_tensors() if name.startswith(("experts.", "decoder."))
+        }
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = torch.randint(0, self.target.numel(), (batch,), generator=self.sampler).to(self.device)
+        return coords_from_flat(flat, self.shape), self.target[flat]
+
+    def _step(self, stage: str, optimizer: torch.optim.Optimizer) -> tuple[float, float, tuple[float, ...]]:
+        model = self.model
+        n = model.config.experts
+        coords, target = self.sample(self.config.batch_size)
+        optimizer.zero_grad(set_to_none=True)
+        if stage == "router":
+            # Pretraining: the router learns a balanced spatial split; no expert is evaluated.
+            labels = block_index(coords, self.pretrain_grid)
+            logits = model.router(model.features(coords))
+            loss = F.cross_entropy(logits, labels)
+            loss.backward()
+            optimizer.step()
+            share = torch.bincount(logits.argmax(-1), minlength=n).float() / coords.shape[0]
+            return loss.item(), math.nan, tuple(share.tolist())
+        if stage == "final":
+            model.set_fake_steps(self._fake_steps())
+        out = model(coords)
+        mse = F.mse_loss(out.values[:, 0], target)
+        loss = mse
+        choice = out.routing.choice
+        counts = torch.bincount(choice.reshape(-1), minlength=n).float()
+        share = counts / choice.numel()
+        if out.routing.probs is not None and stage == "joint" and self.config.balance_weight > 0:
+            loss = loss + self.config.balance_weight * n * torch.sum(share * out.routing.probs.mean(0))
+        loss.backward()
+        optimizer.step()
+        return loss.item(), mse.item(), tuple(share.tolist())

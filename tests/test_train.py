@@ -1,0 +1,94 @@
+"""Training on the phantom: quality, the learned partition, stopping, continuing, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from codec import pack, pipeline
+from codec.decode import evaluate as evaluate_points
+from codec.decode import reconstruct
+from codec.grid import block_grid, block_index, coords_from_flat
+from codec.train import TrainConfig
+
+from .helpers import normalized_mutual_information
+from .training import file_psnr, mean_prediction_psnr, train
+
+SETTINGS = pipeline.Settings(ratio=16, experts=8)
+CONFIG = TrainConfig(steps=500, batch_size=4096, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(phantom):
+    volume, _ = phantom
+    fitter, plan = train(volume, SETTINGS, CONFIG)
+    data = pipeline.encode(fitter, plan)
+    return fitter, plan, data
+
+
+def test_short_training_beats_predicting_the_mean_by_12_db(phantom, trained):
+    volume, _ = phantom
+    _, _, data = trained
+    assert file_psnr(volume, data) >= mean_prediction_psnr(volume) + 12
+
+
+def test_learned_partition_follows_the_tissues_better_than_blocks(phantom, trained):
+    volume, tissues = phantom
+    _, _, data = trained
+    learned = reconstruct(pack.decode(data)).labels
+    coords = coords_from_flat(torch.arange(volume.data.size), volume.shape)
+    blocks = block_index(coords, block_grid(volume.shape, 8)).numpy()
+    assert len(np.unique(learned)) >= 4, "the router collapsed onto a few experts"
+    assert normalized_mutual_information(tissues, learned) > normalized_mutual_information(tissues, blocks)
+
+
+def test_the_stored_router_computes_the_partition_the_experts_were_trained_on(phantom, trained):
+    volume, _ = phantom
+    fitter, _, data = trained
+    coords = coords_from_flat(torch.arange(volume.data.size), volume.shape)
+    _, trained_labels, _ = evaluate_points(fitter.model, coords)
+    _, stored_labels, _ = evaluate_points(pack.decode(data).model, coords)
+    np.testing.assert_array_equal(trained_labels, stored_labels)
+
+
+def test_a_stopped_run_keeps_its_model_and_continuing_improves_it(phantom):
+    volume, _ = phantom
+    plan = pipeline.plan(volume, SETTINGS, CONFIG)
+    fitter = pipeline.new_fitter(volume, plan, CONFIG)
+    initial = file_psnr(volume, pipeline.encode(fitter, plan))
+    run = fitter.fit(steps=2000)
+    for progress in run:
+        if progress.step == 200:
+            run.close()  # what a cancel in the plugin or Ctrl-C in the CLI does
+    assert fitter.steps_run == 200
+    stopped = file_psnr(volume, pipeline.encode(fitter, plan))
+    assert stopped > initial + 5
+    for _ in fitter.fit(steps=200):
+        pass
+    assert fitter.steps_run == 400
+    continued = file_psnr(volume, pipeline.encode(fitter, plan))
+    assert continued > stopped
+    assert fitter.record()["runs"] == 2
+
+
+def test_the_same_seed_and_steps_give_the_same_file(phantom):
+    volume, _ = phantom
+    files = []
+    for seed in (7, 7, 8):
+        fitter, plan = train(volume, SETTINGS, TrainConfig(steps=40, batch_size=2048, seed=seed))
+        files.append(pipeline.encode(fitter, plan))
+    assert files[0] == files[1]
+    assert files[0] != files[2]
+
+
+def test_progress_reports_stages_in_order_and_a_time_budget_ends(phantom):
+    volume, _ = phantom
+    plan = pipeline.plan(volume, SETTINGS, CONFIG)
+    fitter = pipeline.new_fitter(volume, plan, TrainConfig(minutes=0.05, batch_size=2048))
+    stages = [p.stage for p in fitter.fit()]
+    assert stages[0] == "router" and stages[-1] == "final"
+    order = [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s]
+    assert order == ["router", "joint", "final"]
+    assert fitter.history[-1].seconds < 0.05 * 60 + 2
+    assert fitter.history[-1].fraction == pytest.approx(1.0, abs=0.05)

@@ -1,0 +1,27 @@
+"""Helpers that run the real pipeline on small volumes (shared by several test modules)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from codec import pack, pipeline
+from codec.train import TrainConfig
+from codec.volume import Volume
+
+
+def train(volume: Volume, settings: pipeline.Settings, config: TrainConfig):
+    """Plan and run a whole training; returns (fitter, plan)."""
+    plan = pipeline.plan(volume, settings, config)
+    fitter = pipeline.new_fitter(volume, plan, config)
+    for _ in fitter.fit():
+        pass
+    return fitter, plan
+
+
+def file_psnr(volume: Volume, data: bytes) -> float:
+    return pipeline.evaluate(volume, pack.decode(data)).quality.psnr
+
+
+def mean_prediction_psnr(volume: Volume) -> float:
+    peak = float(volume.data.max() - volume.data.min())
+    return 10 * np.log10(peak ** 2 / float(volume.data.var()))
