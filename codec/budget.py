@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .bitstream import pack_container
 from .errors import BudgetError
-from .grid import block_grid
+from .partition import block_grid
 from .model import ModelConfig
 from .quantize import QuantConfig, step_shape
 

@@ -103,7 +103,8 @@ def cmd_compress(args) -> int:
     settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
                                  partition=args.partition, bits=args.bits, granularity=args.granularity)
     train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                        balance_weight=args.balance, router_pretraining=not args.no_router_pretraining,
+                        balance_weight=args.balance, router_pretraining=args.pretrain != "none",
+                        pretrain_target="blocks" if args.pretrain == "blocks" else "clusters",
                         seed=args.seed, device=args.device)
     plan = pipeline.plan(volume, settings, train)
     m = plan.model
@@ -319,10 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--threads", type=_positive(int), help="torch CPU threads (default: torch's choice)")
-    c.add_argument("--lr", type=_positive(float), default=5e-3, help="learning rate (default 0.005)")
+    c.add_argument("--lr", type=_positive(float), default=2.5e-3, help="learning rate (default 0.0025)")
     c.add_argument("--batch", type=_positive(int), default=1 << 15, help="coordinates per step (default 32768)")
-    c.add_argument("--balance", type=float, default=0.1, help="balancing loss weight (default 0.1)")
-    c.add_argument("--no-router-pretraining", action="store_true", help="skip the router's balanced start (ablation)")
+    c.add_argument("--balance", type=float, default=0.01, help="balancing loss weight (default 0.01)")
+    c.add_argument("--pretrain", choices=("clusters", "blocks", "none"), default="clusters",
+                   help="the router's starting partition: intensity clusters (default), blocks, or none (ablation)")
     c.add_argument("--force", action="store_true", help="replace an existing output file")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -1,4 +1,4 @@
-"""Voxel coordinates and the fixed block partition.
+"""Voxel coordinates.
 
 Convention "centre" (stored in every .moec header): voxel i of an axis of length n sits at
 x = (2 i + 1) / n - 1, the centre of its cell when [-1, 1] is cut into n equal cells. An axis of
@@ -7,7 +7,6 @@ length 1 therefore maps to 0, and no coordinate ever reaches the edges of [-1, 1
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -45,43 +44,3 @@ def selection_coords(shape: tuple[int, ...], selection: tuple[slice | int, ...])
 def flat_chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, total, size):
         yield start, min(start + size, total)
-
-
-def block_grid(shape: tuple[int, ...], blocks: int) -> tuple[int, ...]:
-    """A near-cubic grid of `blocks` equal blocks: 2x2x2 for 8, 2x2x1 for 4 on a cube.
-
-    Prime factors, largest first, go to the axis whose blocks are currently longest, so blocks stay
-    close to cubes in voxels whatever the volume's proportions.
-    """
-    grid = [1] * len(shape)
-    factors = []
-    rest, p = blocks, 2
-    while rest > 1:
-        while rest % p == 0:
-            factors.append(p)
-            rest //= p
-        p += 1
-    for factor in sorted(factors, reverse=True):
-        longest = max(range(len(shape)), key=lambda a: (shape[a] / grid[a], -a))
-        grid[longest] *= factor
-    assert math.prod(grid) == blocks
-    return tuple(grid)
-
-
-def block_index(coords: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-    """The block (0 .. prod(grid)-1, C order) holding each coordinate."""
-    index = torch.zeros(coords.shape[0], dtype=torch.long, device=coords.device)
-    for axis, g in enumerate(grid):
-        cell = ((coords[:, axis] + 1.0) * (0.5 * g)).floor().clamp_(0, g - 1).long()
-        index = index * g + cell
-    return index
-
-
-def block_local(coords: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-    """Coordinates rescaled to [-1, 1] inside their own block."""
-    local = torch.empty_like(coords)
-    for axis, g in enumerate(grid):
-        scaled = (coords[:, axis] + 1.0) * (0.5 * g)
-        cell = scaled.floor().clamp_(0, g - 1)
-        local[:, axis] = 2.0 * (scaled - cell) - 1.0
-    return local

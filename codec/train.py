@@ -1,16 +1,19 @@
 """Training: `Fitter.fit()` is a generator of Progress that the CLI, the plugin and the tests drive.
 
-Stages of one run (DESIGN section 3), by fraction of the run's budget (steps or wall-clock time):
+A run's stages (DESIGN section 3):
 
-    router  (first 5%, fresh learned models only)  encoder + router learn a balanced block split,
-            so joint training starts from a spatial partition instead of collapsing onto one expert;
-    joint   (to 80%)  everything, loss = MSE + balancing loss (Switch form, alpha N sum f_i P_i);
-    final   (last 20%)  encoder and router are quantized in place and frozen, so the partition stops
-            moving and equals the one the decoder will compute from the stored router; experts and
-            decoder train quantization-aware against it.
+    router  fresh learned models only, a few hundred cheap steps (no expert is evaluated): encoder
+            and router learn a balanced starting partition, the intensity clusters of
+            partition.py by default, so joint training does not collapse onto one expert;
+    joint   everything, loss = MSE + balancing loss (Switch form, alpha N sum_i f_i P_i),
+            until 1 - final_fraction of the budget;
+    final   encoder and router are quantized in place and frozen, so the partition stops moving
+            and equals the one the decoder computes from the stored router; experts and decoder
+            train quantization-aware against it.
 
-The model trained so far is `Fitter.model` at every moment: closing the generator (a cancel, a
-stopped worker) keeps it, and calling `fit()` again continues from it.
+The budget is steps (reproducible) or wall-clock minutes, router stage included. The model trained
+so far is `Fitter.model` at every moment: closing the generator (a cancel, a stopped worker) keeps
+it, and calling `fit()` again continues from it.
 """
 
 from __future__ import annotations
@@ -25,14 +28,18 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MoecError
-from .grid import block_grid, block_index, coords_from_flat
-from .model import MoEC
+from .grid import coords_from_flat
+from .model import ModelConfig, MoEC
+from .partition import block_grid, block_index, intensity_clusters
 from .quantize import QuantConfig, max_steps, max_steps_torch, round_in_place
 from .volume import Volume, to_unit
 
 STAGES = ("router", "joint", "final")
+PRETRAIN_TARGETS = ("clusters", "blocks")
 #: A continued run restarts its learning rate lower: the model is already near a minimum.
 CONTINUE_LR_FACTOR = 0.3
+#: The router stage never takes more than this share of a time budget.
+ROUTER_TIME_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,14 @@ class TrainConfig:
     minutes: float = 5.0
     steps: int | None = None  # a step budget overrides `minutes` and makes the run reproducible
     batch_size: int = 1 << 15
-    lr: float = 5e-3
+    lr: float = 2.5e-3
     lr_decay: float = 0.1  # learning rate at the end of a run / at its start (exponential)
-    balance_weight: float = 0.1
+    balance_weight: float = 0.01
+    gate_gradient: float = 0.1  # scale of the router's straight-through gradient at top-1
     router_pretraining: bool = True
-    pretrain_fraction: float = 0.05
+    pretrain_target: str = "clusters"
+    pretrain_steps: int = 300
+    pretrain_lr: float = 3e-2
     final_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
@@ -56,11 +66,12 @@ class TrainConfig:
             raise ValueError("minutes must be a positive number")
         if not 1 <= self.batch_size <= 1 << 22:
             raise ValueError("batch_size must be 1 .. 4194304")
-        if not (self.lr > 0 and 0 < self.lr_decay <= 1 and self.balance_weight >= 0):
-            raise ValueError("lr and lr_decay must be positive (lr_decay at most 1), balance_weight not negative")
-        if not (0 <= self.pretrain_fraction < 1 and 0 <= self.final_fraction < 1
-                and self.pretrain_fraction + self.final_fraction < 1):
-            raise ValueError("the pretraining and final fractions must leave room for joint training")
+        if not (self.lr > 0 and self.pretrain_lr > 0 and 0 < self.lr_decay <= 1 and self.balance_weight >= 0):
+            raise ValueError("learning rates must be positive, lr_decay in (0, 1], balance_weight not negative")
+        if not 0 <= self.final_fraction < 1:
+            raise ValueError("final_fraction must be in [0, 1)")
+        if self.pretrain_target not in PRETRAIN_TARGETS or self.pretrain_steps < 0:
+            raise ValueError(f"pretrain_target must be one of {PRETRAIN_TARGETS}; pretrain_steps not negative")
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ class Progress:
     step: int  # steps run by this Fitter so far, all runs together
     stage: str
     loss: float
-    psnr: float  # on the training batch, dB, peak = max - min of the volume
+    psnr: float  # on the training batch, dB, peak = max - min of the volume (nan in the router stage)
     seconds: float  # since this run started
     fraction: float  # of this run's budget used
     lr: float
@@ -108,15 +119,35 @@ def _warm_up_optimizer() -> None:
 
 
 def train_record(config: TrainConfig, steps: int, stage_steps: list[int], runs: int) -> dict:
+    """How a model was made, for the file's header (no timestamps: files stay reproducible)."""
     return {"seed": config.seed, "steps": steps, "stages": stage_steps, "runs": runs,
             "minutes": None if config.steps is not None else config.minutes, "batch": config.batch_size,
-            "lr": config.lr, "balance": config.balance_weight, "pretrain": config.router_pretraining}
+            "lr": config.lr, "balance": config.balance_weight, "gate_gradient": config.gate_gradient,
+            "pretrain": config.pretrain_target if config.router_pretraining else "none"}
+
+
+class _Budget:
+    """Where a run stands in its budget, as a fraction, by steps or by wall-clock time."""
+
+    def __init__(self, steps: int | None, minutes: float | None):
+        self.steps, self.seconds = steps, None if steps is not None else 60.0 * minutes
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def fraction(self) -> float:
+        if self.steps is not None:
+            return self.done / self.steps
+        return self.elapsed() / self.seconds
 
 
 class Fitter:
     """Owns a volume's training state: the model, the sampler, and the record of what was run."""
 
-    def __init__(self, volume: Volume, model_config, quant: QuantConfig, config: TrainConfig = TrainConfig()):
+    def __init__(self, volume: Volume, model_config: ModelConfig, quant: QuantConfig,
+                 config: TrainConfig = TrainConfig()):
         self.volume = volume
         self.quant = quant
         self.config = config
@@ -125,6 +156,7 @@ class Fitter:
         self.vmin, self.vmax = volume.value_range
         self.target = torch.from_numpy(to_unit(volume.data, self.vmin, self.vmax).reshape(-1)).to(self.device)
         self.model = MoEC(model_config, seed=config.seed).to(self.device)
+        self.model.gate_gradient = config.gate_gradient
         self.sampler = torch.Generator().manual_seed(config.seed + 1)
         self.steps_run = 0
         self.stage_steps = {stage: 0 for stage in STAGES}
@@ -132,11 +164,10 @@ class Fitter:
         #: Steps of the encoder and router tensors once quantized and frozen (final stage).
         self.frozen_steps: dict[str, np.ndarray | None] = {}
         self.history: list[Progress] = []
-        self.pretrain_grid = block_grid(self.shape, model_config.experts)
+        self._pretrain_labels: torch.Tensor | None = None
         _warm_up_optimizer()
 
     def record(self) -> dict:
-        """How the model was made, for the file's header (no timestamps: files stay reproducible)."""
         return train_record(self.config, self.steps_run, [self.stage_steps[s] for s in STAGES], self.runs)
 
     # --- the generator --------------------------------------------------------------------------
@@ -144,36 +175,32 @@ class Fitter:
         """Train for a budget (default: the config's), yielding Progress after every step."""
         if steps is None and minutes is None:
             steps, minutes = self.config.steps, self.config.minutes
+        budget = _Budget(steps, minutes)
         fresh = self.steps_run == 0
         lr0 = self.config.lr * (1.0 if fresh else CONTINUE_LR_FACTOR)
-        pretrain = self.config.pretrain_fraction if (
-            fresh and self.config.router_pretraining and self.model.router is not None) else 0.0
-        final_from = 1.0 - self.config.final_fraction
+        router_steps = 0
+        if fresh and self.config.router_pretraining and self.model.router is not None:
+            router_steps = self.config.pretrain_steps if steps is None else min(self.config.pretrain_steps, steps // 3)
         self.runs += 1
-        start = time.perf_counter()
-        local = 0
-        stage = None
-        optimizer = None
+        stage = optimizer = None
         try:
-            while True:
-                seconds = time.perf_counter() - start
-                fraction = local / steps if steps is not None else seconds / (60.0 * minutes)
-                if fraction >= 1.0:
-                    break
-                wanted = "router" if fraction < pretrain else ("joint" if fraction < final_from else "final")
+            while (fraction := budget.fraction()) < 1.0:
+                if budget.done < router_steps and (steps is not None or fraction < ROUTER_TIME_SHARE):
+                    wanted, lr = "router", self.config.pretrain_lr
+                else:
+                    wanted = "joint" if fraction < 1.0 - self.config.final_fraction else "final"
+                    lr = lr0 * self.config.lr_decay ** fraction
                 if wanted != stage:
                     stage = wanted
-                    optimizer = self._enter(stage, lr0)
-                lr = lr0 * self.config.lr_decay ** fraction
+                    optimizer = self._enter(stage)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss, mse, share = self._step(stage, optimizer)
-                local += 1
+                budget.done += 1
                 self.steps_run += 1
                 self.stage_steps[stage] += 1
-                progress = Progress(self.steps_run, stage, loss, psnr_of_mse(mse), time.perf_counter() - start,
-                                    min(1.0, local / steps if steps is not None else
-                                        (time.perf_counter() - start) / (60.0 * minutes)), lr, share)
+                progress = Progress(self.steps_run, stage, loss, psnr_of_mse(mse), budget.elapsed(),
+                                    min(1.0, budget.fraction()), lr, share)
                 self.history.append(progress)
                 yield progress
         finally:
@@ -181,7 +208,7 @@ class Fitter:
             self.model.set_fake_steps(None)
 
     # --- stages ---------------------------------------------------------------------------------
-    def _enter(self, stage: str, lr: float) -> torch.optim.Optimizer:
+    def _enter(self, stage: str) -> torch.optim.Optimizer:
         model = self.model
         if stage == "final":
             self._freeze_prefix()
@@ -193,7 +220,7 @@ class Fitter:
             params = [p for n, p in model.named_parameters() if n.startswith(("experts.", "decoder."))]
         else:
             params = list(model.parameters())
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params)
 
     def _freeze_prefix(self) -> None:
         """Quantize the encoder and router in place and stop training them (the partition is final)."""
@@ -223,20 +250,28 @@ class Fitter:
             for name, p in self.model.named_tensors() if name.startswith(("experts.", "decoder."))
         }
 
-    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _router_targets(self, flat: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        n = self.model.config.experts
+        if self.config.pretrain_target == "blocks":
+            return block_index(coords, block_grid(self.shape, n))
+        if self._pretrain_labels is None:  # computed once, inside the first run's budget
+            labels = intensity_clusters(self.target.cpu().numpy(), self.shape, n, seed=self.config.seed)
+            self._pretrain_labels = torch.from_numpy(labels).to(self.device)
+        return self._pretrain_labels[flat].long()
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Random voxels: flat indices, coordinates and target values (from the private generator)."""
         flat = torch.randint(0, self.target.numel(), (batch,), generator=self.sampler).to(self.device)
-        return coords_from_flat(flat, self.shape), self.target[flat]
+        return flat, coords_from_flat(flat, self.shape), self.target[flat]
 
     def _step(self, stage: str, optimizer: torch.optim.Optimizer) -> tuple[float, float, tuple[float, ...]]:
         model = self.model
         n = model.config.experts
-        coords, target = self.sample(self.config.batch_size)
+        flat, coords, target = self.sample(self.config.batch_size)
         optimizer.zero_grad(set_to_none=True)
         if stage == "router":
-            # Pretraining: the router learns a balanced spatial split; no expert is evaluated.
-            labels = block_index(coords, self.pretrain_grid)
             logits = model.router(model.features(coords))
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, self._router_targets(flat, coords))
             loss.backward()
             optimizer.step()
             share = torch.bincount(logits.argmax(-1), minlength=n).float() / coords.shape[0]
@@ -246,9 +281,7 @@ class Fitter:
         out = model(coords)
         mse = F.mse_loss(out.values[:, 0], target)
         loss = mse
-        choice = out.routing.choice
-        counts = torch.bincount(choice.reshape(-1), minlength=n).float()
-        share = counts / choice.numel()
+        share = torch.bincount(out.routing.choice.reshape(-1), minlength=n).float() / out.routing.choice.numel()
         if out.routing.probs is not None and stage == "joint" and self.config.balance_weight > 0:
             loss = loss + self.config.balance_weight * n * torch.sum(share * out.routing.probs.mean(0))
         loss.backward()

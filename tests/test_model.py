@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from codec.grid import block_grid, block_index, block_local, coords_from_flat
+from codec.grid import coords_from_flat
+from codec.partition import block_grid, block_index, block_local
 from codec.model import ModelConfig, MoEC
 
 

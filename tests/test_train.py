@@ -9,7 +9,8 @@ import torch
 from codec import pack, pipeline
 from codec.decode import evaluate as evaluate_points
 from codec.decode import reconstruct
-from codec.grid import block_grid, block_index, coords_from_flat
+from codec.grid import coords_from_flat
+from codec.partition import block_grid, block_index
 from codec.train import TrainConfig
 
 from .helpers import normalized_mutual_information
@@ -57,16 +58,16 @@ def test_a_stopped_run_keeps_its_model_and_continuing_improves_it(phantom):
     plan = pipeline.plan(volume, SETTINGS, CONFIG)
     fitter = pipeline.new_fitter(volume, plan, CONFIG)
     initial = file_psnr(volume, pipeline.encode(fitter, plan))
-    run = fitter.fit(steps=2000)
+    run = fitter.fit(steps=4000)  # 300 router steps, then joint training
     for progress in run:
-        if progress.step == 200:
+        if progress.step == 450:
             run.close()  # what a cancel in the plugin or Ctrl-C in the CLI does
-    assert fitter.steps_run == 200
+    assert fitter.steps_run == 450 and progress.stage == "joint"
     stopped = file_psnr(volume, pipeline.encode(fitter, plan))
     assert stopped > initial + 5
     for _ in fitter.fit(steps=200):
         pass
-    assert fitter.steps_run == 400
+    assert fitter.steps_run == 650
     continued = file_psnr(volume, pipeline.encode(fitter, plan))
     assert continued > stopped
     assert fitter.record()["runs"] == 2

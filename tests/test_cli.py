@@ -1,0 +1,115 @@
+"""`moec` on the command line: real files, one-line errors, nothing overwritten."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from codec.cli import main
+from codec.phantom import make_phantom
+from codec.volume import save_volume
+
+FAST = ["--steps", "150", "--batch", "2048", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def phantom_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    volume, _ = make_phantom((32, 28, 16))
+    path = folder / "phantom.nii.gz"
+    save_volume(volume, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def compressed(phantom_file):
+    out = phantom_file.with_name("phantom.moec")
+    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4", *FAST]) == 0
+    return out
+
+
+def test_compress_reports_ratio_psnr_and_ssim(phantom_file, capsys):
+    out = phantom_file.with_name("report.moec")
+    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and "PSNR" in printed and "SSIM" in printed and "decoded from the written file" in printed
+    raw = 32 * 28 * 16 * 2
+    assert 12 <= raw / out.stat().st_size <= 12 * 1.05
+
+
+def test_decompress_restores_shape_dtype_affine_and_writes_labels(phantom_file, compressed, tmp_path):
+    out, labels = tmp_path / "recon.nii.gz", tmp_path / "experts.nii.gz"
+    assert main(["decompress", str(compressed), "-o", str(out), "--labels", str(labels)]) == 0
+    original, recon, lab = (nib.load(str(p)) for p in (phantom_file, out, labels))
+    assert recon.shape == original.shape and recon.get_data_dtype() == np.int16
+    np.testing.assert_allclose(recon.affine, original.affine)
+    assert b"MoEC" in recon.header["descrip"].tobytes()
+    assert lab.get_data_dtype() == np.uint8 and lab.shape == original.shape
+    np.testing.assert_allclose(lab.affine, original.affine)
+    assert set(np.unique(np.asarray(lab.dataobj))) <= {1, 2, 3, 4}
+
+
+def test_info_and_eval_describe_the_file(phantom_file, compressed, capsys):
+    assert main(["info", str(compressed)]) == 0
+    info = capsys.readouterr().out
+    assert "32 x 28 x 16 int16" in info and "4 experts" in info and "steps" in info and "torch" in info
+    assert main(["eval", str(phantom_file), str(compressed), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 12 <= report["ratio"] <= 12.6
+    assert report["quality"]["psnr"] > 15
+    assert len(report["experts"]) == 4
+    assert abs(sum(e["share"] for e in report["experts"]) - 1) < 1e-6
+    assert main(["eval", str(phantom_file), str(compressed)]) == 0
+    table = capsys.readouterr().out
+    assert "worst slice" in table and "PSNR inside body" in table and "99th pct error" in table
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("moec: error:"), err
+    return err[0]
+
+
+def test_errors_are_one_line_and_a_nonzero_exit(phantom_file, compressed, tmp_path, capsys):
+    assert main(["compress", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "x.moec")]) != 0
+    assert "no such file" in _one_line_error(capsys)
+
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros((16, 16), dtype=np.float32))
+    assert main(["compress", str(flat), "-o", str(tmp_path / "x.moec"), *FAST]) != 0
+    assert "2D" in _one_line_error(capsys)
+
+    assert main(["compress", str(phantom_file), "-o", str(tmp_path / "x.moec"), "--ratio", "100000", *FAST]) != 0
+    assert "highest reachable ratio" in _one_line_error(capsys)
+
+    junk = tmp_path / "junk.moec"
+    junk.write_bytes(b"MOEC" + bytes(40))
+    assert main(["info", str(junk)]) != 0
+    _one_line_error(capsys)
+    assert main(["decompress", str(phantom_file), "-o", str(tmp_path / "y.nii.gz")]) != 0
+    assert "not a .moec file" in _one_line_error(capsys)
+
+
+def test_no_command_overwrites_its_input_or_an_existing_file(phantom_file, compressed, capsys):
+    before = phantom_file.read_bytes()
+    assert main(["decompress", str(compressed), "-o", str(compressed)]) != 0
+    assert "overwrite the input" in _one_line_error(capsys)
+    assert main(["compress", str(phantom_file), "-o", str(phantom_file), *FAST]) != 0
+    assert "overwrite the input" in _one_line_error(capsys)
+    assert phantom_file.read_bytes() == before
+    kept = compressed.read_bytes()
+    assert main(["compress", str(phantom_file), "-o", str(compressed), *FAST]) != 0
+    assert "--force" in _one_line_error(capsys)
+    assert compressed.read_bytes() == kept
+
+
+def test_sample_writes_the_phantom_and_its_labels(tmp_path):
+    assert main(["sample", "-o", str(tmp_path / "p.nii.gz"), "--labels", str(tmp_path / "t.nii.gz"),
+                 "--shape", "24", "20", "12"]) == 0
+    img = nib.load(str(tmp_path / "p.nii.gz"))
+    assert img.shape == (24, 20, 12) and img.get_data_dtype() == np.int16
+    assert img.get_fdata().min() < -900  # air in Hounsfield units
+    assert nib.load(str(tmp_path / "t.nii.gz")).get_data_dtype() == np.uint8
