@@ -37,6 +37,9 @@ from .volume import NIFTI1_HEADER_BYTES, SUPPORTED_DTYPES, Volume
 MAX_AXIS = 1 << 15
 MAX_VOXELS = 1 << 31
 MAX_PARAMETERS = 1 << 24
+#: A coded weight costs well over 1/64 of a byte; a file claiming more weights than this per payload
+#: byte is hostile, and is refused before anything is decoded or allocated.
+MAX_WEIGHTS_PER_BYTE = 64
 _TABLE_ENTRY = struct.Struct("<Bhhe")
 
 
@@ -243,21 +246,11 @@ def parse_meta(container: Container) -> MoecMeta:
                     train, made)
 
 
-def _decode_tensors(meta: MoecMeta, payload: bytes) -> list[np.ndarray]:
-    shapes = meta.model.tensor_shapes()
-    if meta.quant.float16:
-        need = 2 * meta.model.parameter_count()
-        if len(payload) != need:
-            raise MoecFormatError(f"the float16 weights take {len(payload)} bytes, not {need}")
-        flat = np.frombuffer(payload, dtype="<f2").astype(np.float32)
-        out, at = [], 0
-        for _, shape in shapes:
-            n = math.prod(shape)
-            out.append(flat[at:at + n].reshape(shape))
-            at += n
-        return out
+def read_table(meta: MoecMeta, payload: bytes) -> tuple[list[entropy.SymbolModel], list[np.ndarray], int]:
+    """The per-tensor symbol models and steps at the start of a quantized payload, and where the
+    coded stream begins."""
     at, models, steps = 0, [], []
-    for _, shape in shapes:
+    for _, shape in meta.model.tensor_shapes():
         n_steps = math.prod(step_shape(shape, meta.quant.granularity))
         end = at + _TABLE_ENTRY.size + 2 * n_steps
         if end > len(payload):
@@ -271,6 +264,41 @@ def _decode_tensors(meta: MoecMeta, payload: bytes) -> list[np.ndarray]:
         models.append(entropy.SymbolModel(family, float(scale), lo, hi))
         steps.append(step.reshape(step_shape(shape, meta.quant.granularity)))
         at = end
+    return models, steps, at
+
+
+def read_meta(data: bytes, name: str = "the file") -> MoecMeta:
+    """The validated header of a .moec file, without decoding its weights."""
+    return parse_meta(unpack_container(data, name))
+
+
+def stored_steps(data: bytes) -> dict[str, np.ndarray]:
+    """The quantization step of every tensor of a quantized .moec file (for analysis tools)."""
+    container = unpack_container(data)
+    meta = parse_meta(container)
+    if meta.quant.float16:
+        raise MoecFormatError("a float16 file has no quantization steps")
+    _, steps, _ = read_table(meta, container.payload)
+    return {name: step for (name, _), step in zip(meta.model.tensor_shapes(), steps)}
+
+
+def _decode_tensors(meta: MoecMeta, payload: bytes) -> list[np.ndarray]:
+    shapes = meta.model.tensor_shapes()
+    count = meta.model.parameter_count()
+    if count > MAX_WEIGHTS_PER_BYTE * len(payload) + 1024:
+        raise MoecFormatError(f"the header claims {count} weights but the payload has only {len(payload)} bytes")
+    if meta.quant.float16:
+        need = 2 * meta.model.parameter_count()
+        if len(payload) != need:
+            raise MoecFormatError(f"the float16 weights take {len(payload)} bytes, not {need}")
+        flat = np.frombuffer(payload, dtype="<f2").astype(np.float32)
+        out, at = [], 0
+        for _, shape in shapes:
+            n = math.prod(shape)
+            out.append(flat[at:at + n].reshape(shape))
+            at += n
+        return out
+    models, steps, at = read_table(meta, payload)
     symbols = entropy.decode(payload[at:], models, [math.prod(s) for _, s in shapes])
     out = []
     for (_, shape), sym, model, step in zip(shapes, symbols, models, steps):

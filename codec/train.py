@@ -78,12 +78,13 @@ class TrainConfig:
 class Progress:
     step: int  # steps run by this Fitter so far, all runs together
     stage: str
-    loss: float
+    loss: float  # reconstruction MSE on the [-1, 1] scale (the router stage: its cross-entropy)
     psnr: float  # on the training batch, dB, peak = max - min of the volume (nan in the router stage)
     seconds: float  # since this run started
     fraction: float  # of this run's budget used
     lr: float
     expert_share: tuple[float, ...]  # share of the batch routed to each expert
+    balance: float = 0.0  # the balancing loss added to the MSE (joint stage)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -195,12 +196,12 @@ class Fitter:
                     optimizer = self._enter(stage)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss, mse, share = self._step(stage, optimizer)
+                loss, mse, share, balance = self._step(stage, optimizer)
                 budget.done += 1
                 self.steps_run += 1
                 self.stage_steps[stage] += 1
                 progress = Progress(self.steps_run, stage, loss, psnr_of_mse(mse), budget.elapsed(),
-                                    min(1.0, budget.fraction()), lr, share)
+                                    min(1.0, budget.fraction()), lr, share, balance)
                 self.history.append(progress)
                 yield progress
         finally:
@@ -264,7 +265,8 @@ class Fitter:
         flat = torch.randint(0, self.target.numel(), (batch,), generator=self.sampler).to(self.device)
         return flat, coords_from_flat(flat, self.shape), self.target[flat]
 
-    def _step(self, stage: str, optimizer: torch.optim.Optimizer) -> tuple[float, float, tuple[float, ...]]:
+    def _step(self, stage: str, optimizer: torch.optim.Optimizer) -> tuple[float, float, tuple[float, ...], float]:
+        """One optimisation step: (loss as reported, MSE, expert shares, balancing loss)."""
         model = self.model
         n = model.config.experts
         flat, coords, target = self.sample(self.config.batch_size)
@@ -275,15 +277,15 @@ class Fitter:
             loss.backward()
             optimizer.step()
             share = torch.bincount(logits.argmax(-1), minlength=n).float() / coords.shape[0]
-            return loss.item(), math.nan, tuple(share.tolist())
+            return loss.item(), math.nan, tuple(share.tolist()), 0.0
         if stage == "final":
             model.set_fake_steps(self._fake_steps())
         out = model(coords)
         mse = F.mse_loss(out.values[:, 0], target)
-        loss = mse
         share = torch.bincount(out.routing.choice.reshape(-1), minlength=n).float() / out.routing.choice.numel()
+        balance = torch.zeros(())
         if out.routing.probs is not None and stage == "joint" and self.config.balance_weight > 0:
-            loss = loss + self.config.balance_weight * n * torch.sum(share * out.routing.probs.mean(0))
-        loss.backward()
+            balance = self.config.balance_weight * n * torch.sum(share * out.routing.probs.mean(0))
+        (mse + balance).backward()
         optimizer.step()
-        return loss.item(), mse.item(), tuple(share.tolist())
+        return mse.item(), mse.item(), tuple(share.tolist()), balance.item()

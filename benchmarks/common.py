@@ -1,0 +1,67 @@
+"""Shared pieces of the benchmarks: the brain template, one timed compression, tables and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from codec import pack, pipeline  # noqa: E402
+from codec.train import TrainConfig  # noqa: E402
+from codec.volume import Volume, load_volume  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BRAIN = ROOT.parent / "shared" / "data" / "brain_template_mni152_1mm.nii.gz"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def brain() -> Volume:
+    if not BRAIN.exists():
+        raise SystemExit(f"the brain template is not at {BRAIN}")
+    return load_volume(BRAIN)
+
+
+def machine() -> dict:
+    return {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cuda": torch.cuda.is_available()}
+
+
+def compress(volume: Volume, settings: pipeline.Settings, config: TrainConfig) -> dict:
+    """Train, write the bytes, decode them, measure: one row of a benchmark table."""
+    start = time.perf_counter()
+    plan = pipeline.plan(volume, settings, config)
+    fitter = pipeline.new_fitter(volume, plan, config)
+    for _ in fitter.fit():
+        pass
+    data = pipeline.encode(fitter, plan)
+    seconds = time.perf_counter() - start
+    evaluation = pipeline.evaluate(volume, pack.decode(data))
+    params = plan.model.parameter_count()
+    return {
+        "settings": asdict(settings), "minutes": config.minutes, "steps": fitter.steps_run, "bytes": len(data),
+        "ratio": evaluation.ratio, "psnr": evaluation.quality.psnr, "ssim": evaluation.quality.ssim,
+        "parameters": params, "bits_per_weight": 8 * len(data) / params, "seconds": seconds,
+        "experts_used": sum(1 for e in evaluation.experts if e.share > 0),
+    }
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A Markdown table: columns are (title, key, format)."""
+    lines = ["| " + " | ".join(t for t, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(format(row[k], f) if f else str(row[k]) for _, k, f in columns) + " |")
+    return "\n".join(lines)
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
+    return path

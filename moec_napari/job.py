@@ -1,0 +1,151 @@
+"""The plugin's background work, with no Qt in it: training with previews, and loading a file.
+
+`TrainingJob.run` is a generator over `codec`'s `Fitter.fit`: it yields Progress (at most every
+0.1 s) and Preview (the displayed slice decoded at most every `preview_every` seconds), and
+returns a Result once training ends or is stopped. Everything heavy (previews, encoding, the full
+decode, the measurements) happens here, in the worker thread; the GUI thread only assigns arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+
+from codec import pack, pipeline
+from codec.decode import render
+from codec.metrics import ExpertStat, Quality
+from codec.train import Fitter, Progress, TrainConfig
+from codec.volume import Volume
+
+from .orientation import Orientation
+
+PROGRESS_EVERY = 0.1
+
+
+@dataclass(frozen=True, eq=False)
+class Preview:
+    """The reconstruction of one displayed slice, in display order."""
+
+    step: int
+    axis: int  # display axis the slice is taken along
+    index: int
+    values: np.ndarray
+    labels: np.ndarray
+    confidence: np.ndarray
+    error: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """A finished (or stopped) run, decoded from the bytes that Save .moec will write."""
+
+    data: bytes
+    values: np.ndarray  # display order, real units
+    labels: np.ndarray
+    confidence: np.ndarray
+    error: np.ndarray
+    quality: Quality
+    experts: list[ExpertStat]
+    ratio: float
+    file_ratio: float | None
+    steps: int
+    experts_count: int
+    parameters_per_expert: int
+    stopped: bool
+
+
+def _display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
+    return array if orientation is None else orientation.to_display(array)
+
+
+def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: int, stopped: bool,
+           moec: pack.MoecFile | None = None) -> Result:
+    """Decode `data` (unless already decoded), measure it against `volume`, in display order."""
+    moec = moec or pack.decode(data)
+    evaluation = pipeline.evaluate(volume, moec)
+    recon = evaluation.reconstruction
+    values = _display(orientation, recon.volume.data)
+    original = _display(orientation, volume.data)
+    model = moec.meta.model
+    return Result(data, values, _display(orientation, recon.labels), _display(orientation, recon.confidence),
+                  values - original, evaluation.quality, evaluation.experts, evaluation.ratio,
+                  evaluation.file_ratio, steps, model.experts, model.expert_parameter_count(), stopped)
+
+
+class TrainingJob:
+    """One volume's training session in the plugin: train, stop, continue, each run a generator."""
+
+    def __init__(self, volume: Volume, orientation: Orientation | None, settings: pipeline.Settings,
+                 config: TrainConfig, preview_every: float = 0.5):
+        self.volume = volume
+        self.orientation = orientation
+        self.plan = pipeline.plan(volume, settings, config)  # BudgetError here, before any thread starts
+        self.fitter: Fitter = pipeline.new_fitter(volume, self.plan, config)
+        self.preview_every = preview_every
+        self.stop_requested = False
+        #: (display axis, index) of the slice on screen; the GUI thread replaces the tuple whole.
+        self.view: tuple[int, int] | None = None
+        self.result: Result | None = None
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def run(self, minutes: float | None = None, steps: int | None = None) -> Generator[Progress | Preview, None, Result]:
+        """Train (the config's budget, or the one given to continue), then encode and decode."""
+        self.stop_requested = False
+        last_progress = last_preview = 0.0
+        progress = None
+        run = self.fitter.fit(minutes=minutes, steps=steps)
+        try:
+            for progress in run:
+                now = time.monotonic()
+                if now - last_progress >= PROGRESS_EVERY:
+                    last_progress = now
+                    yield progress
+                if self.stop_requested:
+                    break
+                if self.view is not None and now - last_preview >= self.preview_every and progress.stage != "router":
+                    yield self.preview(*self.view)
+                    last_preview = time.monotonic()
+        finally:
+            run.close()
+        if progress is not None:
+            yield progress
+        data = pipeline.encode(self.fitter, self.plan)
+        self.result = finish(self.volume, self.orientation, data, self.fitter.steps_run, self.stop_requested)
+        return self.result
+
+    def preview(self, axis: int, index: int) -> Preview:
+        """Decode the displayed slice with the model as it is now (no full decode)."""
+        o = self.orientation
+        shape = self.volume.shape
+        if o is None:
+            selection = tuple(index if a == axis else slice(None) for a in range(len(shape)))
+        else:
+            selection = o.file_selection(axis, index)
+        values, labels, confidence = render(self.fitter.model, shape, self.fitter.vmin, self.fitter.vmax, selection)
+        original = self.volume.data[tuple(slice(s, s + 1) if isinstance(s, int) else s for s in selection)]
+
+        def shown(slab: np.ndarray) -> np.ndarray:
+            return np.take(slab, 0, axis=axis) if o is None else o.slab_to_display(slab, axis)
+
+        values = shown(values)
+        return Preview(self.fitter.steps_run, axis, index, values, shown(labels), shown(confidence),
+                       values - shown(original))
+
+
+def load(volume: Volume | None, orientation: Orientation | None, data: bytes, name: str):
+    """Decode a .moec file for the plugin: a Result measured against `volume` when an open volume
+    has its shape, else the layers of the file alone (reconstruction, experts, confidence)."""
+    moec = pack.decode(data, name)
+    if volume is not None and volume.shape == moec.meta.shape:
+        steps = moec.meta.train.get("steps")
+        return finish(volume, orientation, data, steps if isinstance(steps, int) else 0, stopped=False, moec=moec)
+    from codec.decode import reconstruct
+
+    from .layers import moec_layers
+
+    return moec_layers(reconstruct(moec), data, moec.meta.model.experts, name)

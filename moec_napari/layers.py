@@ -1,0 +1,146 @@
+"""Napari layer data for volumes, reconstructions, errors, expert assignments and gate confidence.
+
+Every layer keeps what it takes to give its voxels back to `codec` in the file's voxel order under
+`layer.metadata["moec"]`: the orientation transform, the raw NIfTI header, the stored dtype and
+scaling, and the source file (never overwritten by a writer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from napari.utils.colormaps import Colormap, DirectLabelColormap
+
+from codec.volume import Volume, from_array
+
+from .orientation import Orientation
+
+META = "moec"
+
+#: Window presets for CT (level, width) in Hounsfield units.
+CT_WINDOWS = {"Brain": (40.0, 80.0), "Soft tissue": (40.0, 400.0), "Lung": (-600.0, 1500.0), "Bone": (400.0, 1800.0)}
+
+ERROR_COLORMAP = Colormap(
+    colors=[[0.13, 0.4, 0.67, 1.0], [1.0, 1.0, 1.0, 1.0], [0.7, 0.09, 0.17, 1.0]],
+    name="moec error (blue - white - red)", interpolation="linear",
+)
+
+#: A fixed colour per expert, so the assignment keeps its colours across updates and sessions.
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+    "#dbdb8d", "#9edae5",
+]
+
+
+def expert_colormap(experts: int) -> DirectLabelColormap:
+    colors = {None: "transparent", 0: "transparent"}
+    for k in range(experts):
+        colors[k + 1] = _PALETTE[k % len(_PALETTE)]
+    return DirectLabelColormap(color_dict=colors)
+
+
+def is_ct(vmin: float, vmax: float) -> bool:
+    """Values that look like Hounsfield units: air near -1000 and tissue or bone above 0."""
+    return vmin <= -900.0 and vmax >= 100.0
+
+
+def window_limits(level: float, width: float) -> tuple[float, float]:
+    return level - width / 2.0, level + width / 2.0
+
+
+def metadata_for(volume: Volume, orientation: Orientation | None, role: str, **extra) -> dict:
+    meta = {
+        "role": role,
+        "orientation": orientation.to_dict() if orientation is not None else None,
+        "header": volume.header,
+        "dtype": np.dtype(volume.dtype).name,
+        "slope": volume.slope,
+        "inter": volume.inter,
+        "source": str(volume.source) if volume.source else None,
+        "source_bytes": volume.source_bytes,
+    }
+    meta.update(extra)
+    return {META: meta}
+
+
+def orientation_of(volume: Volume) -> Orientation:
+    return Orientation.from_affine(volume.affine, volume.shape)
+
+
+def display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
+    return array if orientation is None else orientation.to_display(array)
+
+
+def image_layer(volume: Volume, name: str, role: str = "original", **extra) -> tuple:
+    """(data, kwargs, "image") for a volume, in display order with its transforms."""
+    orientation = orientation_of(volume)
+    vmin, vmax = volume.value_range
+    limits = window_limits(*CT_WINDOWS["Soft tissue"]) if is_ct(vmin, vmax) else (vmin, max(vmax, vmin + 1e-6))
+    kwargs = {"name": name, "metadata": metadata_for(volume, orientation, role, **extra),
+              "contrast_limits": limits, "colormap": "gray", **orientation.layer_kwargs()}
+    return orientation.to_display(volume.data), kwargs, "image"
+
+
+def moec_of(layer) -> dict | None:
+    meta = getattr(layer, "metadata", {}).get(META)
+    return meta if isinstance(meta, dict) else None
+
+
+def layer_orientation(layer) -> Orientation | None:
+    meta = moec_of(layer)
+    return Orientation.from_dict(meta["orientation"]) if meta and meta.get("orientation") else None
+
+
+def volume_of_layer(layer) -> tuple[Volume, Orientation | None]:
+    """The layer's voxels as a codec Volume in the file's own order, and the display transform.
+
+    Layers from our reader carry their file's header and orientation; any other image layer is
+    taken as it is (its axes are the file's axes, its scale and translate the affine's diagonal).
+    """
+    meta = moec_of(layer)
+    data = np.asarray(layer.data)
+    if meta and meta.get("orientation"):
+        orientation = Orientation.from_dict(meta["orientation"])
+        source = Path(meta["source"]) if meta.get("source") else None
+        volume = from_array(orientation.to_file(data), affine=np.asarray(orientation.affine), header=meta["header"],
+                            dtype=meta["dtype"], slope=meta["slope"], inter=meta["inter"], source=source,
+                            source_bytes=meta.get("source_bytes"))
+        return volume, orientation
+    affine = np.eye(4)
+    scale, translate = np.asarray(layer.scale)[-3:], np.asarray(layer.translate)[-3:]
+    affine[:3, :3] = np.diag(scale)
+    affine[:3, 3] = translate
+    dtype = data.dtype if data.dtype.kind in "iu" and data.dtype.itemsize <= 4 else np.float32
+    return from_array(data, affine=affine, dtype=dtype), None
+
+
+def transforms_of(layer) -> dict:
+    """Everything that places a layer in the world, to copy onto layers derived from it."""
+    return {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "rotate": layer.rotate,
+            "shear": layer.shear, "affine": layer.affine.affine_matrix, "axis_labels": tuple(layer.axis_labels),
+            "units": tuple(str(u) for u in layer.units)}
+
+
+def lossy_name(stem: str, ratio: float) -> str:
+    """Decompressed outputs are lossy: their names say MoEC and the ratio."""
+    return f"{stem} MoEC {ratio:.0f}x"
+
+
+def moec_layers(recon, data: bytes, experts: int, stem: str, source: Path | None = None) -> list[tuple]:
+    """Reconstruction, expert assignment and gate confidence of a decoded file, as layer data."""
+    ratio = recon.volume.raw_bytes / len(data)
+    volume = replace(recon.volume, source=source)
+    name = lossy_name(stem, ratio)
+    data_, kwargs, _ = image_layer(volume, name, role="reconstruction", moec_bytes=data, ratio=ratio)
+    orientation = orientation_of(volume)
+    placement = orientation.layer_kwargs()
+    meta = metadata_for(volume, orientation, "experts", ratio=ratio)
+    labels = (orientation.to_display(recon.labels), {"name": f"{name} experts", "colormap": expert_colormap(experts),
+                                                     "metadata": meta, **placement}, "labels")
+    confidence = (orientation.to_display(recon.confidence),
+                  {"name": f"{name} gate confidence", "colormap": "viridis", "contrast_limits": (0.0, 1.0),
+                   "metadata": metadata_for(volume, orientation, "confidence", ratio=ratio), **placement}, "image")
+    return [(data_, kwargs, "image"), labels, confidence]

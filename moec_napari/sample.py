@@ -1,0 +1,19 @@
+"""Sample data: the shipped phantom (a synthetic CT torso in Hounsfield units) and its tissues."""
+
+from __future__ import annotations
+
+from codec.phantom import TISSUES, make_phantom
+
+from .layers import metadata_for, orientation_of
+from .layers import image_layer
+
+
+def phantom() -> list[tuple]:
+    volume, tissues = make_phantom()
+    data, kwargs, kind = image_layer(volume, "phantom (synthetic CT)")
+    orientation = orientation_of(volume)
+    labels = (orientation.to_display(tissues),
+              {"name": "phantom tissues", "metadata": {**metadata_for(volume, orientation, "tissues"),
+                                                       "tissues": list(TISSUES)},
+               "visible": False, **orientation.layer_kwargs()}, "labels")
+    return [(data, kwargs, kind), labels]

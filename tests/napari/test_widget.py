@@ -1,0 +1,193 @@
+"""The dock widget under pytest-qt: training in the background, stop and continue, save and load,
+round trips with the command line, notifications instead of exceptions."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+
+from codec.cli import main as moec
+from codec.metrics import psnr
+from moec_napari.layers import META, layer_orientation
+
+from .conftest import FAST_STEPS, wait_for
+
+
+def _configure(widget, steps=FAST_STEPS, ratio=12.0, experts=4):
+    widget.ratio.setValue(ratio)
+    widget.experts.setValue(experts)
+    widget.steps.setValue(steps)
+
+
+def _file_order(widget, layer) -> np.ndarray:
+    return layer_orientation(widget.source).to_file(np.asarray(layer.data))
+
+
+def test_training_produces_the_four_layers_beside_the_original(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    source = viewer.layers[0]
+    _configure(widget)
+    widget.train()
+    assert not widget.ratio.isEnabled() and widget.stop_button.isEnabled()  # inputs locked while training
+    wait_for(widget, qtbot)
+    assert widget.ratio.isEnabled() and widget.save_button.isEnabled()
+    layers = widget.derived
+    assert set(layers) == {"reconstruction", "error", "experts", "confidence"}
+    dtypes = {"reconstruction": np.float32, "error": np.float32, "experts": np.uint8, "confidence": np.float32}
+    for role, layer in layers.items():
+        assert layer in viewer.layers
+        assert layer.data.shape == source.data.shape and layer.data.dtype == dtypes[role]
+        np.testing.assert_allclose(layer.scale, source.scale)
+        np.testing.assert_allclose(layer.translate, source.translate)
+        np.testing.assert_allclose(layer.affine.affine_matrix, source.affine.affine_matrix)
+        assert "MoEC" in layer.name and "x" in layer.name
+    recon = layers["reconstruction"].data
+    assert psnr(source.data, recon) > 15
+    np.testing.assert_allclose(layers["error"].data, recon - source.data, atol=1e-3)
+    lo, hi = layers["error"].contrast_limits
+    assert lo == pytest.approx(-hi) and hi > 0
+    assert set(np.unique(layers["experts"].data)) <= set(range(1, 5))
+    assert 0 < layers["confidence"].data.min() and layers["confidence"].data.max() <= 1
+    from moec_napari.widget import _grid
+
+    assert _grid(viewer).enabled
+    assert widget.table.rowCount() == 4 and "dB" in widget.metrics["psnr"].text()
+    assert widget.curves.steps and widget.curves.steps[-1] <= widget.result.steps
+
+
+def test_contrast_limits_are_linked_and_ct_windows_apply(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    _configure(widget, steps=40)
+    widget.train()
+    wait_for(widget, qtbot)
+    source, recon = viewer.layers[0], widget.derived["reconstruction"]
+    source.contrast_limits = (-160.0, 240.0)
+    assert tuple(recon.contrast_limits) == pytest.approx((-160.0, 240.0))
+    recon.contrast_limits = (-50.0, 50.0)
+    assert tuple(source.contrast_limits) == pytest.approx((-50.0, 50.0))
+    assert widget.windows.isVisibleTo(widget)  # the phantom is in Hounsfield units
+    widget.apply_window("Lung")
+    assert tuple(source.contrast_limits) == pytest.approx((-1350.0, 150.0))
+    assert tuple(recon.contrast_limits) == pytest.approx((-1350.0, 150.0))
+
+
+def test_selecting_an_expert_shows_only_its_region_and_worst_slice_jumps(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    _configure(widget, steps=40)
+    widget.train()
+    wait_for(widget, qtbot)
+    widget.table.selectRow(2)
+    experts = widget.derived["experts"]
+    assert experts.show_selected_label and experts.selected_label == 3
+    widget.table.clearSelection()
+    assert not experts.show_selected_label
+    widget.go_to_worst_slice()
+    k = widget.result.quality.worst_slice
+    orientation = layer_orientation(widget.source)
+    axis, index = orientation.display_position(2, k)
+    assert axis not in viewer.dims.displayed
+    assert viewer.dims.current_step[axis] == index
+
+
+def test_stop_keeps_a_usable_model_and_continue_improves_it(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    _configure(widget, steps=100_000)
+    widget.train()
+    qtbot.waitUntil(lambda: widget.job.fitter.steps_run > 600, timeout=60_000)  # 300 router steps, then joint
+    widget.stop()
+    wait_for(widget, qtbot)
+    first = widget.result
+    assert first.stopped and first.steps < 100_000
+    assert first.quality.psnr > 15
+    assert widget.derived["reconstruction"].data.any()
+    widget.steps.setValue(250)
+    widget.continue_training()
+    wait_for(widget, qtbot)
+    second = widget.result
+    assert second.steps == first.steps + 250 and not second.stopped
+    assert second.quality.psnr > first.quality.psnr
+
+
+def test_save_then_load_gives_exactly_the_displayed_reconstruction(widget_on, phantom_nifti, qtbot, tmp_path):
+    viewer, widget = widget_on(phantom_nifti)
+    _configure(widget)
+    widget.train()
+    wait_for(widget, qtbot)
+    shown = widget.derived["reconstruction"].data.copy()
+    labels = widget.derived["experts"].data.copy()
+    path = tmp_path / "saved.moec"
+    widget.save_moec(path)
+    assert path.read_bytes() == widget.result.data
+
+    viewer2, widget2 = widget_on(phantom_nifti)
+    widget2.load_moec(path)
+    wait_for(widget2, qtbot)
+    np.testing.assert_array_equal(widget2.derived["reconstruction"].data, shown)
+    np.testing.assert_array_equal(widget2.derived["experts"].data, labels)
+    assert widget2.result.ratio == pytest.approx(widget.result.ratio)
+
+
+def test_plugin_compression_decompresses_with_the_cli_in_file_order(widget_on, phantom_nifti, qtbot, tmp_path):
+    viewer, widget = widget_on(phantom_nifti)
+    _configure(widget)
+    widget.train()
+    wait_for(widget, qtbot)
+    path = tmp_path / "plugin.moec"
+    widget.save_moec(path)
+    out = tmp_path / "cli.nii.gz"
+    assert moec(["decompress", str(path), "-o", str(out)]) == 0
+    cli = nib.load(str(out)).get_fdata(dtype=np.float32)
+    np.testing.assert_array_equal(cli, _file_order(widget, widget.derived["reconstruction"]))
+    np.testing.assert_allclose(nib.load(str(out)).affine, nib.load(str(phantom_nifti)).affine)
+
+
+def test_cli_compression_loads_in_the_plugin_in_file_order(widget_on, phantom_nifti, qtbot, tmp_path):
+    path, out = tmp_path / "cli.moec", tmp_path / "cli.nii.gz"
+    assert moec(["compress", str(phantom_nifti), "-o", str(path), "--ratio", "12", "--experts", "4",
+                 "--steps", str(FAST_STEPS), "--batch", "2048", "--quiet"]) == 0
+    assert moec(["decompress", str(path), "-o", str(out)]) == 0
+    viewer, widget = widget_on(phantom_nifti)
+    widget.load_moec(path)
+    wait_for(widget, qtbot)
+    cli = nib.load(str(out)).get_fdata(dtype=np.float32)
+    np.testing.assert_array_equal(_file_order(widget, widget.derived["reconstruction"]), cli)
+    assert widget.derived["reconstruction"].metadata[META]["moec_bytes"] == path.read_bytes()
+
+
+def test_opening_a_moec_file_alone_gives_its_layers(make_napari_viewer, phantom_nifti, tmp_path):
+    from moec_napari.reader import get_reader
+
+    path = tmp_path / "alone.moec"
+    assert moec(["compress", str(phantom_nifti), "-o", str(path), "--ratio", "12", "--experts", "4",
+                 "--steps", "30", "--batch", "1024", "--quiet"]) == 0
+    viewer = make_napari_viewer()
+    layers = [getattr(viewer, f"add_{kind}")(data, **kwargs) for data, kwargs, kind in get_reader(str(path))(str(path))]
+    assert [type(layer).__name__ for layer in layers] == ["Image", "Labels", "Image"]
+    assert "MoEC 1" in layers[0].name and layers[1].data.dtype == np.uint8
+    original = get_reader(str(phantom_nifti))(str(phantom_nifti))[0]
+    np.testing.assert_allclose(layers[0].scale, original[1]["scale"])
+    np.testing.assert_allclose(layers[0].translate, original[1]["translate"])
+
+
+def test_a_corrupt_moec_file_gives_a_notification_not_an_exception(widget_on, phantom_nifti, qtbot, tmp_path):
+    viewer, widget = widget_on(phantom_nifti)
+    bad = tmp_path / "corrupt.moec"
+    bad.write_bytes(b"MOEC\x01\x00\x10" + bytes(64))
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(n))
+    widget.load_moec(bad)
+    qtbot.waitUntil(lambda: bool(seen), timeout=10_000)
+    assert "MoEC" in str(seen[0].message)
+    assert widget.worker is None and widget.load_button.isEnabled()
+
+
+def test_an_impossible_ratio_is_a_notification(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(n))
+    widget.ratio.setValue(100000)
+    widget.train()
+    assert seen and "highest reachable" in str(seen[0].message)
+    assert widget.worker is None

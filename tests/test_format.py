@@ -1,0 +1,231 @@
+"""The .moec container: round trips, and every malformed file raises MoecFormatError and nothing else.
+
+The hostile-header cases are assembled here with an independent implementation of the documented
+layout and a *correct* CRC, so they get past the checksum and exercise the validation itself.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from codec import pack, pipeline
+from codec.bitstream import READABLE_VERSIONS, unpack_container
+from codec.decode import reconstruct
+from codec.errors import MoecFormatError
+from codec.phantom import make_phantom
+from codec.train import TrainConfig
+
+from .training import train
+
+FUZZ = settings(deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+
+
+def assemble(meta_text: bytes, nifti: bytes, payload: bytes, version: int = 1, nifti_len: int = 348) -> bytes:
+    """The documented layout, written independently of codec.bitstream."""
+    inner = struct.pack("<H", nifti_len) + nifti + meta_text
+    header = zlib.compress(inner)
+    body = b"MOEC" + bytes([version]) + struct.pack("<H", len(header)) + header
+    body += struct.pack("<I", len(payload)) + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.fixture(scope="module")
+def valid_files():
+    """One quantized and one float16 file of a small phantom."""
+    volume, _ = make_phantom((24, 20, 12))
+    files = {}
+    for bits in (8, 16):
+        fitter, plan = train(volume, pipeline.Settings(ratio=10, experts=4, bits=bits), TrainConfig(steps=20, batch_size=1024))
+        files[bits] = pipeline.encode(fitter, plan)
+    return volume, files
+
+
+def decodes_or_refuses(data: bytes) -> None:
+    """The only acceptable outcomes: a decoded model, or MoecFormatError."""
+    try:
+        pack.decode(data)
+    except MoecFormatError:
+        pass
+
+
+def test_round_trip_gives_bit_identical_voxels_twice(valid_files):
+    volume, files = valid_files
+    for data in files.values():
+        first, second = reconstruct(pack.decode(data)), reconstruct(pack.decode(data))
+        np.testing.assert_array_equal(first.volume.data, second.volume.data)
+        np.testing.assert_array_equal(first.labels, second.labels)
+        assert first.volume.shape == volume.shape
+
+
+def test_atomic_write_and_read(valid_files, tmp_path):
+    _, files = valid_files
+    path = tmp_path / "a.moec"
+    pack.write(path, files[8])
+    assert path.read_bytes() == files[8]
+    assert pack.read(path).nbytes == len(files[8])
+    assert [p.name for p in tmp_path.iterdir()] == ["a.moec"]
+
+
+def test_unknown_versions_name_both_versions(valid_files):
+    _, files = valid_files
+    c = unpack_container(files[8])
+    data = assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=7)
+    with pytest.raises(MoecFormatError, match=r"version 7; this program reads version 1"):
+        pack.decode(data)
+    assert READABLE_VERSIONS == (1,)
+
+
+def test_specific_malformations_have_readable_messages(valid_files):
+    _, files = valid_files
+    data = files[8]
+    cases = {
+        b"": "too short",
+        b"PK\x03\x04" + data[4:]: "not a .moec file",
+        data[:-9]: "truncated",
+        data + b"\x00": "unexpected bytes",
+        data[:-1] + bytes([data[-1] ^ 1]): "checksum",
+    }
+    for bad, message in cases.items():
+        with pytest.raises(MoecFormatError, match=message):
+            pack.decode(bad)
+
+
+@FUZZ
+@given(cut=st.integers(min_value=0, max_value=10**6), which=st.sampled_from([8, 16]))
+def test_every_truncation_is_refused(valid_files, cut, which):
+    data = valid_files[1][which]
+    with pytest.raises(MoecFormatError):
+        pack.decode(data[: cut % len(data)])
+
+
+@settings(deadline=None, max_examples=600)
+@given(position=st.integers(min_value=0, max_value=10**6), bit=st.integers(0, 7), which=st.sampled_from([8, 16]))
+def test_every_bit_flip_is_refused(valid_files, position, bit, which):
+    data = bytearray(valid_files[1][which])
+    data[position % len(data)] ^= 1 << bit
+    with pytest.raises(MoecFormatError):
+        pack.decode(bytes(data))
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=3000), st.binary(max_size=3000).map(lambda b: b"MOEC\x01" + b)))
+def test_random_bytes_are_refused(data):
+    with pytest.raises(MoecFormatError):
+        pack.decode(data)
+
+
+def _paths(node, prefix=()):
+    """Every key path of a JSON tree (dicts and lists), leaves included."""
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, prefix + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _paths(value, prefix + (index,))
+
+
+HOSTILE = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=12),
+    st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
+    st.sampled_from([0, -1, 1, 2 ** 15, 2 ** 16, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 63, 10 ** 30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.integers(min_value=-(2 ** 40), max_value=2 ** 40), max_size=6),
+    st.lists(st.sampled_from([1, 7, 65535, 2 ** 20, 10 ** 9]), min_size=3, max_size=4),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
+)
+
+
+@settings(deadline=None, max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), which=st.sampled_from([8, 16]))
+def test_hostile_headers_with_a_correct_crc_are_refused_cleanly(valid_files, data, which):
+    c = unpack_container(valid_files[1][which])
+    meta = json.loads(json.dumps(c.meta))
+    path = data.draw(st.sampled_from([p for p in _paths(meta) if p]))
+    action = data.draw(st.sampled_from(["replace", "delete", "add"]))
+    parent = meta
+    for key in path[:-1]:
+        parent = parent[key]
+    if action == "delete" and isinstance(parent, dict):
+        del parent[path[-1]]
+    elif action == "add" and isinstance(parent, dict):
+        parent["unexpected_" + str(path[-1])] = data.draw(HOSTILE)
+    else:
+        parent[path[-1]] = data.draw(HOSTILE)
+    decodes_or_refuses(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+
+
+@FUZZ
+@given(payload=st.binary(max_size=4000), which=st.sampled_from([8, 16]))
+def test_hostile_payloads_with_a_correct_crc_are_refused_cleanly(valid_files, payload, which):
+    c = unpack_container(valid_files[1][which])
+    decodes_or_refuses(assemble(json.dumps(c.meta).encode(), c.nifti, payload))
+
+
+@FUZZ
+@given(position=st.integers(0, 10 ** 6), value=st.integers(0, 255), which=st.sampled_from([8, 16]))
+def test_corrupted_weights_and_tables_with_a_correct_crc_are_refused_cleanly(valid_files, position, value, which):
+    c = unpack_container(valid_files[1][which])
+    payload = bytearray(c.payload)
+    payload[position % len(payload)] = value
+    decodes_or_refuses(assemble(json.dumps(c.meta).encode(), c.nifti, bytes(payload)))
+
+
+@FUZZ
+@given(nifti=st.binary(min_size=348, max_size=348), nifti_len=st.sampled_from([348, 0, 347, 540, 65535]))
+def test_hostile_nifti_headers_are_refused_cleanly(valid_files, nifti, nifti_len):
+    c = unpack_container(valid_files[1][8])
+    decodes_or_refuses(assemble(json.dumps(c.meta).encode(), nifti, c.payload, nifti_len=nifti_len))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("shape", [2 ** 15, 2 ** 15, 2 ** 15], "voxels"),
+    ("shape", [-5, 10, 10], "shape"),
+    ("shape", [10, 10], "3D or 4D"),
+    ("dtype", "complex128", "dtype"),
+    ("range", [0.0, 1e309], "range"),
+])
+def test_huge_or_negative_fields_are_refused_before_any_allocation(valid_files, field, value, message):
+    c = unpack_container(valid_files[1][8])
+    meta = dict(c.meta)
+    meta[field] = value
+    text = json.dumps(meta).replace("Infinity", "1e999").encode()
+    with pytest.raises(MoecFormatError, match=message):
+        pack.decode(assemble(text, c.nifti, c.payload))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"expert_width": 4096, "experts": 64}, "parameters"),
+    ({"expert_width": 2000}, "payload has only"),
+    ({"experts": 0}, "experts"),
+    ({"top_k": 5}, "top_k"),
+    ({"partition": "octree"}, "partition"),
+])
+def test_absurd_model_descriptions_are_refused(valid_files, change, message):
+    c = unpack_container(valid_files[1][8])
+    meta = json.loads(json.dumps(c.meta))
+    meta["model"].update(change)
+    with pytest.raises(MoecFormatError, match=message):
+        pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+
+
+@pytest.mark.parametrize("bits", [0, 1, 17, 1000, -3])
+def test_absurd_bit_widths_are_refused(valid_files, bits):
+    c = unpack_container(valid_files[1][8])
+    meta = json.loads(json.dumps(c.meta))
+    meta["weights"]["bits"] = bits
+    with pytest.raises(MoecFormatError, match="bits"):
+        pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+
+
+def test_deeply_nested_headers_are_refused(valid_files):
+    c = unpack_container(valid_files[1][8])
+    with pytest.raises(MoecFormatError):
+        pack.decode(assemble(b"[" * 30_000 + b"]" * 30_000, c.nifti, c.payload))
