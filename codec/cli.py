@@ -91,9 +91,10 @@ def cmd_compress(args) -> int:
 
     from . import pack, pipeline
     from .errors import MoecError
-    from .train import TrainConfig
+    from .train import TrainConfig, resolve_device
     from .volume import load_volume
 
+    resolve_device(args.device)  # a missing CUDA device is reported before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     source = Path(args.input)

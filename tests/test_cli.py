@@ -113,3 +113,44 @@ def test_sample_writes_the_phantom_and_its_labels(tmp_path):
     assert img.shape == (24, 20, 12) and img.get_data_dtype() == np.int16
     assert img.get_fdata().min() < -900  # air in Hounsfield units
     assert nib.load(str(tmp_path / "t.nii.gz")).get_data_dtype() == np.uint8
+
+
+def test_a_4d_volume_round_trips_with_time_as_a_fourth_coordinate(tmp_path, capsys):
+    t = np.linspace(0, 1, 5, dtype=np.float32)
+    x = np.linspace(-1, 1, 16, dtype=np.float32)
+    field = np.sin(3 * x[:, None, None, None] + 2 * t) * np.cos(2 * x[None, :, None, None]) + x[None, None, :, None]
+    raw = np.round(field * 300).astype(np.int16)
+    source = tmp_path / "dynamic.nii.gz"
+    nib.save(nib.Nifti1Image(raw, np.diag([2.0, 2.0, 2.0, 1.0])), str(source))
+    out, back = tmp_path / "dynamic.moec", tmp_path / "dynamic_back.nii.gz"
+    assert main(["compress", str(source), "-o", str(out), "--ratio", "8", "--experts", "2", *FAST]) == 0
+    assert main(["info", str(out)]) == 0
+    assert "16 x 16 x 16 x 5" in capsys.readouterr().out
+    assert main(["decompress", str(out), "-o", str(back)]) == 0
+    img = nib.load(str(back))
+    assert img.shape == raw.shape and img.get_data_dtype() == np.int16
+    capsys.readouterr()
+    assert main(["eval", str(source), str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quality"]["psnr"] > 20 and "time frames" in report["quality"]["ssim_method"]
+
+
+def test_a_constant_volume_compresses_and_its_psnr_is_reported_undefined(tmp_path, capsys):
+    source = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((12, 12, 12), 7, dtype=np.uint8), np.eye(4)), str(source))
+    out = tmp_path / "flat.moec"
+    assert main(["compress", str(source), "-o", str(out), "--ratio", "2", "--experts", "1", "--steps", "20",
+                 "--quiet"]) == 0
+    assert "undefined" in capsys.readouterr().out
+    back = tmp_path / "flat_back.nii.gz"
+    assert main(["decompress", str(out), "-o", str(back)]) == 0
+    assert np.all(np.asarray(nib.load(str(back)).dataobj) == 7)
+
+
+def test_asking_for_cuda_without_it_is_a_clear_error(phantom_file, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["compress", str(phantom_file), "-o", str(tmp_path / "c.moec"), "--device", "cuda", *FAST]) != 0
+    assert "CUDA" in _one_line_error(capsys)

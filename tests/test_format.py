@@ -39,7 +39,7 @@ def assemble(meta_text: bytes, nifti: bytes, payload: bytes, version: int = 1, n
 @pytest.fixture(scope="module")
 def valid_files():
     """One quantized and one float16 file of a small phantom."""
-    volume, _ = make_phantom((24, 20, 12))
+    volume, _ = make_phantom((32, 24, 16))
     files = {}
     for bits in (8, 16):
         fitter, plan = train(volume, pipeline.Settings(ratio=10, experts=4, bits=bits), TrainConfig(steps=20, batch_size=1024))

@@ -1,0 +1,241 @@
+"""`moec bench`: rate-distortion of MoEC against the classical codecs on a user's own volume.
+
+Every cell (one method at one ratio) is measured the same way (DESIGN section 5: ratio on the bytes
+actually produced, PSNR with peak = max - min, 3D SSIM), written to its own JSON file as soon as it
+is done, and skipped on a rerun, so a long benchmark survives interruption. The tables and the plot
+are regenerated from the cells at the end of every cell.
+
+Methods: the learned MoEC partition, a single SIREN and the fixed block partition at the same file
+size and training time (the paper's central claim), the classical codecs, and, at one ratio, the
+ablations (number of experts, top-2, balancing loss off, router pretraining off).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import classical, pack, pipeline
+from .errors import BudgetError, MoecError
+from .files import atomic_write_bytes
+from .train import TrainConfig
+from .volume import Volume
+
+DEFAULT_RATIOS = (128.0, 256.0, 512.0, 1024.0, 4096.0)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One MoEC configuration benchmarked (the baselines are options of the same code)."""
+
+    name: str
+    settings: dict = field(default_factory=dict)  # pipeline.Settings fields besides the ratio
+    train: dict = field(default_factory=dict)  # TrainConfig fields besides the budget
+
+
+CLAIM = (
+    Method("MoEC (learned, 8 experts)"),
+    Method("single SIREN", {"experts": 1}),
+    Method("blocks (8, fixed)", {"partition": "blocks"}),
+)
+ABLATIONS = (
+    Method("experts 2", {"experts": 2}),
+    Method("experts 4", {"experts": 4}),
+    Method("experts 16", {"experts": 16}),
+    Method("top-2", {"top_k": 2}),
+    Method("balancing off", train={"balance_weight": 0.0}),
+    Method("router pretraining off", train={"router_pretraining": False}),
+    Method("pretraining on blocks", train={"pretrain_target": "blocks"}),
+    Method("full straight-through gradient", train={"gate_gradient": 1.0}),
+)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def cell_path(out: Path, method: str, ratio: float) -> Path:
+    return out / "cells" / f"{slug(method)}@{ratio:g}.json"
+
+
+def run_moec(volume: Volume, method: Method, ratio: float, config: TrainConfig) -> dict:
+    settings = pipeline.Settings(ratio=ratio, **method.settings)
+    config = TrainConfig(**{**asdict(config), **method.train})
+    start = time.perf_counter()
+    try:
+        plan = pipeline.plan(volume, settings, config)
+    except BudgetError as exc:
+        return {"reached": False, "note": str(exc)}
+    fitter = pipeline.new_fitter(volume, plan, config)
+    for _ in fitter.fit():
+        pass
+    data = pipeline.encode(fitter, plan)
+    evaluation = pipeline.evaluate(volume, pack.decode(data))
+    return {"reached": True, "ratio": evaluation.ratio, "bytes": len(data), "psnr": evaluation.quality.psnr,
+            "ssim": evaluation.quality.ssim, "steps": fitter.steps_run, "parameters": plan.model.parameter_count(),
+            "experts_used": sum(1 for e in evaluation.experts if e.share > 0),
+            "seconds": time.perf_counter() - start, "note": ""}
+
+
+def run_classical(volume: Volume, codec: str, ratio: float) -> dict:
+    start = time.perf_counter()
+    result = classical.compress(volume, codec, ratio)
+    row = asdict(result)
+    row.pop("codec", None)
+    row.pop("target", None)
+    row["seconds"] = time.perf_counter() - start
+    return row
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    ratio: float
+    kind: str  # "moec", "classical", "ablation"
+    run: Callable[[], dict]
+
+
+def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, codecs: tuple[str, ...],
+               ablations: bool, ablation_ratio: float) -> Iterator[Cell]:
+    for ratio in ratios:
+        for codec in codecs:
+            yield Cell(codec, ratio, "classical", lambda c=codec, r=ratio: run_classical(volume, c, r))
+        for method in CLAIM:
+            yield Cell(method.name, ratio, "moec", lambda m=method, r=ratio: run_moec(volume, m, r, config))
+    if ablations:
+        for method in ABLATIONS:
+            yield Cell(method.name, ablation_ratio, "ablation",
+                       lambda m=method: run_moec(volume, m, ablation_ratio, config))
+
+
+def run(volume: Volume, out: Path, ratios: tuple[float, ...] = DEFAULT_RATIOS, config: TrainConfig = TrainConfig(),
+        codecs: tuple[str, ...] | None = None, ablations: bool = False, ablation_ratio: float = 256.0,
+        log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the benchmark into `out`; returns the collected results."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cells").mkdir(exist_ok=True)
+    available = classical.availability()
+    if codecs is None:
+        codecs = tuple(classical.CODECS)
+    for codec, reason in available.items():
+        if codec in codecs and reason:
+            log(f"skipping {codec}: {reason}")
+    usable = tuple(c for c in codecs if not available.get(c))
+    describe = {"shape": list(volume.shape), "dtype": volume.dtype.name, "raw_bytes": volume.raw_bytes,
+                "minutes": config.minutes, "steps": config.steps, "source": str(volume.source or "")}
+    cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio))
+    for number, cell in enumerate(cells, 1):
+        path = cell_path(out, cell.method, cell.ratio)
+        if path.exists():
+            log(f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x: done before, skipped")
+            continue
+        log(f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x ...")
+        row = {"method": cell.method, "target": cell.ratio, "kind": cell.kind, **cell.run()}
+        atomic_write_bytes(path, json.dumps(row, indent=1, default=float).encode())
+        log("    " + _summary(row))
+        write_reports(out, describe, ratios, skipped={c: r for c, r in available.items() if r and c in codecs})
+    return write_reports(out, describe, ratios, skipped={c: r for c, r in available.items() if r and c in codecs})
+
+
+def _summary(row: dict) -> str:
+    if not row.get("reached"):
+        return f"not reached: {row.get('note', '')}"
+    return f"{row['ratio']:.1f}x, PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}"
+
+
+def load_cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+
+
+def write_reports(out: Path, describe: dict, ratios: tuple[float, ...], skipped: dict) -> dict:
+    rows = load_cells(out)
+    results = {"volume": describe, "skipped": skipped, "cells": rows}
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=1, default=float).encode())
+    atomic_write_bytes(out / "results.md", markdown(rows, describe, skipped).encode())
+    try:
+        plot(rows, out / "rd.png", describe)
+    except ImportError:
+        results["plot"] = "matplotlib is not installed (pip install 'moec-napari[bench]'): no plot"
+    return results
+
+
+def _cell_text(row: dict | None) -> str:
+    if row is None:
+        return ""
+    if not row.get("reached"):
+        return "cannot reach"
+    return f"{row['psnr']:.2f}" if math.isfinite(row["psnr"]) else str(row["psnr"])
+
+
+def markdown(rows: list[dict], describe: dict, skipped: dict) -> str:
+    budget = f"{describe['minutes']:g} min of training" if describe.get("steps") is None else f"{describe['steps']} steps"
+    ratios = sorted({r["target"] for r in rows if r["kind"] != "ablation"})
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["kind"] != "ablation"))
+    by_key = {(r["method"], r["target"]): r for r in rows}
+    lines = [f"Volume {' x '.join(map(str, describe['shape']))} {describe['dtype']}, MoEC with {budget} per cell. "
+             "PSNR in dB (peak = max - min); ratio measured on the bytes produced.", ""]
+    lines.append("| method | " + " | ".join(f"{r:g}x" for r in ratios) + " |")
+    lines.append("|---|" + "---|" * len(ratios))
+    for method in methods:
+        lines.append(f"| {method} | " + " | ".join(_cell_text(by_key.get((method, r))) for r in ratios) + " |")
+    ablations = [r for r in rows if r["kind"] == "ablation"]
+    if ablations:
+        ratio = ablations[0]["target"]
+        base = {r["method"]: r for r in rows if r["target"] == ratio and r["kind"] == "moec"}
+        lines += ["", f"Ablations at {ratio:g}x (same file size, same training time):", "",
+                  "| variant | ratio | PSNR dB | SSIM | steps | experts used |", "|---|---|---|---|---|---|"]
+        for r in list(base.values()) + ablations:
+            if r.get("reached"):
+                lines.append(f"| {r['method']} | {r['ratio']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+                             f"{r['steps']} | {r.get('experts_used', '')} |")
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{c} ({why})" for c, why in skipped.items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, describe: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["kind"] != "ablation"))
+    for method in methods:
+        points = sorted((r["ratio"], r["psnr"]) for r in rows
+                        if r["method"] == method and r["kind"] != "ablation" and r.get("reached"))
+        if points:
+            style = "-o" if any(r["kind"] == "moec" and r["method"] == method for r in rows) else "--s"
+            axes.plot(*zip(*points), style, label=method)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("compression ratio (raw voxels / file bytes)")
+    axes.set_ylabel("PSNR (dB, peak = max - min)")
+    axes.set_title(f"{' x '.join(map(str, describe['shape']))} {describe['dtype']}")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    tmp = path.with_name(path.name + ".part.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def describe_missing() -> list[str]:
+    """What the bench extra would add here, for a clear message."""
+    missing = []
+    for codec, reason in classical.availability().items():
+        if reason:
+            missing.append(f"{codec}: {reason}")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        missing.append("matplotlib (no plot): pip install 'moec-napari[bench]'")
+    return missing
+
+
+__all__ = ["run", "DEFAULT_RATIOS", "CLAIM", "ABLATIONS", "MoecError", "describe_missing"]
