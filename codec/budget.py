@@ -48,7 +48,7 @@ class Architecture:
     experts: int = 8
     top_k: int = 1
     partition: str = "learned"
-    expert_layers: int = 2
+    expert_layers: int = 3
     encoder_layers: int = 1
     encoder_share: float = 1.0  # encoder width / expert width
     omega0: float = 30.0

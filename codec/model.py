@@ -104,7 +104,7 @@ class ModelConfig:
                 width_in = self.encoder_width
         if self.has_router:
             shapes += [
-                ("router.w0", (width_in, self.router_width)),
+                ("router.w0", (width_in + self.dims, self.router_width)),
                 ("router.b0", (self.router_width,)),
                 ("router.w1", (self.router_width, self.experts)),
                 ("router.b1", (self.experts,)),
@@ -245,7 +245,10 @@ class MoEC(nn.Module):
                                       first_omega=True, generator=generator)
             width_in = config.encoder_width
         if config.has_router:
-            self.router = Router(width_in, config.router_width, config.experts, generator)
+            # The router reads the raw coordinates beside the encoder features: sine features alone
+            # made smooth partitions hard to learn for some initialisations (measured: the router's
+            # pretraining loss stalled near 1.0 for one seed in six on the phantom).
+            self.router = Router(width_in + config.dims, config.router_width, config.experts, generator)
         self.experts = SirenStack(config.experts, width_in, config.expert_width, config.expert_layers,
                                   config.omega0, first_omega=not config.uses_encoder, generator=generator)
         self.decoder = Decoder(config.expert_width, config.out_channels, config.omega0, generator)
@@ -267,7 +270,7 @@ class MoEC(nn.Module):
         if self.router is None:
             choice = torch.zeros(coords.shape[0], 1, dtype=torch.long, device=coords.device)
             return Routing(None, choice, torch.ones(choice.shape, dtype=feats.dtype, device=feats.device))
-        probs = torch.softmax(self.router(feats), dim=-1)
+        probs = torch.softmax(self.router_logits(coords, feats), dim=-1)
         top, choice = probs.topk(cfg.top_k, dim=-1)
         if cfg.top_k == 1:
             # Straight-through: the forward value is the expert's own output (exactly 1 x it); the
@@ -277,6 +280,9 @@ class MoEC(nn.Module):
         else:
             weights = top / top.sum(dim=-1, keepdim=True)
         return Routing(probs, choice, weights)
+
+    def router_logits(self, coords: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        return self.router(torch.cat([coords, feats], dim=1))
 
     def dispatch(self, feats: torch.Tensor, routing: Routing) -> torch.Tensor:
         """Run each coordinate through its chosen experts only, grouped by expert."""

@@ -29,7 +29,7 @@ class Settings:
     bits: int = 8
     granularity: str = "tensor"
     first_layer_extra_bits: int = 2
-    expert_layers: int = 2
+    expert_layers: int = 3
     encoder_layers: int = 1
     encoder_share: float = 1.0
 

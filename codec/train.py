@@ -184,13 +184,15 @@ class Fitter:
             router_steps = self.config.pretrain_steps if steps is None else min(self.config.pretrain_steps, steps // 3)
         self.runs += 1
         stage = optimizer = None
+        decay_from = 0.0  # the learning rate decays over the reconstruction stages, not the router's
         try:
             while (fraction := budget.fraction()) < 1.0:
                 if budget.done < router_steps and (steps is not None or fraction < ROUTER_TIME_SHARE):
                     wanted, lr = "router", self.config.pretrain_lr
+                    decay_from = fraction
                 else:
                     wanted = "joint" if fraction < 1.0 - self.config.final_fraction else "final"
-                    lr = lr0 * self.config.lr_decay ** fraction
+                    lr = lr0 * self.config.lr_decay ** ((fraction - decay_from) / (1.0 - decay_from))
                 if wanted != stage:
                     stage = wanted
                     optimizer = self._enter(stage)
@@ -272,7 +274,7 @@ class Fitter:
         flat, coords, target = self.sample(self.config.batch_size)
         optimizer.zero_grad(set_to_none=True)
         if stage == "router":
-            logits = model.router(model.features(coords))
+            logits = model.router_logits(coords, model.features(coords))
             loss = F.cross_entropy(logits, self._router_targets(flat, coords))
             loss.backward()
             optimizer.step()

@@ -42,7 +42,7 @@ def valid_files():
     volume, _ = make_phantom((32, 24, 16))
     files = {}
     for bits in (8, 16):
-        fitter, plan = train(volume, pipeline.Settings(ratio=10, experts=4, bits=bits), TrainConfig(steps=20, batch_size=1024))
+        fitter, plan = train(volume, pipeline.Settings(ratio=6, experts=4, bits=bits), TrainConfig(steps=20, batch_size=1024))
         files[bits] = pipeline.encode(fitter, plan)
     return volume, files
 
@@ -203,7 +203,7 @@ def test_huge_or_negative_fields_are_refused_before_any_allocation(valid_files, 
 
 @pytest.mark.parametrize("change,message", [
     ({"expert_width": 4096, "experts": 64}, "parameters"),
-    ({"expert_width": 2000}, "payload has only"),
+    ({"expert_width": 600}, "payload has only"),
     ({"experts": 0}, "experts"),
     ({"top_k": 5}, "top_k"),
     ({"partition": "octree"}, "partition"),

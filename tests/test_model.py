@@ -29,7 +29,8 @@ def dense_reference(model: MoEC, coords: torch.Tensor) -> torch.Tensor:
             gates = torch.ones(coords.shape[0], 1)
         else:
             r = model.router
-            probs = torch.softmax(torch.relu(feats @ r.w0 + r.b0) @ r.w1 + r.b1, dim=-1)
+            routed = torch.cat([coords, feats], dim=1)
+            probs = torch.softmax(torch.relu(routed @ r.w0 + r.b0) @ r.w1 + r.b1, dim=-1)
             top, idx = probs.topk(cfg.top_k, dim=-1)
             weights = torch.ones_like(top) if cfg.top_k == 1 else top / top.sum(-1, keepdim=True)
             gates = torch.zeros_like(probs).scatter(1, idx, weights)
