@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import classical, pack, pipeline
-from .errors import BudgetError, MoecError
+from .errors import BudgetError
 from .files import atomic_write_bytes
 from .train import TrainConfig
 from .volume import Volume
@@ -101,11 +101,11 @@ class Cell:
 
 
 def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, codecs: tuple[str, ...],
-               ablations: bool, ablation_ratio: float) -> Iterator[Cell]:
+               ablations: bool, ablation_ratio: float, moec: bool = True) -> Iterator[Cell]:
     for ratio in ratios:
         for codec in codecs:
             yield Cell(codec, ratio, "classical", lambda c=codec, r=ratio: run_classical(volume, c, r))
-        for method in CLAIM:
+        for method in CLAIM if moec else ():
             yield Cell(method.name, ratio, "moec", lambda m=method, r=ratio: run_moec(volume, m, r, config))
     if ablations:
         for method in ABLATIONS:
@@ -115,7 +115,7 @@ def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, c
 
 def run(volume: Volume, out: Path, ratios: tuple[float, ...] = DEFAULT_RATIOS, config: TrainConfig = TrainConfig(),
         codecs: tuple[str, ...] | None = None, ablations: bool = False, ablation_ratio: float = 256.0,
-        log: Callable[[str], None] = print) -> dict:
+        moec: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the benchmark into `out`; returns the collected results."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(exist_ok=True)
@@ -128,7 +128,7 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = DEFAULT_RATIOS, c
     usable = tuple(c for c in codecs if not available.get(c))
     describe = {"shape": list(volume.shape), "dtype": volume.dtype.name, "raw_bytes": volume.raw_bytes,
                 "minutes": config.minutes, "steps": config.steps, "source": str(volume.source or "")}
-    cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio))
+    cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio, moec))
     for number, cell in enumerate(cells, 1):
         path = cell_path(out, cell.method, cell.ratio)
         if path.exists():
@@ -217,7 +217,8 @@ def plot(rows: list[dict], path: Path, describe: dict) -> None:
     axes.set_ylabel("PSNR (dB, peak = max - min)")
     axes.set_title(f"{' x '.join(map(str, describe['shape']))} {describe['dtype']}")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    if axes.lines:
+        axes.legend(fontsize=8)
     figure.tight_layout()
     tmp = path.with_name(path.name + ".part.png")
     figure.savefig(tmp)
@@ -237,5 +238,3 @@ def describe_missing() -> list[str]:
         missing.append("matplotlib (no plot): pip install 'moec-napari[bench]'")
     return missing
 
-
-__all__ = ["run", "DEFAULT_RATIOS", "CLAIM", "ABLATIONS", "MoecError", "describe_missing"]

@@ -266,6 +266,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+CODEC_KEYS = {"j2k": "JPEG 2000", "hevc": "HEVC (x265)", "h264": "H.264 (x264)"}
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from . import bench
+    from .train import TrainConfig
+    from .volume import load_volume
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    volume = load_volume(args.input)
+    for line in bench.describe_missing():
+        print(f"note: {line}", file=sys.stderr)
+    config = TrainConfig(minutes=args.minutes, steps=args.steps, seed=args.seed)
+    out = Path(args.out)
+    codecs = tuple(CODEC_KEYS[c] for c in args.codecs)
+    results = bench.run(volume, out, tuple(args.ratios), config, codecs=codecs, ablations=args.ablations,
+                        ablation_ratio=args.ablation_ratio, moec=not args.classical_only,
+                        log=lambda text: print(text, file=sys.stderr, flush=True))
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}"
+          + (f", {out / 'rd.png'}" if "plot" not in results else f" ({results['plot']})"))
+    return 0
+
+
 def cmd_sample(args) -> int:
     from .phantom import make_phantom
     from .volume import save_labels, save_volume
@@ -350,6 +377,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("input")
     e.add_argument("--json", action="store_true")
     e.set_defaults(run=cmd_eval)
+
+    b = sub.add_parser("bench", help="rate-distortion of MoEC against JPEG 2000, HEVC and H.264 on a volume")
+    b.add_argument("input", help=".nii, .nii.gz or .npy volume")
+    b.add_argument("--ratios", type=_positive(float), nargs="+", default=[128.0, 256.0, 512.0, 1024.0, 4096.0])
+    bench_budget = b.add_mutually_exclusive_group()
+    bench_budget.add_argument("--minutes", type=_positive(float), default=5.0,
+                              help="MoEC training time per cell (default 5)")
+    bench_budget.add_argument("--steps", type=_positive(int), help="MoEC training steps per cell instead")
+    b.add_argument("--codecs", nargs="*", choices=sorted(CODEC_KEYS), default=sorted(CODEC_KEYS),
+                   help="classical codecs to run (default: all that are installed)")
+    b.add_argument("--ablations", action="store_true",
+                   help="also the ablations (experts, top-2, balancing, pretraining) at --ablation-ratio")
+    b.add_argument("--ablation-ratio", type=_positive(float), default=256.0)
+    b.add_argument("--classical-only", action="store_true", help="skip the MoEC cells")
+    b.add_argument("--out", default="moec-bench", help="folder for cells, results.json, results.md, rd.png")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=_positive(int))
+    b.set_defaults(run=cmd_bench)
 
     s = sub.add_parser("sample", help="write the sample phantom (synthetic CT) as NIfTI")
     s.add_argument("-o", "--output", required=True)
