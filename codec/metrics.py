@@ -160,8 +160,12 @@ def expert_table(original: np.ndarray, recon: np.ndarray, labels: np.ndarray, ex
     peak = peak_of(original)
     flat_labels = labels.reshape(-1)
     counts = np.bincount(flat_labels, minlength=experts + 1)
-    diff2 = (original.reshape(-1).astype(np.float64) - recon.reshape(-1)) ** 2
-    sums = np.bincount(flat_labels, weights=diff2, minlength=experts + 1)
+    sums = np.zeros(max(experts + 1, int(flat_labels.max()) + 1 if flat_labels.size else 1))
+    flat_a, flat_b = original.reshape(-1), recon.reshape(-1)
+    for start in range(0, flat_labels.size, 1 << 22):  # in chunks: no full-size float64 copy
+        stop = start + (1 << 22)
+        d = flat_a[start:stop].astype(np.float64) - flat_b[start:stop]
+        sums += np.bincount(flat_labels[start:stop], weights=d * d, minlength=sums.size)
     table = []
     for k in range(experts):
         n = int(counts[k + 1])

@@ -1,0 +1,57 @@
+"""The plugin's background job without Qt: previews are slices of the model's decode, in display order."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from codec import pipeline
+from codec.decode import render
+from codec.phantom import make_phantom
+from codec.train import Progress, TrainConfig
+from moec_napari.job import Preview, Result, TrainingJob
+from moec_napari.layers import orientation_of
+
+
+def test_previews_are_the_displayed_slice_of_the_current_model_and_run_returns_a_result():
+    volume, _ = make_phantom((32, 28, 16))
+    orientation = orientation_of(volume)
+    job = TrainingJob(volume, orientation, pipeline.Settings(ratio=12, experts=4),
+                      TrainConfig(steps=120, batch_size=2048), preview_every=0.0)
+    job.view = (0, 5)  # display axis 0 (superior-inferior), slice 5
+    items = []
+    run = job.run()
+    try:
+        while True:
+            items.append(next(run))
+    except StopIteration as stop:
+        result = stop.value
+    previews = [i for i in items if isinstance(i, Preview)]
+    assert any(isinstance(i, Progress) for i in items) and previews
+    assert isinstance(result, Result) and result.steps == 120 and not result.stopped
+
+    last = job.preview(0, 5)
+    full, labels, confidence = render(job.fitter.model, volume.shape, job.fitter.vmin, job.fitter.vmax,
+                                      (slice(None),) * 3)
+    shown = orientation.to_display(full)
+    np.testing.assert_allclose(last.values, shown[5], rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(last.labels, orientation.to_display(labels)[5])
+    np.testing.assert_allclose(last.error, last.values - orientation.to_display(volume.data)[5], atol=1e-3)
+    assert result.values.shape == orientation.display_shape == result.labels.shape
+
+
+def test_stop_request_ends_training_early_and_keeps_the_model():
+    volume, _ = make_phantom((32, 28, 16))
+    job = TrainingJob(volume, None, pipeline.Settings(ratio=12, experts=4), TrainConfig(steps=100_000, batch_size=1024))
+    run = job.run()
+    for item in run:
+        if isinstance(item, Progress) and item.step > 20:
+            job.request_stop()
+            break
+    result = None
+    try:
+        while True:
+            next(run)
+    except StopIteration as stop:
+        result = stop.value
+    assert result.stopped and result.steps < 1000
+    assert result.values.shape == volume.shape
