@@ -60,8 +60,27 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
+class Cells:
+    """Finished rows of a long benchmark, kept on disk so that a rerun skips them."""
+
+    def __init__(self, name: str) -> None:
+        self.path = RESULTS / f"{name}.cells.json"
+        self.done: dict[str, dict] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key: str, measure) -> dict:
+        if key not in self.done:
+            self.done[key] = measure()
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.done, indent=2, default=str))
+            tmp.replace(self.path)
+        return self.done[key]
+
+
 def save(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
+    tmp.replace(path)
     return path

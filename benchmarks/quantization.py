@@ -2,7 +2,8 @@
 
 On the brain template at 256x and 1024x, the same training time for every row; then, at 256x, the
 measurements that chose the defaults: bit width, extra bits for the omega_0 layer, per-tensor or
-per-channel steps. Prints Markdown tables and writes benchmarks/results/quantization.json.
+per-channel steps. Prints Markdown tables and writes benchmarks/results/quantization.json. Finished rows
+are kept in benchmarks/results/quantization.cells.json, so an interrupted run resumes where it stopped.
 
     python benchmarks/quantization.py [--minutes 3] [--quick]
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import brain, compress, save, table
+from common import Cells, brain, compress, save, table
 
 from codec import pipeline
 from codec.train import TrainConfig
@@ -28,9 +29,11 @@ def main() -> None:
     args = parser.parse_args()
     volume = brain()
     config = TrainConfig(minutes=args.minutes)
+    cells = Cells("quantization")
 
     def row(ratio: float, name: str, **settings) -> dict:
-        result = compress(volume, pipeline.Settings(ratio=ratio, **settings), config)
+        key = f"{ratio:g}x {name} {args.minutes:g} min"
+        result = dict(cells.get(key, lambda: compress(volume, pipeline.Settings(ratio=ratio, **settings), config)))
         result.update(asked=ratio, weights=name)
         print(table([result], COLUMNS).splitlines()[-1], flush=True)
         return result

@@ -3,8 +3,12 @@
 1. training throughput (coordinates per second) of sparse dispatch against the dense form (every
    expert on every coordinate, mixed by the gates) for 4, 8 and 16 experts, at the widths the
    brain template gets at 256x;
-2. the time to decode a 256^3 volume (a 256x model);
-3. the peak memory of `moec compress` on a 512^3 int16 volume (a separate process, measured by the
+2. what the current forward pass gained over the first one written (issue 5, "make it fast"): the
+   same model and batch through a boolean mask per expert with omega_0 applied to the activations
+   (before), through the grouped dispatch with omega_0 still on the activations, and through the
+   grouped dispatch with omega_0 folded into the weights (now); then batch sizes and thread counts;
+3. the time to decode a 256^3 volume (a 256x model), at three chunk sizes;
+4. the peak memory of `moec compress` on a 512^3 int16 volume (a separate process, measured by the
    kernel's peak resident set size).
 
 Prints a table and writes benchmarks/results/speed.json.
@@ -27,7 +31,7 @@ import torch
 from common import ROOT, brain, save, table
 
 from codec import pack, pipeline
-from codec.decode import reconstruct
+from codec.decode import DEFAULT_CHUNK, reconstruct
 from codec.model import MoEC
 from codec.phantom import phantom_arrays
 from codec.train import TrainConfig
@@ -49,16 +53,42 @@ def dense_values(model: MoEC, coords: torch.Tensor) -> torch.Tensor:
     return model.decoder((gates.t().unsqueeze(2) * every).sum(0))
 
 
-def throughput(model: MoEC, dense: bool, steps: int = 12) -> float:
+def first_values(model: MoEC, coords: torch.Tensor, fold_omega: bool) -> torch.Tensor:
+    """The sparse forward pass as first written: a boolean mask per expert, omega_0 multiplied into
+    the (batch x width) activations; or the same loop with omega_0 folded into the weights."""
+    feats = model.features(coords)
+    routing = model.route(coords, feats)
+    stack, omega = model.experts, model.experts.omega0
+    hidden = feats.new_zeros(coords.shape[0], model.config.expert_width)
+    for e in range(model.config.experts):
+        mask = routing.choice[:, 0] == e
+        x = feats[mask]
+        for layer in range(stack.layers):
+            w, b = getattr(stack, f"w{layer}")[e], getattr(stack, f"b{layer}")[e]
+            x = torch.sin(torch.addmm(omega * b, x, omega * w)) if fold_omega else torch.sin(omega * (x @ w + b))
+        hidden[mask] = x * routing.weights[mask]
+    return model.decoder(hidden)
+
+
+FORMS = {
+    "sparse (grouped, omega folded)": lambda model, coords: model(coords).values,
+    "dense": dense_values,
+    "sparse, first version (mask per expert, omega on activations)": lambda m, c: first_values(m, c, fold_omega=False),
+    "sparse, mask per expert, omega folded": lambda m, c: first_values(m, c, fold_omega=True),
+}
+
+
+def throughput(model: MoEC, form: str, batch: int = BATCH, steps: int = 12) -> float:
     """Training coordinates per second (forward, backward, Adam), after two warm-up steps."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
-    target = torch.rand(BATCH, generator=generator)
-    coords = torch.rand(BATCH, 3, generator=generator) * 2 - 1
+    target = torch.rand(batch, generator=generator)
+    coords = torch.rand(batch, 3, generator=generator) * 2 - 1
+    forward = FORMS[form]
 
     def step() -> None:
         optimizer.zero_grad()
-        values = dense_values(model, coords) if dense else model(coords).values
+        values = forward(model, coords)
         torch.nn.functional.mse_loss(values[:, 0], target).backward()
         optimizer.step()
 
@@ -70,14 +100,19 @@ def throughput(model: MoEC, dense: bool, steps: int = 12) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
+def brain_model(volume, experts: int) -> tuple[MoEC, pipeline.Plan]:
+    plan = pipeline.plan(volume, pipeline.Settings(ratio=256, experts=experts))
+    model = MoEC(plan.model, seed=0)
+    model.gate_gradient = 0.1
+    return model, plan
+
+
 def dispatch_rows(volume) -> list[dict]:
     rows = []
     for experts in (4, 8, 16):
-        plan = pipeline.plan(volume, pipeline.Settings(ratio=256, experts=experts))
-        model = MoEC(plan.model, seed=0)
-        model.gate_gradient = 0.1
-        sparse = throughput(model, dense=False)
-        dense = throughput(model, dense=True)
+        model, plan = brain_model(volume, experts)
+        sparse = throughput(model, "sparse (grouped, omega folded)")
+        dense = throughput(model, "dense")
         rows.append({"experts": experts, "expert_width": plan.model.expert_width,
                      "parameters": plan.model.parameter_count(), "sparse": sparse, "dense": dense,
                      "speedup": sparse / dense})
@@ -85,18 +120,42 @@ def dispatch_rows(volume) -> list[dict]:
     return rows
 
 
-def decode_row() -> dict:
+def tuning_rows(volume) -> list[dict]:
+    """8 experts: the forward pass then and now, then batch size and threads for the current one."""
+    model, _ = brain_model(volume, 8)
+    rows = []
+    for form in [f for f in FORMS if f != "dense"]:
+        rows.append({"what": form, "threads": THREADS, "batch": BATCH, "coords_per_s": throughput(model, form)})
+    for batch in (1 << 13, 1 << 17):
+        rows.append({"what": "sparse (grouped, omega folded)", "threads": THREADS, "batch": batch,
+                     "coords_per_s": throughput(model, "sparse (grouped, omega folded)", batch=batch)})
+    torch.set_num_threads(1)
+    rows.append({"what": "sparse (grouped, omega folded)", "threads": 1, "batch": BATCH,
+                 "coords_per_s": throughput(model, "sparse (grouped, omega folded)")})
+    torch.set_num_threads(THREADS)
+    base = rows[1]["coords_per_s"]
+    for row in rows:
+        row["vs_first"] = row["coords_per_s"] / base
+        print(f"  {row['what']}, {row['threads']} threads, batch {row['batch']}: {row['coords_per_s']:,.0f}/s", flush=True)
+    return rows
+
+
+def decode_rows() -> list[dict]:
     shape = (256, 256, 256)
     volume = from_array(np.zeros(shape, np.float32) + np.arange(256, dtype=np.float32), dtype=np.int16)
     plan = pipeline.plan(volume, pipeline.Settings(ratio=256))
     fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
-    data = pipeline.encode(fitter, plan)
-    moec = pack.decode(data)
-    start = time.perf_counter()
-    recon = reconstruct(moec)
-    seconds = time.perf_counter() - start
-    return {"shape": "256^3", "parameters": plan.model.parameter_count(), "seconds": seconds,
-            "voxels_per_second": recon.labels.size / seconds}
+    moec = pack.decode(pipeline.encode(fitter, plan))
+    rows = []
+    for chunk in (1 << 15, DEFAULT_CHUNK, 1 << 19):
+        start = time.perf_counter()
+        recon = reconstruct(moec, chunk=chunk)
+        seconds = time.perf_counter() - start
+        rows.append({"shape": "256^3", "chunk": chunk, "parameters": plan.model.parameter_count(),
+                     "seconds": seconds, "voxels_per_second": recon.labels.size / seconds,
+                     "default": chunk == DEFAULT_CHUNK})
+        print(f"  decode 256^3, chunk {chunk}: {seconds:.2f} s", flush=True)
+    return rows
 
 
 def memory_row() -> dict:
@@ -130,13 +189,19 @@ def main() -> None:
     print(table(dispatch, [("experts", "experts", ""), ("expert width", "expert_width", ""),
                            ("parameters", "parameters", ","), ("sparse coords/s", "sparse", ",.0f"),
                            ("dense coords/s", "dense", ",.0f"), ("sparse / dense", "speedup", ".2f")]))
-    decode = decode_row()
-    print(f"\ndecode of a 256^3 volume: {decode['seconds']:.2f} s ({decode['voxels_per_second']:,.0f} voxels/s)")
+    print("\nthe forward pass then and now, batch sizes, threads (8 experts):", flush=True)
+    tuning = tuning_rows(volume)
+    print(table(tuning, [("form", "what", ""), ("threads", "threads", ""), ("batch", "batch", ","),
+                         ("coords/s", "coords_per_s", ",.0f"), ("vs first version", "vs_first", ".2f")]))
+    print("\ndecode of a 256^3 volume:", flush=True)
+    decode = decode_rows()
+    print(table(decode, [("chunk", "chunk", ","), ("seconds", "seconds", ".2f"),
+                         ("voxels/s", "voxels_per_second", ",.0f"), ("default", "default", "")]))
     memory = None if args.skip_memory else memory_row()
     if memory:
         print(f"peak memory of moec compress on a 512^3 int16 volume: {memory['peak_gib']:.2f} GiB "
               f"({memory['seconds']:.0f} s with 30 steps)")
-    path = save("speed", {"threads": THREADS, "batch": BATCH, "dispatch": dispatch, "decode": decode,
+    path = save("speed", {"threads": THREADS, "batch": BATCH, "dispatch": dispatch, "tuning": tuning, "decode": decode,
                           "memory": memory, "note": "decode timed with an untrained 256x model"})
     print(f"wrote {path}")
 

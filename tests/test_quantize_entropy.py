@@ -1,0 +1,92 @@
+"""Quantization (post-training and straight-through) and the range coder, on their own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from codec import entropy
+from codec.errors import MoecFormatError
+from codec.quantize import (QuantConfig, dequantize, fake_quantize, max_steps, max_steps_torch, quantize,
+                            step_shape)
+
+
+@pytest.mark.parametrize("bits", [4, 8, 10])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_quantization_error_is_at_most_half_a_step_and_symbols_fit_the_bits(bits, granularity):
+    rng = np.random.default_rng(bits)
+    w = (rng.standard_normal((3, 17, 9)) * rng.uniform(0.01, 2.0, size=(3, 1, 9))).astype(np.float32)
+    step = max_steps(w, bits, granularity)
+    assert step.shape == step_shape(w.shape, granularity)
+    q = quantize(w, step)
+    assert np.abs(q).max() <= 2 ** (bits - 1) - 1
+    assert np.all(np.abs(dequantize(q, step) - w) <= step / 2 + 1e-7)
+    # steps are stored as float16: the stored value is the value used
+    assert np.array_equal(step, step.astype(np.float16).astype(np.float32))
+
+
+def test_per_channel_steps_follow_each_channel_and_biases_keep_one_step():
+    w = np.ones((2, 4, 3), np.float32) * np.array([0.01, 1.0, 100.0], np.float32)
+    step = max_steps(w, 8, "channel")
+    assert step.shape == (2, 1, 3)
+    assert step[0, 0, 0] < step[0, 0, 1] < step[0, 0, 2]
+    assert step_shape((2, 5), "channel") == (1, 5) and step_shape((5,), "channel") == ()
+
+
+def test_torch_steps_equal_numpy_steps_so_training_sees_the_stored_weights():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 6, 5)).astype(np.float32)
+    for granularity in ("tensor", "channel"):
+        a = max_steps(w, 8, granularity)
+        b = max_steps_torch(torch.from_numpy(w), 8, granularity).numpy()
+        assert np.array_equal(a, b)
+        fq = fake_quantize(torch.from_numpy(w), torch.from_numpy(b)).numpy()
+        assert np.array_equal(fq, dequantize(quantize(w, a), a))
+
+
+def test_fake_quantize_passes_the_gradient_straight_through():
+    w = torch.randn(7, 3, requires_grad=True)
+    fake_quantize(w, torch.tensor(0.3)).mul(torch.arange(21.0).reshape(7, 3)).sum().backward()
+    assert torch.equal(w.grad, torch.arange(21.0).reshape(7, 3))
+
+
+def test_zero_tensors_and_bad_configurations():
+    assert np.all(quantize(np.zeros((3, 3), np.float32), max_steps(np.zeros((3, 3), np.float32), 8, "tensor")) == 0)
+    assert QuantConfig(8, 2).bits_for("encoder.w0", "encoder.w0") == 10
+    assert QuantConfig(8, 2).bits_for("experts.w1", "encoder.w0") == 8
+    for bad in ({"bits": 1}, {"bits": 17}, {"first_layer_extra_bits": 9}, {"granularity": "row"}):
+        with pytest.raises(ValueError):
+            QuantConfig(**bad)
+
+
+def test_range_coding_round_trips_and_costs_close_to_the_ideal_code_length():
+    rng = np.random.default_rng(1)
+    streams = [np.clip(np.rint(rng.laplace(0, 6, 5000)), -127, 127).astype(np.int32),
+               np.clip(np.rint(rng.normal(0, 20, 3000)), -127, 127).astype(np.int32),
+               np.full(40, 3, np.int32),  # constant: nothing coded
+               np.array([-1, 0, 1] * 10, np.int32)]
+    models = [entropy.fit_model(s) for s in streams]
+    assert models[0].family == 0 and models[1].family == 1 and models[2].constant
+    data = entropy.encode(streams, models)
+    back = entropy.decode(data, models, [s.size for s in streams])
+    for a, b in zip(streams, back):
+        assert np.array_equal(a, b)
+    ideal = sum(entropy.ideal_bits(s, m) for s, m in zip(streams, models)) / 8
+    assert ideal <= len(data) <= ideal * 1.01 + 16
+    # well under 8 bits per symbol for Laplace weights of scale 6
+    assert 8 * len(data) / sum(s.size for s in streams) < 6
+
+
+def test_garbage_streams_raise_moec_format_error_only():
+    models = [entropy.SymbolModel(0, 4.0, -127, 127)]
+    with pytest.raises(MoecFormatError):
+        entropy.decode(b"abc", models, [10])
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        data = rng.integers(0, 256, size=4 * int(rng.integers(0, 8)), dtype=np.uint8).tobytes()
+        try:
+            out = entropy.decode(data, models, [int(rng.integers(0, 100))])
+        except MoecFormatError:
+            continue
+        assert out[0].min() >= -127 and out[0].max() <= 127  # whatever decodes stays in range
