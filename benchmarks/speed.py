@@ -7,7 +7,7 @@
    same model and batch through a boolean mask per expert with omega_0 applied to the activations
    (before), through the grouped dispatch with omega_0 still on the activations, and through the
    grouped dispatch with omega_0 folded into the weights (now); then batch sizes and thread counts;
-3. the time to decode a 256^3 volume (a 256x model), at three chunk sizes;
+3. the time to decode a 256^3 volume at 256x (uint8 and int16), and the chunk size's effect;
 4. the peak memory of `moec compress` on a 512^3 int16 volume (a separate process, measured by the
    kernel's peak resident set size).
 
@@ -141,20 +141,23 @@ def tuning_rows(volume) -> list[dict]:
 
 
 def decode_rows() -> list[dict]:
-    shape = (256, 256, 256)
-    volume = from_array(np.zeros(shape, np.float32) + np.arange(256, dtype=np.float32), dtype=np.int16)
-    plan = pipeline.plan(volume, pipeline.Settings(ratio=256))
-    fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
-    moec = pack.decode(pipeline.encode(fitter, plan))
+    """256^3 volumes at 256x: uint8 (a 65 KB model, like the brain template's bytes per voxel) and
+    int16 (a 131 KB model, four times the multiply-adds per voxel), at the default chunk size and,
+    for comparison, at the first default (1 << 17)."""
     rows = []
-    for chunk in (1 << 15, DEFAULT_CHUNK, 1 << 19):
+    for dtype, chunk in ((np.uint8, DEFAULT_CHUNK), (np.uint8, 1 << 17), (np.int16, DEFAULT_CHUNK)):
+        shape = (256, 256, 256)
+        volume = from_array(np.zeros(shape, np.float32) + np.arange(256, dtype=np.float32), dtype=dtype)
+        plan = pipeline.plan(volume, pipeline.Settings(ratio=256))
+        fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
+        moec = pack.decode(pipeline.encode(fitter, plan))
         start = time.perf_counter()
         recon = reconstruct(moec, chunk=chunk)
         seconds = time.perf_counter() - start
-        rows.append({"shape": "256^3", "chunk": chunk, "parameters": plan.model.parameter_count(),
-                     "seconds": seconds, "voxels_per_second": recon.labels.size / seconds,
-                     "default": chunk == DEFAULT_CHUNK})
-        print(f"  decode 256^3, chunk {chunk}: {seconds:.2f} s", flush=True)
+        rows.append({"volume": f"256^3 {np.dtype(dtype).name}", "chunk": chunk, "width": plan.model.expert_width,
+                     "parameters": plan.model.parameter_count(), "seconds": seconds,
+                     "voxels_per_second": recon.labels.size / seconds})
+        print(f"  decode 256^3 {np.dtype(dtype).name}, chunk {chunk}: {seconds:.2f} s", flush=True)
     return rows
 
 
@@ -195,8 +198,9 @@ def main() -> None:
                          ("coords/s", "coords_per_s", ",.0f"), ("vs first version", "vs_first", ".2f")]))
     print("\ndecode of a 256^3 volume:", flush=True)
     decode = decode_rows()
-    print(table(decode, [("chunk", "chunk", ","), ("seconds", "seconds", ".2f"),
-                         ("voxels/s", "voxels_per_second", ",.0f"), ("default", "default", "")]))
+    print(table(decode, [("volume (256x)", "volume", ""), ("expert width", "width", ""),
+                         ("parameters", "parameters", ","), ("chunk", "chunk", ","), ("seconds", "seconds", ".2f"),
+                         ("voxels/s", "voxels_per_second", ",.0f")]))
     memory = None if args.skip_memory else memory_row()
     if memory:
         print(f"peak memory of moec compress on a 512^3 int16 volume: {memory['peak_gib']:.2f} GiB "
