@@ -33,7 +33,8 @@ fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     echo "setup: installing torch 2.13.0 (CPU build)"
-    "${PIP[@]}" install "torch==2.13.0"
+    "${PIP[@]}" install "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import torch" >/dev/null
 fi
 stamp=.venv/.moec-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
