@@ -36,6 +36,7 @@ class Preview:
     labels: np.ndarray
     confidence: np.ndarray
     error: np.ndarray
+    error_limit: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +48,7 @@ class Result:
     labels: np.ndarray
     confidence: np.ndarray
     error: np.ndarray
+    error_limit: float  # symmetric contrast limit of the error layer, computed here, off the GUI thread
     quality: Quality
     experts: list[ExpertStat]
     ratio: float
@@ -55,6 +57,14 @@ class Result:
     experts_count: int
     parameters_per_expert: int
     stopped: bool
+
+
+def error_limit(error: np.ndarray) -> float:
+    """The error layer's symmetric window: the 99.5th percentile of |error| (a few outliers would
+    otherwise wash the map out). A percentile of a whole volume takes ~0.1 s: workers compute it."""
+    if not error.size:
+        return 1.0
+    return max(float(np.percentile(np.abs(error), 99.5)), 1e-6)
 
 
 def _display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
@@ -70,8 +80,9 @@ def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: 
     values = _display(orientation, recon.volume.data)
     original = _display(orientation, volume.data)
     model = moec.meta.model
+    error = values - original
     return Result(data, values, _display(orientation, recon.labels), _display(orientation, recon.confidence),
-                  values - original, evaluation.quality, evaluation.experts, evaluation.ratio,
+                  error, error_limit(error), evaluation.quality, evaluation.experts, evaluation.ratio,
                   evaluation.file_ratio, steps, model.experts, model.expert_parameter_count(), stopped)
 
 
@@ -133,8 +144,9 @@ class TrainingJob:
             return np.take(slab, 0, axis=axis) if o is None else o.slab_to_display(slab, axis)
 
         values = shown(values)
-        return Preview(self.fitter.steps_run, axis, index, values, shown(labels), shown(confidence),
-                       values - shown(original))
+        error = values - shown(original)
+        return Preview(self.fitter.steps_run, axis, index, values, shown(labels), shown(confidence), error,
+                       error_limit(error))
 
 
 def load(volume: Volume | None, orientation: Orientation | None, data: bytes, name: str):
