@@ -8,7 +8,7 @@ from codec import pipeline
 from codec.decode import render
 from codec.phantom import make_phantom
 from codec.train import Progress, TrainConfig
-from moec_napari.job import Preview, Result, TrainingJob
+from moec_napari.job import Preview, Result, TrainingJob, error_limit
 from moec_napari.layers import orientation_of
 
 
@@ -37,6 +37,17 @@ def test_previews_are_the_displayed_slice_of_the_current_model_and_run_returns_a
     np.testing.assert_array_equal(last.labels, orientation.to_display(labels)[5])
     np.testing.assert_allclose(last.error, last.values - orientation.to_display(volume.data)[5], atol=1e-3)
     assert result.values.shape == orientation.display_shape == result.labels.shape
+    # the error layer's window comes with the data, computed in the worker
+    assert result.error_limit == error_limit(result.error) > 0
+    assert last.error_limit == error_limit(last.error)
+
+
+def test_error_limit_ignores_a_few_outliers_and_never_collapses():
+    error = np.linspace(-10, 10, 10_001, dtype=np.float32)
+    error[:3] = 1e6  # outliers must not wash the map out
+    assert 9.5 < error_limit(error) < 10.5
+    assert error_limit(np.zeros((4, 4), np.float32)) > 0
+    assert error_limit(np.zeros(0, np.float32)) == 1.0
 
 
 def test_stop_request_ends_training_early_and_keeps_the_model():
