@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from codec import pack, pipeline  # noqa: E402
+from codec.files import atomic_write_bytes  # noqa: E402
 from codec.train import TrainConfig  # noqa: E402
 from codec.volume import Volume, load_volume  # noqa: E402
 
@@ -71,16 +72,12 @@ class Cells:
         if key not in self.done:
             self.done[key] = measure()
             RESULTS.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.done, indent=2, default=str))
-            tmp.replace(self.path)
+            atomic_write_bytes(self.path, json.dumps(self.done, indent=2, default=str).encode())
         return self.done[key]
 
 
 def save(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps({"machine": machine(), **payload}, indent=2, default=str).encode())
     return path

@@ -282,6 +282,10 @@ class MoecWidget(QWidget):
         self._on_dims()
         worker = create_worker(lambda: (yield from generator))
         worker.yielded.connect(self._on_yielded)
+        self._run(worker)
+
+    def _run(self, worker) -> None:
+        """Connect a worker's outcome to the widget and start it; inputs stay disabled until it ends."""
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
@@ -524,13 +528,7 @@ class MoecWidget(QWidget):
             self._make_derived_layers(layer, meta.model.experts, meta.raw_bytes / len(data))
         else:
             volume = orientation = None
-        worker = create_worker(load, volume, orientation, data, str(path))
-        worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._set_busy(True)
-        worker.start()
+        self._run(create_worker(load, volume, orientation, data, str(path)))
 
     def _load_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load MoEC file", "", "MoEC files (*.moec)")

@@ -25,6 +25,17 @@ def phantom():
     return make_phantom(PHANTOM_SHAPE)
 
 
+def permuted_affine() -> np.ndarray:
+    """Voxel axes stored in the order (z, x, y) with mixed signs, as some exports do."""
+    affine = np.zeros((4, 4))
+    affine[0, 1] = -0.9
+    affine[1, 2] = 1.1
+    affine[2, 0] = 3.0
+    affine[:3, 3] = [12.0, -30.0, 7.5]
+    affine[3, 3] = 1.0
+    return affine
+
+
 def write_nifti(path, raw: np.ndarray, affine: np.ndarray, slope: float = 1.0, inter: float = 0.0,
                 sform_code: int = 1, qform_code: int = 1) -> None:
     """Write stored values with explicit scaling, the way a scanner's converter would."""

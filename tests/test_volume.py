@@ -11,18 +11,7 @@ import pytest
 from codec.errors import OutputError, VolumeError
 from codec.volume import from_array, load_volume, save_labels, save_volume
 
-from .conftest import write_nifti
-
-
-def permuted_affine() -> np.ndarray:
-    """Voxel axes stored in the order (z, x, y) with mixed signs, as some exports do."""
-    affine = np.zeros((4, 4))
-    affine[0, 1] = -0.9
-    affine[1, 2] = 1.1
-    affine[2, 0] = 3.0
-    affine[:3, 3] = [12.0, -30.0, 7.5]
-    affine[3, 3] = 1.0
-    return affine
+from .conftest import permuted_affine, write_nifti
 
 
 def test_scaled_int16_loads_in_real_units(scaled_ct):

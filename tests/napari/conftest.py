@@ -21,16 +21,6 @@ def lps_affine() -> np.ndarray:
     return affine
 
 
-def permuted_affine() -> np.ndarray:
-    affine = np.zeros((4, 4))
-    affine[0, 1] = -0.9
-    affine[1, 2] = 1.1
-    affine[2, 0] = 3.0
-    affine[:3, 3] = [12.0, -30.0, 7.5]
-    affine[3, 3] = 1.0
-    return affine
-
-
 @pytest.fixture
 def phantom_nifti(tmp_path):
     """The phantom at test size as a NIfTI file (int16, intercept -1024, LPS affine)."""

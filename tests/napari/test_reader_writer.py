@@ -14,7 +14,8 @@ from moec_napari.reader import get_reader
 from moec_napari.sample import phantom
 from moec_napari.writer import write_image, write_labels, write_moec
 
-from .conftest import lps_affine, permuted_affine
+from ..conftest import permuted_affine
+from .conftest import lps_affine
 
 
 def _layer_attributes(layer) -> dict:
