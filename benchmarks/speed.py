@@ -143,21 +143,25 @@ def tuning_rows(volume) -> list[dict]:
 def decode_rows() -> list[dict]:
     """256^3 volumes at 256x: uint8 (a 65 KB model, like the brain template's bytes per voxel) and
     int16 (a 131 KB model, about twice the multiply-adds per voxel), at the default chunk size and,
-    for comparison, at 1 << 14 (faster per coordinate in the network alone, slower overall)."""
+    for comparison, at 1 << 14 (faster per coordinate in the network alone, slower overall); then
+    the same two volumes with the latent-grid encoder, whose experts are narrower."""
     rows = []
-    for dtype, chunk in ((np.uint8, DEFAULT_CHUNK), (np.uint8, 1 << 14), (np.int16, DEFAULT_CHUNK)):
+    cases = ((np.uint8, DEFAULT_CHUNK, "siren"), (np.uint8, 1 << 14, "siren"), (np.int16, DEFAULT_CHUNK, "siren"),
+             (np.uint8, DEFAULT_CHUNK, "grid"), (np.int16, DEFAULT_CHUNK, "grid"))
+    for dtype, chunk, encoder in cases:
         shape = (256, 256, 256)
         volume = from_array(np.zeros(shape, np.float32) + np.arange(256, dtype=np.float32), dtype=dtype)
-        plan = pipeline.plan(volume, pipeline.Settings(ratio=256))
+        plan = pipeline.plan(volume, pipeline.Settings(ratio=256, encoder=encoder))
         fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
         moec = pack.decode(pipeline.encode(fitter, plan))
         start = time.perf_counter()
         recon = reconstruct(moec, chunk=chunk)
         seconds = time.perf_counter() - start
-        rows.append({"volume": f"256^3 {np.dtype(dtype).name}", "chunk": chunk, "width": plan.model.expert_width,
+        rows.append({"volume": f"256^3 {np.dtype(dtype).name}", "encoder": encoder, "chunk": chunk,
+                     "width": plan.model.expert_width,
                      "parameters": plan.model.parameter_count(), "seconds": seconds,
                      "voxels_per_second": recon.labels.size / seconds})
-        print(f"  decode 256^3 {np.dtype(dtype).name}, chunk {chunk}: {seconds:.2f} s", flush=True)
+        print(f"  decode 256^3 {np.dtype(dtype).name}, {encoder} encoder, chunk {chunk}: {seconds:.2f} s", flush=True)
     return rows
 
 
@@ -184,8 +188,14 @@ def memory_row() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-memory", action="store_true", help="skip the 512^3 memory run (a few minutes)")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the 256^3 decode rows, written to results/speed_decode.json")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
+    if args.decode_only:
+        decode = decode_rows()
+        print(f"wrote {save('speed_decode', {'threads': THREADS, 'decode': decode, 'note': 'untrained 256x models'})}")
+        return
     volume = brain()
     print("training throughput, sparse vs dense dispatch (brain template widths at 256x):", flush=True)
     dispatch = dispatch_rows(volume)
@@ -198,7 +208,7 @@ def main() -> None:
                          ("coords/s", "coords_per_s", ",.0f"), ("vs first version", "vs_first", ".2f")]))
     print("\ndecode of a 256^3 volume:", flush=True)
     decode = decode_rows()
-    print(table(decode, [("volume (256x)", "volume", ""), ("expert width", "width", ""),
+    print(table(decode, [("volume (256x)", "volume", ""), ("encoder", "encoder", ""), ("expert width", "width", ""),
                          ("parameters", "parameters", ","), ("chunk", "chunk", ","), ("seconds", "seconds", ".2f"),
                          ("voxels/s", "voxels_per_second", ",.0f")]))
     memory = None if args.skip_memory else memory_row()

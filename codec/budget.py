@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .bitstream import pack_container
-from .errors import BudgetError
+from .errors import BudgetError, MoecError
 from .partition import block_grid
-from .model import ModelConfig
+from .model import ModelConfig, is_latent
 from .quantize import QuantConfig, step_shape
 
 WINDOW = 1.05
@@ -52,6 +52,10 @@ class Architecture:
     encoder_layers: int = 1
     encoder_share: float = 1.0  # encoder width / expert width
     omega0: float = 30.0
+    encoder: str = "siren"
+    grid_channels: int = 2
+    grid_levels: int = 4
+    latent_share: float = 0.8  # of the payload, for the latent grid (its encoder)
 
 
 def window(raw_bytes: int, ratio: float) -> tuple[int, int]:
@@ -70,14 +74,41 @@ def payload_estimate(config: ModelConfig, quant: QuantConfig) -> int:
         return 2 * config.parameter_count()
     bits = 0.0
     for name, shape in config.tensor_shapes():
-        per_weight = max(quant.bits_for(name, config.coordinate_layer) - CODING_GAIN_BITS, 1.0)
+        if is_latent(name):
+            per_weight = quant.latent_bits  # exact by construction (quantize.rate_step)
+        else:
+            per_weight = max(quant.bits_for(name, config.coordinate_layer) - CODING_GAIN_BITS, 1.0)
         bits += per_weight * math.prod(shape)
     return math.ceil(bits / 32) * 4 + table_bytes(config, quant)
 
 
+def grid_finest(shape: tuple[int, ...], latents: int, channels: int, levels: int) -> tuple[int, ...]:
+    """The finest grid, with the volume's proportions, whose levels hold at most `latents` latents
+    (never fewer than 2 nodes per axis, nor more nodes than voxels)."""
+    def finest(scale: float) -> tuple[int, ...]:
+        return tuple(min(n, 1024, max(2, round(n * scale))) for n in shape)
+
+    def count(scale: float) -> int:
+        base = finest(scale)
+        return sum(channels * math.prod(max(2, math.ceil(n / 2**lv)) for n in base) for lv in range(levels))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if count(mid) <= latents else (lo, mid)
+    return finest(lo)
+
+
 def config_for(width: int, arch: Architecture, shape: tuple[int, ...], encoder_width: int | None = None,
-               router_width: int | None = None) -> ModelConfig:
+               router_width: int | None = None, finest: tuple[int, ...] = ()) -> ModelConfig:
     dims = len(shape)
+    if arch.encoder == "grid":
+        return ModelConfig(dims=dims, experts=arch.experts, top_k=arch.top_k, partition=arch.partition,
+                           encoder_width=MIN_WIDTH, encoder_layers=0,
+                           router_width=router_width or min(32, max(MIN_WIDTH, width // 2)),
+                           expert_width=width, expert_layers=arch.expert_layers, omega0=arch.omega0,
+                           encoder="grid", grid_channels=arch.grid_channels, grid_levels=arch.grid_levels,
+                           grid_finest=finest or (2,) * dims)
     if arch.partition == "blocks":
         return ModelConfig(dims=dims, experts=arch.experts, top_k=1, partition="blocks", encoder_width=MIN_WIDTH,
                            encoder_layers=0, router_width=MIN_WIDTH, expert_width=width,
@@ -92,6 +123,18 @@ def config_for(width: int, arch: Architecture, shape: tuple[int, ...], encoder_w
                        expert_width=width, expert_layers=arch.expert_layers, omega0=arch.omega0)
 
 
+def check_architecture(arch: Architecture, quant: QuantConfig, dims: int) -> None:
+    """MoecError for choices that cannot go together, said in the user's terms."""
+    if arch.encoder != "grid":
+        return
+    if quant.float16:
+        raise MoecError("the latent grid is stored quantized only: use --bits below 16, or the SIREN encoder")
+    if dims != 3:
+        raise MoecError("the latent grid encoder is for 3D volumes: use the SIREN encoder for 4D")
+    if arch.partition != "learned":
+        raise MoecError("the block partition reads block-local coordinates: it takes no latent grid")
+
+
 def header_bytes(nifti: bytes, example_meta: dict) -> int:
     """Container framing plus the deflated header, measured by packing it with an empty payload."""
     return len(pack_container(example_meta, nifti, b"")) + HEADER_SLACK
@@ -104,18 +147,31 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, arch: Archit
         raise BudgetError(f"the ratio must be a positive number, not {ratio}")
     raw = math.prod(shape) * itemsize
     lower, upper = window(raw, ratio)
+    check_architecture(arch, quant, len(shape))
+    finest: tuple[int, ...] = ()
+    if arch.encoder == "grid":
+        payload = (lower + upper) // 2 - header
+        # The latents get their share, but never the bytes the narrowest experts need.
+        narrowest = config_for(MIN_WIDTH, arch, shape, finest=(2,) * len(shape))
+        network = payload_estimate(narrowest, quant) - math.ceil(quant.latent_bits * narrowest.latent_count() / 8)
+        latent_bytes = min(arch.latent_share * payload, payload - network)
+        latents = int(max(0.0, latent_bytes) * 8 / quant.latent_bits)
+        finest = grid_finest(shape, latents, arch.grid_channels, arch.grid_levels)
 
     def size(config: ModelConfig) -> int:
         return header + payload_estimate(config, quant)
 
-    smallest = size(config_for(MIN_WIDTH, arch, shape))
+    def build(width: int) -> ModelConfig:
+        return config_for(width, arch, shape, finest=finest)
+
+    smallest = size(build(MIN_WIDTH))
     if smallest > upper:
         highest = raw / smallest
         raise BudgetError(
             f"a ratio of {ratio:g}x cannot be reached for this volume ({raw} raw bytes): the header takes "
             f"{header} bytes and the smallest useful network {smallest - header} more; the highest reachable "
             f"ratio is about {math.floor(highest * 10) / 10:g}x", highest=highest)
-    largest = size(config_for(MAX_WIDTH, arch, shape))
+    largest = size(build(MAX_WIDTH))
     if largest < lower:
         lowest = raw / largest
         raise BudgetError(
@@ -126,11 +182,11 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, arch: Archit
     lo, hi = MIN_WIDTH, MAX_WIDTH
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if size(config_for(mid, arch, shape)) <= target:
+        if size(build(mid)) <= target:
             lo = mid
         else:
             hi = mid - 1
-    best = config_for(lo, arch, shape)
+    best = build(lo)
     if quant.float16:
         # The header estimate is an upper bound (slack plus the largest counters); the real file can
         # be up to about twice the slack smaller, so aim that far above the window's floor.

@@ -102,7 +102,8 @@ def cmd_compress(args) -> int:
     _check_output(output, args.force, source)
     volume = load_volume(source)
     settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
-                                 partition=args.partition, bits=args.bits, granularity=args.granularity)
+                                 partition=args.partition, bits=args.bits, granularity=args.granularity,
+                                 encoder=args.encoder)
     train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
                         balance_weight=args.balance, router_pretraining=args.pretrain != "none",
                         pretrain_target="blocks" if args.pretrain == "blocks" else "clusters",
@@ -172,6 +173,13 @@ def _describe_model(m) -> str:
     if m.partition == "blocks":
         grid = "x".join(map(str, m.block_grid))
         return f"block partition {grid} ({m.experts} SIRENs of {m.expert_layers}x{m.expert_width})"
+    if m.encoder == "grid":
+        levels = "x".join(map(str, m.grid_finest))
+        encoder = f"latent grid {levels}, {m.grid_levels} levels x {m.grid_channels} channels ({m.latent_count():,} latents)"
+        if m.experts == 1:
+            return f"{encoder}; one sine MLP {m.expert_layers}x{m.expert_width}"
+        return (f"{encoder}; learned partition, {m.experts} experts, top-{m.top_k}; router {m.router_width}, "
+                f"experts {m.expert_layers}x{m.expert_width}")
     if m.experts == 1:
         return f"single SIREN ({m.encoder_layers + m.expert_layers} sine layers of {m.expert_width})"
     return (f"learned partition, {m.experts} experts, top-{m.top_k}; encoder {m.encoder_layers}x{m.encoder_width}, "
@@ -343,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top-k", type=int, choices=(1, 2), default=1, help="experts per voxel (default 1)")
     c.add_argument("--partition", choices=("learned", "blocks"), default="learned",
                    help="learned router (default) or the fixed block split baseline")
+    c.add_argument("--encoder", choices=("auto", "grid", "siren"), default="siren",
+                   help="shared encoder: a SIREN layer, or a latent grid (3D, quantized weights; "
+                        "auto: the grid wherever it applies) (default siren)")
     c.add_argument("--bits", type=int, default=8, help="weight bit width before entropy coding; 16 = float16 (default 8)")
     c.add_argument("--granularity", choices=("tensor", "channel"), default="tensor", help="one step per tensor or per output channel")
     c.add_argument("--seed", type=int, default=0)

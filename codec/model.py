@@ -7,6 +7,11 @@ into the stack, dispatch groups coordinates by expert (each coordinate runs thro
 only), and quantization treats each stacked tensor as one tensor. With `partition="blocks"` the router
 is replaced by the fixed TINC-style block split and every expert sees its block's local coordinates:
 the baseline is an option of the same code, not a copy.
+
+The shared encoder is pluggable (DESIGN section 3): a SIREN layer on the coordinates, or a latent
+grid, a few dense 3D feature grids from fine to coarse (each level half the resolution of the one
+before), read by trilinear interpolation; its latents are stored quantized and entropy-coded like
+every other tensor, and they hold most of a grid model's bytes.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import partition as fixed
 from .quantize import fake_quantize
 
 PARTITIONS = ("learned", "blocks")
+ENCODERS = ("siren", "grid")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,10 @@ class ModelConfig:
     out_channels: int = 1
     omega0: float = 30.0
     block_grid: tuple[int, ...] = field(default_factory=tuple)
+    encoder: str = "siren"
+    grid_channels: int = 2
+    grid_levels: int = 4
+    grid_finest: tuple[int, ...] = field(default_factory=tuple)  # finest grid's nodes per axis
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -63,7 +74,7 @@ class ModelConfig:
             out.append("expert_layers must be 1..8")
         if not 0 <= self.encoder_layers <= 4:
             out.append("encoder_layers must be 0..4")
-        if self.partition == "learned" and self.encoder_layers == 0 and self.experts > 1:
+        if self.partition == "learned" and not self.uses_encoder and self.experts > 1:
             out.append("a learned partition needs an encoder")
         if self.out_channels != 1:
             out.append("only one output channel is supported")
@@ -76,6 +87,21 @@ class ModelConfig:
                 out.append("the block partition routes each voxel to exactly one expert")
         elif self.block_grid:
             out.append("block_grid is only for the block partition")
+        if self.encoder not in ENCODERS:
+            out.append(f"encoder must be one of {ENCODERS}, not {self.encoder!r}")
+        elif self.encoder == "grid":
+            if self.partition != "learned":
+                out.append("the grid encoder is for the learned partition")
+            if self.dims != 3:
+                out.append("the grid encoder reads 3D coordinates only")
+            if self.encoder_layers != 0:
+                out.append("the grid encoder has no SIREN layers (encoder_layers must be 0)")
+            if not (1 <= self.grid_channels <= 16 and 1 <= self.grid_levels <= 8):
+                out.append("grid_channels must be 1..16 and grid_levels 1..8")
+            if len(self.grid_finest) != self.dims or not all(2 <= n <= 1024 for n in self.grid_finest):
+                out.append(f"grid_finest {self.grid_finest} must give 2..1024 nodes on each of {self.dims} axes")
+        elif self.grid_finest:
+            out.append("grid_finest is only for the grid encoder")
         return out
 
     @property
@@ -84,18 +110,38 @@ class ModelConfig:
 
     @property
     def uses_encoder(self) -> bool:
-        return self.partition == "learned" and self.encoder_layers > 0
+        return self.partition == "learned" and (self.encoder_layers > 0 or self.encoder == "grid")
+
+    @property
+    def feature_width(self) -> int:
+        """Width of what the experts read."""
+        if self.encoder == "grid":
+            return self.grid_levels * self.grid_channels
+        return self.encoder_width if self.uses_encoder else self.dims
 
     @property
     def coordinate_layer(self) -> str:
-        """The weight tensor that reads raw coordinates (the omega_0-scaled one)."""
+        """The weight tensor that reads raw coordinates (the omega_0-scaled one); none with a grid."""
+        if self.encoder == "grid":
+            return ""
         return "encoder.w0" if self.uses_encoder else "experts.w0"
+
+    def grid_resolutions(self) -> list[tuple[int, ...]]:
+        """Nodes per axis of each grid level, finest first (at least 2 per axis)."""
+        return [tuple(max(2, math.ceil(n / 2**level)) for n in self.grid_finest) for level in range(self.grid_levels)]
+
+    def latent_count(self) -> int:
+        return sum(self.grid_channels * math.prod(r) for r in self.grid_resolutions()) if self.encoder == "grid" else 0
 
     def tensor_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """Names and shapes of every parameter, in the order they are stored in a .moec file."""
         shapes: list[tuple[str, tuple[int, ...]]] = []
         width_in = self.dims
-        if self.uses_encoder:
+        if self.encoder == "grid":
+            shapes += [(f"encoder.grid{level}", (self.grid_channels, *res))
+                       for level, res in enumerate(self.grid_resolutions())]
+            width_in = self.feature_width
+        elif self.uses_encoder:
             for layer in range(self.encoder_layers):
                 shapes += [
                     (f"encoder.w{layer}", (1, width_in, self.encoder_width)),
@@ -128,12 +174,14 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["block_grid"] = list(self.block_grid)
+        d["grid_finest"] = list(self.grid_finest)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["block_grid"] = tuple(d.get("block_grid", ()))
+        d["grid_finest"] = tuple(d.get("grid_finest", ()))
         return cls(**d)
 
 
@@ -146,6 +194,11 @@ class Routing(NamedTuple):
 class Output(NamedTuple):
     values: torch.Tensor  # (B, C) normalised intensities
     routing: Routing
+
+
+def is_latent(name: str) -> bool:
+    """Whether a stored tensor is a latent grid (quantized by rate, see quantize.rate_step)."""
+    return name.startswith("encoder.grid")
 
 
 def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -> nn.Parameter:
@@ -201,6 +254,34 @@ class SirenStack(_FakeQuantizable):
         return x
 
 
+class LatentGrid(_FakeQuantizable):
+    """Multi-resolution dense 3D feature grids, read by trilinear interpolation.
+
+    Node j of an axis with r nodes sits at -1 + 2 j / (r - 1) (grid_sample's align_corners=True),
+    so the grid spans the volume's coordinate box and every voxel centre falls inside it.
+    """
+
+    #: Latents start near zero, like a hash-grid encoder's: the decoder sees an almost constant
+    #: field at first and the grids grow only where the volume needs detail.
+    INIT = 1e-2
+
+    def __init__(self, channels: int, resolutions: list[tuple[int, ...]], generator: torch.Generator):
+        super().__init__()
+        self.levels = len(resolutions)
+        for level, res in enumerate(resolutions):
+            setattr(self, f"grid{level}", _uniform((channels, *res), self.INIT, generator))
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        # grid_sample wants (x, y, z) = (last axis, ..., first axis) of the (C, D, H, W) grid.
+        where = coords.flip(1).reshape(1, 1, 1, -1, 3)
+        parts = []
+        for level in range(self.levels):
+            grid = self._param(f"grid{level}")
+            sampled = F.grid_sample(grid.unsqueeze(0), where, mode="bilinear", align_corners=True)
+            parts.append(sampled.reshape(grid.shape[0], -1))
+        return torch.cat(parts, dim=0).t()
+
+
 class Router(nn.Module):
     """Gating MLP: Linear, ReLU, Linear, softmax over the experts (softmax applied by the caller)."""
 
@@ -239,13 +320,14 @@ class MoEC(nn.Module):
         #: aligned partition on the phantom; 0.1 keeps the router learning without that noise.
         self.gate_gradient = 1.0
         generator = torch.Generator().manual_seed(seed)
-        width_in = config.dims
-        self.encoder: SirenStack | None = None
+        width_in = config.feature_width
+        self.encoder: SirenStack | LatentGrid | None = None
         self.router: Router | None = None
-        if config.uses_encoder:
-            self.encoder = SirenStack(1, width_in, config.encoder_width, config.encoder_layers, config.omega0,
+        if config.encoder == "grid":
+            self.encoder = LatentGrid(config.grid_channels, config.grid_resolutions(), generator)
+        elif config.uses_encoder:
+            self.encoder = SirenStack(1, config.dims, config.encoder_width, config.encoder_layers, config.omega0,
                                       first_omega=True, generator=generator)
-            width_in = config.encoder_width
         if config.has_router:
             # The router reads the raw coordinates beside the encoder features: sine features alone
             # made smooth partitions hard to learn for some initialisations (measured: the router's
@@ -260,6 +342,8 @@ class MoEC(nn.Module):
         """What the experts read: encoder features, or block-local coordinates for the block split."""
         if self.config.partition == "blocks":
             return fixed.block_local(coords, self.config.block_grid)
+        if isinstance(self.encoder, LatentGrid):
+            return self.encoder(coords)
         if self.encoder is not None:
             return self.encoder.run(0, coords)
         return coords
@@ -318,12 +402,13 @@ class MoEC(nn.Module):
         return [n for n, _ in self.config.tensor_shapes() if n.startswith(("encoder.", "router."))]
 
     def set_fake_steps(self, steps: dict[str, torch.Tensor] | None) -> None:
-        """Fake-quantize expert and decoder tensors (name -> step) in every forward pass; None: off.
+        """Fake-quantize the named tensors (name -> step) in every forward pass; None: all off.
 
-        The encoder and router need none: in the final stage they are quantized for real, in place.
+        Expert and decoder tensors in the final stage; latent grids while they learn to live with
+        their coarse steps. The SIREN encoder and the router need none: in the final stage they are
+        quantized for real, in place.
         """
-        for module in (self.experts, self.decoder):
-            prefix = "experts." if module is self.experts else "decoder."
-            module.fake_steps = None if steps is None else {
-                n[len(prefix):]: s for n, s in steps.items() if n.startswith(prefix)
-            }
+        for prefix, module in (("experts.", self.experts), ("decoder.", self.decoder), ("encoder.", self.encoder)):
+            if isinstance(module, _FakeQuantizable):
+                chosen = {n[len(prefix):]: s for n, s in (steps or {}).items() if n.startswith(prefix)}
+                module.fake_steps = chosen or None

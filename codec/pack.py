@@ -8,6 +8,7 @@ of per-tensor steps and symbol models followed by one range-coded stream of inte
 
     per tensor, in ModelConfig.tensor_shapes() order:
         u8 family | i16 lowest symbol | i16 highest symbol | f16 scale | f16 step x n_steps
+        [u16 count x (highest - lowest + 1), for the table family only]
     then the range coder's 32-bit words.
 
 Reading validates every field against sane limits before anything is allocated; any problem is a
@@ -30,8 +31,8 @@ from .bitstream import Container, pack_container, unpack_container
 from .errors import MoecFormatError
 from .files import atomic_write_bytes
 from .grid import COORDINATE_CONVENTION
-from .model import ModelConfig, MoEC
-from .quantize import QuantConfig, dequantize, max_steps, quantize, step_shape, to_float16
+from .model import ENCODERS, ModelConfig, MoEC, is_latent
+from .quantize import QuantConfig, dequantize, max_steps, quantize, rate_step, step_shape, to_float16
 from .volume import NIFTI1_HEADER_BYTES, SUPPORTED_DTYPES, Volume
 
 MAX_AXIS = 1 << 15
@@ -125,7 +126,10 @@ def tensor_steps(model: MoEC, quant: QuantConfig, multiplier: float = 1.0,
             steps[name] = fixed[name]
             continue
         w = param.detach().cpu().numpy()
-        base = max_steps(w, quant.bits_for(name, model.config.coordinate_layer), quant.granularity)
+        if is_latent(name):
+            base = rate_step(w, quant.latent_bits)
+        else:
+            base = max_steps(w, quant.bits_for(name, model.config.coordinate_layer), quant.granularity)
         steps[name] = to_float16(np.clip(base * multiplier, 6.0e-8, 6.0e4))
     return steps
 
@@ -139,6 +143,7 @@ def encode_payload(model: MoEC, quant: QuantConfig, steps: dict[str, np.ndarray]
     models = [entropy.fit_model(s) for s in symbols]
     table = b"".join(
         _TABLE_ENTRY.pack(m.family, m.lo, m.hi, m.scale) + steps[name].astype("<f2").tobytes()
+        + np.asarray(m.counts, dtype="<u2").tobytes()
         for (name, _), m in zip(tensors, models)
     )
     return table + entropy.encode(symbols, models)
@@ -176,21 +181,33 @@ def _field(d: dict, key: str, kind: type, where: str = "header"):
     return value
 
 
-def _model_config(d: dict, ndim: int) -> ModelConfig:
+#: Model fields that format version 1 did not have, with the value every version-1 file means.
+_ADDED_IN_2 = {"encoder": "siren", "grid_channels": 2, "grid_levels": 4, "grid_finest": []}
+
+
+def _model_config(d: dict, ndim: int, version: int) -> ModelConfig:
     known = {f for f in ModelConfig.__dataclass_fields__}
+    if version == 1:
+        if set(d) & set(_ADDED_IN_2):
+            raise MoecFormatError("a version-1 file cannot describe a latent-grid encoder")
+        d = {**_ADDED_IN_2, **d}
     if set(d) != known:
         raise MoecFormatError(f"the model description has unexpected fields: {sorted(set(d) ^ known)}")
     values = {}
-    for key in known - {"partition", "omega0", "block_grid"}:
+    for key in known - {"partition", "omega0", "block_grid", "encoder", "grid_finest"}:
         values[key] = _int(d[key], f"model.{key}", 0, 4096)
     values["omega0"] = _float(d["omega0"], "model.omega0")
     if d["partition"] not in ("learned", "blocks"):
         raise MoecFormatError(f"unknown partition {d['partition']!r}")
     values["partition"] = d["partition"]
-    grid = d["block_grid"]
-    if not isinstance(grid, list) or len(grid) > 4:
-        raise MoecFormatError("model.block_grid must be a short list")
-    values["block_grid"] = tuple(_int(g, "model.block_grid", 1, 64) for g in grid)
+    if d["encoder"] not in ENCODERS:
+        raise MoecFormatError(f"unknown encoder {d['encoder']!r}")
+    values["encoder"] = d["encoder"]
+    for key, limit in (("block_grid", 64), ("grid_finest", 1024)):
+        axes = d[key]
+        if not isinstance(axes, list) or len(axes) > 4:
+            raise MoecFormatError(f"model.{key} must be a short list")
+        values[key] = tuple(_int(n, f"model.{key}", 1, limit) for n in axes)
     try:
         config = ModelConfig(**values)
     except ValueError as exc:
@@ -223,7 +240,7 @@ def parse_meta(container: Container) -> MoecMeta:
         raise MoecFormatError("scaling slope is zero or the intensity range is reversed")
     if _field(j, "coords", str) != COORDINATE_CONVENTION:
         raise MoecFormatError(f"unknown coordinate convention {j['coords']!r}")
-    model = _model_config(_field(j, "model", dict), len(shape))
+    model = _model_config(_field(j, "model", dict), len(shape), container.version)
     w = _field(j, "weights", dict)
     try:
         quant = QuantConfig(_int(w.get("bits"), "weights.bits", 2, 16), _int(w.get("extra"), "weights.extra", 0, 6),
@@ -261,7 +278,18 @@ def read_table(meta: MoecMeta, payload: bytes) -> tuple[list[entropy.SymbolModel
             raise MoecFormatError("the weight table holds an invalid symbol model")
         if not (np.isfinite(step).all() and (step > 0).all()):
             raise MoecFormatError("the weight table holds an invalid quantization step")
-        models.append(entropy.SymbolModel(family, float(scale), lo, hi))
+        counts: tuple[int, ...] = ()
+        if family == entropy.TABLE:
+            if hi - lo >= entropy.MAX_TABLE:
+                raise MoecFormatError("the weight table holds a frequency table over too many symbols")
+            table_end = end + 2 * (hi - lo + 1)
+            if table_end > len(payload):
+                raise MoecFormatError("the weight table is truncated")
+            counts = tuple(int(c) for c in np.frombuffer(payload[end:table_end], dtype="<u2"))
+            if not any(counts):
+                raise MoecFormatError("the weight table holds an empty frequency table")
+            end = table_end
+        models.append(entropy.SymbolModel(family, float(scale), lo, hi, counts))
         steps.append(step.reshape(step_shape(shape, meta.quant.granularity)))
         at = end
     return models, steps, at

@@ -29,24 +29,41 @@ class Settings:
     bits: int = 8
     granularity: str = "tensor"
     first_layer_extra_bits: int = 2
-    expert_layers: int = 3
+    expert_layers: int | None = None  # None: 3 after a SIREN encoder, 2 after a latent grid
     encoder_layers: int = 1
     encoder_share: float = 1.0
+    encoder: str = "siren"  # "siren", "grid", or "auto": the grid wherever it applies
+    grid_channels: int = 2
+    grid_levels: int = 4
+    latent_share: float = 0.8
+    latent_bits: float = 2.5
 
-    def architecture(self) -> Architecture:
+    def encoder_for(self, dims: int) -> str:
+        """The encoder these settings give a volume of `dims` axes."""
+        if self.encoder != "auto":
+            return self.encoder
+        grid_fits = self.partition == "learned" and dims == 3 and self.bits < 16
+        return "grid" if grid_fits else "siren"
+
+    def architecture(self, dims: int = 3) -> Architecture:
+        encoder = self.encoder_for(dims)
+        layers = self.expert_layers if self.expert_layers is not None else (2 if encoder == "grid" else 3)
         return Architecture(experts=self.experts, top_k=self.top_k, partition=self.partition,
-                            expert_layers=self.expert_layers, encoder_layers=self.encoder_layers,
-                            encoder_share=self.encoder_share)
+                            expert_layers=layers, encoder_layers=0 if encoder == "grid" else self.encoder_layers,
+                            encoder_share=self.encoder_share, encoder=encoder, grid_channels=self.grid_channels,
+                            grid_levels=self.grid_levels, latent_share=self.latent_share)
 
     def quant(self) -> QuantConfig:
-        return QuantConfig(self.bits, self.first_layer_extra_bits, self.granularity)
+        return QuantConfig(self.bits, self.first_layer_extra_bits, self.granularity, self.latent_bits)
 
 
 def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig()) -> Plan:
     """Network widths for `volume` at the settings' ratio (BudgetError when it cannot be met)."""
-    arch = settings.architecture()
+    arch = settings.architecture(len(volume.shape))
     quant = settings.quant()
-    example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape)
+    budget.check_architecture(arch, quant, len(volume.shape))
+    # The largest grid description the header could hold (3 digits per axis).
+    example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape))
     # A record with large counters: the header can only shrink once the real numbers are known.
     meta = pack.describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9))
     header = budget.header_bytes(meta.nifti, meta.to_json())

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import entropy
+
 FLOAT16_BITS = 16
 GRANULARITIES = ("tensor", "channel")
 MAX_SYMBOL = 32767  # symbols and their ranges are stored as int16
@@ -26,8 +28,13 @@ class QuantConfig:
     bits: int = 8
     first_layer_extra_bits: int = 2
     granularity: str = "tensor"
+    #: Coded bits per latent of a grid encoder: its quantization step is chosen for this rate (the
+    #: latents' step is stored in the file, so decoding never needs this number).
+    latent_bits: float = 2.5
 
     def __post_init__(self) -> None:
+        if not 0.25 <= self.latent_bits <= 8:
+            raise ValueError(f"latent_bits must be 0.25..8, not {self.latent_bits}")
         if not 2 <= self.bits <= FLOAT16_BITS:
             raise ValueError(f"bits must be 2..{FLOAT16_BITS}, not {self.bits}")
         if not 0 <= self.first_layer_extra_bits <= 6:
@@ -47,8 +54,8 @@ class QuantConfig:
 def step_shape(shape: tuple[int, ...], granularity: str) -> tuple[int, ...]:
     """Shape of a tensor's steps: () per tensor; per channel, one per output column of a weight
     matrix (and per expert of a stack), while biases keep one step per tensor."""
-    if granularity == "tensor" or len(shape) < 2:
-        return ()
+    if granularity == "tensor" or not 2 <= len(shape) <= 3:
+        return ()  # biases, and latent grids (C, D, H, W): one step, set by rate (rate_step)
     return tuple(shape[:-2]) + (1, shape[-1])
 
 
@@ -69,6 +76,28 @@ def max_steps(w: np.ndarray, bits: int, granularity: str) -> np.ndarray:
     # float16 cannot hold steps below ~6e-8 or above 65504; a zero tensor gets step 1 (all symbols 0).
     step = np.where(peak > 0, np.clip(step, 6.0e-8, 6.0e4), 1.0)
     return to_float16(step).reshape(shape)
+
+
+def rate_step(w: np.ndarray, bits_per_value: float) -> np.ndarray:
+    """The (float16) step at which `w`'s symbols cost about `bits_per_value` each under their coded
+    model: latents are many and cheap, so their step is set by rate, not by their largest value."""
+    flat = np.asarray(w, dtype=np.float32).reshape(-1)
+    rms = float(np.sqrt(np.mean(flat.astype(np.float64) ** 2))) if flat.size else 0.0
+    if rms == 0.0:
+        return to_float16(1.0).reshape(())
+
+    def bits(step: float) -> float:
+        return entropy.coded_bits(quantize(flat, np.float32(step))) / flat.size
+
+    # Bits fall as the step grows; bisect log2(step) between 2^-12 and 2^8 times the RMS.
+    lo, hi = -12.0, 8.0
+    for _ in range(24):
+        mid = 0.5 * (lo + hi)
+        if bits(rms * 2.0**mid) > bits_per_value:
+            lo = mid
+        else:
+            hi = mid
+    return to_float16(np.clip(rms * 2.0**hi, 6.0e-8, 6.0e4)).reshape(())
 
 
 def quantize(w: np.ndarray, step: np.ndarray) -> np.ndarray:

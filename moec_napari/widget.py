@@ -123,13 +123,19 @@ class MoecWidget(QWidget):
         self.partition = QComboBox()
         self.partition.addItems(["learned", "blocks"])
         self.partition.setToolTip("Learned router (MoEC) or the fixed block split (baseline)")
+        self.encoder = QComboBox()
+        self.encoder.addItems(["auto", "grid", "siren"])
+        self.encoder.setCurrentText(pipeline.Settings().encoder)
+        self.encoder.setToolTip("Shared encoder: a latent grid (3D, quantized weights) or a SIREN layer; "
+                                "auto: the grid wherever it applies")
         for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
-                              ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition)):
+                              ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),
+                              ("Encoder", self.encoder)):
             adv_form.addRow(label, widget)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
         self.inputs = [self.layer_box, self.ratio, self.experts, self.top_k, self.minutes, self.lr, self.seed,
-                       self.balance, self.bits, self.steps, self.partition]
+                       self.balance, self.bits, self.steps, self.partition, self.encoder]
 
         buttons = QHBoxLayout()
         self.train_button = QPushButton("Train")
@@ -239,7 +245,7 @@ class MoecWidget(QWidget):
     def settings(self) -> pipeline.Settings:
         return pipeline.Settings(ratio=self.ratio.value(), experts=self.experts.value(),
                                  top_k=int(self.top_k.currentText()), partition=self.partition.currentText(),
-                                 bits=self.bits.value())
+                                 bits=self.bits.value(), encoder=self.encoder.currentText())
 
     def train_config(self) -> TrainConfig:
         steps = self.steps.value() or None

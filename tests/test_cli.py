@@ -154,3 +154,23 @@ def test_asking_for_cuda_without_it_is_a_clear_error(phantom_file, tmp_path, cap
         pytest.skip("this machine has CUDA")
     assert main(["compress", str(phantom_file), "-o", str(tmp_path / "c.moec"), "--device", "cuda", *FAST]) != 0
     assert "CUDA" in _one_line_error(capsys)
+
+
+def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
+    out = tmp_path / "grid.moec"
+    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4",
+                 "--encoder", "grid", *FAST]) == 0
+    assert "latent grid" in capsys.readouterr().err
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"]["encoder"] == "grid" and len(info["model"]["grid_finest"]) == 3
+    assert main(["decompress", str(out), "-o", str(tmp_path / "grid.nii.gz")]) == 0
+    assert nib.load(str(tmp_path / "grid.nii.gz")).shape == (32, 28, 16)
+
+
+def test_the_grid_encoder_refuses_float16_in_one_line(phantom_file, tmp_path, capsys):
+    code = main(["compress", str(phantom_file), "-o", str(tmp_path / "x.moec"), "--encoder", "grid", "--bits", "16",
+                 *FAST])
+    err = capsys.readouterr().err
+    assert code != 0 and "stored quantized only" in err and "Traceback" not in err
+    assert not (tmp_path / "x.moec").exists()

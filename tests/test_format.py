@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codec import pack, pipeline
-from codec.bitstream import READABLE_VERSIONS, unpack_container
+from codec.bitstream import READABLE_VERSIONS, VERSION, unpack_container
 from codec.decode import reconstruct
 from codec.errors import MoecFormatError
 from codec.phantom import make_phantom
@@ -27,7 +27,7 @@ from .training import train
 FUZZ = settings(deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 
 
-def assemble(meta_text: bytes, nifti: bytes, payload: bytes, version: int = 1, nifti_len: int = 348) -> bytes:
+def assemble(meta_text: bytes, nifti: bytes, payload: bytes, version: int = VERSION, nifti_len: int = 348) -> bytes:
     """The documented layout, written independently of codec.bitstream."""
     inner = struct.pack("<H", nifti_len) + nifti + meta_text
     header = zlib.compress(inner)
@@ -36,14 +36,19 @@ def assemble(meta_text: bytes, nifti: bytes, payload: bytes, version: int = 1, n
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+KINDS = [8, 16, "grid"]
+
+
 @pytest.fixture(scope="module")
 def valid_files():
-    """One quantized and one float16 file of a small phantom."""
+    """A quantized, a float16 and a latent-grid file of a small phantom."""
     volume, _ = make_phantom((32, 24, 16))
     files = {}
-    for bits in (8, 16):
-        fitter, plan = train(volume, pipeline.Settings(ratio=6, experts=4, bits=bits), TrainConfig(steps=20, batch_size=1024))
-        files[bits] = pipeline.encode(fitter, plan)
+    for kind in KINDS:
+        settings_ = pipeline.Settings(ratio=6, experts=4, bits=16 if kind == 16 else 8,
+                                      encoder="grid" if kind == "grid" else "siren")
+        fitter, plan = train(volume, settings_, TrainConfig(steps=20, batch_size=1024))
+        files[kind] = pipeline.encode(fitter, plan)
     return volume, files
 
 
@@ -77,9 +82,24 @@ def test_unknown_versions_name_both_versions(valid_files):
     _, files = valid_files
     c = unpack_container(files[8])
     data = assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=7)
-    with pytest.raises(MoecFormatError, match=r"version 7; this program reads version 1"):
+    with pytest.raises(MoecFormatError, match=r"version 7; this program reads version 1, 2"):
         pack.decode(data)
-    assert READABLE_VERSIONS == (1,)
+    assert READABLE_VERSIONS == (1, 2)
+
+
+def test_version_1_files_still_decode_and_cannot_hold_a_grid(valid_files):
+    """Version 1 predates the latent grid: its model descriptions lack the grid fields."""
+    _, files = valid_files
+    c = unpack_container(files[8])
+    meta = json.loads(json.dumps(c.meta))
+    for key in ("encoder", "grid_channels", "grid_levels", "grid_finest"):
+        del meta["model"][key]
+    old = assemble(json.dumps(meta).encode(), c.nifti, c.payload, version=1)
+    np.testing.assert_array_equal(reconstruct(pack.decode(old)).volume.data,
+                                  reconstruct(pack.decode(files[8])).volume.data)
+    grid = unpack_container(files["grid"])
+    with pytest.raises(MoecFormatError, match="version-1 file cannot describe a latent-grid"):
+        pack.decode(assemble(json.dumps(grid.meta).encode(), grid.nifti, grid.payload, version=1))
 
 
 def test_specific_malformations_have_readable_messages(valid_files):
@@ -98,7 +118,7 @@ def test_specific_malformations_have_readable_messages(valid_files):
 
 
 @FUZZ
-@given(cut=st.integers(min_value=0, max_value=10**6), which=st.sampled_from([8, 16]))
+@given(cut=st.integers(min_value=0, max_value=10**6), which=st.sampled_from(KINDS))
 def test_every_truncation_is_refused(valid_files, cut, which):
     data = valid_files[1][which]
     with pytest.raises(MoecFormatError):
@@ -106,7 +126,7 @@ def test_every_truncation_is_refused(valid_files, cut, which):
 
 
 @settings(deadline=None, max_examples=600)
-@given(position=st.integers(min_value=0, max_value=10**6), bit=st.integers(0, 7), which=st.sampled_from([8, 16]))
+@given(position=st.integers(min_value=0, max_value=10**6), bit=st.integers(0, 7), which=st.sampled_from(KINDS))
 def test_every_bit_flip_is_refused(valid_files, position, bit, which):
     data = bytearray(valid_files[1][which])
     data[position % len(data)] ^= 1 << bit
@@ -144,7 +164,7 @@ HOSTILE = st.one_of(
 
 
 @settings(deadline=None, max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), which=st.sampled_from([8, 16]))
+@given(data=st.data(), which=st.sampled_from(KINDS))
 def test_hostile_headers_with_a_correct_crc_are_refused_cleanly(valid_files, data, which):
     c = unpack_container(valid_files[1][which])
     meta = json.loads(json.dumps(c.meta))
@@ -163,14 +183,14 @@ def test_hostile_headers_with_a_correct_crc_are_refused_cleanly(valid_files, dat
 
 
 @FUZZ
-@given(payload=st.binary(max_size=4000), which=st.sampled_from([8, 16]))
+@given(payload=st.binary(max_size=4000), which=st.sampled_from(KINDS))
 def test_hostile_payloads_with_a_correct_crc_are_refused_cleanly(valid_files, payload, which):
     c = unpack_container(valid_files[1][which])
     decodes_or_refuses(assemble(json.dumps(c.meta).encode(), c.nifti, payload))
 
 
 @FUZZ
-@given(position=st.integers(0, 10 ** 6), value=st.integers(0, 255), which=st.sampled_from([8, 16]))
+@given(position=st.integers(0, 10 ** 6), value=st.integers(0, 255), which=st.sampled_from(KINDS))
 def test_corrupted_weights_and_tables_with_a_correct_crc_are_refused_cleanly(valid_files, position, value, which):
     c = unpack_container(valid_files[1][which])
     payload = bytearray(c.payload)
@@ -207,9 +227,28 @@ def test_huge_or_negative_fields_are_refused_before_any_allocation(valid_files, 
     ({"experts": 0}, "experts"),
     ({"top_k": 5}, "top_k"),
     ({"partition": "octree"}, "partition"),
+    ({"encoder": "octree"}, "encoder"),
+    ({"encoder": "grid"}, "encoder_layers must be 0"),
 ])
 def test_absurd_model_descriptions_are_refused(valid_files, change, message):
     c = unpack_container(valid_files[1][8])
+    meta = json.loads(json.dumps(c.meta))
+    meta["model"].update(change)
+    with pytest.raises(MoecFormatError, match=message):
+        pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"grid_finest": [1024, 1024, 1024], "grid_channels": 16}, "parameters"),
+    ({"grid_finest": [100, 100, 100]}, "payload has only"),
+    ({"grid_finest": [40, 40, 40]}, "cannot be decoded|outside their range|truncated"),
+    ({"grid_finest": [1, 8, 8]}, "grid_finest"),
+    ({"grid_finest": [8, 8]}, "grid_finest"),
+    ({"grid_levels": 0}, "grid_levels"),
+    ({"partition": "blocks"}, "partition"),
+])
+def test_absurd_grid_descriptions_are_refused(valid_files, change, message):
+    c = unpack_container(valid_files[1]["grid"])
     meta = json.loads(json.dumps(c.meta))
     meta["model"].update(change)
     with pytest.raises(MoecFormatError, match=message):
@@ -229,3 +268,16 @@ def test_deeply_nested_headers_are_refused(valid_files):
     c = unpack_container(valid_files[1][8])
     with pytest.raises(MoecFormatError):
         pack.decode(assemble(b"[" * 30_000 + b"]" * 30_000, c.nifti, c.payload))
+
+
+@pytest.mark.parametrize("entry,message", [
+    (struct.pack("<Bhhe", 2, -1000, 1000, 1.0) + struct.pack("<e", 0.5) + bytes(400), "too many symbols"),
+    (struct.pack("<Bhhe", 2, 0, 2, 1.0) + struct.pack("<e", 0.5) + bytes(400), "empty frequency table"),
+    (struct.pack("<Bhhe", 2, 0, 300, 1.0) + struct.pack("<e", 0.5) + bytes(400), "truncated"),
+])
+def test_hostile_frequency_tables_are_refused_in_words(valid_files, entry, message):
+    """The latent grid's first tensor carrying a table over too many symbols, an empty one, a cut one
+    (the payloads are long enough to pass the weights-per-byte check that comes first)."""
+    c = unpack_container(valid_files[1]["grid"])
+    with pytest.raises(MoecFormatError, match=message):
+        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, entry))

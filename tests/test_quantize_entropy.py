@@ -90,3 +90,20 @@ def test_garbage_streams_raise_moec_format_error_only():
         except MoecFormatError:
             continue
         assert out[0].min() >= -127 and out[0].max() <= 127  # whatever decodes stays in range
+
+
+def test_a_peaked_short_range_stream_carries_its_own_table_and_round_trips():
+    """Latent-like symbols: most at zero, a few far out; a Laplace wastes bits on them."""
+    rng = np.random.default_rng(3)
+    spiky = np.where(rng.random(20000) < 0.7, 0, np.rint(rng.normal(0, 4, 20000))).astype(np.int32)
+    model = entropy.fit_model(spiky)
+    assert model.family == entropy.TABLE and len(model.counts) == model.hi - model.lo + 1
+    parametric = min(entropy.ideal_bits(spiky, entropy.SymbolModel(f, s, model.lo, model.hi))
+                     for f, s in ((0, float(np.abs(spiky).mean())), (1, float(spiky.std()))))
+    assert entropy.coded_bits(spiky) < 0.95 * parametric
+    wide = np.rint(rng.laplace(0, 60, 5000)).astype(np.int32)  # a table over hundreds of symbols costs more
+    assert entropy.fit_model(wide).family != entropy.TABLE
+    data = entropy.encode([spiky, wide], [model, entropy.fit_model(wide)])
+    back = entropy.decode(data, [model, entropy.fit_model(wide)], [spiky.size, wide.size])
+    assert np.array_equal(back[0], spiky) and np.array_equal(back[1], wide)
+    assert len(data) * 8 <= entropy.ideal_bits(spiky, model) + entropy.ideal_bits(wide, entropy.fit_model(wide)) + 256

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
+from codec import pack
 from codec.cli import main as moec
 from codec.metrics import psnr
 from moec_napari.layers import META, layer_orientation
@@ -191,3 +192,22 @@ def test_an_impossible_ratio_is_a_notification(widget_on, phantom_nifti, qtbot):
     widget.train()
     assert seen and "highest reachable" in str(seen[0].message)
     assert widget.worker is None
+
+
+def test_the_encoder_choice_reaches_the_file_and_a_bad_pairing_is_a_notification(widget_on, phantom_nifti, qtbot,
+                                                                                  tmp_path):
+    viewer, widget = widget_on(phantom_nifti)
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(n))
+    _configure(widget)
+    widget.encoder.setCurrentText("grid")
+    widget.partition.setCurrentText("blocks")
+    widget.train()
+    assert seen and "block partition" in str(seen[0].message) and widget.worker is None
+    widget.partition.setCurrentText("learned")
+    widget.train()
+    wait_for(widget, qtbot)
+    path = tmp_path / "grid.moec"
+    widget.save_moec(path)
+    assert moec(["info", str(path)]) == 0
+    assert pack.read(path).meta.model.encoder == "grid"

@@ -1,0 +1,100 @@
+"""The latent-grid encoder: interpolation, rate-set quantization, planning and a whole round trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from codec import entropy, pack, pipeline
+from codec.errors import MoecError
+from codec.grid import coords_from_flat
+from codec.model import LatentGrid, ModelConfig, MoEC
+from codec.quantize import quantize, rate_step
+from codec.train import TrainConfig
+
+from .training import file_psnr, mean_prediction_psnr, train
+
+
+def test_grid_reads_its_nodes_exactly_and_is_trilinear_between_them():
+    grid = LatentGrid(2, [(5, 4, 3)], torch.Generator().manual_seed(0))
+    nodes = [torch.linspace(-1, 1, n) for n in (5, 4, 3)]
+    mesh = torch.stack([m.reshape(-1) for m in torch.meshgrid(*nodes, indexing="ij")], 1)
+    np.testing.assert_allclose(grid(mesh).detach().numpy(), grid.grid0.detach().reshape(2, -1).t().numpy(),
+                               atol=1e-6)
+    # A field linear in each axis is reproduced exactly anywhere in the box.
+    with torch.no_grad():
+        grid.grid0.copy_((3 * mesh[:, 0] - 2 * mesh[:, 1] + 0.5 * mesh[:, 2] + 1).reshape(1, 5, 4, 3).repeat(2, 1, 1, 1))
+    points = torch.rand(100, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    expected = 3 * points[:, 0] - 2 * points[:, 1] + 0.5 * points[:, 2] + 1
+    np.testing.assert_allclose(grid(points)[:, 0].detach().numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_grid_levels_halve_and_feed_every_expert():
+    config = ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_channels=3, grid_levels=3,
+                         grid_finest=(20, 9, 2))
+    assert config.grid_resolutions() == [(20, 9, 2), (10, 5, 2), (5, 3, 2)]
+    assert config.feature_width == 9
+    assert config.latent_count() == 3 * (20 * 9 * 2 + 10 * 5 * 2 + 5 * 3 * 2)
+    model = MoEC(config)
+    out = model(coords_from_flat(torch.arange(500), (20, 9, 4)))
+    assert out.values.shape == (500, 1)
+    assert dict(model.named_tensors())["experts.w0"].shape == (4, 9, config.expert_width)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"dims": 4, "grid_finest": (4, 4, 4, 4)}, "3D coordinates only"),
+    ({"grid_finest": (4, 4)}, "grid_finest"),
+    ({"encoder_layers": 1}, "encoder_layers must be 0"),
+    ({"grid_channels": 0}, "grid_channels"),
+])
+def test_invalid_grid_configurations_are_refused(change, message):
+    base = {"experts": 2, "encoder": "grid", "encoder_layers": 0, "grid_finest": (4, 4, 4)}
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**{**base, **change})
+
+
+@pytest.mark.parametrize("target", [0.8, 1.6, 3.0])
+def test_rate_step_lands_on_the_asked_rate(target):
+    latents = np.random.default_rng(0).laplace(0.0, 0.3, size=(2, 30, 20, 10)).astype(np.float32)
+    step = rate_step(latents, target)
+    symbols = quantize(latents, step)
+    bits = entropy.ideal_bits(symbols, entropy.fit_model(symbols)) / latents.size
+    assert step.shape == () and step > 0
+    assert abs(bits - target) < 0.05 * target
+
+
+def test_choices_that_do_not_fit_the_grid_are_refused_in_words(phantom):
+    volume, _ = phantom
+    for settings, message in [(pipeline.Settings(encoder="grid", bits=16), "stored quantized only"),
+                              (pipeline.Settings(encoder="grid", partition="blocks"), "block partition")]:
+        with pytest.raises(MoecError, match=message):
+            pipeline.plan(volume, settings)
+    assert pipeline.Settings(encoder="auto").encoder_for(4) == "siren"
+    assert pipeline.Settings(encoder="auto", bits=16).encoder_for(3) == "siren"
+    assert pipeline.Settings(encoder="auto").encoder_for(3) == "grid"
+
+
+def test_a_grid_file_meets_its_ratio_learns_and_decodes_its_stored_latents(phantom):
+    volume, _ = phantom
+    settings = pipeline.Settings(ratio=20, experts=4, encoder="grid")
+    fitter, plan = train(volume, settings, TrainConfig(steps=400, batch_size=2048))
+    assert plan.model.encoder == "grid" and plan.model.latent_count() > 0
+    data = pipeline.encode(fitter, plan)
+    raw = math.prod(volume.shape) * volume.dtype.itemsize
+    assert 20 <= raw / len(data) <= 20 * 1.05
+    assert file_psnr(volume, data) > mean_prediction_psnr(volume) + 6
+    # The latents frozen in the final stage are exactly the ones stored.
+    stored = pack.decode(data).model
+    for level in range(plan.model.grid_levels):
+        name = f"grid{level}"
+        np.testing.assert_array_equal(getattr(stored.encoder, name).detach().numpy(),
+                                      getattr(fitter.model.encoder, name).detach().cpu().numpy())
+    # And they cost about the planned rate.
+    steps = pack.stored_steps(data)
+    grid = fitter.model.encoder.grid0.detach().cpu().numpy()
+    symbols = quantize(grid, steps["encoder.grid0"])
+    bits = entropy.ideal_bits(symbols, entropy.fit_model(symbols)) / grid.size
+    assert abs(bits - settings.latent_bits) < 0.2
