@@ -55,7 +55,7 @@ class Architecture:
     encoder: str = "siren"
     grid_channels: int = 2
     grid_levels: int = 4
-    latent_share: float = 0.8  # of the payload, for the latent grid (its encoder)
+    latent_share: float = 0.95  # of the payload, for the latent grid (its encoder)
 
 
 def window(raw_bytes: int, ratio: float) -> tuple[int, int]:

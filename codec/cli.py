@@ -227,10 +227,11 @@ def cmd_info(args) -> int:
     t = meta.train
     q = meta.quant
     weights = "float16" if q.float16 else (
-        f"{q.bits}-bit (+{q.first_layer_extra_bits} on the first layer), per-{q.granularity} steps, range-coded")
+        f"{q.bits}-bit" + (f" (+{q.first_layer_extra_bits} on the first layer)" if m.coordinate_layer else "")
+        + f", per-{q.granularity} steps, range-coded" + ("; latents at rate-set steps" if m.encoder == "grid" else ""))
     stages = t.get("stages", [0, 0, 0])
     budget = f"{t['minutes']:g} min budget" if t.get("minutes") else "step budget"
-    print(f"file      {source} ({_bytes(moec.nbytes)}, format version 1)")
+    print(f"file      {source} ({_bytes(moec.nbytes)}, format version {meta.version})")
     print(f"volume    {' x '.join(map(str, meta.shape))} {meta.dtype.name}, spacing "
           f"{' x '.join(f'{s:g}' for s in spacing)}, values {meta.vmin:g} .. {meta.vmax:g}"
           + (f" (stored with slope {meta.slope:g}, intercept {meta.inter:g})" if (meta.slope, meta.inter) != (1, 0) else ""))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import __version__, entropy
-from .bitstream import Container, pack_container, unpack_container
+from .bitstream import VERSION, Container, pack_container, unpack_container
 from .errors import MoecFormatError
 from .files import atomic_write_bytes
 from .grid import COORDINATE_CONVENTION
@@ -59,6 +59,7 @@ class MoecMeta:
     quant: QuantConfig
     train: dict
     made_by: dict
+    version: int = VERSION  # of the container it was read from (new files: the current one)
 
     @property
     def affine(self) -> np.ndarray:
@@ -260,7 +261,7 @@ def parse_meta(container: Container) -> MoecMeta:
     if not np.isfinite(affine).all():
         raise MoecFormatError("the NIfTI header's affine is not finite")
     return MoecMeta(shape, np.dtype(dtype_name), slope, inter, vmin, vmax, container.nifti, model, quant,
-                    train, made)
+                    train, made, container.version)
 
 
 def read_table(meta: MoecMeta, payload: bytes) -> tuple[list[entropy.SymbolModel], list[np.ndarray], int]:

@@ -35,7 +35,7 @@ class Settings:
     encoder: str = "siren"  # "siren", "grid", or "auto": the grid wherever it applies
     grid_channels: int = 2
     grid_levels: int = 4
-    latent_share: float = 0.8
+    latent_share: float = 0.95
     latent_bits: float = 2.5
 
     def encoder_for(self, dims: int) -> str:

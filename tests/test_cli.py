@@ -161,6 +161,9 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4",
                  "--encoder", "grid", *FAST]) == 0
     assert "latent grid" in capsys.readouterr().err
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "format version 2" in printed and "latent grid" in printed and "rate-set" in printed
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"]["encoder"] == "grid" and len(info["model"]["grid_finest"]) == 3
