@@ -98,3 +98,16 @@ def test_a_grid_file_meets_its_ratio_learns_and_decodes_its_stored_latents(phant
     symbols = quantize(grid, steps["encoder.grid0"])
     bits = entropy.ideal_bits(symbols, entropy.fit_model(symbols)) / grid.size
     assert abs(bits - settings.latent_bits) < 0.2
+
+
+def test_over_a_grid_the_router_reads_coordinates_only_so_rounding_latents_keeps_the_partition():
+    config = ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_finest=(9, 8, 7))
+    model = MoEC(config, seed=3)
+    assert dict(config.tensor_shapes())["router.w0"] == (3, config.router_width)
+    coords = coords_from_flat(torch.arange(2000), (20, 10, 10))
+    with torch.no_grad():
+        before = model(coords).routing.choice
+        for level in range(config.grid_levels):
+            getattr(model.encoder, f"grid{level}").add_(0.3)
+        after = model(coords)
+    assert torch.equal(before, after.routing.choice)
