@@ -46,6 +46,7 @@ CLAIM = (
     Method("blocks (8, fixed)", {"partition": "blocks", "encoder": "siren"}),
     Method("MoEC on a latent grid (learned, 8 experts)", {"encoder": "grid"}),
     Method("latent grid, one MLP", {"experts": 1, "encoder": "grid"}),
+    Method("MoEC on a latent grid, router on coordinates", {"encoder": "grid", "router_features": False}),
 )
 _SIREN = {"encoder": "siren"}
 ABLATIONS = (

@@ -56,6 +56,7 @@ class Architecture:
     grid_channels: int = 2
     grid_levels: int = 4
     latent_share: float = 0.95  # of the payload, for the latent grid (its encoder)
+    router_features: bool = True
 
 
 def window(raw_bytes: int, ratio: float) -> tuple[int, int]:
@@ -108,7 +109,7 @@ def config_for(width: int, arch: Architecture, shape: tuple[int, ...], encoder_w
                            router_width=router_width or min(32, max(MIN_WIDTH, width // 2)),
                            expert_width=width, expert_layers=arch.expert_layers, omega0=arch.omega0,
                            encoder="grid", grid_channels=arch.grid_channels, grid_levels=arch.grid_levels,
-                           grid_finest=finest or (2,) * dims)
+                           grid_finest=finest or (2,) * dims, router_features=arch.router_features)
     if arch.partition == "blocks":
         return ModelConfig(dims=dims, experts=arch.experts, top_k=1, partition="blocks", encoder_width=MIN_WIDTH,
                            encoder_layers=0, router_width=MIN_WIDTH, expert_width=width,
@@ -120,7 +121,8 @@ def config_for(width: int, arch: Architecture, shape: tuple[int, ...], encoder_w
         router_width = min(32, max(MIN_WIDTH, encoder_width // 2))
     return ModelConfig(dims=dims, experts=arch.experts, top_k=arch.top_k, partition="learned",
                        encoder_width=encoder_width, encoder_layers=arch.encoder_layers, router_width=router_width,
-                       expert_width=width, expert_layers=arch.expert_layers, omega0=arch.omega0)
+                       expert_width=width, expert_layers=arch.expert_layers, omega0=arch.omega0,
+                       router_features=arch.router_features)
 
 
 def check_architecture(arch: Architecture, quant: QuantConfig, dims: int) -> None:

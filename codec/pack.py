@@ -183,7 +183,7 @@ def _field(d: dict, key: str, kind: type, where: str = "header"):
 
 
 #: Model fields that format version 1 did not have, with the value every version-1 file means.
-_ADDED_IN_2 = {"encoder": "siren", "grid_channels": 2, "grid_levels": 4, "grid_finest": []}
+_ADDED_IN_2 = {"encoder": "siren", "grid_channels": 2, "grid_levels": 4, "grid_finest": [], "router_features": True}
 
 
 def _model_config(d: dict, ndim: int, version: int) -> ModelConfig:
@@ -195,8 +195,11 @@ def _model_config(d: dict, ndim: int, version: int) -> ModelConfig:
     if set(d) != known:
         raise MoecFormatError(f"the model description has unexpected fields: {sorted(set(d) ^ known)}")
     values = {}
-    for key in known - {"partition", "omega0", "block_grid", "encoder", "grid_finest"}:
+    for key in known - {"partition", "omega0", "block_grid", "encoder", "grid_finest", "router_features"}:
         values[key] = _int(d[key], f"model.{key}", 0, 4096)
+    if not isinstance(d["router_features"], bool):
+        raise MoecFormatError("model.router_features must be true or false")
+    values["router_features"] = d["router_features"]
     values["omega0"] = _float(d["omega0"], "model.omega0")
     if d["partition"] not in ("learned", "blocks"):
         raise MoecFormatError(f"unknown partition {d['partition']!r}")

@@ -37,6 +37,7 @@ class Settings:
     grid_levels: int = 4
     latent_share: float = 0.95
     latent_bits: float = 2.5
+    router_features: bool = True  # False: the router reads the coordinates alone
 
     def encoder_for(self, dims: int) -> str:
         """The encoder these settings give a volume of `dims` axes."""
@@ -51,7 +52,8 @@ class Settings:
         return Architecture(experts=self.experts, top_k=self.top_k, partition=self.partition,
                             expert_layers=layers, encoder_layers=0 if encoder == "grid" else self.encoder_layers,
                             encoder_share=self.encoder_share, encoder=encoder, grid_channels=self.grid_channels,
-                            grid_levels=self.grid_levels, latent_share=self.latent_share)
+                            grid_levels=self.grid_levels, latent_share=self.latent_share,
+                            router_features=self.router_features)
 
     def quant(self) -> QuantConfig:
         return QuantConfig(self.bits, self.first_layer_extra_bits, self.granularity, self.latent_bits)

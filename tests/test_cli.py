@@ -159,7 +159,7 @@ def test_asking_for_cuda_without_it_is_a_clear_error(phantom_file, tmp_path, cap
 def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     out = tmp_path / "grid.moec"
     assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4",
-                 "--encoder", "grid", *FAST]) == 0
+                 "--encoder", "grid", "--router-input", "coordinates", *FAST]) == 0
     assert "latent grid" in capsys.readouterr().err
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -167,6 +167,7 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"]["encoder"] == "grid" and len(info["model"]["grid_finest"]) == 3
+    assert info["model"]["router_features"] is False
     assert main(["decompress", str(out), "-o", str(tmp_path / "grid.nii.gz")]) == 0
     assert nib.load(str(tmp_path / "grid.nii.gz")).shape == (32, 28, 16)
 

@@ -92,7 +92,7 @@ def test_version_1_files_still_decode_and_cannot_hold_a_grid(valid_files):
     _, files = valid_files
     c = unpack_container(files[8])
     meta = json.loads(json.dumps(c.meta))
-    for key in ("encoder", "grid_channels", "grid_levels", "grid_finest"):
+    for key in ("encoder", "grid_channels", "grid_levels", "grid_finest", "router_features"):
         del meta["model"][key]
     old = assemble(json.dumps(meta).encode(), c.nifti, c.payload, version=1)
     np.testing.assert_array_equal(reconstruct(pack.decode(old)).volume.data,

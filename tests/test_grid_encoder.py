@@ -100,8 +100,8 @@ def test_a_grid_file_meets_its_ratio_learns_and_decodes_its_stored_latents(phant
     assert abs(bits - settings.latent_bits) < 0.2
 
 
-def test_over_a_grid_the_router_reads_coordinates_only_so_rounding_latents_keeps_the_partition():
-    config = ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_finest=(9, 8, 7))
+def test_a_router_on_coordinates_alone_keeps_the_partition_when_latents_are_rounded():
+    config = ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_finest=(9, 8, 7), router_features=False)
     model = MoEC(config, seed=3)
     assert dict(config.tensor_shapes())["router.w0"] == (3, config.router_width)
     coords = coords_from_flat(torch.arange(2000), (20, 10, 10))
