@@ -128,14 +128,18 @@ class MoecWidget(QWidget):
         self.encoder.setCurrentText(pipeline.Settings().encoder)
         self.encoder.setToolTip("Shared encoder: a latent grid (3D, quantized weights) or a SIREN layer; "
                                 "auto: the grid wherever it applies")
+        self.router_input = QComboBox()
+        self.router_input.addItems(["features", "coordinates"])
+        self.router_input.setToolTip("What the router reads: the coordinates and the encoder features, or the "
+                                     "coordinates alone (better over a latent grid)")
         for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
                               ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),
-                              ("Encoder", self.encoder)):
+                              ("Encoder", self.encoder), ("Router input", self.router_input)):
             adv_form.addRow(label, widget)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
         self.inputs = [self.layer_box, self.ratio, self.experts, self.top_k, self.minutes, self.lr, self.seed,
-                       self.balance, self.bits, self.steps, self.partition, self.encoder]
+                       self.balance, self.bits, self.steps, self.partition, self.encoder, self.router_input]
 
         buttons = QHBoxLayout()
         self.train_button = QPushButton("Train")
@@ -245,7 +249,8 @@ class MoecWidget(QWidget):
     def settings(self) -> pipeline.Settings:
         return pipeline.Settings(ratio=self.ratio.value(), experts=self.experts.value(),
                                  top_k=int(self.top_k.currentText()), partition=self.partition.currentText(),
-                                 bits=self.bits.value(), encoder=self.encoder.currentText())
+                                 bits=self.bits.value(), encoder=self.encoder.currentText(),
+                                 router_features=self.router_input.currentText() == "features")
 
     def train_config(self) -> TrainConfig:
         steps = self.steps.value() or None

@@ -205,9 +205,11 @@ def test_the_encoder_choice_reaches_the_file_and_a_bad_pairing_is_a_notification
     widget.train()
     assert seen and "block partition" in str(seen[0].message) and widget.worker is None
     widget.partition.setCurrentText("learned")
+    widget.router_input.setCurrentText("coordinates")
     widget.train()
     wait_for(widget, qtbot)
     path = tmp_path / "grid.moec"
     widget.save_moec(path)
     assert moec(["info", str(path)]) == 0
-    assert pack.read(path).meta.model.encoder == "grid"
+    model = pack.read(path).meta.model
+    assert model.encoder == "grid" and not model.router_features
