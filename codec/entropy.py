@@ -39,6 +39,11 @@ class SymbolModel:
     counts: tuple[int, ...] = ()  # the table family's frequencies of lo..hi
 
     @property
+    def offset(self) -> int:
+        """What is subtracted from a symbol before coding: a table codes indices 0..hi-lo."""
+        return self.lo if self.family == TABLE else 0
+
+    @property
     def overhead_bits(self) -> int:
         """What the model itself costs in the file beyond the fixed table entry."""
         return 16 * len(self.counts)
@@ -75,18 +80,27 @@ def ideal_bits(symbols: np.ndarray, model: SymbolModel) -> float:
 
 
 def fit_model(symbols: np.ndarray) -> SymbolModel:
-    """The cheaper of a Laplace and a Gaussian fitted to the symbols (by maximum likelihood)."""
-    flat = symbols.reshape(-1)
+    """The cheapest model of the symbols: a Laplace or a Gaussian fitted by maximum likelihood, or,
+    over a short range, their own frequency table, its own bits counted."""
+    return _cheapest(symbols.reshape(-1))[0]
+
+
+def coded_bits(symbols: np.ndarray) -> float:
+    """Bits that `symbols` cost under their best model, the model's own table included."""
+    return _cheapest(symbols.reshape(-1))[1]
+
+
+def _cheapest(flat: np.ndarray) -> tuple[SymbolModel, float]:
     lo, hi = (int(flat.min()), int(flat.max())) if flat.size else (0, 0)
     if lo == hi:
-        return SymbolModel(0, 1.0, lo, hi)
+        return SymbolModel(0, 1.0, lo, hi), 0.0
     candidates = [
         SymbolModel(0, _float16(float(np.abs(flat).mean())), lo, hi),
         SymbolModel(1, _float16(math.sqrt(float((flat.astype(np.float64) ** 2).mean()))), lo, hi),
     ]
     if hi - lo < MAX_TABLE:
         candidates.append(SymbolModel(TABLE, 1.0, lo, hi, table_counts(flat, lo, hi)))
-    return min(candidates, key=lambda m: ideal_bits(flat, m) + m.overhead_bits)
+    return min(((m, ideal_bits(flat, m) + m.overhead_bits) for m in candidates), key=lambda pair: pair[1])
 
 
 def table_counts(flat: np.ndarray, lo: int, hi: int) -> tuple[int, ...]:
@@ -95,11 +109,6 @@ def table_counts(flat: np.ndarray, lo: int, hi: int) -> tuple[int, ...]:
     scaled = np.where(counts > 0, np.maximum(1, np.round(counts * COUNT_MAX / counts.max())), 0)
     return tuple(int(c) for c in scaled)
 
-
-def coded_bits(symbols: np.ndarray) -> float:
-    """Bits that `symbols` cost under their best model, the model's own table included."""
-    model = fit_model(symbols)
-    return ideal_bits(symbols.reshape(-1), model) + model.overhead_bits
 
 
 def _coder_model(model: SymbolModel):
@@ -118,8 +127,8 @@ def encode(streams: list[np.ndarray], models: list[SymbolModel]) -> bytes:
     encoder = constriction.stream.queue.RangeEncoder()
     for symbols, model in zip(streams, models):
         if not model.constant and symbols.size:
-            offset = model.lo if model.family == TABLE else 0  # a table codes indices 0..hi-lo
-            encoder.encode(np.ascontiguousarray(symbols.reshape(-1) - offset, dtype=np.int32), _coder_model(model))
+            encoder.encode(np.ascontiguousarray(symbols.reshape(-1) - model.offset, dtype=np.int32),
+                           _coder_model(model))
     return encoder.get_compressed().astype("<u4").tobytes()
 
 
@@ -135,8 +144,7 @@ def decode(data: bytes, models: list[SymbolModel], sizes: list[int]) -> list[np.
             if model.constant:
                 out.append(np.full(size, model.lo, dtype=np.int32))
             else:
-                offset = model.lo if model.family == TABLE else 0
-                out.append(np.asarray(decoder.decode(_coder_model(model), size), dtype=np.int32) + offset)
+                out.append(np.asarray(decoder.decode(_coder_model(model), size), dtype=np.int32) + model.offset)
     except Exception as exc:  # constriction signals bad streams with assorted exception types
         raise MoecFormatError(f"the weight stream cannot be decoded ({exc})") from None
     return out

@@ -116,10 +116,11 @@ def describe(volume: Volume, model: ModelConfig, quant: QuantConfig, train: dict
 
 # --- writing ---------------------------------------------------------------------------------------
 
-def tensor_steps(model: MoEC, quant: QuantConfig, multiplier: float = 1.0,
+def tensor_steps(model: MoEC, quant: QuantConfig,
                  fixed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Each tensor's quantization steps: `fixed` ones as they are (the frozen encoder and router),
-    the rest from their largest weight at the configured bit width, scaled by `multiplier`."""
+    latent grids at the step their rate asks for, the rest from their largest weight at the
+    configured bit width. Unrounded: `scaled_steps` turns them into the stored float16 steps."""
     fixed = fixed or {}
     steps = {}
     for name, param in model.named_tensors():
@@ -128,11 +129,18 @@ def tensor_steps(model: MoEC, quant: QuantConfig, multiplier: float = 1.0,
             continue
         w = param.detach().cpu().numpy()
         if is_latent(name):
-            base = rate_step(w, quant.latent_bits)
+            steps[name] = rate_step(w, quant.latent_bits)
         else:
-            base = max_steps(w, quant.bits_for(name, model.config.coordinate_layer), quant.granularity)
-        steps[name] = to_float16(np.clip(base * multiplier, 6.0e-8, 6.0e4))
+            steps[name] = max_steps(w, quant.bits_for(name, model.config.coordinate_layer), quant.granularity)
     return steps
+
+
+def scaled_steps(base: dict[str, np.ndarray], multiplier: float,
+                 fixed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """`base` steps times `multiplier` (coarser as it grows), as stored; `fixed` ones untouched."""
+    fixed = fixed or {}
+    return {name: step if name in fixed else to_float16(np.clip(step * multiplier, 6.0e-8, 6.0e4))
+            for name, step in base.items()}
 
 
 def encode_payload(model: MoEC, quant: QuantConfig, steps: dict[str, np.ndarray] | None) -> bytes:
@@ -151,7 +159,7 @@ def encode_payload(model: MoEC, quant: QuantConfig, steps: dict[str, np.ndarray]
 
 
 def encode(model: MoEC, meta: MoecMeta, steps: dict[str, np.ndarray] | None) -> bytes:
-    """The complete .moec bytes for `model` (steps: from tensor_steps, None for float16)."""
+    """The complete .moec bytes for `model` (steps: from scaled_steps, None for float16)."""
     return pack_container(meta.to_json(), meta.nifti, encode_payload(model, meta.quant, steps))
 
 

@@ -83,8 +83,12 @@ def encode(fitter: Fitter, plan_: Plan) -> bytes:
     if plan_.quant.float16:
         return pack.encode(model, meta, None)
 
+    # The base steps (a rate search for latent grids) are computed once; the search below only
+    # rescales them.
+    base = pack.tensor_steps(model, plan_.quant, fitter.frozen_steps)
+
     def file_at(multiplier: float) -> bytes:
-        return pack.encode(model, meta, pack.tensor_steps(model, plan_.quant, multiplier, fitter.frozen_steps))
+        return pack.encode(model, meta, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
 
     multiplier = budget.fit_to_window(lambda m: len(file_at(m)), plan_.upper_bytes)
     return file_at(multiplier)

@@ -67,10 +67,6 @@ class TrainConfig:
     #: start beats from 30% (float latents rounded later lose 3-5 dB at the switch, and an annealed
     #: soft rounding did worse still).
     latent_qat_from: float = 0.0
-    #: Weight of the latents' rate proxy (mean |latent| / step, a Laplace code length up to
-    #: constants) in the loss: latents the volume does not need go to the zero bin, and the
-    #: rate-set step then refines the ones it does need.
-    latent_rate_weight: float = 0.0
     seed: int = 0
     device: str = "auto"
 
@@ -322,12 +318,6 @@ class Fitter:
         balance = torch.zeros(())
         if out.routing.probs is not None and stage == "joint" and self.config.balance_weight > 0:
             balance = self.config.balance_weight * n * torch.sum(share * out.routing.probs.mean(0))
-        rate = torch.zeros(())
-        if self.config.latent_rate_weight > 0 and model.config.encoder == "grid" and self._latent_steps:
-            params = dict(model.named_tensors())
-            total = sum(p.numel() for n, p in params.items() if n in self._latent_steps)
-            rate = sum((params[n].abs() / s).sum() for n, s in self._latent_steps.items()) / total
-            rate = self.config.latent_rate_weight * rate
-        (mse + balance + rate).backward()
+        (mse + balance).backward()
         optimizer.step()
         return mse.item(), mse.item(), tuple(share.tolist()), balance.item()
