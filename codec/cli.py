@@ -170,6 +170,7 @@ def _stem(path: Path) -> str:
 
 
 def _describe_model(m) -> str:
+    router = f"router {m.router_width}" + ("" if m.router_features else " on the coordinates alone")
     if m.partition == "blocks":
         grid = "x".join(map(str, m.block_grid))
         return f"block partition {grid} ({m.experts} SIRENs of {m.expert_layers}x{m.expert_width})"
@@ -178,12 +179,12 @@ def _describe_model(m) -> str:
         encoder = f"latent grid {levels}, {m.grid_levels} levels x {m.grid_channels} channels ({m.latent_count():,} latents)"
         if m.experts == 1:
             return f"{encoder}; one sine MLP {m.expert_layers}x{m.expert_width}"
-        return (f"{encoder}; learned partition, {m.experts} experts, top-{m.top_k}; router {m.router_width}, "
+        return (f"{encoder}; learned partition, {m.experts} experts, top-{m.top_k}; {router}, "
                 f"experts {m.expert_layers}x{m.expert_width}")
     if m.experts == 1:
         return f"single SIREN ({m.encoder_layers + m.expert_layers} sine layers of {m.expert_width})"
     return (f"learned partition, {m.experts} experts, top-{m.top_k}; encoder {m.encoder_layers}x{m.encoder_width}, "
-            f"router {m.router_width}, experts {m.expert_layers}x{m.expert_width}")
+            f"{router}, experts {m.expert_layers}x{m.expert_width}")
 
 
 def cmd_decompress(args) -> int:

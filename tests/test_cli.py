@@ -164,6 +164,7 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "format version 2" in printed and "latent grid" in printed and "rate-set" in printed
+    assert "on the coordinates alone" in printed
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"]["encoder"] == "grid" and len(info["model"]["grid_finest"]) == 3
