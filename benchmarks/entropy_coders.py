@@ -1,5 +1,5 @@
-"""Which entropy coder for the quantized weights: the range coder with a per-tensor parametric
-model (what .moec files use), against zstd of the raw symbols and a Huffman code per tensor, both
+"""Which entropy coder for the quantized weights: the range coder with the per-tensor models .moec
+files use (parametric, frequency table, or a latent grid's spatial context model), against zstd of the raw symbols and a Huffman code per tensor, both
 with their side information counted. Prints a table and writes benchmarks/results/entropy_coders.json.
 
     python benchmarks/entropy_coders.py FILE.moec [FILE.moec ...]
@@ -16,6 +16,7 @@ import zstandard
 from common import save, table
 
 from codec import entropy, pack
+from codec.model import is_latent
 from codec.quantize import quantize
 
 
@@ -47,8 +48,8 @@ def measure(path: str) -> dict:
     steps = pack.stored_steps(data)
     tensors = [(n, p.detach().numpy()) for n, p in moec.model.named_tensors()]
     symbols = [quantize(w, steps[n]) for n, w in tensors]
-    table_bytes = sum(7 + 2 * steps[n].size for n, _ in tensors)
-    models = [entropy.fit_model(s) for s in symbols]
+    models = [entropy.fit_model(s, spatial=is_latent(n)) for (n, _), s in zip(tensors, symbols)]
+    table_bytes = sum(7 + 2 * steps[n].size + m.overhead_bits // 8 for (n, _), m in zip(tensors, models))
     range_coded = len(entropy.encode(symbols, models)) + table_bytes
     raw = b"".join(s.astype("<i2").tobytes() for s in symbols)
     steps_only = sum(2 * steps[n].size for n, _ in tensors)
@@ -56,8 +57,8 @@ def measure(path: str) -> dict:
     huffman = sum(huffman_bytes(s) for s in symbols) + steps_only
     ideal = sum(entropy.ideal_bits(s, m) for s, m in zip(symbols, models)) / 8 + table_bytes
     n = sum(s.size for s in symbols)
-    return {"file": path, "weights": n, "range coder (parametric)": range_coded, "zstd -22 of int16 symbols": zstd,
-            "Huffman per tensor (+ tables)": huffman, "ideal for the parametric model": round(ideal),
+    return {"file": path, "weights": n, "range coder (.moec models)": range_coded, "zstd -22 of int16 symbols": zstd,
+            "Huffman per tensor (+ tables)": huffman, "ideal for those models": round(ideal),
             "int16 raw": len(raw) + steps_only, "bits_per_weight": 8 * range_coded / n}
 
 
@@ -66,8 +67,8 @@ def main() -> None:
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
     rows = [measure(f) for f in args.files]
-    keys = ["range coder (parametric)", "zstd -22 of int16 symbols", "Huffman per tensor (+ tables)",
-            "ideal for the parametric model", "int16 raw"]
+    keys = ["range coder (.moec models)", "zstd -22 of int16 symbols", "Huffman per tensor (+ tables)",
+            "ideal for those models", "int16 raw"]
     print(table(rows, [("file", "file", ""), ("weights", "weights", ",")] + [(k, k, ",") for k in keys]))
     save("entropy_coders", {"rows": rows})
 

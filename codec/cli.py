@@ -229,7 +229,7 @@ def cmd_info(args) -> int:
     q = meta.quant
     weights = "float16" if q.float16 else (
         f"{q.bits}-bit" + (f" (+{q.first_layer_extra_bits} on the first layer)" if m.coordinate_layer else "")
-        + f", per-{q.granularity} steps, range-coded" + ("; latents at rate-set steps" if m.encoder == "grid" else ""))
+        + f", per-{q.granularity} steps, range-coded" + (_latent_coding(source.read_bytes()) if m.encoder == "grid" else ""))
     stages = t.get("stages", [0, 0, 0])
     budget = f"{t['minutes']:g} min budget" if t.get("minutes") else "step budget"
     print(f"file      {source} ({_bytes(moec.nbytes)}, format version {meta.version})")
@@ -244,6 +244,15 @@ def cmd_info(args) -> int:
           f"balance {t.get('balance')}")
     print(f"software  " + ", ".join(f"{k} {v}" for k, v in sorted(meta.made_by.items())))
     return 0
+
+
+def _latent_coding(data: bytes) -> str:
+    from . import entropy, pack
+    from .model import is_latent
+
+    grids = [model for name, model in pack.stored_models(data).items() if is_latent(name)]
+    with_context = sum(model.family == entropy.CONTEXT for model in grids)
+    return f"; latents at rate-set steps, {with_context} of {len(grids)} grids through the spatial context model"
 
 
 def cmd_eval(args) -> int:

@@ -9,6 +9,8 @@ of per-tensor steps and symbol models followed by one range-coded stream of inte
     per tensor, in ModelConfig.tensor_shapes() order:
         u8 family | i16 lowest symbol | i16 highest symbol | f16 scale | f16 step x n_steps
         [u16 count x (highest - lowest + 1), for the table family only]
+        [u8 bins, then per bin: u8 family | i16 lo | i16 hi | f16 scale | [u16 counts],
+         for the context family only (latent grids, format version 3): the residuals' models]
     then the range coder's 32-bit words.
 
 Reading validates every field against sane limits before anything is allocated; any problem is a
@@ -149,13 +151,20 @@ def encode_payload(model: MoEC, quant: QuantConfig, steps: dict[str, np.ndarray]
         return b"".join(w.astype("<f2").tobytes() for _, w in tensors)
     assert steps is not None
     symbols = [quantize(w, steps[name]) for name, w in tensors]
-    models = [entropy.fit_model(s) for s in symbols]
-    table = b"".join(
-        _TABLE_ENTRY.pack(m.family, m.lo, m.hi, m.scale) + steps[name].astype("<f2").tobytes()
-        + np.asarray(m.counts, dtype="<u2").tobytes()
-        for (name, _), m in zip(tensors, models)
-    )
+    models = [entropy.fit_model(s, spatial=is_latent(name)) for (name, _), s in zip(tensors, symbols)]
+    table = b"".join(_model_entry(m, steps[name]) for (name, _), m in zip(tensors, models))
     return table + entropy.encode(symbols, models)
+
+
+def _model_entry(model: entropy.SymbolModel, step: np.ndarray | None = None) -> bytes:
+    """A symbol model as the table stores it (with the tensor's steps, for a top-level entry)."""
+    entry = _TABLE_ENTRY.pack(model.family, model.lo, model.hi, model.scale)
+    if step is not None:
+        entry += step.astype("<f2").tobytes()
+    entry += np.asarray(model.counts, dtype="<u2").tobytes()
+    if model.family == entropy.CONTEXT:
+        entry += bytes([len(model.bins)]) + b"".join(_model_entry(m) for m in model.bins)
+    return entry
 
 
 def encode(model: MoEC, meta: MoecMeta, steps: dict[str, np.ndarray] | None) -> bytes:
@@ -279,32 +288,61 @@ def read_table(meta: MoecMeta, payload: bytes) -> tuple[list[entropy.SymbolModel
     """The per-tensor symbol models and steps at the start of a quantized payload, and where the
     coded stream begins."""
     at, models, steps = 0, [], []
-    for _, shape in meta.model.tensor_shapes():
+    for name, shape in meta.model.tensor_shapes():
         n_steps = math.prod(step_shape(shape, meta.quant.granularity))
-        end = at + _TABLE_ENTRY.size + 2 * n_steps
+        family, lo, hi, scale, after_entry = _read_entry(payload, at)
+        end = after_entry + 2 * n_steps
         if end > len(payload):
             raise MoecFormatError("the weight table is truncated")
-        family, lo, hi, scale = _TABLE_ENTRY.unpack_from(payload, at)
-        step = np.frombuffer(payload[at + _TABLE_ENTRY.size:end], dtype="<f2").astype(np.float32)
-        if family >= len(entropy.FAMILIES) or lo > hi or not (math.isfinite(scale) and scale > 0):
-            raise MoecFormatError("the weight table holds an invalid symbol model")
+        step = np.frombuffer(payload[after_entry:end], dtype="<f2").astype(np.float32)
         if not (np.isfinite(step).all() and (step > 0).all()):
             raise MoecFormatError("the weight table holds an invalid quantization step")
-        counts: tuple[int, ...] = ()
-        if family == entropy.TABLE:
-            if hi - lo >= entropy.MAX_TABLE:
-                raise MoecFormatError("the weight table holds a frequency table over too many symbols")
-            table_end = end + 2 * (hi - lo + 1)
-            if table_end > len(payload):
-                raise MoecFormatError("the weight table is truncated")
-            counts = tuple(int(c) for c in np.frombuffer(payload[end:table_end], dtype="<u2"))
-            if not any(counts):
-                raise MoecFormatError("the weight table holds an empty frequency table")
-            end = table_end
-        models.append(entropy.SymbolModel(family, float(scale), lo, hi, counts))
+        if family == entropy.CONTEXT and not (meta.version >= 3 and is_latent(name)):
+            raise MoecFormatError("the weight table holds a context model where none can be")
+        model, at = _read_model(payload, end, family, lo, hi, scale)
+        models.append(model)
         steps.append(step.reshape(step_shape(shape, meta.quant.granularity)))
-        at = end
     return models, steps, at
+
+
+def _read_entry(payload: bytes, at: int) -> tuple[int, int, int, float, int]:
+    if at + _TABLE_ENTRY.size > len(payload):
+        raise MoecFormatError("the weight table is truncated")
+    family, lo, hi, scale = _TABLE_ENTRY.unpack_from(payload, at)
+    if family >= len(entropy.FAMILIES) or lo > hi or not (math.isfinite(scale) and scale > 0):
+        raise MoecFormatError("the weight table holds an invalid symbol model")
+    return family, lo, hi, float(scale), at + _TABLE_ENTRY.size
+
+
+def _read_model(payload: bytes, at: int, family: int, lo: int, hi: int,
+                scale: float) -> tuple[entropy.SymbolModel, int]:
+    """The rest of a symbol model whose fixed entry has been read: its table or its bins."""
+    if family == entropy.TABLE:
+        if hi - lo >= entropy.MAX_TABLE:
+            raise MoecFormatError("the weight table holds a frequency table over too many symbols")
+        end = at + 2 * (hi - lo + 1)
+        if end > len(payload):
+            raise MoecFormatError("the weight table is truncated")
+        counts = tuple(int(c) for c in np.frombuffer(payload[at:end], dtype="<u2"))
+        if not any(counts):
+            raise MoecFormatError("the weight table holds an empty frequency table")
+        return entropy.SymbolModel(family, scale, lo, hi, counts), end
+    if family != entropy.CONTEXT:
+        return entropy.SymbolModel(family, scale, lo, hi), at
+    if at >= len(payload):
+        raise MoecFormatError("the weight table is truncated")
+    n_bins = payload[at]
+    if n_bins != entropy.context.BINS:
+        raise MoecFormatError(f"the weight table holds a context model of {n_bins} bins, not {entropy.context.BINS}")
+    at += 1
+    bins = []
+    for _ in range(n_bins):
+        sub_family, sub_lo, sub_hi, sub_scale, at = _read_entry(payload, at)
+        if sub_family == entropy.CONTEXT:
+            raise MoecFormatError("the weight table holds a context model inside a context model")
+        sub, at = _read_model(payload, at, sub_family, sub_lo, sub_hi, sub_scale)
+        bins.append(sub)
+    return entropy.SymbolModel(family, scale, lo, hi, bins=tuple(bins)), at
 
 
 def read_meta(data: bytes, name: str = "the file") -> MoecMeta:
@@ -314,12 +352,21 @@ def read_meta(data: bytes, name: str = "the file") -> MoecMeta:
 
 def stored_steps(data: bytes) -> dict[str, np.ndarray]:
     """The quantization step of every tensor of a quantized .moec file (for analysis tools)."""
+    return {name: step for name, (_, step) in _stored_table(data).items()}
+
+
+def stored_models(data: bytes) -> dict[str, entropy.SymbolModel]:
+    """The symbol model of every tensor of a quantized .moec file (for `moec info` and analysis)."""
+    return {name: model for name, (model, _) in _stored_table(data).items()}
+
+
+def _stored_table(data: bytes) -> dict[str, tuple[entropy.SymbolModel, np.ndarray]]:
     container = unpack_container(data)
     meta = parse_meta(container)
     if meta.quant.float16:
         raise MoecFormatError("a float16 file has no quantization steps")
-    _, steps, _ = read_table(meta, container.payload)
-    return {name: step for (name, _), step in zip(meta.model.tensor_shapes(), steps)}
+    models, steps, _ = read_table(meta, container.payload)
+    return {name: pair for (name, _), pair in zip(meta.model.tensor_shapes(), zip(models, steps))}
 
 
 def _decode_tensors(meta: MoecMeta, payload: bytes) -> list[np.ndarray]:
@@ -339,7 +386,7 @@ def _decode_tensors(meta: MoecMeta, payload: bytes) -> list[np.ndarray]:
             at += n
         return out
     models, steps, at = read_table(meta, payload)
-    symbols = entropy.decode(payload[at:], models, [math.prod(s) for _, s in shapes])
+    symbols = entropy.decode(payload[at:], models, [s for _, s in shapes])
     out = []
     for (_, shape), sym, model, step in zip(shapes, symbols, models, steps):
         if sym.size and (sym.min() < model.lo or sym.max() > model.hi):

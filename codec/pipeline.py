@@ -36,7 +36,7 @@ class Settings:
     grid_channels: int = 2
     grid_levels: int = 4
     latent_share: float = 0.95
-    latent_bits: float = 2.5
+    latent_bits: float = 2.0
     router_features: bool = True  # False: the router reads the coordinates alone
 
     def encoder_for(self, dims: int) -> str:

@@ -30,7 +30,7 @@ class QuantConfig:
     granularity: str = "tensor"
     #: Coded bits per latent of a grid encoder: its quantization step is chosen for this rate (the
     #: latents' step is stored in the file, so decoding never needs this number).
-    latent_bits: float = 2.5
+    latent_bits: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.25 <= self.latent_bits <= 8:
@@ -79,19 +79,21 @@ def max_steps(w: np.ndarray, bits: int, granularity: str) -> np.ndarray:
 
 
 def rate_step(w: np.ndarray, bits_per_value: float) -> np.ndarray:
-    """The (float16) step at which `w`'s symbols cost about `bits_per_value` each under their coded
-    model: latents are many and cheap, so their step is set by rate, not by their largest value."""
-    flat = np.asarray(w, dtype=np.float32).reshape(-1)
-    rms = float(np.sqrt(np.mean(flat.astype(np.float64) ** 2))) if flat.size else 0.0
+    """The (float16) step at which the latent grid `w`'s symbols cost about `bits_per_value` each
+    under their coded model (the spatial context model included): latents are many and cheap, so
+    their step is set by rate, not by their largest value."""
+    w = np.asarray(w, dtype=np.float32)
+    rms = float(np.sqrt(np.mean(w.astype(np.float64) ** 2))) if w.size else 0.0
     if rms == 0.0:
         return to_float16(1.0).reshape(())
 
     def bits(step: float) -> float:
-        return entropy.coded_bits(quantize(flat, np.float32(step))) / flat.size
+        return entropy.coded_bits(quantize(w, np.float32(step)), spatial=True) / w.size
 
-    # Bits fall as the step grows; bisect log2(step) between 2^-12 and 2^8 times the RMS.
+    # Bits fall as the step grows; bisect log2(step) between 2^-12 and 2^8 times the RMS, to a
+    # precision finer than the float16 the step is stored in.
     lo, hi = -12.0, 8.0
-    for _ in range(24):
+    for _ in range(15):
         mid = 0.5 * (lo + hi)
         if bits(rms * 2.0**mid) > bits_per_value:
             lo = mid

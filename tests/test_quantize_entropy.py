@@ -69,7 +69,7 @@ def test_range_coding_round_trips_and_costs_close_to_the_ideal_code_length():
     models = [entropy.fit_model(s) for s in streams]
     assert models[0].family == 0 and models[1].family == 1 and models[2].constant
     data = entropy.encode(streams, models)
-    back = entropy.decode(data, models, [s.size for s in streams])
+    back = entropy.decode(data, models, [s.shape for s in streams])
     for a, b in zip(streams, back):
         assert np.array_equal(a, b)
     ideal = sum(entropy.ideal_bits(s, m) for s, m in zip(streams, models)) / 8
@@ -81,12 +81,12 @@ def test_range_coding_round_trips_and_costs_close_to_the_ideal_code_length():
 def test_garbage_streams_raise_moec_format_error_only():
     models = [entropy.SymbolModel(0, 4.0, -127, 127)]
     with pytest.raises(MoecFormatError):
-        entropy.decode(b"abc", models, [10])
+        entropy.decode(b"abc", models, [(10,)])
     rng = np.random.default_rng(2)
     for _ in range(50):
         data = rng.integers(0, 256, size=4 * int(rng.integers(0, 8)), dtype=np.uint8).tobytes()
         try:
-            out = entropy.decode(data, models, [int(rng.integers(0, 100))])
+            out = entropy.decode(data, models, [(int(rng.integers(0, 100)),)])
         except MoecFormatError:
             continue
         assert out[0].min() >= -127 and out[0].max() <= 127  # whatever decodes stays in range
@@ -104,6 +104,6 @@ def test_a_peaked_short_range_stream_carries_its_own_table_and_round_trips():
     wide = np.rint(rng.laplace(0, 60, 5000)).astype(np.int32)  # a table over hundreds of symbols costs more
     assert entropy.fit_model(wide).family != entropy.TABLE
     data = entropy.encode([spiky, wide], [model, entropy.fit_model(wide)])
-    back = entropy.decode(data, [model, entropy.fit_model(wide)], [spiky.size, wide.size])
+    back = entropy.decode(data, [model, entropy.fit_model(wide)], [spiky.shape, wide.shape])
     assert np.array_equal(back[0], spiky) and np.array_equal(back[1], wide)
     assert len(data) * 8 <= entropy.ideal_bits(spiky, model) + entropy.ideal_bits(wide, entropy.fit_model(wide)) + 256
