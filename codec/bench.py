@@ -47,6 +47,8 @@ CLAIM = (
     Method("MoEC on a latent grid (learned, 8 experts)", {"encoder": "grid"}),
     Method("latent grid, one MLP", {"experts": 1, "encoder": "grid"}),
     Method("MoEC on a latent grid, router on coordinates", {"encoder": "grid", "router_features": False}),
+    Method("MoEC on a latent grid, 4 experts, 1 channel, router on coordinates",
+           {"encoder": "grid", "router_features": False, "experts": 4, "grid_channels": 1}),
 )
 _SIREN = {"encoder": "siren"}
 ABLATIONS = (
@@ -210,7 +212,7 @@ def plot(rows: list[dict], path: Path, describe: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = plt.subplots(figsize=(10, 4.5), dpi=120)
     methods = list(dict.fromkeys(r["method"] for r in rows if r["kind"] != "ablation"))
     for method in methods:
         points = sorted((r["ratio"], r["psnr"]) for r in rows
@@ -224,7 +226,8 @@ def plot(rows: list[dict], path: Path, describe: dict) -> None:
     axes.set_title(f"{' x '.join(map(str, describe['shape']))} {describe['dtype']}")
     axes.grid(True, which="both", alpha=0.3)
     if axes.lines:
-        axes.legend(fontsize=8)
+        # Beside the axes: with ten methods a legend inside hides the curves it names.
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     figure.tight_layout()
     tmp = path.with_name(path.name + ".part.png")
     figure.savefig(tmp)

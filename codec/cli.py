@@ -103,7 +103,8 @@ def cmd_compress(args) -> int:
     volume = load_volume(source)
     settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
                                  partition=args.partition, bits=args.bits, granularity=args.granularity,
-                                 encoder=args.encoder, router_features=args.router_input == "features")
+                                 encoder=args.encoder, router_features=args.router_input == "features",
+                                 grid_channels=args.grid_channels)
     train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
                         balance_weight=args.balance, router_pretraining=args.pretrain != "none",
                         pretrain_target="blocks" if args.pretrain == "blocks" else "clusters",
@@ -368,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--router-input", choices=("features", "coordinates"), default="features",
                    help="what the router reads: the coordinates and the encoder features "
                         "(default), or the coordinates alone (best over a latent grid: docs/benchmarks.md)")
+    c.add_argument("--grid-channels", type=int, choices=range(1, 17), default=2, metavar="C",
+                   help="latents per grid node and level, 1..16, for the latent grid (default 2; fewer "
+                        "channels buy a finer grid in the same bytes)")
     c.add_argument("--bits", type=int, default=8, help="weight bit width before entropy coding; 16 = float16 (default 8)")
     c.add_argument("--granularity", choices=("tensor", "channel"), default="tensor", help="one step per tensor or per output channel")
     c.add_argument("--seed", type=int, default=0)

@@ -159,8 +159,8 @@ def test_asking_for_cuda_without_it_is_a_clear_error(phantom_file, tmp_path, cap
 def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     out = tmp_path / "grid.moec"
     assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4",
-                 "--encoder", "grid", "--router-input", "coordinates", *FAST]) == 0
-    assert "latent grid" in capsys.readouterr().err
+                 "--encoder", "grid", "--router-input", "coordinates", "--grid-channels", "1", *FAST]) == 0
+    assert "levels x 1 channels" in capsys.readouterr().err
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "format version 3" in printed and "latent grid" in printed and "rate-set" in printed
@@ -169,7 +169,7 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"]["encoder"] == "grid" and len(info["model"]["grid_finest"]) == 3
-    assert info["model"]["router_features"] is False
+    assert info["model"]["router_features"] is False and info["model"]["grid_channels"] == 1
     assert main(["decompress", str(out), "-o", str(tmp_path / "grid.nii.gz")]) == 0
     assert nib.load(str(tmp_path / "grid.nii.gz")).shape == (32, 28, 16)
 
@@ -179,4 +179,9 @@ def test_the_grid_encoder_refuses_float16_in_one_line(phantom_file, tmp_path, ca
                  *FAST])
     err = capsys.readouterr().err
     assert code != 0 and "stored quantized only" in err and "Traceback" not in err
+    assert not (tmp_path / "x.moec").exists()
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
+        main(["compress", str(phantom_file), "-o", str(tmp_path / "x.moec"), "--encoder", "grid",
+              "--grid-channels", "0", *FAST])
+    assert exit_.value.code != 0 and "--grid-channels" in capsys.readouterr().err
     assert not (tmp_path / "x.moec").exists()
