@@ -132,14 +132,19 @@ class MoecWidget(QWidget):
         self.router_input.addItems(["features", "coordinates"])
         self.router_input.setToolTip("What the router reads: the coordinates and the encoder features, or the "
                                      "coordinates alone (better over a latent grid)")
+        self.grid_channels = self._spin(QSpinBox(), 1, 16, pipeline.Settings().grid_channels,
+                                        "Latents per grid node and level (latent grid only); fewer channels buy a "
+                                        "finer grid in the same bytes")
         for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
                               ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),
-                              ("Encoder", self.encoder), ("Router input", self.router_input)):
+                              ("Encoder", self.encoder), ("Router input", self.router_input),
+                              ("Grid channels", self.grid_channels)):
             adv_form.addRow(label, widget)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
         self.inputs = [self.layer_box, self.ratio, self.experts, self.top_k, self.minutes, self.lr, self.seed,
-                       self.balance, self.bits, self.steps, self.partition, self.encoder, self.router_input]
+                       self.balance, self.bits, self.steps, self.partition, self.encoder, self.router_input,
+                       self.grid_channels]
 
         buttons = QHBoxLayout()
         self.train_button = QPushButton("Train")
@@ -250,7 +255,8 @@ class MoecWidget(QWidget):
         return pipeline.Settings(ratio=self.ratio.value(), experts=self.experts.value(),
                                  top_k=int(self.top_k.currentText()), partition=self.partition.currentText(),
                                  bits=self.bits.value(), encoder=self.encoder.currentText(),
-                                 router_features=self.router_input.currentText() == "features")
+                                 router_features=self.router_input.currentText() == "features",
+                                 grid_channels=self.grid_channels.value())
 
     def train_config(self) -> TrainConfig:
         steps = self.steps.value() or None

@@ -206,10 +206,11 @@ def test_the_encoder_choice_reaches_the_file_and_a_bad_pairing_is_a_notification
     assert seen and "block partition" in str(seen[0].message) and widget.worker is None
     widget.partition.setCurrentText("learned")
     widget.router_input.setCurrentText("coordinates")
+    widget.grid_channels.setValue(1)
     widget.train()
     wait_for(widget, qtbot)
     path = tmp_path / "grid.moec"
     widget.save_moec(path)
     assert moec(["info", str(path)]) == 0
     model = pack.read(path).meta.model
-    assert model.encoder == "grid" and not model.router_features
+    assert model.encoder == "grid" and not model.router_features and model.grid_channels == 1
