@@ -369,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--router-input", choices=("features", "coordinates"), default="features",
                    help="what the router reads: the coordinates and the encoder features "
                         "(default), or the coordinates alone (best over a latent grid: docs/benchmarks.md)")
-    c.add_argument("--grid-channels", type=int, choices=range(1, 17), default=2, metavar="C",
-                   help="latents per grid node and level, 1..16, for the latent grid (default 2; fewer "
+    c.add_argument("--grid-channels", type=_positive(int), default=2, metavar="C",
+                   help="latents per grid node and level, for the latent grid (default 2; fewer "
                         "channels buy a finer grid in the same bytes)")
     c.add_argument("--bits", type=int, default=8, help="weight bit width before entropy coding; 16 = float16 (default 8)")
     c.add_argument("--granularity", choices=("tensor", "channel"), default="tensor", help="one step per tensor or per output channel")
