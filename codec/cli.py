@@ -177,7 +177,8 @@ def _describe_model(m) -> str:
         return f"block partition {grid} ({m.experts} SIRENs of {m.expert_layers}x{m.expert_width})"
     if m.encoder == "grid":
         levels = "x".join(map(str, m.grid_finest))
-        encoder = f"latent grid {levels}, {m.grid_levels} levels x {m.grid_channels} channels ({m.latent_count():,} latents)"
+        channels = f"{m.grid_channels} channel{'s' if m.grid_channels != 1 else ''}"
+        encoder = f"latent grid {levels}, {m.grid_levels} levels x {channels} ({m.latent_count():,} latents)"
         if m.experts == 1:
             return f"{encoder}; one sine MLP {m.expert_layers}x{m.expert_width}"
         return (f"{encoder}; learned partition, {m.experts} experts, top-{m.top_k}; {router}, "

@@ -160,7 +160,7 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     out = tmp_path / "grid.moec"
     assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4",
                  "--encoder", "grid", "--router-input", "coordinates", "--grid-channels", "1", *FAST]) == 0
-    assert "levels x 1 channels" in capsys.readouterr().err
+    assert "levels x 1 channel (" in capsys.readouterr().err
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "format version 3" in printed and "latent grid" in printed and "rate-set" in printed
