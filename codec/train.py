@@ -206,8 +206,8 @@ class Fitter:
                     wanted = "joint" if fraction < 1.0 - self.config.final_fraction else "final"
                     lr = lr0 * self.config.lr_decay ** ((fraction - decay_from) / (1.0 - decay_from))
                 if wanted != stage:
+                    optimizer = self._enter(wanted, optimizer if stage == "joint" else None)
                     stage = wanted
-                    optimizer = self._enter(stage)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["scale"]
                 loss, mse, share, balance = self._step(stage, optimizer, fraction)
@@ -223,10 +223,16 @@ class Fitter:
             self.model.set_fake_steps(None)
 
     # --- stages ---------------------------------------------------------------------------------
-    def _enter(self, stage: str) -> torch.optim.Optimizer:
+    def _enter(self, stage: str, joint: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+        """The optimizer of a stage. Into the final stage the joint stage's Adam carries on: its
+        frozen tensors get no gradient and so no update, and the experts keep their moment
+        estimates (a fresh Adam's first steps move every weight by about the learning rate, which
+        cost 4 dB for a hundred steps on the brain)."""
         model = self.model
         if stage == "final":
             self._freeze_prefix()
+            if joint is not None:
+                return joint
         else:
             self._unfreeze_prefix()
         if stage == "router":

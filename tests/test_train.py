@@ -93,3 +93,26 @@ def test_progress_reports_stages_in_order_and_a_time_budget_ends(phantom):
     assert order == ["router", "joint", "final"]
     assert fitter.history[-1].seconds < 0.05 * 60 + 2
     assert fitter.history[-1].fraction == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_final_stage_goes_on_from_the_joint_stage_without_a_drop(phantom):
+    """Into the final stage the joint stage's Adam carries on; a fresh one's first steps move every
+    weight by about the learning rate and cost dB that take a hundred steps to win back."""
+    volume, _ = phantom
+    plan = pipeline.plan(volume, SETTINGS, CONFIG)
+    fitter = pipeline.new_fitter(volume, plan, CONFIG)
+    coords = coords_from_flat(torch.arange(0, volume.data.size, 7), volume.shape)
+    target = fitter.target[torch.arange(0, volume.data.size, 7)].numpy()
+
+    def error() -> float:
+        return float(np.mean((evaluate_points(fitter.model, coords)[0] - target) ** 2))
+
+    before = after = None
+    for progress in fitter.fit():
+        if progress.stage == "joint":
+            before = error()  # the last joint step's model
+        elif fitter.stage_steps["final"] == 3:
+            after = error()
+            break
+    assert before is not None and after is not None
+    assert after < 1.25 * before  # a fresh optimizer: 1.6x here, 2.6x (4 dB) on the brain
