@@ -29,9 +29,9 @@ __all__ = ["MAGIC", "VERSION", "READABLE_VERSIONS", "Container", "pack_container
 MAGIC = b"MOEC"
 #: 2 added the latent-grid encoder (model fields) and frequency-table symbol models; a version-1
 #: file is a SIREN-encoder model with parametric symbol models only. 3 added the context symbol
-#: model of latent grids (codec.context).
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: model of latent grids (codec.context). 4 added the decoder's floor (codec.floor).
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MAX_INFLATED_HEADER = 1 << 16
 NIFTI_HEADER_BYTES = 348
 _PREFIX = struct.Struct("<4sBH")

@@ -241,6 +241,8 @@ def cmd_info(args) -> int:
     print(f"ratio     {moec.ratio:.1f}x vs raw voxels ({_bytes(meta.raw_bytes)})")
     print(f"model     {_describe_model(m)}; {params:,} parameters")
     print(f"weights   {weights}; {8 * moec.nbytes / params:.2f} bits per parameter (whole file)")
+    if meta.floor is not None:
+        print(f"floor     decoded values at or below {meta.floor:g} become {meta.vmin:g} (the background's noise)")
     print(f"made      seed {t.get('seed')}, {t.get('steps')} steps (router {stages[0]}, joint {stages[1]}, "
           f"final {stages[2]}) in {t.get('runs')} run(s), {budget}, batch {t.get('batch')}, lr {t.get('lr')}, "
           f"balance {t.get('balance')}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .floor import apply_floor
 from .grid import coords_from_flat, flat_chunks, selection_coords
 from .model import MoEC
 from .pack import MoecFile
@@ -57,7 +58,8 @@ def reconstruct(moec: MoecFile, chunk: int = DEFAULT_CHUNK, device: str | torch.
     for start, stop in flat_chunks(total, chunk):
         flat = torch.arange(start, stop, dtype=torch.long)
         v, lab, conf = evaluate(model, coords_from_flat(flat, meta.shape))
-        values[start:stop] = through_stored(from_unit(v, meta.vmin, meta.vmax), meta.dtype, meta.slope, meta.inter)
+        stored = through_stored(from_unit(v, meta.vmin, meta.vmax), meta.dtype, meta.slope, meta.inter)
+        values[start:stop] = apply_floor(stored, meta.floor, meta.vmin)
         labels[start:stop] = lab
         confidence[start:stop] = conf
         done += stop - start

@@ -62,6 +62,7 @@ class MoecMeta:
     train: dict
     made_by: dict
     version: int = VERSION  # of the container it was read from (new files: the current one)
+    floor: float | None = None  # decoded values at or below it become vmin (codec.floor; version 4)
 
     @property
     def affine(self) -> np.ndarray:
@@ -88,7 +89,7 @@ class MoecMeta:
                         "granularity": self.quant.granularity},
             "train": self.train,
             "made_by": self.made_by,
-        }
+        } | ({} if self.floor is None else {"floor": self.floor})
 
 
 @dataclass(frozen=True, eq=False)
@@ -280,8 +281,15 @@ def parse_meta(container: Container) -> MoecMeta:
         raise MoecFormatError(f"the NIfTI header's shape {dims} does not match the volume's {shape}")
     if not np.isfinite(affine).all():
         raise MoecFormatError("the NIfTI header's affine is not finite")
+    floor = None
+    if "floor" in j:
+        if container.version < 4:
+            raise MoecFormatError(f"a version-{container.version} file cannot hold a floor")
+        floor = _float(j["floor"], "floor")
+        if not vmin <= floor <= vmax:
+            raise MoecFormatError(f"the floor {floor:g} is outside the intensity range {vmin:g} .. {vmax:g}")
     return MoecMeta(shape, np.dtype(dtype_name), slope, inter, vmin, vmax, container.nifti, model, quant,
-                    train, made, container.version)
+                    train, made, container.version, floor)
 
 
 def read_table(meta: MoecMeta, payload: bytes) -> tuple[list[entropy.SymbolModel], list[np.ndarray], int]:

@@ -6,16 +6,22 @@ same in the others.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 from . import budget, pack
 from .budget import Architecture, Plan
-from .decode import Reconstruction, reconstruct
+from .decode import Reconstruction, evaluate as network_values, reconstruct
+from .floor import SAMPLE_VOXELS, choose_floor
+from .grid import coords_from_flat
 from .metrics import ExpertStat, Quality, expert_table, quality
 from .pack import MoecFile
 from .quantize import QuantConfig
 from .train import Fitter, TrainConfig, train_record
-from .volume import Volume
+from .volume import Volume, from_unit, through_stored
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig())
     example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape))
     # A record with large counters: the header can only shrink once the real numbers are known.
     meta = pack.describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9))
+    meta = dataclasses.replace(meta, floor=-1.2345678901234567e-300)  # the longest a floor can print
     header = budget.header_bytes(meta.nifti, meta.to_json())
     return budget.plan_model(volume.shape, volume.dtype.itemsize, settings.ratio, arch, quant, header)
 
@@ -77,21 +84,44 @@ def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig) -> Fitter:
 
 
 def encode(fitter: Fitter, plan_: Plan) -> bytes:
-    """The .moec bytes of the model trained so far, landed inside the plan's size window."""
+    """The .moec bytes of the model trained so far, landed inside the plan's size window, with the
+    decoder's floor (codec.floor) chosen on the weights as written."""
     model = fitter.model
     meta = pack.describe(fitter.volume, model.config, plan_.quant, fitter.record())
     if plan_.quant.float16:
-        return pack.encode(model, meta, None)
+        data = pack.encode(model, meta, None)
+        floor = _floor_of(fitter.volume, data)
+        return data if floor is None else pack.encode(model, dataclasses.replace(meta, floor=floor), None)
 
     # The base steps (a rate search for latent grids) are computed once; the search below only
     # rescales them.
     base = pack.tensor_steps(model, plan_.quant, fitter.frozen_steps)
 
-    def file_at(multiplier: float) -> bytes:
-        return pack.encode(model, meta, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
+    def fitted(meta_: pack.MoecMeta) -> bytes:
+        def file_at(multiplier: float) -> bytes:
+            return pack.encode(model, meta_, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
 
-    multiplier = budget.fit_to_window(lambda m: len(file_at(m)), plan_.upper_bytes)
-    return file_at(multiplier)
+        return file_at(budget.fit_to_window(lambda m: len(file_at(m)), plan_.upper_bytes))
+
+    data = fitted(meta)
+    floor = _floor_of(fitter.volume, data)
+    # The floor adds a few header bytes: the steps are searched again so that the file still fits
+    # (the floor hardly depends on them, so it is not chosen again).
+    return data if floor is None else fitted(dataclasses.replace(meta, floor=floor))
+
+
+def _floor_of(volume: Volume, data: bytes) -> float | None:
+    """The floor for the file `data`, chosen on its decoded values at a fixed sample of voxels."""
+    moec = pack.decode(data)
+    total = volume.data.size
+    if total <= SAMPLE_VOXELS:
+        flat = torch.arange(total)
+    else:
+        flat = torch.randint(0, total, (SAMPLE_VOXELS,), generator=torch.Generator().manual_seed(0))
+    values = [network_values(moec.model, coords_from_flat(part, volume.shape))[0] for part in flat.split(1 << 17)]
+    meta = moec.meta
+    recon = through_stored(from_unit(np.concatenate(values), meta.vmin, meta.vmax), meta.dtype, meta.slope, meta.inter)
+    return choose_floor(volume.data.reshape(-1)[flat.numpy()], recon, meta.vmin, meta.vmax)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,112 @@
+"""The decoder's floor (codec.floor, format version 4): chosen by the encoder, applied by the decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from codec import pack, pipeline
+from codec.bitstream import unpack_container
+from codec.decode import reconstruct
+from codec.errors import MoecFormatError
+from codec.floor import FLOOR_SHARE, apply_floor, choose_floor
+from codec.metrics import psnr, ssim
+from codec.phantom import phantom_affine, phantom_arrays
+from codec.train import TrainConfig
+from codec.volume import from_array
+
+from .test_format import assemble
+from .training import train
+
+
+def background_and_noise(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8-like volume, 70% exactly 0, and a reconstruction with a small rounded noise."""
+    rng = np.random.default_rng(seed)
+    original = np.where(rng.random(20_000) < 0.7, 0.0, rng.uniform(40, 255, 20_000)).round()
+    recon = np.clip(np.round(original + rng.normal(0.6, 1.2, original.size)), 0, 255)
+    return original, recon
+
+
+def best_floor_by_trying_every_value(original: np.ndarray, recon: np.ndarray, vmin: float, vmax: float):
+    best, best_error = None, float(np.sum((recon - original) ** 2))
+    for floor in np.unique(recon[(recon > vmin) & (recon <= vmin + FLOOR_SHARE * (vmax - vmin))]):
+        error = float(np.sum((np.where(recon <= floor, vmin, recon) - original) ** 2))
+        if error < best_error:
+            best, best_error = float(floor), error
+    return best
+
+
+def test_the_chosen_floor_is_the_best_one_and_cleans_the_background():
+    original, recon = background_and_noise()
+    floor = choose_floor(original, recon, 0.0, 255.0)
+    assert floor == best_floor_by_trying_every_value(original, recon, 0.0, 255.0)
+    assert floor is not None and 1 <= floor < 40  # above the noise, below every tissue value
+    cleaned = apply_floor(recon.astype(np.float32), floor, 0.0)
+    assert np.all(cleaned[original == 0] <= np.max(recon[original == 0]))
+    assert np.mean(cleaned[original == 0] == 0) > np.mean(recon[original == 0] == 0) + 0.3
+    assert np.mean((cleaned - original) ** 2) < np.mean((recon - original) ** 2)
+    np.testing.assert_array_equal(cleaned[original >= 40], recon[original >= 40])
+
+
+def test_no_floor_where_none_helps_and_never_above_the_cap():
+    original, _ = background_and_noise()
+    assert choose_floor(original, original.copy(), 0.0, 255.0) is None  # a perfect reconstruction
+    assert choose_floor(original, np.zeros_like(original), 0.0, 255.0) is None  # nothing above vmin
+    # Dark tissue everywhere: snapping the whole low range to vmin would help, the cap stops it.
+    dark = np.full(1000, 100.0)
+    floor = choose_floor(dark, dark + 1, -1000.0, 1000.0)
+    assert floor is None or floor <= -1000.0 + FLOOR_SHARE * 2000.0
+    assert apply_floor(np.array([1.0, 2.0], np.float32), None, 0.0).tolist() == [1.0, 2.0]
+
+
+@pytest.fixture(scope="module")
+def air_file():
+    """A small CT phantom whose air is one exact value (as a scanner's padding is), compressed."""
+    hu, labels = phantom_arrays((32, 24, 16))
+    hu = np.where(labels == 0, hu.min(), hu)
+    volume = from_array(hu, affine=phantom_affine(hu.shape), dtype=np.int16, inter=-1024.0)
+    fitter, plan = train(volume, pipeline.Settings(ratio=6, experts=2), TrainConfig(steps=60, batch_size=1024))
+    return volume, plan, pipeline.encode(fitter, plan)
+
+
+def test_a_compressed_file_carries_its_floor_and_the_decoder_applies_it(air_file):
+    volume, plan, data = air_file
+    assert plan.lower_bytes <= len(data) <= plan.upper_bytes
+    moec = pack.decode(data)
+    assert moec.meta.version == 4 and moec.meta.floor is not None
+    assert unpack_container(data).meta["floor"] == moec.meta.floor
+    vmin = moec.meta.vmin
+    with_floor = reconstruct(moec).volume.data
+    without = reconstruct(pack.MoecFile(dataclasses.replace(moec.meta, floor=None), moec.model, moec.nbytes)).volume.data
+    assert not np.any((with_floor > vmin) & (with_floor <= moec.meta.floor))
+    np.testing.assert_array_equal(with_floor[without > moec.meta.floor], without[without > moec.meta.floor])
+    assert psnr(volume.data, with_floor) > psnr(volume.data, without)
+    assert ssim(volume.data, with_floor)[0] > ssim(volume.data, without)[0]
+
+
+def test_a_floor_is_read_only_from_version_4_and_only_inside_the_range(air_file):
+    _, _, data = air_file
+    c = unpack_container(data)
+    vmin, vmax = c.meta["range"]
+    for bad, message in [(vmax + 1, "outside the intensity range"), (vmin - 1, "outside the intensity range"),
+                         ("0", "must be a finite number"), (None, "must be a finite number")]:
+        meta = dict(c.meta, floor=bad)
+        with pytest.raises(MoecFormatError, match=message):
+            pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+    with pytest.raises(MoecFormatError, match="version-3 file cannot hold a floor"):
+        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=3))
+    no_floor = {k: v for k, v in c.meta.items() if k != "floor"}
+    assert pack.decode(assemble(json.dumps(no_floor).encode(), c.nifti, c.payload, version=3)).meta.floor is None
+
+
+def test_moec_info_says_what_the_floor_does(air_file, tmp_path, capsys):
+    from codec.cli import main
+
+    _, _, data = air_file
+    pack.write(tmp_path / "air.moec", data)
+    assert main(["info", str(tmp_path / "air.moec")]) == 0
+    floor = pack.decode(data).meta.floor
+    assert f"floor     decoded values at or below {floor:g} become " in capsys.readouterr().out
