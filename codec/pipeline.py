@@ -74,7 +74,6 @@ def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig())
     example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape))
     # A record with large counters: the header can only shrink once the real numbers are known.
     meta = pack.describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9))
-    meta = dataclasses.replace(meta, floor=-1.2345678901234567e-300)  # the longest a floor can print
     header = budget.header_bytes(meta.nifti, meta.to_json())
     return budget.plan_model(volume.shape, volume.dtype.itemsize, settings.ratio, arch, quant, header)
 
