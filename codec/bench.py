@@ -172,12 +172,13 @@ def write_reports(out: Path, describe: dict, ratios: tuple[float, ...], skipped:
     return results
 
 
-def _cell_text(row: dict | None) -> str:
+def _cell_text(row: dict | None, measure: str = "psnr") -> str:
     if row is None:
         return ""
     if not row.get("reached"):
         return "cannot reach"
-    return f"{row['psnr']:.2f}" if math.isfinite(row["psnr"]) else str(row["psnr"])
+    value = row[measure]
+    return (f"{value:.2f}" if measure == "psnr" else f"{value:.3f}") if math.isfinite(value) else str(value)
 
 
 def markdown(rows: list[dict], describe: dict, skipped: dict) -> str:
@@ -187,10 +188,13 @@ def markdown(rows: list[dict], describe: dict, skipped: dict) -> str:
     by_key = {(r["method"], r["target"]): r for r in rows}
     lines = [f"Volume {' x '.join(map(str, describe['shape']))} {describe['dtype']}, MoEC with {budget} per cell. "
              "PSNR in dB (peak = max - min); ratio measured on the bytes produced.", ""]
-    lines.append("| method | " + " | ".join(f"{r:g}x" for r in ratios) + " |")
-    lines.append("|---|" + "---|" * len(ratios))
-    for method in methods:
-        lines.append(f"| {method} | " + " | ".join(_cell_text(by_key.get((method, r))) for r in ratios) + " |")
+    for measure in ("psnr", "ssim"):
+        if measure == "ssim":
+            lines += ["", "SSIM (3D, same cells):", ""]
+        lines.append("| method | " + " | ".join(f"{r:g}x" for r in ratios) + " |")
+        lines.append("|---|" + "---|" * len(ratios))
+        for method in methods:
+            lines.append(f"| {method} | " + " | ".join(_cell_text(by_key.get((method, r)), measure) for r in ratios) + " |")
     ablations = [r for r in rows if r["kind"] == "ablation"]
     if ablations:
         ratio = ablations[0]["target"]

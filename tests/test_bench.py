@@ -41,6 +41,8 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     assert (out / "rd.png").stat().st_size > 1000
     table = (out / "results.md").read_text()
     assert "| single SIREN |" in table and "8x" in table and "40x" in table
+    ssim_table = table.split("SSIM (3D, same cells):")[1].split("Ablations")[0]
+    assert f"| MoEC (learned, 8 experts) | {moec['ssim']:.3f} |" in ssim_table
     assert "| method |" in first.out
 
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
