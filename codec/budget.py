@@ -215,25 +215,27 @@ def _refine_exact(base: ModelConfig, arch: Architecture, shape: tuple[int, ...],
     return best
 
 
-def fit_to_window(size_at: Callable[[float], int], upper: int, iterations: int = 30) -> float:
+def fit_to_window(size_at: Callable[[float], int], upper: int, iterations: int = 30,
+                  finest: float = 2.0**-16) -> float:
     """The multiplier of the quantization steps (coarser as it grows) that gives the largest file
     not above `upper`: every byte of the budget buys precision. Sizes fall as the multiplier grows;
-    bracket by doubling, then bisect in log space. BudgetError if even very coarse steps do not fit."""
+    bracket by doubling, then bisect in log space. Nothing below `finest` is tried: finer steps
+    than that no longer hold the largest weights (their symbols would clip), so such a file is
+    small and wrong, not precise; where even `finest` fits, the file stays below the window.
+    BudgetError if even very coarse steps do not fit."""
     fits, too_big = None, None
     m = 1.0
     for _ in range(40):
         if size_at(m) <= upper:
             fits = m
-            if too_big is not None:
+            if too_big is not None or m <= finest:
                 break
-            m /= 2.0
+            m = max(m / 2.0, finest)
         else:
             too_big = m
             if fits is not None:
                 break
             m *= 2.0
-        if m < 2.0 ** -16:  # finer steps than this only hit the symbol limit: take what fits
-            return fits
     if fits is None:
         raise BudgetError(f"the trained network cannot be coded in {upper} bytes, even with very coarse steps")
     if too_big is None:

@@ -136,6 +136,10 @@ def cmd_compress(args) -> int:
     if stopped:
         print(f"stopped at step {fitter.steps_run}: writing the model trained so far", file=sys.stderr)
     data = pipeline.encode(fitter, plan)
+    if len(data) < plan.lower_bytes:
+        print(f"note: the file is smaller than asked ({_bytes(len(data))}, the window starts at "
+              f"{_bytes(plan.lower_bytes)}): every weight already has the finest step it can be stored with, "
+              "and the frozen grid and router take no more bytes", file=sys.stderr)
     pack.write(output, data)
     # Every figure comes from decoding the bytes just written, as a reader of the file would.
     moec = pack.read(output)

@@ -34,7 +34,7 @@ from .errors import MoecFormatError
 from .files import atomic_write_bytes
 from .grid import COORDINATE_CONVENTION
 from .model import ENCODERS, ModelConfig, MoEC, is_latent
-from .quantize import QuantConfig, dequantize, max_steps, quantize, rate_step, step_shape, to_float16
+from .quantize import MAX_SYMBOL, QuantConfig, dequantize, max_steps, quantize, rate_step, step_shape, to_float16
 from .volume import NIFTI1_HEADER_BYTES, SUPPORTED_DTYPES, Volume
 
 MAX_AXIS = 1 << 15
@@ -144,6 +144,24 @@ def scaled_steps(base: dict[str, np.ndarray], multiplier: float,
     fixed = fixed or {}
     return {name: step if name in fixed else to_float16(np.clip(step * multiplier, 6.0e-8, 6.0e4))
             for name, step in base.items()}
+
+
+def finest_multiplier(model: MoEC, base: dict[str, np.ndarray], fixed: dict[str, np.ndarray] | None = None) -> float:
+    """The smallest multiplier of `base` at which every scaled tensor still holds its largest
+    weight in a symbol (MAX_SYMBOL); finer, symbols clip and the weights come out wrong."""
+    fixed = fixed or {}
+    peaks = {name: np.abs(p.detach().cpu().numpy()) for name, p in model.named_tensors() if name not in fixed}
+
+    def clips(multiplier: float) -> bool:
+        steps = scaled_steps(base, multiplier, fixed)
+        return any(np.max(w / steps[name], initial=0.0) > MAX_SYMBOL for name, w in peaks.items())
+
+    multiplier = max((float(np.max(w / (np.asarray(base[name]) * MAX_SYMBOL), initial=0.0)) for name, w in peaks.items()),
+                     default=0.0)
+    # Small steps are float16 subnormals, stored up to several percent finer than asked.
+    while multiplier > 0 and clips(multiplier):
+        multiplier *= 1.05
+    return multiplier
 
 
 def encode_payload(model: MoEC, quant: QuantConfig, steps: dict[str, np.ndarray] | None) -> bytes:

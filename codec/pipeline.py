@@ -95,12 +95,13 @@ def encode(fitter: Fitter, plan_: Plan) -> bytes:
     # The base steps (a rate search for latent grids) are computed once; the search below only
     # rescales them.
     base = pack.tensor_steps(model, plan_.quant, fitter.frozen_steps)
+    finest = pack.finest_multiplier(model, base, fitter.frozen_steps)
 
     def fitted(meta_: pack.MoecMeta) -> bytes:
         def file_at(multiplier: float) -> bytes:
             return pack.encode(model, meta_, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
 
-        return file_at(budget.fit_to_window(lambda m: len(file_at(m)), plan_.upper_bytes))
+        return file_at(budget.fit_to_window(lambda m: len(file_at(m)), plan_.upper_bytes, finest=finest))
 
     data = fitted(meta)
     floor = _floor_of(fitter.volume, data)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
-from codec import pipeline
+from codec import pack, pipeline
 from codec.budget import fit_to_window
 from codec.errors import BudgetError
 from codec.train import TrainConfig
@@ -53,3 +56,28 @@ def test_fit_to_window_takes_the_largest_size_that_fits():
     assert 3990 <= sizes(m) <= 4000
     with pytest.raises(BudgetError):
         fit_to_window(lambda m: 10_000, 4000)
+
+
+def test_fit_to_window_never_goes_finer_than_the_weights_can_be_held():
+    # A network whose bytes stop growing once its symbols clip (the frozen latents of a long 512x
+    # run left the experts 1 KB short of the window): the search used to halve the steps down to
+    # 2^-16, where every expert weight clipped to +-32767 steps of 6e-8 and the file decoded to 7 dB.
+    sizes = lambda m: int(1000 + 100 * math.log2(1 / max(m, 1 / 256)))  # noqa: E731
+    assert fit_to_window(sizes, 4000, finest=1 / 128) == 1 / 128
+    assert fit_to_window(sizes, 1500, finest=1 / 128) == pytest.approx(1 / 32, rel=0.01)
+
+
+def test_the_finest_multiplier_is_where_the_largest_weights_stop_fitting_a_symbol(phantom):
+    volume, _ = phantom
+    fitter, plan = train(volume, pipeline.Settings(ratio=16, experts=4), QUICK)
+    model = fitter.model
+    base = pack.tensor_steps(model, plan.quant, fitter.frozen_steps)
+    finest = pack.finest_multiplier(model, base, fitter.frozen_steps)
+    assert 0 < finest < 1  # the 8-bit steps themselves are far from the symbol limit
+    for multiplier, clips in [(finest, False), (finest / 4, True)]:
+        steps = pack.scaled_steps(base, multiplier, fitter.frozen_steps)
+        stored = pack.decode(pack.encode(model, pack.describe(volume, model.config, plan.quant, fitter.record()), steps))
+        worst = max(float(np.max(np.abs(p.detach().numpy() - q.detach().numpy()) / steps[name]))
+                    for (name, p), (_, q) in zip(model.named_tensors(), stored.model.named_tensors())
+                    if name not in fitter.frozen_steps)
+        assert (worst > 1) == clips  # rounding moves a weight by half a step at most; clipping by more
