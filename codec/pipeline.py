@@ -97,17 +97,21 @@ def encode(fitter: Fitter, plan_: Plan) -> bytes:
     base = pack.tensor_steps(model, plan_.quant, fitter.frozen_steps)
     finest = pack.finest_multiplier(model, base, fitter.frozen_steps)
 
-    def fitted(meta_: pack.MoecMeta) -> bytes:
-        def file_at(multiplier: float) -> bytes:
-            return pack.encode(model, meta_, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
+    def file_at(meta_: pack.MoecMeta, multiplier: float) -> bytes:
+        return pack.encode(model, meta_, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
 
-        return file_at(budget.fit_to_window(lambda m: len(file_at(m)), plan_.upper_bytes, finest=finest))
-
-    data = fitted(meta)
-    floor = _floor_of(fitter.volume, data)
-    # The floor adds a few header bytes: the steps are searched again so that the file still fits
-    # (the floor hardly depends on them, so it is not chosen again).
-    return data if floor is None else fitted(dataclasses.replace(meta, floor=floor))
+    # The floor is chosen on the weights as stored at the searched steps and changes only the
+    # header: the file keeps exactly those weights when its few header bytes still fit, else the
+    # steps are searched again with room for them.
+    sized = meta
+    for _ in range(3):
+        multiplier = budget.fit_to_window(lambda m: len(file_at(sized, m)), plan_.upper_bytes, finest=finest)
+        floor = _floor_of(fitter.volume, file_at(sized, multiplier))
+        data = file_at(dataclasses.replace(meta, floor=floor), multiplier)
+        if len(data) <= plan_.upper_bytes:
+            return data
+        sized = dataclasses.replace(meta, floor=floor)
+    return file_at(meta, multiplier)  # the floor's header bytes never fitted: no floor
 
 
 def _floor_of(volume: Volume, data: bytes) -> float | None:
