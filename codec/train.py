@@ -2,9 +2,10 @@
 
 A run's stages (DESIGN section 3):
 
-    router  fresh learned models only, a few hundred cheap steps (no expert is evaluated): encoder
-            and router learn a balanced starting partition, the intensity clusters of
-            partition.py by default, so joint training does not collapse onto one expert;
+    router  fresh learned models only, a few hundred cheap steps (no expert is evaluated): the
+            router learns a balanced starting partition, the intensity clusters of partition.py
+            by default, so joint training does not collapse onto one expert (it reads the
+            encoder's features but never trains them: model.py);
     joint   everything, loss = MSE + balancing loss (Switch form, alpha N sum_i f_i P_i),
             until 1 - final_fraction of the budget;
     final   encoder and router are quantized in place and frozen, so the partition stops moving
@@ -236,7 +237,7 @@ class Fitter:
         else:
             self._unfreeze_prefix()
         if stage == "router":
-            named = [(n, p) for n, p in model.named_parameters() if n.startswith(("encoder.", "router."))]
+            named = [(n, p) for n, p in model.named_parameters() if n.startswith("router.")]
         elif stage == "final":
             named = [(n, p) for n, p in model.named_parameters() if n.startswith(("experts.", "decoder."))]
         else:

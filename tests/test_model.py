@@ -109,6 +109,18 @@ def test_top1_gate_passes_gradient_to_the_router_without_scaling_the_output():
     assert model.router.w1.grad is not None and model.router.w1.grad.abs().sum() > 0
 
 
+def test_the_router_reads_the_encoder_features_without_training_them():
+    model = MoEC(CONFIGS["learned top-1"], seed=6)
+    coords = random_coords(512)
+    feats = model.features(coords)
+    model.router_logits(coords, feats).logsumexp(-1).mean().backward()
+    assert model.router.w0.grad is not None and model.router.w0.grad[3:].abs().sum() > 0  # features read
+    assert all(p.grad is None for p in model.encoder.parameters())  # and left alone
+    model.zero_grad()
+    model(coords).values.square().mean().backward()  # the experts' loss still trains the encoder
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_tensor_shapes_describe_the_parameters_in_storage_order(name):
     config = CONFIGS[name]
