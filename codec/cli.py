@@ -7,18 +7,18 @@ an existing output is kept unless --force is given.
 
 from __future__ import annotations
 
+# OpenMP's wait policy is left to the user (OMP_WAIT_POLICY=PASSIVE before the run): on an idle
+# 2-core machine the default, spinning threads, trains 1.5x faster than PASSIVE (38 s against 58 s
+# for 2,000 steps of the 256x grid model); PASSIVE pays off only when another busy process shares
+# the cores, as the napari viewer does (moec_napari sets it).
+import argparse
+import json
+import math
 import os
-
-# Must precede `import torch`: spinning OpenMP threads slow training badly when the cores are shared.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
