@@ -144,14 +144,18 @@ def decode_rows() -> list[dict]:
     """256^3 volumes at 256x: uint8 (a 65 KB model, like the brain template's bytes per voxel) and
     int16 (a 131 KB model, about twice the multiply-adds per voxel), at the default chunk size and,
     for comparison, at 1 << 14 (faster per coordinate in the network alone, slower overall); then
-    the same two volumes with the latent-grid encoder, whose experts are narrower."""
+    the same two volumes with the latent-grid encoder, whose experts are narrower, and with the grid
+    model that made the best files (4 experts, 1 latent channel, router on the coordinates)."""
     rows = []
-    cases = ((np.uint8, DEFAULT_CHUNK, "siren"), (np.uint8, 1 << 14, "siren"), (np.int16, DEFAULT_CHUNK, "siren"),
-             (np.uint8, DEFAULT_CHUNK, "grid"), (np.int16, DEFAULT_CHUNK, "grid"))
-    for dtype, chunk, encoder in cases:
+    best = {"encoder": "grid", "experts": 4, "grid_channels": 1, "router_features": False}
+    cases = ((np.uint8, DEFAULT_CHUNK, "siren", {}), (np.uint8, 1 << 14, "siren", {}),
+             (np.int16, DEFAULT_CHUNK, "siren", {}), (np.uint8, DEFAULT_CHUNK, "grid", {}),
+             (np.int16, DEFAULT_CHUNK, "grid", {}), (np.uint8, DEFAULT_CHUNK, "grid, 4 experts, 1 channel", best),
+             (np.int16, DEFAULT_CHUNK, "grid, 4 experts, 1 channel", best))
+    for dtype, chunk, encoder, options in cases:
         shape = (256, 256, 256)
         volume = from_array(np.zeros(shape, np.float32) + np.arange(256, dtype=np.float32), dtype=dtype)
-        plan = pipeline.plan(volume, pipeline.Settings(ratio=256, encoder=encoder))
+        plan = pipeline.plan(volume, pipeline.Settings(ratio=256, **({"encoder": encoder} | options)))
         fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
         moec = pack.decode(pipeline.encode(fitter, plan))
         start = time.perf_counter()
