@@ -18,7 +18,7 @@ import torch
 from .floor import apply_floor
 from .grid import coords_from_flat, flat_chunks, selection_coords
 from .model import MoEC
-from .pack import MoecFile
+from .pack import MoecFile, MoecMeta
 from .volume import Volume, from_unit, through_stored
 
 DEFAULT_CHUNK = 1 << 17  # measured (benchmarks/speed.py): 1 << 14 decodes 256^3 ~25% slower (per-chunk overhead)
@@ -58,8 +58,7 @@ def reconstruct(moec: MoecFile, chunk: int = DEFAULT_CHUNK, device: str | torch.
     for start, stop in flat_chunks(total, chunk):
         flat = torch.arange(start, stop, dtype=torch.long)
         v, lab, conf = evaluate(model, coords_from_flat(flat, meta.shape))
-        stored = through_stored(from_unit(v, meta.vmin, meta.vmax), meta.dtype, meta.slope, meta.inter)
-        values[start:stop] = apply_floor(stored, meta.floor, meta.vmin)
+        values[start:stop] = apply_floor(_as_stored(v, meta), meta.floor, meta.vmin)
         labels[start:stop] = lab
         confidence[start:stop] = conf
         done += stop - start
@@ -67,6 +66,19 @@ def reconstruct(moec: MoecFile, chunk: int = DEFAULT_CHUNK, device: str | torch.
             on_chunk(done, total)
     return Reconstruction(meta.volume_like(values.reshape(meta.shape)), labels.reshape(meta.shape),
                           confidence.reshape(meta.shape))
+
+
+def unfloored_values(moec: MoecFile, flat: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """The file's values at flat voxel indices as `reconstruct` computes them before the floor: what
+    the encoder chooses the floor on."""
+    model = moec.model.eval()
+    parts = [evaluate(model, coords_from_flat(part, moec.meta.shape))[0] for part in flat.split(chunk)]
+    return _as_stored(np.concatenate(parts), moec.meta)
+
+
+def _as_stored(unit: np.ndarray, meta: MoecMeta) -> np.ndarray:
+    """Network output on the [-1, 1] scale -> real units, rounded through the stored dtype."""
+    return through_stored(from_unit(unit, meta.vmin, meta.vmax), meta.dtype, meta.slope, meta.inter)
 
 
 def render(model: MoEC, shape: tuple[int, ...], vmin: float, vmax: float,

@@ -188,7 +188,12 @@ def _model_entry(model: entropy.SymbolModel, step: np.ndarray | None = None) -> 
 
 def encode(model: MoEC, meta: MoecMeta, steps: dict[str, np.ndarray] | None) -> bytes:
     """The complete .moec bytes for `model` (steps: from scaled_steps, None for float16)."""
-    return pack_container(meta.to_json(), meta.nifti, encode_payload(model, meta.quant, steps))
+    return assemble(meta, encode_payload(model, meta.quant, steps))
+
+
+def assemble(meta: MoecMeta, payload: bytes) -> bytes:
+    """The .moec bytes of a header and an already coded payload."""
+    return pack_container(meta.to_json(), meta.nifti, payload)
 
 
 def write(path: str | Path, data: bytes) -> None:

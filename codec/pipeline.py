@@ -9,19 +9,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from . import budget, pack
 from .budget import Architecture, Plan
-from .decode import Reconstruction, evaluate as network_values, reconstruct
+from .decode import Reconstruction, reconstruct, unfloored_values
 from .floor import SAMPLE_VOXELS, choose_floor
-from .grid import coords_from_flat
 from .metrics import ExpertStat, Quality, expert_table, quality
 from .pack import MoecFile
 from .quantize import QuantConfig
 from .train import Fitter, TrainConfig, train_record
-from .volume import Volume, from_unit, through_stored
+from .volume import Volume
 
 
 @dataclass(frozen=True)
@@ -88,43 +86,41 @@ def encode(fitter: Fitter, plan_: Plan) -> bytes:
     model = fitter.model
     meta = pack.describe(fitter.volume, model.config, plan_.quant, fitter.record())
     if plan_.quant.float16:
-        data = pack.encode(model, meta, None)
-        floor = _floor_of(fitter.volume, data)
-        return data if floor is None else pack.encode(model, dataclasses.replace(meta, floor=floor), None)
+        payload = pack.encode_payload(model, plan_.quant, None)
+        return pack.assemble(dataclasses.replace(meta, floor=_floor_of(fitter.volume, meta, payload)), payload)
 
     # The base steps (a rate search for latent grids) are computed once; the search below only
     # rescales them.
     base = pack.tensor_steps(model, plan_.quant, fitter.frozen_steps)
     finest = pack.finest_multiplier(model, base, fitter.frozen_steps)
 
-    def file_at(meta_: pack.MoecMeta, multiplier: float) -> bytes:
-        return pack.encode(model, meta_, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
+    def payload_at(multiplier: float) -> bytes:
+        return pack.encode_payload(model, plan_.quant, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
 
     # The floor is chosen on the weights as stored at the searched steps and changes only the
     # header: the file keeps exactly those weights when its few header bytes still fit, else the
     # steps are searched again with room for them.
     sized = meta
     for _ in range(3):
-        multiplier = budget.fit_to_window(lambda m: len(file_at(sized, m)), plan_.upper_bytes, finest=finest)
-        floor = _floor_of(fitter.volume, file_at(sized, multiplier))
-        data = file_at(dataclasses.replace(meta, floor=floor), multiplier)
+        multiplier = budget.fit_to_window(lambda m: len(pack.assemble(sized, payload_at(m))), plan_.upper_bytes,
+                                          finest=finest)
+        payload = payload_at(multiplier)
+        sized = dataclasses.replace(meta, floor=_floor_of(fitter.volume, meta, payload))
+        data = pack.assemble(sized, payload)
         if len(data) <= plan_.upper_bytes:
             return data
-        sized = dataclasses.replace(meta, floor=floor)
-    return file_at(meta, multiplier)  # the floor's header bytes never fitted: no floor
+    return pack.assemble(meta, payload)  # the floor's header bytes never fitted: no floor
 
 
-def _floor_of(volume: Volume, data: bytes) -> float | None:
-    """The floor for the file `data`, chosen on its decoded values at a fixed sample of voxels."""
-    moec = pack.decode(data)
+def _floor_of(volume: Volume, meta: pack.MoecMeta, payload: bytes) -> float | None:
+    """The floor for these weights, chosen on their decoded values at a fixed sample of voxels."""
+    moec = pack.decode(pack.assemble(meta, payload))
     total = volume.data.size
     if total <= SAMPLE_VOXELS:
         flat = torch.arange(total)
     else:
         flat = torch.randint(0, total, (SAMPLE_VOXELS,), generator=torch.Generator().manual_seed(0))
-    values = [network_values(moec.model, coords_from_flat(part, volume.shape))[0] for part in flat.split(1 << 17)]
-    meta = moec.meta
-    recon = through_stored(from_unit(np.concatenate(values), meta.vmin, meta.vmax), meta.dtype, meta.slope, meta.inter)
+    recon = unfloored_values(moec, flat)
     return choose_floor(volume.data.reshape(-1)[flat.numpy()], recon, meta.vmin, meta.vmax)
 
 
