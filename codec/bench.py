@@ -38,28 +38,28 @@ class Method:
     train: dict = field(default_factory=dict)  # TrainConfig fields besides the budget
 
 
-# Every method names its encoder, so a cached cell keeps meaning what it measured when the
-# default changes.
+# Every method spells out the settings it measured, so a cached cell keeps meaning what it
+# measured when a default changes.
+_DEFAULT = {"encoder": "grid", "experts": 4, "grid_channels": 1}
 CLAIM = (
-    Method("MoEC (learned, 8 experts)", {"encoder": "siren"}),
+    Method("MoEC default (latent grid, 4 experts, 1 channel)", _DEFAULT),
     Method("single SIREN", {"experts": 1, "encoder": "siren"}),
-    Method("blocks (8, fixed)", {"partition": "blocks", "encoder": "siren"}),
-    Method("MoEC on a latent grid (learned, 8 experts)", {"encoder": "grid"}),
-    Method("latent grid, one MLP", {"experts": 1, "encoder": "grid"}),
-    Method("MoEC on a latent grid, router on coordinates", {"encoder": "grid", "router_features": False}),
+    Method("blocks (8, fixed)", {"partition": "blocks", "encoder": "siren", "experts": 8}),
+    Method("MoEC (learned, 8 experts)", {"encoder": "siren", "experts": 8}),
     Method("MoEC on a latent grid, 4 experts, 1 channel, router on coordinates",
-           {"encoder": "grid", "router_features": False, "experts": 4, "grid_channels": 1}),
+           {**_DEFAULT, "router_features": False}),
 )
-_SIREN = {"encoder": "siren"}
+# Around the default, at one ratio.
 ABLATIONS = (
-    Method("experts 2", {"experts": 2, **_SIREN}),
-    Method("experts 4", {"experts": 4, **_SIREN}),
-    Method("experts 16", {"experts": 16, **_SIREN}),
-    Method("top-2", {"top_k": 2, **_SIREN}),
-    Method("balancing off", _SIREN, train={"balance_weight": 0.0}),
-    Method("router pretraining off", _SIREN, train={"router_pretraining": False}),
-    Method("pretraining on blocks", _SIREN, train={"pretrain_target": "blocks"}),
-    Method("full straight-through gradient", _SIREN, train={"gate_gradient": 1.0}),
+    Method("grid: one MLP (1 expert)", {**_DEFAULT, "experts": 1}),
+    Method("grid: experts 2", {**_DEFAULT, "experts": 2}),
+    Method("grid: experts 8", {**_DEFAULT, "experts": 8}),
+    Method("grid: experts 16", {**_DEFAULT, "experts": 16}),
+    Method("grid: top-2", {**_DEFAULT, "top_k": 2}),
+    Method("grid: balancing off", _DEFAULT, train={"balance_weight": 0.0}),
+    Method("grid: router pretraining off", _DEFAULT, train={"router_pretraining": False}),
+    Method("grid: pretraining on blocks", _DEFAULT, train={"pretrain_target": "blocks"}),
+    Method("grid: router on coordinates", {**_DEFAULT, "router_features": False}),
 )
 
 

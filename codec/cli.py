@@ -366,19 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     budget = c.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive(float), default=5.0, help="training time budget (default 5)")
     budget.add_argument("--steps", type=_positive(int), help="train this many steps instead (reproducible)")
-    c.add_argument("--experts", type=_positive(int), default=8, help="number of experts (default 8; 1 = one SIREN)")
+    c.add_argument("--experts", type=_positive(int), default=4,
+                   help="number of experts (default 4; 1 = one SIREN)")
     c.add_argument("--top-k", type=int, choices=(1, 2), default=1, help="experts per voxel (default 1)")
     c.add_argument("--partition", choices=("learned", "blocks"), default="learned",
                    help="learned router (default) or the fixed block split baseline")
-    c.add_argument("--encoder", choices=("auto", "grid", "siren"), default="siren",
-                   help="shared encoder: a SIREN layer, or a latent grid (3D, quantized weights; "
-                        "auto: the grid wherever it applies) (default siren)")
+    c.add_argument("--encoder", choices=("auto", "grid", "siren"), default="auto",
+                   help="shared encoder: a latent grid or a SIREN layer; auto (default): the grid for "
+                        "3D volumes with a learned router, 2+ experts and quantized weights, else SIREN")
     c.add_argument("--router-input", choices=("features", "coordinates"), default="features",
                    help="what the router reads: the coordinates and the encoder features "
                         "(default), or the coordinates alone (best over a latent grid: docs/benchmarks.md)")
-    c.add_argument("--grid-channels", type=_positive(int), default=2, metavar="C",
-                   help="latents per grid node and level, for the latent grid (default 2; fewer "
-                        "channels buy a finer grid in the same bytes)")
+    c.add_argument("--grid-channels", type=_positive(int), default=1, metavar="C",
+                   help="latents per grid node and level, for the latent grid (default 1; "
+                        "fewer channels buy a finer grid in the same bytes)")
     c.add_argument("--bits", type=int, default=8, help="weight bit width before entropy coding; 16 = float16 (default 8)")
     c.add_argument("--granularity", choices=("tensor", "channel"), default="tensor", help="one step per tensor or per output channel")
     c.add_argument("--seed", type=int, default=0)

@@ -27,7 +27,7 @@ class Settings:
     """What a user chooses about the file (training time and seed live in TrainConfig)."""
 
     ratio: float = 256.0
-    experts: int = 8
+    experts: int = 4
     top_k: int = 1
     partition: str = "learned"
     bits: int = 8
@@ -36,8 +36,8 @@ class Settings:
     expert_layers: int | None = None  # None: 3 after a SIREN encoder, 2 after a latent grid
     encoder_layers: int = 1
     encoder_share: float = 1.0
-    encoder: str = "siren"  # "siren", "grid", or "auto": the grid wherever it applies
-    grid_channels: int = 2
+    encoder: str = "auto"  # "siren", "grid", or "auto": the grid wherever it applies
+    grid_channels: int = 1
     grid_levels: int = 4
     latent_share: float = 0.95
     latent_bits: float = 2.0
@@ -47,7 +47,9 @@ class Settings:
         """The encoder these settings give a volume of `dims` axes."""
         if self.encoder != "auto":
             return self.encoder
-        grid_fits = self.partition == "learned" and dims == 3 and self.bits < 16
+        # `--experts 1` stays a plain SIREN and `--partition blocks` SIREN blocks (the DESIGN's
+        # baselines); the grid is 3D and stores its latents by rate, not as float16.
+        grid_fits = self.partition == "learned" and self.experts > 1 and dims == 3 and self.bits < 16
         return "grid" if grid_fits else "siren"
 
     def architecture(self, dims: int = 3) -> Architecture:

@@ -102,7 +102,7 @@ class MoecWidget(QWidget):
         self.ratio = self._spin(QDoubleSpinBox(), 2.0, 1e6, 256.0, "Target ratio vs the raw voxels; the file "
                                 "lands between R and 1.05 R", decimals=1)
         form.addRow("Ratio", self.ratio)
-        self.experts = self._spin(QSpinBox(), 1, 64, 8, "Number of experts (1 = a single SIREN)")
+        self.experts = self._spin(QSpinBox(), 1, 64, pipeline.Settings().experts, "Number of experts (1 = a single SIREN)")
         form.addRow("Experts", self.experts)
         self.top_k = QComboBox()
         self.top_k.addItems(["1", "2"])

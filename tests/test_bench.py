@@ -26,11 +26,9 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     assert main(args) == 0
     first = capsys.readouterr()
     cells = sorted(p.name for p in (out / "cells").glob("*.json"))
-    methods = {"jpeg-2000", "moec-learned-8-experts", "single-siren", "blocks-8-fixed",
-               "moec-on-a-latent-grid-learned-8-experts", "latent-grid-one-mlp",
-               "moec-on-a-latent-grid-router-on-coordinates",
-               "moec-on-a-latent-grid-4-experts-1-channel-router-on-coordinates"}
-    assert {c.split("@")[0] for c in cells} == methods and len(cells) == 16
+    methods = {"jpeg-2000", "moec-default-latent-grid-4-experts-1-channel", "single-siren", "blocks-8-fixed",
+               "moec-learned-8-experts", "moec-on-a-latent-grid-4-experts-1-channel-router-on-coordinates"}
+    assert {c.split("@")[0] for c in cells} == methods and len(cells) == 12
     results = json.loads((out / "results.json").read_text())
     by = {(c["method"], c["target"]): c for c in results["cells"]}
     moec = by[("MoEC (learned, 8 experts)", 8.0)]

@@ -185,3 +185,25 @@ def test_the_grid_encoder_refuses_float16_in_one_line(phantom_file, tmp_path, ca
               "--grid-channels", "0", *FAST])
     assert exit_.value.code != 0 and "--grid-channels" in capsys.readouterr().err
     assert not (tmp_path / "x.moec").exists()
+
+
+def test_the_command_lines_defaults_are_the_librarys():
+    """`moec compress` with no options builds the same Settings and TrainConfig as the plugin's
+    defaults (pipeline.Settings(), TrainConfig()); the parser keeps its own literals so that
+    `moec --help` does not import torch."""
+    from codec import pipeline
+    from codec.cli import build_parser
+    from codec.train import TrainConfig
+
+    args = build_parser().parse_args(["compress", "volume.nii.gz"])
+    settings, train = pipeline.Settings(), TrainConfig()
+    assert (args.ratio, args.experts, args.top_k, args.partition, args.bits, args.granularity) == (
+        settings.ratio, settings.experts, settings.top_k, settings.partition, settings.bits, settings.granularity)
+    assert (args.encoder, args.grid_channels, args.router_input == "features") == (
+        settings.encoder, settings.grid_channels, settings.router_features)
+    assert (args.minutes, args.lr, args.batch, args.balance, args.seed) == (
+        train.minutes, train.lr, train.batch_size, train.balance_weight, train.seed)
+    # The default is the latent grid under a learned router, and the baselines stay SIRENs.
+    assert settings.encoder_for(3) == "grid"
+    assert pipeline.Settings(experts=1).encoder_for(3) == "siren"
+    assert pipeline.Settings(partition="blocks").encoder_for(3) == "siren"
