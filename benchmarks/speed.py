@@ -13,7 +13,7 @@
 
 Prints a table and writes benchmarks/results/speed.json.
 
-    python benchmarks/speed.py [--skip-memory]
+    python benchmarks/speed.py [--skip-memory | --decode-only | --dispatch-only | --memory-only]
 """
 
 from __future__ import annotations
@@ -100,24 +100,34 @@ def throughput(model: MoEC, form: str, batch: int = BATCH, steps: int = 12) -> f
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def brain_model(volume, experts: int) -> tuple[MoEC, pipeline.Plan]:
-    plan = pipeline.plan(volume, pipeline.Settings(ratio=256, experts=experts))
+def brain_model(volume, experts: int, encoder: str = "siren") -> tuple[MoEC, pipeline.Plan]:
+    """The model the brain gets at 256x; the SIREN encoder unless asked (the rows before stop 12)."""
+    plan = pipeline.plan(volume, pipeline.Settings(ratio=256, experts=experts, encoder=encoder))
     model = MoEC(plan.model, seed=0)
     model.gate_gradient = 0.1
     return model, plan
 
 
 def dispatch_rows(volume) -> list[dict]:
+    """Both encoders: the SIREN layer, and the default latent grid (1 channel), whose interpolation
+    is shared by every expert and so is paid once in both forms."""
     rows = []
-    for experts in (4, 8, 16):
-        model, plan = brain_model(volume, experts)
-        sparse = throughput(model, "sparse (grouped, omega folded)")
-        dense = throughput(model, "dense")
-        rows.append({"experts": experts, "expert_width": plan.model.expert_width,
-                     "parameters": plan.model.parameter_count(), "sparse": sparse, "dense": dense,
-                     "speedup": sparse / dense})
-        print(f"  {experts} experts: sparse {sparse:,.0f}/s, dense {dense:,.0f}/s ({sparse / dense:.1f}x)", flush=True)
+    for encoder in ("siren", "grid"):
+        for experts in (4, 8, 16):
+            model, plan = brain_model(volume, experts, encoder)
+            sparse = throughput(model, "sparse (grouped, omega folded)")
+            dense = throughput(model, "dense")
+            rows.append({"encoder": encoder, "experts": experts, "expert_width": plan.model.expert_width,
+                         "parameters": plan.model.parameter_count(), "sparse": sparse, "dense": dense,
+                         "speedup": sparse / dense})
+            print(f"  {encoder} encoder, {experts} experts: sparse {sparse:,.0f}/s, dense {dense:,.0f}/s "
+                  f"({sparse / dense:.1f}x)", flush=True)
     return rows
+
+
+DISPATCH_COLUMNS = [("encoder", "encoder", ""), ("experts", "experts", ""), ("expert width", "expert_width", ""),
+                    ("parameters", "parameters", ","), ("sparse coords/s", "sparse", ",.0f"),
+                    ("dense coords/s", "dense", ",.0f"), ("sparse / dense", "speedup", ".2f")]
 
 
 def tuning_rows(volume) -> list[dict]:
@@ -194,8 +204,23 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true", help="skip the 512^3 memory run (a few minutes)")
     parser.add_argument("--decode-only", action="store_true",
                         help="only the 256^3 decode rows, written to results/speed_decode.json")
+    parser.add_argument("--dispatch-only", action="store_true",
+                        help="only the sparse / dense rows, written to results/speed_dispatch.json")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the 512^3 memory run, written to results/speed_memory.json")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
+    if args.dispatch_only:
+        dispatch = dispatch_rows(brain())
+        print(table(dispatch, DISPATCH_COLUMNS))
+        print(f"wrote {save('speed_dispatch', {'threads': THREADS, 'batch': BATCH, 'dispatch': dispatch})}")
+        return
+    if args.memory_only:
+        memory = memory_row()
+        print(f"peak memory of moec compress (defaults) on a 512^3 int16 volume: {memory['peak_gib']:.2f} GiB "
+              f"({memory['seconds']:.0f} s with 30 steps)")
+        print(f"wrote {save('speed_memory', {'threads': THREADS, 'memory': memory})}")
+        return
     if args.decode_only:
         decode = decode_rows()
         print(f"wrote {save('speed_decode', {'threads': THREADS, 'decode': decode, 'note': 'untrained 256x models'})}")
@@ -203,9 +228,7 @@ def main() -> None:
     volume = brain()
     print("training throughput, sparse vs dense dispatch (brain template widths at 256x):", flush=True)
     dispatch = dispatch_rows(volume)
-    print(table(dispatch, [("experts", "experts", ""), ("expert width", "expert_width", ""),
-                           ("parameters", "parameters", ","), ("sparse coords/s", "sparse", ",.0f"),
-                           ("dense coords/s", "dense", ",.0f"), ("sparse / dense", "speedup", ".2f")]))
+    print(table(dispatch, DISPATCH_COLUMNS))
     print("\nthe forward pass then and now, batch sizes, threads (8 experts):", flush=True)
     tuning = tuning_rows(volume)
     print(table(tuning, [("form", "what", ""), ("threads", "threads", ""), ("batch", "batch", ","),

@@ -45,7 +45,7 @@ CLAIM = (
     Method("MoEC default (latent grid, 4 experts, 1 channel)", _DEFAULT),
     Method("single SIREN", {"experts": 1, "encoder": "siren"}),
     Method("blocks (8, fixed)", {"partition": "blocks", "encoder": "siren", "experts": 8}),
-    Method("MoEC (learned, 8 experts)", {"encoder": "siren", "experts": 8}),
+    Method("MoEC, SIREN encoder, 8 experts", {"encoder": "siren", "experts": 8}),
     Method("MoEC on a latent grid, 4 experts, 1 channel, router on coordinates",
            {**_DEFAULT, "router_features": False}),
 )

@@ -27,11 +27,11 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     first = capsys.readouterr()
     cells = sorted(p.name for p in (out / "cells").glob("*.json"))
     methods = {"jpeg-2000", "moec-default-latent-grid-4-experts-1-channel", "single-siren", "blocks-8-fixed",
-               "moec-learned-8-experts", "moec-on-a-latent-grid-4-experts-1-channel-router-on-coordinates"}
+               "moec-siren-encoder-8-experts", "moec-on-a-latent-grid-4-experts-1-channel-router-on-coordinates"}
     assert {c.split("@")[0] for c in cells} == methods and len(cells) == 12
     results = json.loads((out / "results.json").read_text())
     by = {(c["method"], c["target"]): c for c in results["cells"]}
-    moec = by[("MoEC (learned, 8 experts)", 8.0)]
+    moec = by[("MoEC default (latent grid, 4 experts, 1 channel)", 8.0)]
     assert moec["reached"] and 8 <= moec["ratio"] <= 8.4 and moec["psnr"] > 10
     if classical.availability()["JPEG 2000"] is None:
         j2k = by[("JPEG 2000", 8.0)]
@@ -40,7 +40,7 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     table = (out / "results.md").read_text()
     assert "| single SIREN |" in table and "8x" in table and "40x" in table
     ssim_table = table.split("SSIM (3D, same cells):")[1].split("Ablations")[0]
-    assert f"| MoEC (learned, 8 experts) | {moec['ssim']:.3f} |" in ssim_table
+    assert f"| MoEC default (latent grid, 4 experts, 1 channel) | {moec['ssim']:.3f} |" in ssim_table
     assert "| method |" in first.out
 
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
@@ -56,3 +56,19 @@ def test_an_unreachable_ratio_is_reported_not_extrapolated(phantom_file, tmp_pat
     rows = json.loads((out / "results.json").read_text())["cells"]
     assert rows and all(not r["reached"] for r in rows)
     assert "cannot reach" in (out / "results.md").read_text()
+
+
+def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_path):
+    """`--ablations` trains every variant at the ablation ratio, each with what it says it changes
+    (experts in use, top-2) and the default's row beside them in the table."""
+    out = tmp_path / "ablations"
+    assert main(["bench", str(phantom_file), "--ratios", "16", "--steps", "20", "--codecs", "--ablations",
+                 "--ablation-ratio", "16", "--out", str(out)]) == 0
+    rows = {c["method"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    ablations = {name: row for name, row in rows.items() if row["kind"] == "ablation"}
+    assert len(ablations) == 9 and all(r["reached"] and 16 <= r["ratio"] <= 16.8 for r in ablations.values())
+    assert ablations["grid: one MLP (1 expert)"]["experts_used"] == 1
+    assert ablations["grid: experts 16"]["parameters"] != ablations["grid: experts 2"]["parameters"]
+    table = (out / "results.md").read_text().split("Ablations at 16x")[1]
+    assert "| MoEC default (latent grid, 4 experts, 1 channel) |" in table
+    assert all(f"| {name} |" in table for name in ablations)
