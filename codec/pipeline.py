@@ -7,6 +7,7 @@ same in the others.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,9 @@ def encode(fitter: Fitter, plan_: Plan) -> bytes:
     base = pack.tensor_steps(model, plan_.quant, fitter.frozen_steps)
     finest = pack.finest_multiplier(model, base, fitter.frozen_steps)
 
+    # Cached: the multiplier the search returns is one it has already coded, and a second search
+    # (room for the floor) starts from the same trials.
+    @functools.lru_cache(maxsize=None)
     def payload_at(multiplier: float) -> bytes:
         return pack.encode_payload(model, plan_.quant, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
 
