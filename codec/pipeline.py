@@ -10,6 +10,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import budget, pack
@@ -80,42 +81,70 @@ def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig())
 
 
 def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig) -> Fitter:
-    return Fitter(volume, plan_.model, plan_.quant, config)
+    return Fitter(volume, plan_.model, plan_.quant, config, file_steps=lambda fitter: file_steps(fitter, plan_))
+
+
+def file_steps(fitter: Fitter, plan_: Plan) -> dict[str, np.ndarray]:
+    """The steps `encode` would store the unfrozen tensors (experts, decoder) at now, for the final
+    stage to train them at. Aimed a quarter of the window below its top, so that the few bytes the
+    final stage moves, and the floor's header field, still fit and the file holds exactly them."""
+    frozen = fitter.frozen_steps
+    upper = plan_.upper_bytes - (plan_.upper_bytes - plan_.lower_bytes) // 4
+    steps, _ = _sized_steps(fitter, plan_, _meta(fitter, plan_), upper)
+    return {name: step for name, step in steps.items() if name not in frozen}
 
 
 def encode(fitter: Fitter, plan_: Plan) -> bytes:
     """The .moec bytes of the model trained so far, landed inside the plan's size window, with the
-    decoder's floor (codec.floor) chosen on the weights as written."""
+    decoder's floor (codec.floor) chosen on the weights as written: at the steps the final stage
+    trained at when that file lands in the window, else at the searched steps."""
     model = fitter.model
-    meta = pack.describe(fitter.volume, model.config, plan_.quant, fitter.record())
+    meta = _meta(fitter, plan_)
     if plan_.quant.float16:
-        payload = pack.encode_payload(model, plan_.quant, None)
-        return pack.assemble(dataclasses.replace(meta, floor=_floor_of(fitter.volume, meta, payload)), payload)
+        return _with_floor(fitter.volume, meta, pack.encode_payload(model, plan_.quant, None))
 
-    # The base steps (a rate search for latent grids) are computed once; the search below only
-    # rescales them.
-    base = pack.tensor_steps(model, plan_.quant, fitter.frozen_steps)
-    finest = pack.finest_multiplier(model, base, fitter.frozen_steps)
-
-    # Cached: the multiplier the search returns is one it has already coded, and a second search
-    # (room for the floor) starts from the same trials.
-    @functools.lru_cache(maxsize=None)
-    def payload_at(multiplier: float) -> bytes:
-        return pack.encode_payload(model, plan_.quant, pack.scaled_steps(base, multiplier, fitter.frozen_steps))
+    if fitter.trained_steps is not None:
+        steps = {**pack.tensor_steps(model, plan_.quant, fitter.frozen_steps), **fitter.trained_steps}
+        data = _with_floor(fitter.volume, meta, pack.encode_payload(model, plan_.quant, steps))
+        if plan_.lower_bytes <= len(data) <= plan_.upper_bytes:
+            return data
 
     # The floor is chosen on the weights as stored at the searched steps and changes only the
     # header: the file keeps exactly those weights when its few header bytes still fit, else the
     # steps are searched again with room for them.
     sized = meta
     for _ in range(3):
-        multiplier = budget.fit_to_window(lambda m: len(pack.assemble(sized, payload_at(m))), plan_.upper_bytes,
-                                          finest=finest)
-        payload = payload_at(multiplier)
+        _, payload = _sized_steps(fitter, plan_, sized, plan_.upper_bytes)
         sized = dataclasses.replace(meta, floor=_floor_of(fitter.volume, meta, payload))
         data = pack.assemble(sized, payload)
         if len(data) <= plan_.upper_bytes:
             return data
     return pack.assemble(meta, payload)  # the floor's header bytes never fitted: no floor
+
+
+def _meta(fitter: Fitter, plan_: Plan) -> pack.MoecMeta:
+    return pack.describe(fitter.volume, fitter.model.config, plan_.quant, fitter.record())
+
+
+def _with_floor(volume: Volume, meta: pack.MoecMeta, payload: bytes) -> bytes:
+    return pack.assemble(dataclasses.replace(meta, floor=_floor_of(volume, meta, payload)), payload)
+
+
+def _sized_steps(fitter: Fitter, plan_: Plan, meta: pack.MoecMeta, upper: int) -> tuple[dict[str, np.ndarray], bytes]:
+    """The steps, and the payload they code to, of the largest file with header `meta` not above
+    `upper` bytes: the frozen tensors' steps as they are, the others' base steps (a rate search for
+    latent grids, computed once) scaled by one searched multiplier."""
+    model, frozen = fitter.model, fitter.frozen_steps
+    base = pack.tensor_steps(model, plan_.quant, frozen)
+    finest = pack.finest_multiplier(model, base, frozen)
+
+    # Cached: the multiplier the search returns is one it has already coded.
+    @functools.lru_cache(maxsize=None)
+    def payload_at(multiplier: float) -> bytes:
+        return pack.encode_payload(model, plan_.quant, pack.scaled_steps(base, multiplier, frozen))
+
+    multiplier = budget.fit_to_window(lambda m: len(pack.assemble(meta, payload_at(m))), upper, finest=finest)
+    return pack.scaled_steps(base, multiplier, frozen), payload_at(multiplier)
 
 
 def _floor_of(volume: Volume, meta: pack.MoecMeta, payload: bytes) -> float | None:

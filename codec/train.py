@@ -10,7 +10,9 @@ A run's stages (DESIGN section 3):
             until 1 - final_fraction of the budget;
     final   encoder and router are quantized in place and frozen, so the partition stops moving
             and equals the one the decoder computes from the stored router; experts and decoder
-            train quantization-aware against it.
+            train quantization-aware against it, at the steps the file will store them at when
+            the Fitter is told them (`file_steps`: the pipeline's size search), else at their
+            largest weight's step at the configured bit width.
 
 The budget is steps (reproducible) or wall-clock minutes, router stage included. The model trained
 so far is `Fitter.model` at every moment: closing the generator (a cancel, a stopped worker) keeps
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,11 +158,17 @@ class _Budget:
         return self.elapsed() / self.seconds
 
 
+#: Given a Fitter entering its final stage (encoder and router frozen), the steps the written file
+#: would store its other tensors (experts, decoder) at: quantization-aware training at any other
+#: step trains weights the file does not hold.
+FileSteps = Callable[["Fitter"], dict[str, np.ndarray]]
+
+
 class Fitter:
     """Owns a volume's training state: the model, the sampler, and the record of what was run."""
 
     def __init__(self, volume: Volume, model_config: ModelConfig, quant: QuantConfig,
-                 config: TrainConfig = TrainConfig()):
+                 config: TrainConfig = TrainConfig(), file_steps: FileSteps | None = None):
         self.volume = volume
         self.quant = quant
         self.config = config
@@ -176,6 +184,11 @@ class Fitter:
         self.runs = 0
         #: Steps of the encoder and router tensors once quantized and frozen (final stage).
         self.frozen_steps: dict[str, np.ndarray | None] = {}
+        self.file_steps = file_steps
+        #: Steps the final stage trains the experts and decoder at, when `file_steps` gave them:
+        #: the encoder stores exactly these when its file then lands in the size window.
+        self.trained_steps: dict[str, np.ndarray] | None = None
+        self._trained_steps_torch: dict[str, torch.Tensor] | None = None
         self.history: list[Progress] = []
         self._latent_steps: dict[str, torch.Tensor] = {}
         self._pretrain_labels: torch.Tensor | None = None
@@ -232,6 +245,7 @@ class Fitter:
         model = self.model
         if stage == "final":
             self._freeze_prefix()
+            self._set_trained_steps()
             if joint is not None:
                 return joint
         else:
@@ -268,10 +282,26 @@ class Fitter:
         for param in self.model.parameters():
             param.requires_grad_(True)
         self.frozen_steps = {}
+        self.trained_steps = self._trained_steps_torch = None
+
+    def _set_trained_steps(self) -> None:
+        """Ask for the file's steps once, at the final stage's start: the frozen encoder and router
+        hold nearly all the bytes, so the experts' share, and their step, barely moves after it."""
+        if self.file_steps is None or self.quant.float16:
+            return
+        try:
+            steps = self.file_steps(self)
+        except MoecError:
+            return  # the file cannot be sized now (the encoder will say why): the default steps
+        self.trained_steps = steps
+        self._trained_steps_torch = {name: torch.from_numpy(np.asarray(step, dtype=np.float32)).to(self.device)
+                                     for name, step in steps.items()}
 
     def _fake_steps(self) -> dict[str, torch.Tensor] | None:
         if self.quant.float16:
             return None
+        if self._trained_steps_torch is not None:
+            return self._trained_steps_torch
         coordinate_layer = self.model.config.coordinate_layer
         return {
             name: max_steps_torch(p, self.quant.bits_for(name, coordinate_layer), self.quant.granularity)
