@@ -269,15 +269,15 @@ class LatentGrid(_FakeQuantizable):
     so the grid spans the volume's coordinate box and every voxel centre falls inside it.
     """
 
-    #: Latents start near zero, like a hash-grid encoder's: the decoder sees an almost constant
-    #: field at first and the grids grow only where the volume needs detail.
-    INIT = 1e-2
-
-    def __init__(self, channels: int, resolutions: list[tuple[int, ...]], generator: torch.Generator):
+    def __init__(self, channels: int, resolutions: list[tuple[int, ...]]):
         super().__init__()
         self.levels = len(resolutions)
+        # Latents start at zero: the grids grow only where the volume needs detail. Random starting
+        # latents (uniform +-0.01, before stop 13) are noise that the rate-set step then spends bits
+        # on, and their draw alone moved the brain at 256x by 1.4 dB between seeds (2,000 steps,
+        # seeds 0-2: 31.07 / 32.51 / 30.75 dB; from zero 32.77 / 32.53 / 32.08).
         for level, res in enumerate(resolutions):
-            setattr(self, f"grid{level}", _uniform((channels, *res), self.INIT, generator))
+            setattr(self, f"grid{level}", nn.Parameter(torch.zeros((channels, *res))))
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         # grid_sample wants (x, y, z) = (last axis, ..., first axis) of the (C, D, H, W) grid.
@@ -334,7 +334,7 @@ class MoEC(nn.Module):
         self.encoder: SirenStack | LatentGrid | None = None
         self.router: Router | None = None
         if config.encoder == "grid":
-            self.encoder = LatentGrid(config.grid_channels, config.grid_resolutions(), generator)
+            self.encoder = LatentGrid(config.grid_channels, config.grid_resolutions())
         elif config.uses_encoder:
             self.encoder = SirenStack(1, config.dims, config.encoder_width, config.encoder_layers, config.omega0,
                                       first_omega=True, generator=generator)

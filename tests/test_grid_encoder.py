@@ -19,7 +19,9 @@ from .training import file_psnr, mean_prediction_psnr, train
 
 
 def test_grid_reads_its_nodes_exactly_and_is_trilinear_between_them():
-    grid = LatentGrid(2, [(5, 4, 3)], torch.Generator().manual_seed(0))
+    grid = LatentGrid(2, [(5, 4, 3)])
+    with torch.no_grad():
+        grid.grid0.copy_(torch.rand(grid.grid0.shape, generator=torch.Generator().manual_seed(0)))
     nodes = [torch.linspace(-1, 1, n) for n in (5, 4, 3)]
     mesh = torch.stack([m.reshape(-1) for m in torch.meshgrid(*nodes, indexing="ij")], 1)
     np.testing.assert_allclose(grid(mesh).detach().numpy(), grid.grid0.detach().reshape(2, -1).t().numpy(),
@@ -30,6 +32,17 @@ def test_grid_reads_its_nodes_exactly_and_is_trilinear_between_them():
     points = torch.rand(100, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
     expected = 3 * points[:, 0] - 2 * points[:, 1] + 0.5 * points[:, 2] + 1
     np.testing.assert_allclose(grid(points)[:, 0].detach().numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_latent_grids_start_at_zero_and_their_first_step_rounds_small_updates_away():
+    """Measured choices (codec.model.LatentGrid, codec.quantize.rate_step): no random starting
+    latents, and a zero grid's step is 1 so the experts first fit a flat field."""
+    model = MoEC(ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_channels=1, grid_levels=2,
+                             grid_finest=(6, 5, 4)), seed=3)
+    grids = [p for name, p in model.named_parameters() if name.startswith("encoder.grid")]
+    assert len(grids) == 2 and all(not p.detach().any() for p in grids)
+    assert float(rate_step(grids[0].detach().numpy(), 2.0)) == 1.0
+    assert not quantize(np.full((1, 6, 5, 4), 0.3, np.float32), rate_step(grids[0].detach().numpy(), 2.0)).any()
 
 
 def test_grid_levels_halve_and_feed_every_expert():
