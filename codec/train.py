@@ -46,6 +46,9 @@ ROUTER_TIME_SHARE = 0.1
 #: Steps between updates of the latents' rate-set quantization step during their QAT (the search
 #: costs a few hundred milliseconds; the latents' spread changes slowly).
 LATENT_STEP_EVERY = 100
+#: The longest share of a run's budget that zero latent grids keep their first, flat step (100
+#: steps of a 2,000-step run, where it was measured; a 120-step run gets 6).
+FLAT_SHARE = 0.05
 #: Latent grids learn at this multiple of the learning rate: each latent sees only the few
 #: coordinates around its node, so its gradients are small and sparse.
 LATENT_LR_SCALE = 4.0
@@ -191,6 +194,7 @@ class Fitter:
         self._trained_steps_torch: dict[str, torch.Tensor] | None = None
         self.history: list[Progress] = []
         self._latent_steps: dict[str, torch.Tensor] = {}
+        self._flat_since: float | None = None  # budget fraction at which zero grids got their step
         self._pretrain_labels: torch.Tensor | None = None
         _warm_up_optimizer()
 
@@ -308,13 +312,19 @@ class Fitter:
             for name, p in self.model.named_tensors() if name.startswith(("experts.", "decoder."))
         }
 
-    def _latent_fake_steps(self) -> dict[str, torch.Tensor]:
-        """Rate-set steps of the latent grids, refreshed every LATENT_STEP_EVERY steps."""
-        if not self._latent_steps or self.steps_run % LATENT_STEP_EVERY == 0:
+    def _latent_fake_steps(self, fraction: float) -> dict[str, torch.Tensor]:
+        """Rate-set steps of the latent grids, refreshed every LATENT_STEP_EVERY steps; a step set
+        on zero grids (quantize.rate_step: 1, so the first updates round away) lasts at most
+        FLAT_SHARE of the budget, so a short run still gets its latents."""
+        flat_over = self._flat_since is not None and fraction - self._flat_since >= FLAT_SHARE
+        if not self._latent_steps or self.steps_run % LATENT_STEP_EVERY == 0 or flat_over:
+            grids = {name: p for name, p in self.model.named_tensors() if is_latent(name)}
             self._latent_steps = {
                 name: torch.tensor(rate_step(p.detach().cpu().numpy(), self.quant.latent_bits), device=p.device)
-                for name, p in self.model.named_tensors() if is_latent(name)
+                for name, p in grids.items()
             }
+            flat = not any(bool(p.detach().any()) for p in grids.values())
+            self._flat_since = (fraction if self._flat_since is None else self._flat_since) if flat else None
         return self._latent_steps
 
     def _router_targets(self, flat: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -348,7 +358,7 @@ class Fitter:
         if stage == "final":
             model.set_fake_steps(self._fake_steps())
         elif model.config.encoder == "grid" and not self.quant.float16 and fraction >= self.config.latent_qat_from:
-            model.set_fake_steps(self._latent_fake_steps())
+            model.set_fake_steps(self._latent_fake_steps(fraction))
         out = model(coords)
         mse = F.mse_loss(out.values[:, 0], target)
         share = torch.bincount(out.routing.choice.reshape(-1), minlength=n).float() / out.routing.choice.numel()
