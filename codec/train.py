@@ -324,7 +324,7 @@ class Fitter:
                 for name, p in grids.items()
             }
             flat = not any(bool(p.detach().any()) for p in grids.values())
-            self._flat_since = (fraction if self._flat_since is None else self._flat_since) if flat else None
+            self._flat_since = fraction if flat else None
         return self._latent_steps
 
     def _router_targets(self, flat: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
