@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,10 +89,9 @@ def file_steps(fitter: Fitter, plan_: Plan) -> dict[str, np.ndarray]:
     """The steps `encode` would store the unfrozen tensors (experts, decoder) at now, for the final
     stage to train them at. Aimed a quarter of the window below its top, so that the few bytes the
     final stage moves, and the floor's header field, still fit and the file holds exactly them."""
-    frozen = fitter.frozen_steps
     upper = plan_.upper_bytes - (plan_.upper_bytes - plan_.lower_bytes) // 4
-    steps, _ = _sized_steps(fitter, plan_, _meta(fitter, plan_), upper)
-    return {name: step for name, step in steps.items() if name not in frozen}
+    steps, _ = _step_search(fitter, plan_)(_meta(fitter, plan_), upper)
+    return {name: step for name, step in steps.items() if name not in fitter.frozen_steps}
 
 
 def encode(fitter: Fitter, plan_: Plan) -> bytes:
@@ -112,9 +112,10 @@ def encode(fitter: Fitter, plan_: Plan) -> bytes:
     # The floor is chosen on the weights as stored at the searched steps and changes only the
     # header: the file keeps exactly those weights when its few header bytes still fit, else the
     # steps are searched again with room for them.
+    search = _step_search(fitter, plan_)
     sized = meta
     for _ in range(3):
-        _, payload = _sized_steps(fitter, plan_, sized, plan_.upper_bytes)
+        _, payload = search(sized, plan_.upper_bytes)
         sized = dataclasses.replace(meta, floor=_floor_of(fitter.volume, meta, payload))
         data = pack.assemble(sized, payload)
         if len(data) <= plan_.upper_bytes:
@@ -130,21 +131,27 @@ def _with_floor(volume: Volume, meta: pack.MoecMeta, payload: bytes) -> bytes:
     return pack.assemble(dataclasses.replace(meta, floor=_floor_of(volume, meta, payload)), payload)
 
 
-def _sized_steps(fitter: Fitter, plan_: Plan, meta: pack.MoecMeta, upper: int) -> tuple[dict[str, np.ndarray], bytes]:
-    """The steps, and the payload they code to, of the largest file with header `meta` not above
-    `upper` bytes: the frozen tensors' steps as they are, the others' base steps (a rate search for
-    latent grids, computed once) scaled by one searched multiplier."""
+StepSearch = Callable[[pack.MoecMeta, int], tuple[dict[str, np.ndarray], bytes]]
+
+
+def _step_search(fitter: Fitter, plan_: Plan) -> StepSearch:
+    """search(meta, upper): the steps, and the payload they code to, of the largest file with header
+    `meta` not above `upper` bytes: the frozen tensors' steps as they are, the others' base steps
+    scaled by one searched multiplier. The base steps (a rate search for latent grids) are computed
+    once, and the coded trials are cached, so a second search (room for the floor) reuses them."""
     model, frozen = fitter.model, fitter.frozen_steps
     base = pack.tensor_steps(model, plan_.quant, frozen)
     finest = pack.finest_multiplier(model, base, frozen)
 
-    # Cached: the multiplier the search returns is one it has already coded.
     @functools.lru_cache(maxsize=None)
     def payload_at(multiplier: float) -> bytes:
         return pack.encode_payload(model, plan_.quant, pack.scaled_steps(base, multiplier, frozen))
 
-    multiplier = budget.fit_to_window(lambda m: len(pack.assemble(meta, payload_at(m))), upper, finest=finest)
-    return pack.scaled_steps(base, multiplier, frozen), payload_at(multiplier)
+    def search(meta: pack.MoecMeta, upper: int) -> tuple[dict[str, np.ndarray], bytes]:
+        multiplier = budget.fit_to_window(lambda m: len(pack.assemble(meta, payload_at(m))), upper, finest=finest)
+        return pack.scaled_steps(base, multiplier, frozen), payload_at(multiplier)
+
+    return search
 
 
 def _floor_of(volume: Volume, meta: pack.MoecMeta, payload: bytes) -> float | None:
