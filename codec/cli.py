@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "3D volumes with a learned router, 2+ experts and quantized weights, else SIREN")
     c.add_argument("--router-input", choices=("features", "coordinates"), default="features",
                    help="what the router reads: the coordinates and the encoder features "
-                        "(default), or the coordinates alone (best over a latent grid: docs/benchmarks.md)")
+                        "(default, DESIGN's router), or the coordinates alone (an ablation: docs/benchmarks.md)")
     c.add_argument("--grid-channels", type=_positive(int), default=1, metavar="C",
                    help="latents per grid node and level, for the latent grid (default 1; "
                         "fewer channels buy a finer grid in the same bytes)")
