@@ -49,6 +49,9 @@ CLAIM = (
     Method("MoEC on a latent grid, 4 experts, 1 channel, router on coordinates",
            {**_DEFAULT, "router_features": False}),
 )
+#: The paper's central claim (DESIGN section 6): at equal size and time, this order from best down.
+CLAIM_ORDER = (CLAIM[0].name, CLAIM[2].name, CLAIM[1].name)
+CLAIM_SHORT = {CLAIM[0].name: "learned", CLAIM[2].name: "blocks", CLAIM[1].name: "single SIREN"}
 # Around the default, at one ratio.
 ABLATIONS = (
     Method("grid: one MLP (1 expert)", {**_DEFAULT, "experts": 1}),
@@ -195,6 +198,7 @@ def markdown(rows: list[dict], describe: dict, skipped: dict) -> str:
         lines.append("|---|" + "---|" * len(ratios))
         for method in methods:
             lines.append(f"| {method} | " + " | ".join(_cell_text(by_key.get((method, r)), measure) for r in ratios) + " |")
+    lines += verdict_lines(rows, ratios)
     ablations = [r for r in rows if r["kind"] == "ablation"]
     if ablations:
         ratio = ablations[0]["target"]
@@ -208,6 +212,39 @@ def markdown(rows: list[dict], describe: dict, skipped: dict) -> str:
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{c} ({why})" for c, why in skipped.items())]
     return "\n".join(lines) + "\n"
+
+
+def verdict_lines(rows: list[dict], ratios: list[float]) -> list[str]:
+    """Where the central claim holds and where the default beats the classical codecs, ratio by
+    ratio, read off the cells (a method that could not reach a ratio is out of that ratio's order)."""
+    by_key = {(r["method"], r["target"]): r for r in rows if r["kind"] != "ablation"}
+    default = CLAIM[0].name
+    lines: list[str] = []
+    claim = []
+    for ratio in ratios:
+        cells = [by_key.get((m, ratio)) for m in CLAIM_ORDER]
+        if not all(c and c.get("reached") for c in cells):
+            continue
+        ranked = sorted(cells, key=lambda c: -c["psnr"])
+        order = " > ".join(f"{CLAIM_SHORT[c['method']]} {c['psnr']:.2f}" for c in ranked)
+        holds = [c["method"] for c in ranked] == list(CLAIM_ORDER)
+        claim.append(f"| {ratio:g}x | {order} | {'yes' if holds else 'no'} |")
+    if claim:
+        lines += ["", "The central claim (learned partition > blocks > single SIREN, equal size and time), by PSNR:",
+                  "", "| ratio | order | holds |", "|---|---|---|", *claim]
+    against = []
+    for ratio in ratios:
+        ours = by_key.get((default, ratio))
+        rivals = [r for r in rows if r["kind"] == "classical" and r["target"] == ratio and r.get("reached")]
+        if not (ours and ours.get("reached") and rivals):
+            continue
+        best = max(rivals, key=lambda r: r["psnr"])
+        against.append(f"| {ratio:g}x | {ours['psnr']:.2f} | {best['method']} {best['psnr']:.2f} | "
+                       f"{ours['psnr'] - best['psnr']:+.2f} |")
+    if against:
+        lines += ["", "The default against the best classical codec that reaches the ratio:", "",
+                  "| ratio | MoEC default | best classical | difference dB |", "|---|---|---|---|", *against]
+    return lines
 
 
 def plot(rows: list[dict], path: Path, describe: dict) -> None:

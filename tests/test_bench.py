@@ -42,6 +42,7 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     ssim_table = table.split("SSIM (3D, same cells):")[1].split("Ablations")[0]
     assert f"| MoEC default (latent grid, 4 experts, 1 channel) | {moec['ssim']:.3f} |" in ssim_table
     assert "| method |" in first.out
+    _check_verdicts(table, results["cells"], ratios=(8.0, 40.0))
 
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert main(args) == 0  # a rerun finds every cell done
@@ -72,3 +73,28 @@ def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_p
     table = (out / "results.md").read_text().split("Ablations at 16x")[1]
     assert "| MoEC default (latent grid, 4 experts, 1 channel) |" in table
     assert all(f"| {name} |" in table for name in ablations)
+
+
+def _check_verdicts(table: str, cells: list[dict], ratios: tuple[float, ...]) -> None:
+    """The claim and classical-codec verdicts say what the cells' PSNRs say, ratio by ratio."""
+    from codec.bench import CLAIM_ORDER
+
+    by = {(c["method"], c["target"]): c for c in cells}
+    claim_rows = [line for line in table.split("\n") if line.startswith("| ") and "learned " in line]
+    checked = 0
+    for ratio in ratios:
+        trio = [by[(m, ratio)] for m in CLAIM_ORDER]
+        if not all(c["reached"] for c in trio):
+            assert not any(row.startswith(f"| {ratio:g}x |") for row in claim_rows)
+            continue
+        holds = trio[0]["psnr"] > trio[1]["psnr"] > trio[2]["psnr"]
+        row = next(row for row in claim_rows if row.startswith(f"| {ratio:g}x |"))
+        assert row.endswith("| yes |" if holds else "| no |")
+        best_first = max(trio, key=lambda c: c["psnr"])
+        assert row.split("|")[2].strip().split(" > ")[0].endswith(f"{best_first['psnr']:.2f}")
+        checked += 1
+    assert checked, "no ratio had all three of the claim's methods"
+    j2k = by.get(("JPEG 2000", 8.0))
+    if j2k and j2k["reached"]:
+        default = by[(CLAIM_ORDER[0], 8.0)]
+        assert f"| 8x | {default['psnr']:.2f} | JPEG 2000 {j2k['psnr']:.2f} | {default['psnr'] - j2k['psnr']:+.2f} |" in table
