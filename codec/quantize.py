@@ -30,7 +30,7 @@ class QuantConfig:
     granularity: str = "tensor"
     #: Coded bits per latent of a grid encoder: its quantization step is chosen for this rate (the
     #: latents' step is stored in the file, so decoding never needs this number).
-    latent_bits: float = 2.0
+    latent_bits: float = 1.5
 
     def __post_init__(self) -> None:
         if not 0.25 <= self.latent_bits <= 8:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -99,7 +101,11 @@ def test_the_final_stage_goes_on_from_the_joint_stage_without_a_drop(phantom):
     """Into the final stage the joint stage's Adam carries on; a fresh one's first steps move every
     weight by about the learning rate and cost dB that take a hundred steps to win back."""
     volume, _ = phantom
-    plan = pipeline.plan(volume, SETTINGS, CONFIG)
+    # At 2 bits per latent: at the default 1.5 the freeze's own rounding of the latents (their
+    # step set anew by rate) costs this small phantom 1.9x at the switch by itself, which would
+    # hide what is tested here (on the brain the final stage still gains: docs/benchmarks.md).
+    settings = dataclasses.replace(SETTINGS, latent_bits=2.0)
+    plan = pipeline.plan(volume, settings, CONFIG)
     fitter = pipeline.new_fitter(volume, plan, CONFIG)
     coords = coords_from_flat(torch.arange(0, volume.data.size, 7), volume.shape)
     target = fitter.target[torch.arange(0, volume.data.size, 7)].numpy()
