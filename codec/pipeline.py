@@ -43,7 +43,7 @@ class Settings:
     grid_channels: int = 1
     grid_levels: int = 4
     latent_share: float = 0.95
-    latent_bits: float = 1.5  # with TrainConfig.latent_l1's sparse grids (2.0 before stop 14)
+    latent_bits: float = QuantConfig.latent_bits  # 1.5, for TrainConfig.latent_l1's sparse grids
     router_features: bool = True  # False: the router reads the coordinates alone
 
     def encoder_for(self, dims: int) -> str:

@@ -190,6 +190,9 @@ class Fitter:
         self.target = torch.from_numpy(to_unit(volume.data, self.vmin, self.vmax).reshape(-1)).to(self.device)
         self.model = MoEC(model_config, seed=config.seed).to(self.device)
         self.model.gate_gradient = config.gate_gradient
+        #: The latent grids by name (none without a grid encoder), looked up once: the joint stage
+        #: reads them every step (their rate-set steps, the sparsity penalty).
+        self.latents = {name: p for name, p in self.model.named_tensors() if is_latent(name)}
         self.sampler = torch.Generator().manual_seed(config.seed + 1)
         self.steps_run = 0
         self.stage_steps = {stage: 0 for stage in STAGES}
@@ -327,12 +330,11 @@ class Fitter:
         FLAT_SHARE of the budget, so a short run still gets its latents."""
         flat_over = self._flat_since is not None and fraction - self._flat_since >= FLAT_SHARE
         if not self._latent_steps or self.steps_run % LATENT_STEP_EVERY == 0 or flat_over:
-            grids = {name: p for name, p in self.model.named_tensors() if is_latent(name)}
             self._latent_steps = {
                 name: torch.tensor(rate_step(p.detach().cpu().numpy(), self.quant.latent_bits), device=p.device)
-                for name, p in grids.items()
+                for name, p in self.latents.items()
             }
-            flat = not any(bool(p.detach().any()) for p in grids.values())
+            flat = not any(bool(p.detach().any()) for p in self.latents.values())
             self._flat_since = fraction if flat else None
         return self._latent_steps
 
@@ -375,8 +377,8 @@ class Fitter:
         if out.routing.probs is not None and stage == "joint" and self.config.balance_weight > 0:
             balance = self.config.balance_weight * n * torch.sum(share * out.routing.probs.mean(0))
         sparsity = torch.zeros(())
-        if stage == "joint" and self.config.latent_l1 > 0 and model.config.encoder == "grid":
-            grids = [p for name, p in model.named_tensors() if is_latent(name)]
+        if stage == "joint" and self.config.latent_l1 > 0 and self.latents:
+            grids = self.latents.values()
             sparsity = self.config.latent_l1 * sum(g.abs().sum() for g in grids) / sum(g.numel() for g in grids)
         (mse + balance + sparsity).backward()
         optimizer.step()
