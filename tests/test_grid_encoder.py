@@ -12,7 +12,7 @@ from codec import entropy, pack, pipeline
 from codec.errors import MoecError
 from codec.grid import coords_from_flat
 from codec.model import LatentGrid, ModelConfig, MoEC
-from codec.quantize import quantize, rate_step
+from codec.quantize import dequantize, quantize, rate_step
 from codec.train import TrainConfig
 
 from .training import file_psnr, mean_prediction_psnr, train
@@ -134,6 +134,32 @@ def test_the_sparsity_penalty_stores_more_zero_latents_at_the_same_ratio(phantom
     assert psnrs[strong] > mean_prediction_psnr(volume) + 6, psnrs
     with pytest.raises(ValueError, match="latent_l1"):
         TrainConfig(latent_l1=-1.0)
+
+
+def test_the_smoothness_penalty_stores_smoother_latents_at_the_same_ratio(phantom):
+    """TrainConfig.latent_tv against none, same seed and plan: neighbouring latents of the written
+    grids differ less (relative to the latents' size), which is what the spatial context model
+    codes cheaply, and the file still meets its ratio and learns the volume."""
+    volume, _ = phantom
+    settings = pipeline.Settings(ratio=20, experts=4, encoder="grid")
+    roughness, psnrs = {}, {}
+    strong = 0.1
+    for weight in (0.0, strong):
+        fitter, plan = train(volume, settings, TrainConfig(steps=300, batch_size=2048, latent_tv=weight))
+        data = pipeline.encode(fitter, plan)
+        assert 20 <= math.prod(volume.shape) * volume.dtype.itemsize / len(data) <= 20 * 1.05
+        steps = pack.stored_steps(data)
+        step_differences = size = 0.0
+        for name, p in fitter.model.named_tensors():
+            if name.startswith("encoder.grid"):
+                grid = dequantize(quantize(p.detach().cpu().numpy(), steps[name]), steps[name])
+                step_differences += sum(float(np.abs(np.diff(grid, axis=a)).sum()) for a in range(1, grid.ndim))
+                size += float(np.abs(grid).sum()) * (grid.ndim - 1)
+        roughness[weight], psnrs[weight] = step_differences / size, file_psnr(volume, data)
+    assert TrainConfig().latent_tv > 0 and roughness[strong] < 0.85 * roughness[0.0], roughness
+    assert psnrs[strong] > mean_prediction_psnr(volume) + 6, psnrs
+    with pytest.raises(ValueError, match="latent_tv"):
+        TrainConfig(latent_tv=-1.0)
 
 
 def test_a_router_on_coordinates_alone_keeps_the_partition_when_latents_are_rounded():
