@@ -27,9 +27,10 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     first = capsys.readouterr()
     cells = sorted(p.name for p in (out / "cells").glob("*.json"))
     methods = {"jpeg-2000", "moec-default-latent-grid-4-experts-1-channel", "single-siren", "blocks-8-fixed",
-               "moec-siren-encoder-8-experts", "moec-on-a-latent-grid-4-experts-1-channel-router-on-coordinates",
+               "moec-siren-encoder-8-experts", "moec-default-router-on-the-coordinates",
+               "moec-stop-14-default-sparse-latents-no-smoothness-penalty",
                "moec-stop-13-default-2-bits-per-latent-no-sparsity-penalty"}
-    assert {c.split("@")[0] for c in cells} == methods and len(cells) == 14
+    assert {c.split("@")[0] for c in cells} == methods and len(cells) == 16
     results = json.loads((out / "results.json").read_text())
     by = {(c["method"], c["target"]): c for c in results["cells"]}
     moec = by[("MoEC default (latent grid, 4 experts, 1 channel)", 8.0)]
@@ -68,7 +69,7 @@ def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_p
                  "--ablation-ratio", "16", "--out", str(out)]) == 0
     rows = {c["method"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
     ablations = {name: row for name, row in rows.items() if row["kind"] == "ablation"}
-    assert len(ablations) == 9 and all(r["reached"] and 16 <= r["ratio"] <= 16.8 for r in ablations.values())
+    assert len(ablations) == 8 and all(r["reached"] and 16 <= r["ratio"] <= 16.8 for r in ablations.values())
     assert ablations["grid: one MLP (1 expert)"]["experts_used"] == 1
     assert ablations["grid: experts 16"]["parameters"] != ablations["grid: experts 2"]["parameters"]
     table = (out / "results.md").read_text().split("Ablations at 16x")[1]
