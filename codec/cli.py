@@ -137,9 +137,12 @@ def cmd_compress(args) -> int:
         print(f"stopped at step {fitter.steps_run}: writing the model trained so far", file=sys.stderr)
     data = pipeline.encode(fitter, plan)
     if len(data) < plan.lower_bytes:
+        why = ("training stopped in the router stage, so the latent grid is still empty"
+               if fitter.stage_steps["router"] == fitter.steps_run else
+               "the grid and router take no more bytes at their steps")
         print(f"note: the file is smaller than asked ({_bytes(len(data))}, the window starts at "
-              f"{_bytes(plan.lower_bytes)}): every weight already has the finest step it can be stored with, "
-              "and the frozen grid and router take no more bytes", file=sys.stderr)
+              f"{_bytes(plan.lower_bytes)}): every other weight already has the finest step it can be stored "
+              f"with, and {why}", file=sys.stderr)
     pack.write(output, data)
     # Every figure comes from decoding the bytes just written, as a reader of the file would.
     moec = pack.read(output)

@@ -174,6 +174,20 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     assert nib.load(str(tmp_path / "grid.nii.gz")).shape == (32, 28, 16)
 
 
+def test_a_run_stopped_before_the_grid_learns_writes_a_smaller_file_and_says_why(phantom_file, tmp_path, capsys):
+    """A budget so short that training ends after the router's first step leaves the latent grid at
+    zero, which codes to almost nothing: the file lands below the size window, the command says so
+    and why, and the file is still a valid, decodable .moec of the ratio's size or smaller."""
+    out = tmp_path / "short.moec"
+    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4",
+                 "--encoder", "grid", "--minutes", "0.00001", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the file is smaller than asked" in err and "the latent grid is still empty" in err
+    assert 32 * 28 * 16 * 2 / out.stat().st_size > 12 * 1.05
+    assert main(["decompress", str(out), "-o", str(tmp_path / "short.nii.gz")]) == 0
+    assert nib.load(str(tmp_path / "short.nii.gz")).shape == (32, 28, 16)
+
+
 def test_the_grid_encoder_refuses_float16_in_one_line(phantom_file, tmp_path, capsys):
     code = main(["compress", str(phantom_file), "-o", str(tmp_path / "x.moec"), "--encoder", "grid", "--bits", "16",
                  *FAST])
