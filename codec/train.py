@@ -6,8 +6,9 @@ A run's stages (DESIGN section 3):
             router learns a balanced starting partition, the intensity clusters of partition.py
             by default, so joint training does not collapse onto one expert (it reads the
             encoder's features but never trains them: model.py);
-    joint   everything, loss = MSE + balancing loss (Switch form, alpha N sum_i f_i P_i),
-            until 1 - final_fraction of the budget;
+    joint   everything, loss = MSE + balancing loss (Switch form, alpha N sum_i f_i P_i) + the
+            latents' rate penalty (sparse and smooth grids code to fewer bits), until
+            1 - final_fraction of the budget;
     final   encoder and router are quantized in place and frozen, so the partition stops moving
             and equals the one the decoder computes from the stored router; experts and decoder
             train quantization-aware against it, at the steps the file will store them at when

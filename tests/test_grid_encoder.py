@@ -113,23 +113,29 @@ def test_a_grid_file_meets_its_ratio_learns_and_decodes_its_stored_latents(phant
     assert abs(bits - settings.latent_bits) < 0.2
 
 
+def _written_grids(volume, config: TrainConfig) -> tuple[dict[str, np.ndarray], float]:
+    """Train a 4-expert grid model of `volume` at 20x, write it, and return its grids as stored
+    (dequantized, by name) and the file's PSNR, checking that the file meets its ratio."""
+    fitter, plan = train(volume, pipeline.Settings(ratio=20, experts=4, encoder="grid"), config)
+    data = pipeline.encode(fitter, plan)
+    assert 20 <= math.prod(volume.shape) * volume.dtype.itemsize / len(data) <= 20 * 1.05
+    steps = pack.stored_steps(data)
+    grids = {name: dequantize(quantize(p.detach().cpu().numpy(), steps[name]), steps[name])
+             for name, p in fitter.model.named_tensors() if name.startswith("encoder.grid")}
+    return grids, file_psnr(volume, data)
+
+
 def test_the_sparsity_penalty_stores_more_zero_latents_at_the_same_ratio(phantom):
     """TrainConfig.latent_l1 against none, same seed and plan: the written grids hold more exact
     zeros, and the file still meets its ratio and learns the volume. (The default weight is set on
     the brain, where it takes the zeros from 10% to 70%; this phantom's 300 steps need a stronger
     one to show the effect.)"""
     volume, _ = phantom
-    settings = pipeline.Settings(ratio=20, experts=4, encoder="grid")
     zeros, psnrs = {}, {}
     strong = 0.05
     for weight in (0.0, strong):
-        fitter, plan = train(volume, settings, TrainConfig(steps=300, batch_size=2048, latent_l1=weight))
-        data = pipeline.encode(fitter, plan)
-        assert 20 <= math.prod(volume.shape) * volume.dtype.itemsize / len(data) <= 20 * 1.05
-        steps = pack.stored_steps(data)
-        grids = {n: p.detach().cpu().numpy() for n, p in fitter.model.named_tensors() if n.startswith("encoder.grid")}
-        symbols = np.concatenate([quantize(g, steps[n]).reshape(-1) for n, g in grids.items()])
-        zeros[weight], psnrs[weight] = float(np.mean(symbols == 0)), file_psnr(volume, data)
+        grids, psnrs[weight] = _written_grids(volume, TrainConfig(steps=300, batch_size=2048, latent_l1=weight))
+        zeros[weight] = float(np.mean(np.concatenate([g.reshape(-1) for g in grids.values()]) == 0))
     assert TrainConfig().latent_l1 > 0 and zeros[strong] > zeros[0.0] + 0.1, zeros
     assert psnrs[strong] > mean_prediction_psnr(volume) + 6, psnrs
     with pytest.raises(ValueError, match="latent_l1"):
@@ -141,21 +147,13 @@ def test_the_smoothness_penalty_stores_smoother_latents_at_the_same_ratio(phanto
     grids differ less (relative to the latents' size), which is what the spatial context model
     codes cheaply, and the file still meets its ratio and learns the volume."""
     volume, _ = phantom
-    settings = pipeline.Settings(ratio=20, experts=4, encoder="grid")
     roughness, psnrs = {}, {}
     strong = 0.1
     for weight in (0.0, strong):
-        fitter, plan = train(volume, settings, TrainConfig(steps=300, batch_size=2048, latent_tv=weight))
-        data = pipeline.encode(fitter, plan)
-        assert 20 <= math.prod(volume.shape) * volume.dtype.itemsize / len(data) <= 20 * 1.05
-        steps = pack.stored_steps(data)
-        step_differences = size = 0.0
-        for name, p in fitter.model.named_tensors():
-            if name.startswith("encoder.grid"):
-                grid = dequantize(quantize(p.detach().cpu().numpy(), steps[name]), steps[name])
-                step_differences += sum(float(np.abs(np.diff(grid, axis=a)).sum()) for a in range(1, grid.ndim))
-                size += float(np.abs(grid).sum()) * (grid.ndim - 1)
-        roughness[weight], psnrs[weight] = step_differences / size, file_psnr(volume, data)
+        grids, psnrs[weight] = _written_grids(volume, TrainConfig(steps=300, batch_size=2048, latent_tv=weight))
+        differences = sum(float(np.abs(np.diff(g, axis=a)).sum()) for g in grids.values() for a in range(1, g.ndim))
+        size = sum(float(np.abs(g).sum()) * (g.ndim - 1) for g in grids.values())
+        roughness[weight] = differences / size
     assert TrainConfig().latent_tv > 0 and roughness[strong] < 0.85 * roughness[0.0], roughness
     assert psnrs[strong] > mean_prediction_psnr(volume) + 6, psnrs
     with pytest.raises(ValueError, match="latent_tv"):
