@@ -138,7 +138,7 @@ def cmd_compress(args) -> int:
     data = pipeline.encode(fitter, plan)
     if len(data) < plan.lower_bytes:
         why = ("training stopped in the router stage, so the latent grid is still empty"
-               if fitter.stage_steps["router"] == fitter.steps_run else
+               if plan.model.encoder == "grid" and fitter.stage_steps["router"] == fitter.steps_run else
                "the grid and router take no more bytes at their steps")
         print(f"note: the file is smaller than asked ({_bytes(len(data))}, the window starts at "
               f"{_bytes(plan.lower_bytes)}): every other weight already has the finest step it can be stored "

@@ -43,7 +43,7 @@ class Settings:
     grid_channels: int = 1
     grid_levels: int = 4
     latent_share: float = 0.95
-    latent_bits: float = QuantConfig.latent_bits  # 1.5, for TrainConfig.latent_l1's sparse grids
+    latent_bits: float = QuantConfig.latent_bits  # 1.5, for the sparse, smooth grids of train.latent_rate_penalty
     router_features: bool = True  # False: the router reads the coordinates alone
 
     def encoder_for(self, dims: int) -> str:

@@ -216,7 +216,7 @@ class Fitter:
         self.model = MoEC(model_config, seed=config.seed).to(self.device)
         self.model.gate_gradient = config.gate_gradient
         #: The latent grids by name (none without a grid encoder), looked up once: the joint stage
-        #: reads them every step (their rate-set steps, the sparsity penalty).
+        #: reads them every step (their rate-set steps, the rate penalty).
         self.latents = {name: p for name, p in self.model.named_tensors() if is_latent(name)}
         self.sampler = torch.Generator().manual_seed(config.seed + 1)
         self.steps_run = 0
