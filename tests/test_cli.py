@@ -163,7 +163,7 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     assert "levels x 1 channel (" in capsys.readouterr().err
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "format version 4" in printed and "latent grid" in printed and "rate-set" in printed
+    assert "format version 5" in printed and "latent grid" in printed and "rate-set" in printed
     assert "grids through the spatial context model" in printed
     assert "on the coordinates alone" in printed
     assert main(["info", str(out), "--json"]) == 0

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codec import pack, pipeline
-from codec.bitstream import READABLE_VERSIONS, VERSION, unpack_container
+from codec.bitstream import HEADER_DICTIONARY, READABLE_VERSIONS, VERSION, unpack_container
 from codec.decode import reconstruct
 from codec.errors import MoecFormatError
 from codec.phantom import make_phantom
@@ -28,9 +28,10 @@ FUZZ = settings(deadline=None, max_examples=400, suppress_health_check=[HealthCh
 
 
 def assemble(meta_text: bytes, nifti: bytes, payload: bytes, version: int = VERSION, nifti_len: int = 348) -> bytes:
-    """The documented layout, written independently of codec.bitstream."""
+    """The documented layout, written independently of codec.bitstream (but for its dictionary)."""
     inner = struct.pack("<H", nifti_len) + nifti + meta_text
-    header = zlib.compress(inner)
+    deflater = zlib.compressobj(zdict=HEADER_DICTIONARY) if version >= 5 else zlib.compressobj()
+    header = deflater.compress(inner) + deflater.flush()
     body = b"MOEC" + bytes([version]) + struct.pack("<H", len(header)) + header
     body += struct.pack("<I", len(payload)) + payload
     return body + struct.pack("<I", zlib.crc32(body))
@@ -82,9 +83,29 @@ def test_unknown_versions_name_both_versions(valid_files):
     _, files = valid_files
     c = unpack_container(files[8])
     data = assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=7)
-    with pytest.raises(MoecFormatError, match=r"version 7; this program reads version 1, 2, 3, 4"):
+    with pytest.raises(MoecFormatError, match=r"version 7; this program reads version 1, 2, 3, 4, 5"):
         pack.decode(data)
-    assert READABLE_VERSIONS == (1, 2, 3, 4)
+    assert READABLE_VERSIONS == (1, 2, 3, 4, 5)
+
+
+def test_the_header_dictionary_never_changes():
+    """Every version-5 file needs these exact bytes to inflate its header."""
+    assert (len(HEADER_DICTIONARY), zlib.crc32(HEADER_DICTIONARY)) == (1720, 301009124)
+
+
+def test_headers_deflate_against_the_dictionary_and_version_4_files_still_decode(valid_files):
+    _, files = valid_files
+    for data in files.values():
+        c = unpack_container(data)
+        header_len = struct.unpack_from("<H", data, 5)[0]
+        assert data[7 + 1] & 0x20, "the zlib stream names a preset dictionary (FDICT)"
+        old = assemble(json.dumps(c.meta, separators=(",", ":"), sort_keys=True).encode(), c.nifti, c.payload,
+                       version=4)
+        old_header_len = struct.unpack_from("<H", old, 5)[0]
+        assert header_len < 0.5 * old_header_len
+        assert pack.decode(old).meta.version == 4
+        np.testing.assert_array_equal(reconstruct(pack.decode(old)).volume.data,
+                                      reconstruct(pack.decode(data)).volume.data)
 
 
 def test_version_1_files_still_decode_and_cannot_hold_a_grid(valid_files):
