@@ -7,6 +7,7 @@ import json
 import pytest
 
 from codec import classical
+from codec.bitstream import VERSION
 from codec.cli import main
 from codec.phantom import make_phantom
 from codec.volume import save_volume
@@ -29,8 +30,8 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     methods = {"jpeg-2000", "moec-default-latent-grid-4-experts-1-channel", "single-siren", "blocks-8-fixed",
                "moec-siren-encoder-8-experts", "moec-default-router-on-the-coordinates",
                "moec-stop-14-default-sparse-latents-no-smoothness-penalty",
-               "moec-stop-13-default-2-bits-per-latent-no-sparsity-penalty"}
-    assert {c.split("@")[0] for c in cells} == methods and len(cells) == 16
+               "moec-stop-13-default-2-bits-per-latent-no-sparsity-penalty", "control-one-mlp-on-the-grid-no-partition"}
+    assert {c.split("@")[0] for c in cells} == methods and len(cells) == 18
     results = json.loads((out / "results.json").read_text())
     by = {(c["method"], c["target"]): c for c in results["cells"]}
     moec = by[("MoEC default (latent grid, 4 experts, 1 channel)", 8.0)]
@@ -51,6 +52,17 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     assert "done before, skipped" in capsys.readouterr().err
     assert stamp == {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
 
+    # A cell cached before format version 5 has no "format" field; its row is named as measured
+    # with the older, larger header.
+    assert moec["format"] == VERSION and "older .moec format" not in table
+    old = out / "cells" / "single-siren@8.json"
+    row = json.loads(old.read_text())
+    del row["format"]
+    old.write_text(json.dumps(row))
+    assert main(args) == 0
+    note = (out / "results.md").read_text().split("Measured with an older .moec format")[1]
+    assert "single SIREN" in note and "MoEC default" not in note
+
 
 def test_an_unreachable_ratio_is_reported_not_extrapolated(phantom_file, tmp_path, capsys):
     out = tmp_path / "far"
@@ -69,17 +81,18 @@ def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_p
                  "--ablation-ratio", "16", "--out", str(out)]) == 0
     rows = {c["method"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
     ablations = {name: row for name, row in rows.items() if row["kind"] == "ablation"}
-    assert len(ablations) == 8 and all(r["reached"] and 16 <= r["ratio"] <= 16.8 for r in ablations.values())
-    assert ablations["grid: one MLP (1 expert)"]["experts_used"] == 1
+    assert len(ablations) == 7 and all(r["reached"] and 16 <= r["ratio"] <= 16.8 for r in ablations.values())
+    assert rows["control: one MLP on the grid, no partition"]["experts_used"] == 1
     assert ablations["grid: experts 16"]["parameters"] != ablations["grid: experts 2"]["parameters"]
     table = (out / "results.md").read_text().split("Ablations at 16x")[1]
     assert "| MoEC default (latent grid, 4 experts, 1 channel) |" in table
+    assert "| control: one MLP on the grid, no partition |" in table
     assert all(f"| {name} |" in table for name in ablations)
 
 
 def _check_verdicts(table: str, cells: list[dict], ratios: tuple[float, ...]) -> None:
     """The claim and classical-codec verdicts say what the cells' PSNRs say, ratio by ratio."""
-    from codec.bench import CLAIM_ORDER
+    from codec.bench import CLAIM_ORDER, CONTROL
 
     by = {(c["method"], c["target"]): c for c in cells}
     claim_rows = [line for line in table.split("\n") if line.startswith("| ") and "learned " in line]
@@ -92,7 +105,9 @@ def _check_verdicts(table: str, cells: list[dict], ratios: tuple[float, ...]) ->
         holds = trio[0]["psnr"] > trio[1]["psnr"] > trio[2]["psnr"]
         first = trio[0]["psnr"] > max(trio[1]["psnr"], trio[2]["psnr"])
         row = next(row for row in claim_rows if row.startswith(f"| {ratio:g}x |"))
-        assert row.endswith(f"| {'yes' if first else 'no'} | {'yes' if holds else 'no'} |")
+        control = by[(CONTROL, ratio)]
+        partition = f"{trio[0]['psnr'] - control['psnr']:+.2f}" if control["reached"] else ""
+        assert row.endswith(f"| {'yes' if first else 'no'} | {'yes' if holds else 'no'} | {partition} |")
         best_first = max(trio, key=lambda c: c["psnr"])
         assert row.split("|")[2].strip().split(" > ")[0].endswith(f"{best_first['psnr']:.2f}")
         checked += 1
