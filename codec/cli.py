@@ -223,6 +223,7 @@ def cmd_decompress(args) -> int:
 
 def cmd_info(args) -> int:
     from . import pack
+    from .bitstream import unpack_container
     from .volume import nifti_header
 
     source = Path(args.input)
@@ -241,7 +242,10 @@ def cmd_info(args) -> int:
         + f", per-{q.granularity} steps, range-coded" + (_latent_coding(source.read_bytes()) if m.encoder == "grid" else ""))
     stages = t.get("stages", [0, 0, 0])
     budget = f"{t['minutes']:g} min budget" if t.get("minutes") else "step budget"
-    print(f"file      {source} ({_bytes(moec.nbytes)}, format version {meta.version})")
+    # Where the bytes go matters at extreme ratios, where the header is a visible share of the file.
+    weight_bytes = len(unpack_container(source.read_bytes()).payload)
+    print(f"file      {source} ({_bytes(moec.nbytes)}: weights {weight_bytes:,}, header and container "
+          f"{moec.nbytes - weight_bytes:,}; format version {meta.version})")
     print(f"volume    {' x '.join(map(str, meta.shape))} {meta.dtype.name}, spacing "
           f"{' x '.join(f'{s:g}' for s in spacing)}, values {meta.vmin:g} .. {meta.vmax:g}"
           + (f" (stored with slope {meta.slope:g}, intercept {meta.inter:g})" if (meta.slope, meta.inter) != (1, 0) else ""))

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from codec.bitstream import unpack_container
 from codec.cli import main
 from codec.phantom import make_phantom
 from codec.volume import save_volume
@@ -164,6 +165,8 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "format version 5" in printed and "latent grid" in printed and "rate-set" in printed
+    size, payload = out.stat().st_size, len(unpack_container(out.read_bytes()).payload)
+    assert f"({size:,} bytes: weights {payload:,}, header and container {size - payload:,};" in printed
     assert "grids through the spatial context model" in printed
     assert "on the coordinates alone" in printed
     assert main(["info", str(out), "--json"]) == 0
