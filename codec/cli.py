@@ -228,6 +228,7 @@ def cmd_info(args) -> int:
 
     source = Path(args.input)
     moec = pack.read(source)
+    data = source.read_bytes()  # once, for the two byte-level summaries below
     meta = moec.meta
     m = meta.model
     if args.json:
@@ -239,11 +240,11 @@ def cmd_info(args) -> int:
     q = meta.quant
     weights = "float16" if q.float16 else (
         f"{q.bits}-bit" + (f" (+{q.first_layer_extra_bits} on the first layer)" if m.coordinate_layer else "")
-        + f", per-{q.granularity} steps, range-coded" + (_latent_coding(source.read_bytes()) if m.encoder == "grid" else ""))
+        + f", per-{q.granularity} steps, range-coded" + (_latent_coding(data) if m.encoder == "grid" else ""))
     stages = t.get("stages", [0, 0, 0])
     budget = f"{t['minutes']:g} min budget" if t.get("minutes") else "step budget"
     # Where the bytes go matters at extreme ratios, where the header is a visible share of the file.
-    weight_bytes = len(unpack_container(source.read_bytes()).payload)
+    weight_bytes = len(unpack_container(data).payload)
     print(f"file      {source} ({_bytes(moec.nbytes)}: weights {weight_bytes:,}, header and container "
           f"{moec.nbytes - weight_bytes:,}; format version {meta.version})")
     print(f"volume    {' x '.join(map(str, meta.shape))} {meta.dtype.name}, spacing "
