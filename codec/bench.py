@@ -8,6 +8,10 @@ are regenerated from the cells at the end of every cell.
 Methods: the learned MoEC partition, a single SIREN and the fixed block partition at the same file
 size and training time (the paper's central claim), the classical codecs, and, at one ratio, the
 ablations (number of experts, top-2, balancing loss off, router pretraining off).
+
+Seeds: the rows the verdict reads (the claim's three and the control) can run with several seeds,
+each seed its own cell; the tables show their mean and say how many, and the verdict says whether
+the order holds on every seed, not only on the means.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import classical, pack, pipeline
@@ -62,6 +66,8 @@ CLAIM = (
 CLAIM_ORDER = (CLAIM[0].name, CLAIM[2].name, CLAIM[1].name)
 CLAIM_SHORT = {CLAIM[0].name: "learned", CLAIM[2].name: "blocks", CLAIM[1].name: "single SIREN"}
 CONTROL = CLAIM[3].name
+#: The rows `--seeds` repeats: those the verdict reads. The others are context, one seed each.
+SEEDED = (*CLAIM_ORDER, CONTROL)
 # Around the default, at one ratio (one expert and the router on the coordinates are claim rows above).
 ABLATIONS = (
     Method("grid: experts 2", {**_DEFAULT, "experts": 2}, _RATE),
@@ -78,8 +84,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def cell_path(out: Path, method: str, ratio: float) -> Path:
-    return out / "cells" / f"{slug(method)}@{ratio:g}.json"
+def cell_path(out: Path, method: str, ratio: float, seed: int = 0) -> Path:
+    """Seed 0 keeps the name cells had before seeds were recorded (every one of those ran seed 0)."""
+    return out / "cells" / (f"{slug(method)}@{ratio:g}" + (f"@seed{seed}" if seed else "") + ".json")
 
 
 def run_moec(volume: Volume, method: Method, ratio: float, config: TrainConfig) -> dict:
@@ -96,7 +103,8 @@ def run_moec(volume: Volume, method: Method, ratio: float, config: TrainConfig) 
     data = pipeline.encode(fitter, plan)
     decoded = pack.decode(data)
     evaluation = pipeline.evaluate(volume, decoded)
-    return {"reached": True, "format": decoded.meta.version, "ratio": evaluation.ratio, "bytes": len(data),
+    return {"reached": True, "seed": config.seed, "format": decoded.meta.version, "ratio": evaluation.ratio,
+            "bytes": len(data),
             "psnr": evaluation.quality.psnr,
             "ssim": evaluation.quality.ssim, "steps": fitter.steps_run, "parameters": plan.model.parameter_count(),
             "experts_used": sum(1 for e in evaluation.experts if e.share > 0),
@@ -119,25 +127,33 @@ class Cell:
     ratio: float
     kind: str  # "moec", "classical", "ablation"
     run: Callable[[], dict]
+    seed: int = 0
 
 
 def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, codecs: tuple[str, ...],
-               ablations: bool, ablation_ratio: float, moec: bool = True) -> Iterator[Cell]:
+               ablations: bool, ablation_ratio: float, moec: bool = True, seeds: int = 1) -> Iterator[Cell]:
+    """Every cell of the run, in order: per ratio the classical codecs, then the MoEC rows (the
+    SEEDED ones with seeds config.seed .. config.seed + seeds - 1, the rest with config.seed)."""
     for ratio in ratios:
         for codec in codecs:
             yield Cell(codec, ratio, "classical", lambda c=codec, r=ratio: run_classical(volume, c, r))
         for method in CLAIM if moec else ():
-            yield Cell(method.name, ratio, "moec", lambda m=method, r=ratio: run_moec(volume, m, r, config))
+            for seed in range(config.seed, config.seed + (seeds if method.name in SEEDED else 1)):
+                seeded = replace(config, seed=seed)
+                yield Cell(method.name, ratio, "moec", lambda m=method, r=ratio, c=seeded: run_moec(volume, m, r, c),
+                           seed)
     if ablations:
         for method in ABLATIONS:
             yield Cell(method.name, ablation_ratio, "ablation",
-                       lambda m=method: run_moec(volume, m, ablation_ratio, config))
+                       lambda m=method: run_moec(volume, m, ablation_ratio, config), config.seed)
 
 
 def run(volume: Volume, out: Path, ratios: tuple[float, ...] = DEFAULT_RATIOS, config: TrainConfig = TrainConfig(),
         codecs: tuple[str, ...] | None = None, ablations: bool = False, ablation_ratio: float = 256.0,
-        moec: bool = True, log: Callable[[str], None] = print) -> dict:
+        moec: bool = True, seeds: int = 1, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the benchmark into `out`; returns the collected results."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, not {seeds}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(exist_ok=True)
     available = classical.availability()
@@ -149,13 +165,15 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = DEFAULT_RATIOS, c
     usable = tuple(c for c in codecs if not available.get(c))
     describe = {"shape": list(volume.shape), "dtype": volume.dtype.name, "raw_bytes": volume.raw_bytes,
                 "minutes": config.minutes, "steps": config.steps, "source": str(volume.source or "")}
-    cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio, moec))
+    cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio, moec, seeds))
     for number, cell in enumerate(cells, 1):
-        path = cell_path(out, cell.method, cell.ratio)
+        seeded = cell.kind != "classical"
+        path = cell_path(out, cell.method, cell.ratio, cell.seed if seeded else 0)
+        name = f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x" + (f", seed {cell.seed}" if seeded else "")
         if path.exists():
-            log(f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x: done before, skipped")
+            log(f"{name}: done before, skipped")
             continue
-        log(f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x ...")
+        log(f"{name} ...")
         row = {"method": cell.method, "target": cell.ratio, "kind": cell.kind, **cell.run()}
         atomic_write_bytes(path, json.dumps(row, indent=1, default=float).encode())
         log("    " + _summary(row))
@@ -173,9 +191,34 @@ def load_cells(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
 
 
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per method and ratio: a single cell as it is, several seeds' cells as their means
+    (PSNR, SSIM, ratio, steps), with `psnrs` (by seed) and `seeds` beside. A cell without a seed ran
+    seed 0 (cells cached before seeds were recorded)."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["target"]), []).append(row)
+    merged = []
+    for group in groups.values():
+        group.sort(key=lambda r: r.get("seed", 0))
+        reached = [r for r in group if r.get("reached")]
+        if not reached:
+            merged.append(group[0])
+            continue
+        row = dict(reached[0])
+        for key in ("psnr", "ssim", "ratio"):
+            row[key] = sum(r[key] for r in reached) / len(reached)
+        if all("steps" in r for r in reached):
+            row["steps"] = round(sum(r["steps"] for r in reached) / len(reached))
+        row["seeds"] = [r.get("seed", 0) for r in reached]
+        row["psnrs"] = [r["psnr"] for r in reached]
+        merged.append(row)
+    return merged
+
+
 def write_reports(out: Path, describe: dict, ratios: tuple[float, ...], skipped: dict) -> dict:
     rows = load_cells(out)
-    results = {"volume": describe, "skipped": skipped, "cells": rows}
+    results = {"volume": describe, "skipped": skipped, "cells": rows, "means": aggregate(rows)}
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1, default=float).encode())
     atomic_write_bytes(out / "results.md", markdown(rows, describe, skipped).encode())
     try:
@@ -191,16 +234,21 @@ def _cell_text(row: dict | None, measure: str = "psnr") -> str:
     if not row.get("reached"):
         return "cannot reach"
     value = row[measure]
-    return (f"{value:.2f}" if measure == "psnr" else f"{value:.3f}") if math.isfinite(value) else str(value)
+    text = (f"{value:.2f}" if measure == "psnr" else f"{value:.3f}") if math.isfinite(value) else str(value)
+    return text + (f" ({len(row['psnrs'])})" if len(row.get("psnrs", ())) > 1 else "")
 
 
-def markdown(rows: list[dict], describe: dict, skipped: dict) -> str:
+def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
     budget = f"{describe['minutes']:g} min of training" if describe.get("steps") is None else f"{describe['steps']} steps"
+    rows = aggregate(cells)
     ratios = sorted({r["target"] for r in rows if r["kind"] != "ablation"})
     methods = list(dict.fromkeys(r["method"] for r in rows if r["kind"] != "ablation"))
     by_key = {(r["method"], r["target"]): r for r in rows}
+    seeded = [r for r in rows if len(r.get("psnrs", ())) > 1]
     lines = [f"Volume {' x '.join(map(str, describe['shape']))} {describe['dtype']}, MoEC with {budget} per cell. "
-             "PSNR in dB (peak = max - min); ratio measured on the bytes produced.", ""]
+             "PSNR in dB (peak = max - min); ratio measured on the bytes produced."
+             + (" A figure followed by (n) is the mean of n seeds (each seed: the table \"Seeds\" below)."
+                if seeded else ""), ""]
     for measure in ("psnr", "ssim"):
         if measure == "ssim":
             lines += ["", "SSIM (3D, same cells):", ""]
@@ -209,6 +257,13 @@ def markdown(rows: list[dict], describe: dict, skipped: dict) -> str:
         for method in methods:
             lines.append(f"| {method} | " + " | ".join(_cell_text(by_key.get((method, r)), measure) for r in ratios) + " |")
     lines += verdict_lines(rows, ratios)
+    if seeded:
+        lines += ["", "Seeds (PSNR dB of each seed's cell, the same budget):", "",
+                  "| method | ratio | seeds | PSNR by seed | mean | spread |", "|---|---|---|---|---|---|"]
+        for r in seeded:
+            lines.append(f"| {r['method']} | {r['target']:g}x | {', '.join(map(str, r['seeds']))} | "
+                         f"{' / '.join(f'{p:.2f}' for p in r['psnrs'])} | {r['psnr']:.2f} | "
+                         f"{max(r['psnrs']) - min(r['psnrs']):.2f} |")
     ablations = [r for r in rows if r["kind"] == "ablation"]
     if ablations:
         ratio = ablations[0]["target"]
@@ -219,7 +274,7 @@ def markdown(rows: list[dict], describe: dict, skipped: dict) -> str:
             if r.get("reached"):
                 lines.append(f"| {r['method']} | {r['ratio']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
                              f"{r['steps']} | {r.get('experts_used', '')} |")
-    older = list(dict.fromkeys(r["method"] for r in rows if r.get("reached") and r["kind"] != "classical"
+    older = list(dict.fromkeys(r["method"] for r in cells if r.get("reached") and r["kind"] != "classical"
                                and r.get("format", 4) < VERSION))
     if older:
         # Cached cells keep the file format they were measured with; an older header is larger
@@ -231,9 +286,28 @@ def markdown(rows: list[dict], describe: dict, skipped: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _every_seed(cells: list[dict]) -> str:
+    """Whether the learned partition's worst seed is above the best seed of each other claim row."""
+    runs = [c.get("psnrs", [c["psnr"]]) for c in cells]
+    if all(len(r) == 1 for r in runs):
+        return "one seed"
+    return "yes" if all(min(runs[0]) > max(r) for r in runs[1:]) else "no"
+
+
+def _partition(ours: dict, control: dict | None) -> str:
+    """The default minus the control (means), and on how many seeds, paired by seed, it is ahead."""
+    if not (control and control.get("reached")):
+        return ""
+    text = f"{ours['psnr'] - control['psnr']:+.2f}"
+    pairs = dict(zip(control.get("seeds", [0]), control.get("psnrs", [control["psnr"]])))
+    ahead = [p > pairs[s] for s, p in zip(ours.get("seeds", [0]), ours.get("psnrs", [ours["psnr"]])) if s in pairs]
+    return text + (f" (ahead on {sum(ahead)} of {len(ahead)} seeds)" if len(ahead) > 1 else "")
+
+
 def verdict_lines(rows: list[dict], ratios: list[float]) -> list[str]:
     """Where the central claim holds and where the default beats the classical codecs, ratio by
-    ratio, read off the cells (a method that could not reach a ratio is out of that ratio's order)."""
+    ratio, read off the cells' means over seeds (`aggregate`; a method that could not reach a ratio
+    is out of that ratio's order)."""
     by_key = {(r["method"], r["target"]): r for r in rows if r["kind"] != "ablation"}
     default = CLAIM[0].name
     lines: list[str] = []
@@ -246,16 +320,16 @@ def verdict_lines(rows: list[dict], ratios: list[float]) -> list[str]:
         order = " > ".join(f"{CLAIM_SHORT[c['method']]} {c['psnr']:.2f}" for c in ranked)
         first = ranked[0]["method"] == CLAIM_ORDER[0]
         holds = [c["method"] for c in ranked] == list(CLAIM_ORDER)
-        control = by_key.get((CONTROL, ratio))
-        partition = (f"{cells[0]['psnr'] - control['psnr']:+.2f}" if control and control.get("reached") else "")
-        claim.append(f"| {ratio:g}x | {order} | {'yes' if first else 'no'} | {'yes' if holds else 'no'} | "
-                     f"{partition} |")
+        partition = _partition(cells[0], by_key.get((CONTROL, ratio)))
+        claim.append(f"| {ratio:g}x | {order} | {'yes' if first else 'no'} | {_every_seed(cells)} | "
+                     f"{'yes' if holds else 'no'} | {partition} |")
     if claim:
         lines += ["", "The central claim at equal size and time, by PSNR: the learned partition above the blocks and "
-                  "the single SIREN (DESIGN), and the whole order learned > blocks > single SIREN (the issue); "
-                  "last, what the partition itself adds: the default against one MLP on the same grid (dB):",
-                  "", "| ratio | order | learned above both | whole order | partition vs one MLP |",
-                  "|---|---|---|---|---|", *claim]
+                  "the single SIREN (DESIGN; on the means, then on every seed: its worst seed above their best), "
+                  "and the whole order learned > blocks > single SIREN (the issue); last, what the partition itself "
+                  "adds: the default against one MLP on the same grid (dB):",
+                  "", "| ratio | order | learned above both | on every seed | whole order | partition vs one MLP |",
+                  "|---|---|---|---|---|---|", *claim]
     against = []
     for ratio in ratios:
         ours = by_key.get((default, ratio))
@@ -277,6 +351,7 @@ def plot(rows: list[dict], path: Path, describe: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = aggregate(rows)
     figure, axes = plt.subplots(figsize=(10, 4.5), dpi=120)
     methods = list(dict.fromkeys(r["method"] for r in rows if r["kind"] != "ablation"))
     for method in methods:

@@ -320,7 +320,7 @@ def cmd_bench(args) -> int:
     out = Path(args.out)
     codecs = tuple(CODEC_KEYS[c] for c in args.codecs)
     results = bench.run(volume, out, tuple(args.ratios), config, codecs=codecs, ablations=args.ablations,
-                        ablation_ratio=args.ablation_ratio, moec=not args.classical_only,
+                        ablation_ratio=args.ablation_ratio, moec=not args.classical_only, seeds=args.seeds,
                         log=lambda text: print(text, file=sys.stderr, flush=True))
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}"
@@ -437,7 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ablation-ratio", type=_positive(float), default=256.0)
     b.add_argument("--classical-only", action="store_true", help="skip the MoEC cells")
     b.add_argument("--out", default="moec-bench", help="folder for cells, results.json, results.md, rd.png")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="the (first) training seed of every MoEC cell")
+    b.add_argument("--seeds", type=_positive(int), default=1,
+                   help="seeds per cell of the rows the verdict reads (the claim's three and the control), from "
+                        "--seed up; the tables show their mean, the verdict whether the order holds on every seed")
     b.add_argument("--threads", type=_positive(int))
     b.set_defaults(run=cmd_bench)
 
