@@ -244,7 +244,9 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
     ratios = sorted({r["target"] for r in rows if r["kind"] != "ablation"})
     methods = list(dict.fromkeys(r["method"] for r in rows if r["kind"] != "ablation"))
     by_key = {(r["method"], r["target"]): r for r in rows}
-    seeded = [r for r in rows if len(r.get("psnrs", ())) > 1]
+    # The seeds table in the order of the tables above: by method, then by ratio.
+    seeded = sorted((r for r in rows if len(r.get("psnrs", ())) > 1),
+                    key=lambda r: (methods.index(r["method"]) if r["method"] in methods else len(methods), r["target"]))
     lines = [f"Volume {' x '.join(map(str, describe['shape']))} {describe['dtype']}, MoEC with {budget} per cell. "
              "PSNR in dB (peak = max - min); ratio measured on the bytes produced."
              + (" A figure followed by (n) is the mean of n seeds (each seed: the table \"Seeds\" below)."
