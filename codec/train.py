@@ -254,7 +254,11 @@ class Fitter:
         decay_from = 0.0  # the learning rate decays over the reconstruction stages, not the router's
         try:
             while (fraction := budget.fraction()) < 1.0:
-                if budget.done < router_steps and (steps is not None or fraction < ROUTER_TIME_SHARE):
+                # A timed run's first step is the router's whatever the clock says: a budget shorter
+                # than a step still ends in the stage every run starts with, not in whichever the
+                # scheduler's delay before the first clock reading happened to pick.
+                if budget.done < router_steps and (steps is not None or budget.done == 0
+                                                   or fraction < ROUTER_TIME_SHARE):
                     wanted, lr = "router", self.config.pretrain_lr
                     decay_from = fraction
                 else:

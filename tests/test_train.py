@@ -97,6 +97,22 @@ def test_progress_reports_stages_in_order_and_a_time_budget_ends(phantom):
     assert fitter.history[-1].fraction == pytest.approx(1.0, abs=0.05)
 
 
+def test_a_timed_run_starts_with_the_router_however_late_the_clock_is_first_read(phantom, monkeypatch):
+    """A budget about one step long whose first clock reading already falls past the router's time
+    share (a busy machine) still trains the router first: the clock here advances a fixed 40% of the
+    budget per reading, so the first reading says 40% and the readings after one step end the run."""
+    import codec.train as train_module
+
+    volume, _ = phantom
+    plan = pipeline.plan(volume, SETTINGS, CONFIG)
+    fitter = pipeline.new_fitter(volume, plan, TrainConfig(minutes=1.0, batch_size=1024))
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: 24.0 * next(ticks))  # 40% of 60 s a read
+    stages = [p.stage for p in fitter.fit()]
+    monkeypatch.undo()
+    assert stages[0] == "router" and fitter.stage_steps["joint"] == 0 and fitter.stage_steps["router"] >= 1
+
+
 def test_the_final_stage_goes_on_from_the_joint_stage_without_a_drop(phantom):
     """Into the final stage the joint stage's Adam carries on; a fresh one's first steps move every
     weight by about the learning rate and cost dB that take a hundred steps to win back."""
