@@ -355,6 +355,9 @@ def plot(rows: list[dict], path: Path, describe: dict) -> None:
 
     rows = aggregate(rows)
     figure, axes = plt.subplots(figsize=(10, 4.5), dpi=120)
+    # Twenty colours: the default ten repeat from the eleventh method on (two curves alike).
+    tab20 = plt.get_cmap("tab20").colors
+    axes.set_prop_cycle(color=list(tab20[::2] + tab20[1::2]))
     methods = list(dict.fromkeys(r["method"] for r in rows if r["kind"] != "ablation"))
     for method in methods:
         points = sorted((r["ratio"], r["psnr"]) for r in rows
