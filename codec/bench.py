@@ -167,9 +167,9 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = DEFAULT_RATIOS, c
                 "minutes": config.minutes, "steps": config.steps, "source": str(volume.source or "")}
     cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio, moec, seeds))
     for number, cell in enumerate(cells, 1):
-        seeded = cell.kind != "classical"
-        path = cell_path(out, cell.method, cell.ratio, cell.seed if seeded else 0)
-        name = f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x" + (f", seed {cell.seed}" if seeded else "")
+        path = cell_path(out, cell.method, cell.ratio, cell.seed)  # a classical cell's seed is 0
+        name = (f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x"
+                + (f", seed {cell.seed}" if cell.kind != "classical" else ""))
         if path.exists():
             log(f"{name}: done before, skipped")
             continue
@@ -290,7 +290,7 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
 
 def _every_seed(cells: list[dict]) -> str:
     """Whether the learned partition's worst seed is above the best seed of each other claim row."""
-    runs = [c.get("psnrs", [c["psnr"]]) for c in cells]
+    runs = [c["psnrs"] for c in cells]
     if all(len(r) == 1 for r in runs):
         return "one seed"
     return "yes" if all(min(runs[0]) > max(r) for r in runs[1:]) else "no"
@@ -301,15 +301,15 @@ def _partition(ours: dict, control: dict | None) -> str:
     if not (control and control.get("reached")):
         return ""
     text = f"{ours['psnr'] - control['psnr']:+.2f}"
-    pairs = dict(zip(control.get("seeds", [0]), control.get("psnrs", [control["psnr"]])))
-    ahead = [p > pairs[s] for s, p in zip(ours.get("seeds", [0]), ours.get("psnrs", [ours["psnr"]])) if s in pairs]
+    pairs = dict(zip(control["seeds"], control["psnrs"]))
+    ahead = [p > pairs[s] for s, p in zip(ours["seeds"], ours["psnrs"]) if s in pairs]
     return text + (f" (ahead on {sum(ahead)} of {len(ahead)} seeds)" if len(ahead) > 1 else "")
 
 
 def verdict_lines(rows: list[dict], ratios: list[float]) -> list[str]:
     """Where the central claim holds and where the default beats the classical codecs, ratio by
-    ratio, read off the cells' means over seeds (`aggregate`; a method that could not reach a ratio
-    is out of that ratio's order)."""
+    ratio, read off `aggregate`'s rows (means over seeds; a method that could not reach a ratio is
+    out of that ratio's order)."""
     by_key = {(r["method"], r["target"]): r for r in rows if r["kind"] != "ablation"}
     default = CLAIM[0].name
     lines: list[str] = []
