@@ -133,7 +133,8 @@ class Cell:
 def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, codecs: tuple[str, ...],
                ablations: bool, ablation_ratio: float, moec: bool = True, seeds: int = 1) -> Iterator[Cell]:
     """Every cell of the run, in order: per ratio the classical codecs, then the MoEC rows (the
-    SEEDED ones with seeds config.seed .. config.seed + seeds - 1, the rest with config.seed)."""
+    SEEDED ones with seeds config.seed .. config.seed + seeds - 1, the rest with config.seed); last
+    the ablations, each with every seed (they are read against the default's mean)."""
     for ratio in ratios:
         for codec in codecs:
             yield Cell(codec, ratio, "classical", lambda c=codec, r=ratio: run_classical(volume, c, r))
@@ -143,9 +144,12 @@ def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, c
                 yield Cell(method.name, ratio, "moec", lambda m=method, r=ratio, c=seeded: run_moec(volume, m, r, c),
                            seed)
     if ablations:
-        for method in ABLATIONS:
-            yield Cell(method.name, ablation_ratio, "ablation",
-                       lambda m=method: run_moec(volume, m, ablation_ratio, config), config.seed)
+        # Seed by seed, so that an interrupted run leaves whole seeds of the ablation table.
+        for seed in range(config.seed, config.seed + seeds):
+            seeded = replace(config, seed=seed)
+            for method in ABLATIONS:
+                yield Cell(method.name, ablation_ratio, "ablation",
+                           lambda m=method, c=seeded: run_moec(volume, m, ablation_ratio, c), seed)
 
 
 def run(volume: Volume, out: Path, ratios: tuple[float, ...] = DEFAULT_RATIOS, config: TrainConfig = TrainConfig(),
@@ -270,12 +274,19 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
     if ablations:
         ratio = ablations[0]["target"]
         base = {r["method"]: r for r in rows if r["target"] == ratio and r["kind"] == "moec"}
-        lines += ["", f"Ablations at {ratio:g}x (same file size, same training time):", "",
-                  "| variant | ratio | PSNR dB | SSIM | steps | experts used |", "|---|---|---|---|---|---|"]
-        for r in list(base.values()) + ablations:
+        default = base.get(CLAIM[0].name)
+        lines += ["", f"Ablations at {ratio:g}x (same file size, same training time; against the default: the "
+                  "difference of the means in dB, and on how many seeds, paired, the row is ahead):", "",
+                  "| variant | ratio | PSNR dB | SSIM | steps | experts used | against the default |",
+                  "|---|---|---|---|---|---|---|"]
+        # As the run plans them: the default first, then the claim and context rows, then the ablations.
+        plan = {m.name: i for i, m in enumerate(CLAIM + ABLATIONS)}
+        ordered = sorted([*base.values(), *ablations], key=lambda r: plan.get(r["method"], len(plan)))
+        for r in ordered:
             if r.get("reached"):
-                lines.append(f"| {r['method']} | {r['ratio']:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                             f"{r['steps']} | {r.get('experts_used', '')} |")
+                versus = "" if r is default else _versus(r, default)
+                lines.append(f"| {r['method']} | {r['ratio']:.1f} | {_cell_text(r)} | {_cell_text(r, 'ssim')} | "
+                             f"{r['steps']} | {r.get('experts_used', '')} | {versus} |")
     older = list(dict.fromkeys(r["method"] for r in cells if r.get("reached") and r["kind"] != "classical"
                                and r.get("format", 4) < VERSION))
     if older:
@@ -296,12 +307,12 @@ def _every_seed(cells: list[dict]) -> str:
     return "yes" if all(min(runs[0]) > max(r) for r in runs[1:]) else "no"
 
 
-def _partition(ours: dict, control: dict | None) -> str:
-    """The default minus the control (means), and on how many seeds, paired by seed, it is ahead."""
-    if not (control and control.get("reached")):
+def _versus(ours: dict, other: dict | None) -> str:
+    """`ours` minus `other` (means), and on how many seeds, paired by seed, `ours` is ahead."""
+    if not (other and other.get("reached")):
         return ""
-    text = f"{ours['psnr'] - control['psnr']:+.2f}"
-    pairs = dict(zip(control["seeds"], control["psnrs"]))
+    text = f"{ours['psnr'] - other['psnr']:+.2f}"
+    pairs = dict(zip(other["seeds"], other["psnrs"]))
     ahead = [p > pairs[s] for s, p in zip(ours["seeds"], ours["psnrs"]) if s in pairs]
     return text + (f" (ahead on {sum(ahead)} of {len(ahead)} seeds)" if len(ahead) > 1 else "")
 
@@ -322,7 +333,7 @@ def verdict_lines(rows: list[dict], ratios: list[float]) -> list[str]:
         order = " > ".join(f"{CLAIM_SHORT[c['method']]} {c['psnr']:.2f}" for c in ranked)
         first = ranked[0]["method"] == CLAIM_ORDER[0]
         holds = [c["method"] for c in ranked] == list(CLAIM_ORDER)
-        partition = _partition(cells[0], by_key.get((CONTROL, ratio)))
+        partition = _versus(cells[0], by_key.get((CONTROL, ratio)))
         claim.append(f"| {ratio:g}x | {order} | {'yes' if first else 'no'} | {_every_seed(cells)} | "
                      f"{'yes' if holds else 'no'} | {partition} |")
     if claim:

@@ -439,8 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="moec-bench", help="folder for cells, results.json, results.md, rd.png")
     b.add_argument("--seed", type=int, default=0, help="the (first) training seed of every MoEC cell")
     b.add_argument("--seeds", type=_positive(int), default=1,
-                   help="seeds per cell of the rows the verdict reads (the claim's three and the control), from "
-                        "--seed up; the tables show their mean, the verdict whether the order holds on every seed")
+                   help="seeds per cell of the rows the verdict reads (the claim's three and the control) and of "
+                        "the ablations, from --seed up; the tables show their mean, the verdict whether the order "
+                        "holds on every seed")
     b.add_argument("--threads", type=_positive(int))
     b.set_defaults(run=cmd_bench)
 

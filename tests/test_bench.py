@@ -85,9 +85,39 @@ def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_p
     assert rows["control: one MLP on the grid, no partition"]["experts_used"] == 1
     assert ablations["grid: experts 16"]["parameters"] != ablations["grid: experts 2"]["parameters"]
     table = (out / "results.md").read_text().split("Ablations at 16x")[1]
-    assert "| MoEC default (latent grid, 4 experts, 1 channel) |" in table
+    default = rows["MoEC default (latent grid, 4 experts, 1 channel)"]
+    first = table.split("|---|\n")[1].split("\n")[0]
+    assert first.startswith("| MoEC default (latent grid, 4 experts, 1 channel) |") and first.endswith("|  |")
     assert "| control: one MLP on the grid, no partition |" in table
-    assert all(f"| {name} |" in table for name in ablations)
+    for name, row in ablations.items():
+        line = next(line for line in table.split("\n") if line.startswith(f"| {name} |"))
+        assert line.endswith(f"| {row['psnr'] - default['psnr']:+.2f} |")  # one seed: no seed count
+
+
+def test_seeds_repeat_the_ablations_and_their_table_compares_paired_seeds(phantom_file, tmp_path, capsys):
+    """With `--seeds 2` every ablation gets a cell per seed, run seed by seed; its row shows the mean
+    and, against the default's mean, the difference and on how many seeds (paired) it is ahead."""
+    from codec.bench import ABLATIONS, CLAIM
+
+    out = tmp_path / "ablation-seeds"
+    assert main(["bench", str(phantom_file), "--ratios", "16", "--steps", "20", "--codecs", "--ablations",
+                 "--ablation-ratio", "16", "--seeds", "2", "--out", str(out)]) == 0
+    cells = [c for c in json.loads((out / "results.json").read_text())["cells"] if c["kind"] == "ablation"]
+    assert sorted((c["method"], c["seed"]) for c in cells) == sorted((m.name, s) for m in ABLATIONS for s in (0, 1))
+    started = [line.split("] ")[1] for line in capsys.readouterr().err.splitlines() if line.endswith(" ...")]
+    assert started[-2 * len(ABLATIONS):] == [f"{m.name} @ 16x, seed {s} ..." for s in (0, 1) for m in ABLATIONS]
+    by = {(c["method"], c["seed"]): c["psnr"] for c in json.loads((out / "results.json").read_text())["cells"]}
+    default = [by[(CLAIM[0].name, s)] for s in (0, 1)]
+    table = (out / "results.md").read_text().split("Ablations at 16x")[1]
+    listed = [line.split(" | ")[0][2:] for line in table.split("\n") if line.startswith("| grid: ")]
+    assert listed == [m.name for m in ABLATIONS]  # in the order they run, not alphabetical
+    for method in ABLATIONS:
+        ours = [by[(method.name, s)] for s in (0, 1)]
+        line = next(line for line in table.split("\n") if line.startswith(f"| {method.name} |"))
+        difference = sum(ours) / 2 - sum(default) / 2
+        ahead = sum(a > b for a, b in zip(ours, default))
+        assert f"| {sum(ours) / 2:.2f} (2) |" in line
+        assert line.endswith(f"| {difference:+.2f} (ahead on {ahead} of 2 seeds) |")
 
 
 def test_seeds_repeat_the_verdicts_rows_and_the_tables_show_their_means(phantom_file, tmp_path, capsys):
