@@ -33,7 +33,8 @@ fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     echo "setup: installing torch 2.13.0 (CPU build)"
-    "${PIP[@]}" install "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+    # numpy beside it, so that torch's first import (the check below) does not warn that it is missing.
+    "${PIP[@]}" install "torch==2.13.0" "numpy>=1.24" 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -c "import torch" >/dev/null
 fi
 stamp=.venv/.moec-installed
