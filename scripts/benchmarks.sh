@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Regenerate every benchmark in docs/benchmarks.md on the brain template, in one command:
+#   bash scripts/benchmarks.sh [VOLUME]        (about 4.5 hours on 2 CPU cores; run it on an idle machine)
+#   bash scripts/benchmarks.sh --dry-run       (print the commands, run nothing)
+# The rate-distortion table and the ablations (`moec bench`, 2 minutes of training per MoEC cell,
+# three seeds: ~230 min) and the quantization table (~25 min) keep each finished cell and skip it on
+# a rerun, so an interrupted run loses at most one cell; the entropy-coder (a 256x file, 5 min),
+# speed (~12 min) and responsiveness (~2 min, under a virtual X server) runs are redone whole.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dry_run=0
+if [ "${1:-}" = "--dry-run" ]; then
+    dry_run=1
+    shift
+fi
+VOLUME=${1:-../shared/data/brain_template_mni152_1mm.nii.gz}
+SAMPLE=benchmarks/results/tmp/brain_256x.moec  # the file the entropy-coder comparison reads (git-ignored)
+
+COMMANDS=(
+    ".venv/bin/moec bench $VOLUME --ratios 128 256 512 1024 4096 --minutes 2 --ablations --seeds 3 --out docs/bench"
+    ".venv/bin/python benchmarks/quantization.py --minutes 2"
+    ".venv/bin/moec compress $VOLUME -o $SAMPLE --ratio 256 --force"
+    ".venv/bin/python benchmarks/entropy_coders.py $SAMPLE"
+    ".venv/bin/python benchmarks/speed.py"
+    "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/responsiveness.py"
+)
+
+if ((dry_run)); then
+    printf '%s\n' "${COMMANDS[@]}"
+    exit 0
+fi
+[ -f "$VOLUME" ] || { echo "benchmarks: no volume at $VOLUME (give its path as the first argument)" >&2; exit 2; }
+bash scripts/setup.sh
+mkdir -p "$(dirname "$SAMPLE")"
+for command in "${COMMANDS[@]}"; do
+    echo "benchmarks: $command" >&2
+    eval "$command"
+done
+rm -f "$SAMPLE"
+echo "benchmarks: done; tables in docs/bench/results.md and benchmarks/results/*.json, figures in docs/benchmarks.md" >&2
