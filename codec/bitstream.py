@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -98,6 +99,14 @@ def _reject_constant(name: str) -> float:
     raise MoecFormatError(f"the header holds a non-finite number ({name})")
 
 
+def _finite_float(text: str) -> float:
+    # A literal such as 1e999 is valid JSON that parses to infinity, past parse_constant.
+    value = float(text)
+    if not math.isfinite(value):
+        _reject_constant(text if len(text) <= 20 else text[:17] + "...")
+    return value
+
+
 def unpack_container(data: bytes, name: str = "the file") -> Container:
     """Split and verify a .moec byte string; MoecFormatError on anything malformed."""
     data = bytes(data)
@@ -139,7 +148,8 @@ def unpack_container(data: bytes, name: str = "the file") -> Container:
     if len(nifti) != NIFTI_HEADER_BYTES:
         raise MoecFormatError(f"{name} has a truncated NIfTI header")
     try:
-        meta = json.loads(inner[_U16.size + NIFTI_HEADER_BYTES:].decode("utf-8"), parse_constant=_reject_constant)
+        meta = json.loads(inner[_U16.size + NIFTI_HEADER_BYTES:].decode("utf-8"), parse_constant=_reject_constant,
+                          parse_float=_finite_float)
     except MoecFormatError:
         raise
     except (ValueError, RecursionError) as exc:

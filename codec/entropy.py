@@ -241,6 +241,11 @@ def decode(data: bytes, models: list[SymbolModel], shapes: list[tuple[int, ...]]
                 size = math.prod(shape)
                 out.append(_decode_values(decoder, size, model, None if model.constant else _coder_model(model))
                            .reshape(shape))
+        # A stream whose encoder made it ends where its last symbol does; words beyond that (what a
+        # checksum forged over tampered bytes would let through) are refused, not ignored.
+        exhausted = decoder.maybe_exhausted()
     except Exception as exc:  # constriction signals bad streams with assorted exception types
         raise MoecFormatError(f"the weight stream cannot be decoded ({exc})") from None
+    if not exhausted:
+        raise MoecFormatError("the weight stream holds data past its last weight")
     return out

@@ -209,9 +209,38 @@ def _int(value, name: str, lo: int, hi: int) -> int:
 
 
 def _float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise MoecFormatError(f"header field {name} must be a finite number, not {value!r}")
-    return float(value)
+    try:
+        # float() first: an integer of a thousand digits is valid JSON but overflows a float.
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise MoecFormatError(f"header field {name} must be a finite number, not {_short(value)}")
+    return number
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: The training record's fields (codec.train.train_record) and what each must be. The record only
+#: informs (`moec info`, the plugin), but what reads it must be able to trust its types.
+_TRAIN_FIELDS = {"seed": int, "steps": int, "runs": int, "batch": int, "minutes": (int, float, type(None)),
+                 "lr": (int, float), "balance": (int, float), "gate_gradient": (int, float), "pretrain": str}
+
+
+def _train_record(d: dict) -> dict:
+    for key, kind in _TRAIN_FIELDS.items():
+        value = d.get(key)
+        if key in d and (not isinstance(value, kind) or isinstance(value, bool)
+                         or (isinstance(value, float) and not math.isfinite(value))):
+            raise MoecFormatError(f"the training record's field {key!r} is malformed: {_short(value)}")
+    stages = d.get("stages", [0, 0, 0])
+    if not (isinstance(stages, list) and len(stages) == 3
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in stages)):
+        raise MoecFormatError(f"the training record's field 'stages' must be three step counts, not {_short(stages)}")
+    return d
 
 
 def _field(d: dict, key: str, kind: type, where: str = "header"):
@@ -283,6 +312,16 @@ def parse_meta(container: Container) -> MoecMeta:
     vmin, vmax = (_float(v, "range") for v in rng)
     if slope == 0 or vmin > vmax:
         raise MoecFormatError("scaling slope is zero or the intensity range is reversed")
+    with np.errstate(all="ignore"):
+        # Decoding computes in float32: the span of the range and the stored values of its ends must
+        # stay finite and the slope a normal number there (a float32 holds about 1e-38 .. 3e38).
+        as32 = np.float32([vmin, vmax, slope, inter])
+        span = as32[1] - as32[0]
+        ends = (as32[:2] - as32[3]) / as32[2]
+    if not (np.isfinite(as32).all() and np.isfinite(span) and np.isfinite(ends).all()
+            and abs(slope) >= np.finfo(np.float32).tiny):
+        raise MoecFormatError(f"the intensity range {vmin:g} .. {vmax:g} or the scaling (slope {slope:g}, "
+                              f"intercept {inter:g}) is beyond what a NIfTI volume can hold")
     if _field(j, "coords", str) != COORDINATE_CONVENTION:
         raise MoecFormatError(f"unknown coordinate convention {j['coords']!r}")
     model = _model_config(_field(j, "model", dict), len(shape), container.version)
@@ -292,7 +331,7 @@ def parse_meta(container: Container) -> MoecMeta:
                             _field(w, "granularity", str, "weights"))
     except ValueError as exc:
         raise MoecFormatError(str(exc)) from None
-    train = _field(j, "train", dict)
+    train = _train_record(_field(j, "train", dict))
     made = _field(j, "made_by", dict)
     try:
         hdr = nib.Nifti1Header(binaryblock=container.nifti, check=True)

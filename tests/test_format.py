@@ -7,6 +7,7 @@ layout and a *correct* CRC, so they get past the checksum and exercise the valid
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from codec import pack, pipeline
 from codec.bitstream import HEADER_DICTIONARY, READABLE_VERSIONS, VERSION, unpack_container
+from codec.cli import main
 from codec.decode import reconstruct
 from codec.errors import MoecFormatError
 from codec.phantom import make_phantom
@@ -231,7 +233,13 @@ def test_hostile_nifti_headers_are_refused_cleanly(valid_files, nifti, nifti_len
     ("shape", [-5, 10, 10], "shape"),
     ("shape", [10, 10], "3D or 4D"),
     ("dtype", "complex128", "dtype"),
-    ("range", [0.0, 1e309], "range"),
+    ("range", [0.0, 1e309], "non-finite number"),
+    ("range", [0.0, 10 ** 400], "range must be a finite number"),
+    ("range", [-3e38, 3e38], "beyond what a NIfTI volume can hold"),
+    ("scaling", [1e300, 0.0], "beyond what a NIfTI volume can hold"),
+    ("scaling", [1e-45, 0.0], "beyond what a NIfTI volume can hold"),
+    ("scaling", [1.0, 1e300], "beyond what a NIfTI volume can hold"),
+    ("floor", 10 ** 400, "floor must be a finite number"),
 ])
 def test_huge_or_negative_fields_are_refused_before_any_allocation(valid_files, field, value, message):
     c = unpack_container(valid_files[1][8])
@@ -283,6 +291,37 @@ def test_absurd_bit_widths_are_refused(valid_files, bits):
     meta["weights"]["bits"] = bits
     with pytest.raises(MoecFormatError, match="bits"):
         pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"stages": 5}, "'stages' must be three step counts"),
+    ({"stages": [1]}, "'stages' must be three step counts"),
+    ({"stages": [1, 2, -3]}, "'stages' must be three step counts"),
+    ({"minutes": [1]}, "'minutes' is malformed"),
+    ({"minutes": "5"}, "'minutes' is malformed"),
+    ({"steps": 2.5}, "'steps' is malformed"),
+    ({"seed": True}, "'seed' is malformed"),
+])
+def test_a_malformed_training_record_is_refused_by_the_reader_and_the_cli(valid_files, tmp_path, capsys, change,
+                                                                           message):
+    c = unpack_container(valid_files[1][8])
+    meta = json.loads(json.dumps(c.meta))
+    meta["train"].update(change)
+    data = assemble(json.dumps(meta).encode(), c.nifti, c.payload)
+    with pytest.raises(MoecFormatError, match=message):
+        pack.read_meta(data)
+    path = tmp_path / "bad.moec"
+    path.write_bytes(data)
+    assert main(["info", str(path)]) == 1
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("moec: error:") and len(said.splitlines()) == 1 and re.search(message, said)
+
+
+def test_weight_stream_words_past_the_last_weight_are_refused(valid_files):
+    c = unpack_container(valid_files[1][8])
+    pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload))  # as written: decodes
+    with pytest.raises(MoecFormatError, match="past its last weight"):
+        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload + bytes([7, 0, 0, 0, 9, 0, 0, 0])))
 
 
 def test_deeply_nested_headers_are_refused(valid_files):
