@@ -75,13 +75,42 @@ class ProgressBar:
             self.stream.flush()
 
 
+def _json(value) -> str:
+    """JSON that every parser reads: an undefined figure (the PSNR of a constant volume) is null,
+    not the NaN or Infinity that Python's json module writes by default."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(value), allow_nan=False)
+
+
 def _check_output(path: Path, force: bool, *inputs) -> None:
-    from .files import refuse_overwrite
+    """Everything that would stop the write, said before the work that precedes it."""
+    from .files import check_writable, refuse_overwrite
     from .errors import OutputError
 
     refuse_overwrite(path, *inputs)
+    check_writable(path)
     if path.exists() and not force:
         raise OutputError(f"{path} exists; use --force to replace it")
+
+
+def _check_distinct(*paths) -> None:
+    from .errors import OutputError
+
+    seen = {}
+    for path in paths:
+        if path is not None:
+            where = Path(path).resolve()
+            if where in seen:
+                raise OutputError(f"{seen[where]} and {path} name the same file; give each output its own name")
+            seen[where] = path
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -100,6 +129,9 @@ def cmd_compress(args) -> int:
     source = Path(args.input)
     output = Path(args.output) if args.output else source.with_name(_stem(source) + ".moec")
     _check_output(output, args.force, source)
+    if output.name.lower().endswith((".nii", ".nii.gz", ".npy")):
+        from .errors import OutputError
+        raise OutputError(f"{output} would be a .moec file under a volume's name; name it {_stem(output)}.moec")
     volume = load_volume(source)
     settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
                                  partition=args.partition, bits=args.bits, granularity=args.granularity,
@@ -155,7 +187,7 @@ def cmd_compress(args) -> int:
         "experts_used": used, "stopped": stopped,
     }
     if args.json:
-        print(json.dumps(report))
+        print(_json(report))
         return 0
     print(f"wrote {output}: {_bytes(len(data))}")
     file_part = f", {evaluation.file_ratio:.1f}x vs {source.name} ({_bytes(volume.source_bytes)})" \
@@ -199,16 +231,22 @@ def _describe_model(m) -> str:
 def cmd_decompress(args) -> int:
     from . import pack
     from .decode import reconstruct
-    from .volume import save_labels, save_nifti, save_volume
+    from .train import resolve_device
+    from .volume import check_volume_name, save_labels, save_nifti, save_volume
 
     source = Path(args.input)
     output = Path(args.output)
     _check_output(output, args.force, source)
+    check_volume_name(output)
     for extra in (args.labels, args.confidence):
         if extra:
-            _check_output(Path(extra), args.force, source, output)
+            _check_output(Path(extra), args.force, source)
+            check_volume_name(extra, npy=False)
+    _check_distinct(output, args.labels, args.confidence)
+    # auto decodes on the CPU, as compress measured the file; a missing CUDA device is reported first.
+    device = "cpu" if args.device == "auto" else resolve_device(args.device)
     moec = pack.read(source)
-    recon = reconstruct(moec, device=args.device if args.device != "auto" else "cpu")
+    recon = reconstruct(moec, device=device)
     tag = f"MoEC lossy {moec.ratio:.0f}x"
     save_volume(recon.volume, output, descrip=tag)
     print(f"wrote {output} ({' x '.join(map(str, moec.meta.shape))} {moec.meta.dtype.name}, {tag})")
@@ -232,7 +270,7 @@ def cmd_info(args) -> int:
     meta = moec.meta
     m = meta.model
     if args.json:
-        print(json.dumps({"bytes": moec.nbytes, "ratio": moec.ratio, **meta.to_json()}))
+        print(_json({"bytes": moec.nbytes, "ratio": moec.ratio, **meta.to_json()}))
         return 0
     spacing = nifti_header(meta.nifti).get_zooms()[: len(meta.shape)]
     params = m.parameter_count()
@@ -280,7 +318,7 @@ def cmd_eval(args) -> int:
     evaluation = pipeline.evaluate(original, moec)
     q = evaluation.quality
     if args.json:
-        print(json.dumps({"ratio": evaluation.ratio, "file_ratio": evaluation.file_ratio, "quality": asdict(q),
+        print(_json({"ratio": evaluation.ratio, "file_ratio": evaluation.file_ratio, "quality": asdict(q),
                           "experts": [asdict(e) for e in evaluation.experts]}))
         return 0
     print(f"ratio             {evaluation.ratio:.1f}x vs raw voxels"
@@ -330,15 +368,19 @@ def cmd_bench(args) -> int:
 
 def cmd_sample(args) -> int:
     from .phantom import make_phantom
-    from .volume import save_labels, save_volume
+    from .volume import check_volume_name, save_labels, save_volume
 
     output = Path(args.output)
     _check_output(output, args.force)
+    check_volume_name(output)
+    if args.labels:
+        _check_output(Path(args.labels), args.force)
+        check_volume_name(args.labels, npy=False)
+        _check_distinct(output, args.labels)
     volume, labels = make_phantom(tuple(args.shape))
     save_volume(volume, output, descrip="MoEC sample phantom (synthetic CT, HU)")
     print(f"wrote {output} ({' x '.join(map(str, volume.shape))} int16, HU)")
     if args.labels:
-        _check_output(Path(args.labels), args.force, output)
         save_labels(volume, labels, args.labels, "MoEC phantom tissue labels")
         print(f"wrote {args.labels} (tissue labels)")
     return 0

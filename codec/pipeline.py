@@ -17,6 +17,7 @@ import torch
 from . import budget, pack
 from .budget import Architecture, Plan
 from .decode import Reconstruction, reconstruct, unfloored_values
+from .errors import MoecError
 from .floor import SAMPLE_VOXELS, choose_floor
 from .metrics import ExpertStat, Quality, expert_table, quality
 from .pack import MoecFile
@@ -99,6 +100,9 @@ def encode(fitter: Fitter, plan_: Plan) -> bytes:
     decoder's floor (codec.floor) chosen on the weights as written: at the steps the final stage
     trained at when that file lands in the window, else at the searched steps."""
     model = fitter.model
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise MoecError(f"training diverged after {fitter.steps_run} steps (weights are no longer finite numbers); "
+                        "nothing was written: try a lower learning rate (--lr)")
     meta = _meta(fitter, plan_)
     if plan_.quant.float16:
         return _with_floor(fitter.volume, meta, pack.encode_payload(model, plan_.quant, None))

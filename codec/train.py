@@ -99,10 +99,13 @@ class TrainConfig:
             raise ValueError("minutes must be a positive number")
         if not 1 <= self.batch_size <= 1 << 22:
             raise ValueError("batch_size must be 1 .. 4194304")
-        if not (self.lr > 0 and self.pretrain_lr > 0 and 0 < self.lr_decay <= 1 and self.balance_weight >= 0
-                and self.latent_l1 >= 0 and self.latent_tv >= 0):
-            raise ValueError("learning rates must be positive, lr_decay in (0, 1], balance_weight, latent_l1 and "
-                             "latent_tv not negative")
+        rates = (self.lr, self.pretrain_lr, self.balance_weight, self.latent_l1, self.latent_tv, self.gate_gradient)
+        if not (all(math.isfinite(r) for r in rates) and self.lr > 0 and self.pretrain_lr > 0
+                and 0 < self.lr_decay <= 1 and self.balance_weight >= 0 and self.latent_l1 >= 0 and self.latent_tv >= 0):
+            raise ValueError("learning rates must be positive and finite, lr_decay in (0, 1], balance_weight, "
+                             "latent_l1 and latent_tv finite and not negative")
+        if not 0 <= self.seed < 2**62:
+            raise ValueError("seed must be an integer in 0 .. 2**62 - 1")
         if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1:
             raise ValueError("final_fraction must be in [0, 1) and latent_qat_from in [0, 1]")
         if self.pretrain_target not in PRETRAIN_TARGETS or self.pretrain_steps < 0:
@@ -152,6 +155,8 @@ def psnr_of_mse(mse: float) -> float:
     """PSNR of a mean squared error on the [-1, 1] scale, where the peak (max - min) is 2."""
     if math.isnan(mse):
         return math.nan
+    if math.isinf(mse):
+        return -math.inf  # a diverged run; pipeline.encode refuses to write it
     return 10.0 * math.log10(4.0 / mse) if mse > 0 else math.inf
 
 

@@ -214,11 +214,23 @@ def save_volume(volume: Volume, path: str | Path, descrip: str = "") -> None:
     name = path.name.lower()
     stored = to_stored(volume.data, volume.dtype, volume.slope, volume.inter)
     if name.endswith(".npy"):
-        atomic_write(path, lambda tmp: np.save(tmp, stored, allow_pickle=False))
+        atomic_write(path, lambda tmp: _save_npy(tmp, stored))
         return
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        raise VolumeError(f"cannot write {path}: the name must end in .nii, .nii.gz or .npy")
+    check_volume_name(path)
     save_nifti(volume, stored, path, descrip, slope=volume.slope, inter=volume.inter)
+
+
+def _save_npy(path: Path, data: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a handle, not a name: np.save would append ".npy" to some names
+        np.save(handle, data, allow_pickle=False)
+
+
+def check_volume_name(path: str | Path, npy: bool = True) -> None:
+    """VolumeError unless `path` names a format this module writes (before any work is done)."""
+    name = Path(path).name.lower()
+    kinds = (".nii", ".nii.gz", ".npy") if npy else (".nii", ".nii.gz")
+    if not name.endswith(kinds):
+        raise VolumeError(f"cannot write {path}: the name must end in {', '.join(kinds[:-1])} or {kinds[-1]}")
 
 
 def save_nifti(
@@ -232,6 +244,7 @@ def save_nifti(
 ) -> None:
     """Write stored-dtype voxels with `like`'s affine and header, the scaling set explicitly."""
     path = Path(path)
+    check_volume_name(path, npy=False)
     refuse_overwrite(path, like.source)
     hdr = _output_header(like, tuple(stored.shape), stored.dtype, descrip)
     if intent is not None:

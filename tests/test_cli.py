@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from codec.bitstream import unpack_container
 from codec.cli import main
@@ -224,3 +227,84 @@ def test_the_command_lines_defaults_are_the_librarys():
     assert settings.encoder_for(3) == "grid"
     assert pipeline.Settings(experts=1).encoder_for(3) == "siren"
     assert pipeline.Settings(partition="blocks").encoder_for(3) == "siren"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_outputs_keep_their_names_case_and_get_the_usual_permissions(compressed, tmp_path):
+    upper, lower = tmp_path / "R.NPY", tmp_path / "r.npy"
+    assert main(["decompress", str(compressed), "-o", str(upper)]) == 0
+    assert main(["decompress", str(compressed), "-o", str(lower)]) == 0
+    # np.save given a name not ending in lower-case ".npy" writes elsewhere: the file must hold the data.
+    assert np.array_equal(np.load(upper), np.load(lower))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["R.NPY", "r.npy"]  # no temporary file left
+    # mkstemp makes private files; the written one has what the umask gives any new file.
+    assert (upper.stat().st_mode & 0o777) == 0o666 & ~_umask()
+
+
+def test_bad_outputs_are_refused_before_any_work_and_nothing_is_written(phantom_file, compressed, tmp_path, capsys):
+    cases = [
+        (["decompress", str(compressed), "-o", str(tmp_path / "r.nii.gz"), "--labels", str(tmp_path / "x.nii.gz"),
+          "--confidence", str(tmp_path / "x.nii.gz")], "name the same file"),
+        (["decompress", str(compressed), "-o", str(tmp_path / "r.nii.gz"), "--labels", str(tmp_path / "l.npy")],
+         "must end in .nii or .nii.gz"),
+        (["decompress", str(compressed), "-o", str(tmp_path / "r.txt")], "must end in .nii, .nii.gz or .npy"),
+        (["sample", "-o", str(tmp_path / "s.nii.gz"), "--labels", str(tmp_path / "s.nii.gz")], "name the same file"),
+        (["sample", "-o", str(tmp_path / "s.nii.gz"), "--labels", str(phantom_file)], "exists; use --force"),
+        # compress checks where it will write before it trains (a budget of steps it would not finish here)
+        (["compress", str(phantom_file), "-o", str(tmp_path / "no" / "x.moec"), "--steps", "10000000"],
+         "folder .* does not exist"),
+        (["compress", str(phantom_file), "-o", str(tmp_path), "--force", "--steps", "10000000"], "is a folder"),
+        (["compress", str(phantom_file), "-o", str(tmp_path / "x.nii.gz"), "--steps", "10000000"],
+         "a .moec file under a volume's name"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        assert re.search(message, _one_line_error(capsys)), argv
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only folders")
+def test_compress_refuses_a_read_only_folder_before_training(phantom_file, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    assert main(["compress", str(phantom_file), "-o", str(locked / "x.moec"), "--steps", "10000000"]) == 1
+    assert "permission denied" in _one_line_error(capsys)
+
+
+def test_a_diverging_run_and_impossible_settings_are_refused_in_words(phantom_file, tmp_path, capsys):
+    out = tmp_path / "x.moec"
+    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--lr", "1e30", "--steps", "3",
+                 "--quiet"]) == 1
+    said = capsys.readouterr().err.strip().splitlines()  # the plan's two lines, then the error
+    assert said[-1].startswith("moec: error: training diverged after 3 steps") and "Traceback" not in said
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    for option, value, message in (("--balance", "inf", "finite"), ("--seed", str(10 ** 20), "seed must be")):
+        assert main(["compress", str(phantom_file), "-o", str(out), option, value, "--steps", "3"]) == 1
+        assert message in _one_line_error(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_decompress_on_a_missing_cuda_device_says_so_before_decoding(compressed, tmp_path, capsys):
+    assert main(["decompress", str(compressed), "-o", str(tmp_path / "r.nii.gz"), "--device", "cuda"]) == 1
+    assert "no CUDA device" in _one_line_error(capsys)
+
+
+def test_json_reports_are_strict_json_when_a_figure_is_undefined(tmp_path, capsys):
+    """A constant volume has no PSNR (R = 0): the report says null, not NaN, which JSON lacks."""
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((16, 16, 8), 7, dtype=np.int16), np.eye(4)), flat)
+    out = tmp_path / "flat.moec"
+    assert main(["compress", str(flat), "-o", str(out), "--ratio", "4", "--json", *FAST]) == 0
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
+
+    assert strict(capsys.readouterr().out)["psnr"] is None
+    assert main(["eval", str(flat), str(out), "--json"]) == 0
+    quality = strict(capsys.readouterr().out)["quality"]
+    assert quality["psnr"] is None and quality["max_error"] == 0
