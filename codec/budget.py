@@ -171,8 +171,10 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, arch: Archit
         highest = raw / smallest
         raise BudgetError(
             f"a ratio of {ratio:g}x cannot be reached for this volume ({raw} raw bytes): the header takes "
-            f"{header} bytes and the smallest useful network {smallest - header} more; the highest reachable "
-            f"ratio is about {math.floor(highest * 10) / 10:g}x", highest=highest)
+            f"{header} bytes and the smallest useful network {smallest - header} more; "
+            + (f"the highest reachable ratio is about {math.floor(highest * 10) / 10:g}x" if highest >= 1 else
+               "no file would be smaller than the raw voxels: the volume is too small to compress"),
+            highest=highest)
     largest = size(build(MAX_WIDTH))
     if largest < lower:
         lowest = raw / largest

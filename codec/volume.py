@@ -68,6 +68,9 @@ def nifti_header(raw: bytes) -> nib.Nifti1Header:
     return nib.Nifti1Header(binaryblock=raw)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_voxels(array: np.ndarray, what: str = "the input") -> np.ndarray:
     """Return the array as a 3D or 4D float32 array, or raise VolumeError saying why it is not one."""
     array = np.asanyarray(array)
@@ -81,7 +84,12 @@ def check_voxels(array: np.ndarray, what: str = "the input") -> np.ndarray:
         raise VolumeError(f"{what} is {min(array.ndim, 2)}D (shape {array.shape}); MoEC compresses 3D and 4D volumes")
     if array.ndim > 4:
         raise VolumeError(f"{what} is {array.ndim}D (shape {array.shape}); MoEC compresses 3D and 4D volumes")
-    data = np.asarray(array, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = np.asarray(array, dtype=np.float32)
+        span = float(np.max(data)) - float(np.min(data)) if np.isfinite(data).all() else 0.0
+    if array.dtype.kind == "f" and np.isfinite(array).all() and not (np.isfinite(data).all() and span <= _FLOAT32_MAX):
+        raise VolumeError(f"{what} holds values whose range (max - min) is beyond float32, the precision MoEC "
+                          f"computes in ({_FLOAT32_MAX:.1e}); rescale them before compressing")
     finite = np.isfinite(data)
     if not finite.all():
         bad = int(data.size - np.count_nonzero(finite))
@@ -177,9 +185,16 @@ def load_volume(path: str | Path) -> Volume:
         raise
     except (ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise VolumeError(f"{path} is not a readable NIfTI file: {exc}") from None
+    if 0 in img.shape:
+        raise VolumeError(f"{path} is empty (shape {img.shape})")
     data = check_voxels(raw, str(path))
     if slope != 1.0 or inter != 0.0:
-        data = data * np.float32(slope) + np.float32(inter)
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = data * np.float32(slope) + np.float32(inter)
+            span = float(np.max(data)) - float(np.min(data))
+        if not (np.isfinite(data).all() and span <= _FLOAT32_MAX):
+            raise VolumeError(f"{path}'s scaling (slope {slope:g}, intercept {inter:g}) takes its values beyond the "
+                              "range MoEC computes in (float32); the header's scl_slope is likely wrong")
     return Volume(data, np.asarray(img.affine, dtype=np.float64), header, stored, slope, inter, path, size)
 
 

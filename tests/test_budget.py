@@ -11,6 +11,7 @@ from codec import pack, pipeline
 from codec.budget import fit_to_window
 from codec.errors import BudgetError
 from codec.train import TrainConfig
+from codec.volume import from_array
 
 from .training import train
 
@@ -42,6 +43,13 @@ def test_an_unreachable_ratio_is_refused_with_the_highest_reachable_one(phantom)
     assert 20 < highest < 5000
     plan = pipeline.plan(volume, pipeline.Settings(ratio=highest * 0.97))
     assert plan.upper_bytes >= plan.estimated_bytes
+
+
+def test_a_volume_too_small_for_any_file_is_told_so_not_offered_a_ratio_below_one():
+    tiny = from_array(np.arange(8, dtype=np.int16).reshape(2, 2, 2))
+    with pytest.raises(BudgetError, match="too small to compress") as error:
+        pipeline.plan(tiny, pipeline.Settings(ratio=8))
+    assert error.value.highest < 1 and "about 0x" not in str(error.value)
 
 
 def test_a_ratio_below_what_any_network_needs_is_refused(phantom):

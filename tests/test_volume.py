@@ -126,6 +126,25 @@ def test_non_finite_voxels_are_refused_with_a_count(tmp_path, bad):
         load_volume(tmp_path / "nan.nii.gz")
 
 
+def test_values_beyond_float32_and_an_empty_nifti_are_refused_in_words(tmp_path):
+    huge = np.full((8, 8, 8), 1e300)  # finite in float64, not in float32
+    nib.save(nib.Nifti1Image(huge, np.eye(4)), tmp_path / "f64.nii.gz")
+    wide = np.zeros((8, 8, 8), dtype=np.float32)
+    wide[0], wide[1] = 3e38, -3e38  # each finite, their difference not
+    nib.save(nib.Nifti1Image(wide, np.eye(4)), tmp_path / "f32.nii.gz")
+    for name in ("f64.nii.gz", "f32.nii.gz"):
+        with pytest.raises(VolumeError, match="range .* is beyond float32"):
+            load_volume(tmp_path / name)
+    scaled = nib.Nifti1Image(np.arange(512, dtype=np.int16).reshape(8, 8, 8), np.eye(4))
+    scaled.header.set_slope_inter(1e38, 0.0)
+    nib.save(scaled, tmp_path / "slope.nii")
+    with pytest.raises(VolumeError, match=r"scaling \(slope 1e\+38"):
+        load_volume(tmp_path / "slope.nii")
+    nib.save(nib.Nifti1Image(np.zeros((8, 0, 8), dtype=np.int16), np.eye(4)), tmp_path / "empty.nii.gz")
+    with pytest.raises(VolumeError, match=r"empty \(shape \(8, 0, 8\)\)"):
+        load_volume(tmp_path / "empty.nii.gz")
+
+
 def test_files_that_are_not_volumes_are_refused(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
