@@ -184,9 +184,12 @@ def load_volume(path: str | Path) -> Volume:
     except VolumeError:
         raise
     except (ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-        raise VolumeError(f"{path} is not a readable NIfTI file: {exc}") from None
+        why = " ".join(str(exc).replace(" - ", "; ").split()).replace(" ;", ";")  # nibabel's texts run over several lines
+        raise VolumeError(f"{path} is not a readable NIfTI file: {why}") from None
     if 0 in img.shape:
         raise VolumeError(f"{path} is empty (shape {img.shape})")
+    if not np.isfinite(img.affine).all():
+        raise VolumeError(f"{path} has an affine with NaN or infinite entries: its voxels have no position")
     data = check_voxels(raw, str(path))
     if slope != 1.0 or inter != 0.0:
         with np.errstate(over="ignore", invalid="ignore"):

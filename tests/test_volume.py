@@ -145,6 +145,18 @@ def test_values_beyond_float32_and_an_empty_nifti_are_refused_in_words(tmp_path)
         load_volume(tmp_path / "empty.nii.gz")
 
 
+def test_a_nifti_whose_affine_is_not_finite_is_refused_when_loaded(tmp_path):
+    path = tmp_path / "a.nii"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), dtype=np.int16), np.eye(4)), path)
+    raw = bytearray(path.read_bytes())
+    header = nib.Nifti1Header.from_fileobj(open(path, "rb"))
+    header["qform_code"], header["sform_code"], header["srow_x"] = 0, 1, [np.nan, 0, 0, 0]
+    raw[:348] = header.binaryblock  # nibabel will not write such a header itself
+    path.write_bytes(bytes(raw))
+    with pytest.raises(VolumeError, match="affine with NaN or infinite entries"):
+        load_volume(path)
+
+
 def test_files_that_are_not_volumes_are_refused(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
