@@ -123,7 +123,7 @@ def cmd_compress(args) -> int:
     from .train import TrainConfig, resolve_device
     from .volume import load_volume
 
-    resolve_device(args.device)  # a missing CUDA device is reported before any work
+    device = resolve_device(args.device)  # a missing CUDA device is reported before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     source = Path(args.input)
@@ -146,7 +146,7 @@ def cmd_compress(args) -> int:
     print(f"{source.name}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
           f"{_bytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {_bytes(plan.upper_bytes)}", file=sys.stderr)
     print(f"model: {_describe_model(m)}; {m.parameter_count():,} parameters, "
-          f"{'float16' if plan.quant.float16 else f'{plan.quant.bits}-bit'} weights; device {train.device}",
+          f"{'float16' if plan.quant.float16 else f'{plan.quant.bits}-bit'} weights; device {device.type}",
           file=sys.stderr)
     fitter = pipeline.new_fitter(volume, plan, train)
     budget_text = f"/{_clock(60 * train.minutes)}" if args.steps is None else f"/{args.steps} steps"

@@ -38,8 +38,11 @@ def compressed(phantom_file):
 def test_compress_reports_ratio_psnr_and_ssim(phantom_file, capsys):
     out = phantom_file.with_name("report.moec")
     assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4", *FAST]) == 0
-    printed = capsys.readouterr().out
+    said = capsys.readouterr()
+    printed = said.out
     assert "ratio" in printed and "PSNR" in printed and "SSIM" in printed and "decoded from the written file" in printed
+    # The plan names the device that trains (auto resolved), not the option's value.
+    assert f"; device {'cuda' if torch.cuda.is_available() else 'cpu'}" in said.err
     raw = 32 * 28 * 16 * 2
     assert 12 <= raw / out.stat().st_size <= 12 * 1.05
 
