@@ -101,6 +101,13 @@ def _check_output(path: Path, force: bool, *inputs) -> None:
         raise OutputError(f"{path} exists; use --force to replace it")
 
 
+def _check_volume_output(path, force: bool, *inputs, npy: bool = True) -> None:
+    from .volume import check_volume_name
+
+    _check_output(Path(path), force, *inputs)
+    check_volume_name(path, npy=npy)
+
+
 def _check_distinct(*paths) -> None:
     from .errors import OutputError
 
@@ -232,16 +239,14 @@ def cmd_decompress(args) -> int:
     from . import pack
     from .decode import reconstruct
     from .train import resolve_device
-    from .volume import check_volume_name, save_labels, save_nifti, save_volume
+    from .volume import save_labels, save_nifti, save_volume
 
     source = Path(args.input)
     output = Path(args.output)
-    _check_output(output, args.force, source)
-    check_volume_name(output)
+    _check_volume_output(output, args.force, source)
     for extra in (args.labels, args.confidence):
         if extra:
-            _check_output(Path(extra), args.force, source)
-            check_volume_name(extra, npy=False)
+            _check_volume_output(extra, args.force, source, npy=False)
     _check_distinct(output, args.labels, args.confidence)
     # auto decodes on the CPU, as compress measured the file; a missing CUDA device is reported first.
     device = "cpu" if args.device == "auto" else resolve_device(args.device)
@@ -368,14 +373,12 @@ def cmd_bench(args) -> int:
 
 def cmd_sample(args) -> int:
     from .phantom import make_phantom
-    from .volume import check_volume_name, save_labels, save_volume
+    from .volume import save_labels, save_volume
 
     output = Path(args.output)
-    _check_output(output, args.force)
-    check_volume_name(output)
+    _check_volume_output(output, args.force)
     if args.labels:
-        _check_output(Path(args.labels), args.force)
-        check_volume_name(args.labels, npy=False)
+        _check_volume_output(args.labels, args.force, npy=False)
         _check_distinct(output, args.labels)
     volume, labels = make_phantom(tuple(args.shape))
     save_volume(volume, output, descrip="MoEC sample phantom (synthetic CT, HU)")

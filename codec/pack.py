@@ -209,13 +209,15 @@ def _int(value, name: str, lo: int, hi: int) -> int:
 
 
 def _float(value, name: str) -> float:
+    problem = MoecFormatError(f"header field {name} must be a finite number, not {_short(value)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise problem
     try:
-        # float() first: an integer of a thousand digits is valid JSON but overflows a float.
-        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        number = float(value)  # an integer of a thousand digits is valid JSON but overflows a float
     except OverflowError:
-        number = math.nan
+        raise problem from None
     if not math.isfinite(number):
-        raise MoecFormatError(f"header field {name} must be a finite number, not {_short(value)}")
+        raise problem
     return number
 
 

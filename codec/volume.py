@@ -71,6 +71,11 @@ def nifti_header(raw: bytes) -> nib.Nifti1Header:
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _span_fits(data: np.ndarray) -> bool:
+    """Whether max - min of finite float32 voxels is itself a float32 (normalising divides by it)."""
+    return float(np.max(data)) - float(np.min(data)) <= _FLOAT32_MAX
+
+
 def check_voxels(array: np.ndarray, what: str = "the input") -> np.ndarray:
     """Return the array as a 3D or 4D float32 array, or raise VolumeError saying why it is not one."""
     array = np.asanyarray(array)
@@ -84,14 +89,16 @@ def check_voxels(array: np.ndarray, what: str = "the input") -> np.ndarray:
         raise VolumeError(f"{what} is {min(array.ndim, 2)}D (shape {array.shape}); MoEC compresses 3D and 4D volumes")
     if array.ndim > 4:
         raise VolumeError(f"{what} is {array.ndim}D (shape {array.shape}); MoEC compresses 3D and 4D volumes")
-    with np.errstate(over="ignore", invalid="ignore"):
+    beyond = VolumeError(f"{what} holds values whose range (max - min) is beyond float32, the precision MoEC "
+                         f"computes in ({_FLOAT32_MAX:.1e}); rescale them before compressing")
+    with np.errstate(over="ignore"):
         data = np.asarray(array, dtype=np.float32)
-        span = float(np.max(data)) - float(np.min(data)) if np.isfinite(data).all() else 0.0
-    if array.dtype.kind == "f" and np.isfinite(array).all() and not (np.isfinite(data).all() and span <= _FLOAT32_MAX):
-        raise VolumeError(f"{what} holds values whose range (max - min) is beyond float32, the precision MoEC "
-                          f"computes in ({_FLOAT32_MAX:.1e}); rescale them before compressing")
     finite = np.isfinite(data)
+    if finite.all() and not _span_fits(data):
+        raise beyond
     if not finite.all():
+        if array.dtype.kind == "f" and np.isfinite(array).all():  # finite until the cast to float32
+            raise beyond
         bad = int(data.size - np.count_nonzero(finite))
         raise VolumeError(
             f"{what} has {bad} NaN or infinite voxel(s) of {data.size}; replace them (for example with the "
@@ -194,8 +201,7 @@ def load_volume(path: str | Path) -> Volume:
     if slope != 1.0 or inter != 0.0:
         with np.errstate(over="ignore", invalid="ignore"):
             data = data * np.float32(slope) + np.float32(inter)
-            span = float(np.max(data)) - float(np.min(data))
-        if not (np.isfinite(data).all() and span <= _FLOAT32_MAX):
+        if not (np.isfinite(data).all() and _span_fits(data)):
             raise VolumeError(f"{path}'s scaling (slope {slope:g}, intercept {inter:g}) takes its values beyond the "
                               "range MoEC computes in (float32); the header's scl_slope is likely wrong")
     return Volume(data, np.asarray(img.affine, dtype=np.float64), header, stored, slope, inter, path, size)
