@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -505,7 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # so that a reader gone away shows here, not as a warning at exit
+        return code
+    except BrokenPipeError:
+        # The reader of the output left (`moec eval ... | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except MoecError as exc:
         print(f"moec: error: {exc}", file=sys.stderr)
     except (OSError, ValueError) as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -318,3 +320,16 @@ def test_json_reports_are_strict_json_when_a_figure_is_undefined(tmp_path, capsy
     assert main(["eval", str(flat), str(out), "--json"]) == 0
     quality = strict(capsys.readouterr().out)["quality"]
     assert quality["psnr"] is None and quality["max_error"] == 0
+
+
+def test_a_reader_that_leaves_ends_the_command_quietly(compressed):
+    """`moec info F | head -1`: the output's pipe closed early is not an error to report."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the command writes, so every write finds the pipe broken
+    try:
+        done = subprocess.run([sys.executable, "-m", "codec.cli", "info", str(compressed)], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 128 + 13  # SIGPIPE's, as a shell reports a tool the pipe stopped
