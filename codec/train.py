@@ -53,6 +53,17 @@ FLAT_SHARE = 0.05
 #: Latent grids learn at this multiple of the learning rate: each latent sees only the few
 #: coordinates around its node, so its gradients are small and sparse.
 LATENT_LR_SCALE = 4.0
+#: Adam moves every weight by about the learning rate each step, so a layer's output moves in
+#: proportion to its fan-in. The default rate was tuned on layers up to about this wide; a wider
+#: layer learns at `WIDE_FAN_IN / fan-in` of it. Without this a single SIREN at 128x-256x (110 to
+#: 190 wide) stalled: on a 512x512x48 CT phantom at 256x it stayed at 11.5 dB, and on the brain at
+#: 128x half the rate made 29.9 dB in 300 steps against 28.2 (stop 20).
+WIDE_FAN_IN = 80
+
+
+def fan_in_scale(param: torch.Tensor) -> float:
+    """The learning-rate multiple of a weight matrix (stored as (..., in, out)); vectors keep 1."""
+    return 1.0 if param.ndim < 2 else min(1.0, WIDE_FAN_IN / param.shape[-2])
 
 
 @dataclass(frozen=True)
@@ -306,11 +317,10 @@ class Fitter:
             named = [(n, p) for n, p in model.named_parameters() if n.startswith(("experts.", "decoder."))]
         else:
             named = list(model.named_parameters())
-        latents = [p for n, p in named if is_latent(n)]
-        groups = [{"params": [p for n, p in named if not is_latent(n)], "scale": 1.0}]
-        if latents:
-            groups.append({"params": latents, "scale": LATENT_LR_SCALE})
-        return torch.optim.Adam(groups)
+        by_scale: dict[float, list[torch.Tensor]] = {}
+        for n, p in named:
+            by_scale.setdefault(LATENT_LR_SCALE if is_latent(n) else fan_in_scale(p), []).append(p)
+        return torch.optim.Adam([{"params": ps, "scale": scale} for scale, ps in by_scale.items()])
 
     def _freeze_prefix(self) -> None:
         """Quantize the encoder and router in place and stop training them (the partition is final)."""

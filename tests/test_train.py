@@ -13,7 +13,7 @@ from codec.decode import evaluate as evaluate_points
 from codec.decode import reconstruct
 from codec.grid import coords_from_flat
 from codec.partition import block_grid, block_index
-from codec.train import TrainConfig
+from codec.train import WIDE_FAN_IN, TrainConfig, fan_in_scale
 
 from .helpers import normalized_mutual_information
 from .training import file_psnr, mean_prediction_psnr, train
@@ -44,6 +44,19 @@ def test_learned_partition_follows_the_tissues_better_than_blocks(phantom, train
     blocks = block_index(coords, block_grid(volume.shape, 8)).numpy()
     assert len(np.unique(learned)) >= 4, "the router collapsed onto a few experts"
     assert normalized_mutual_information(tissues, learned) > normalized_mutual_information(tissues, blocks)
+
+
+def test_a_wide_single_siren_learns(phantom):
+    """A 129-wide SIREN at 2x: with the learning rate the narrow models use, it stayed at the mean
+    (13 dB); its wide layers learn at a rate scaled down by their fan-in."""
+    volume, _ = phantom
+    fitter, plan = train(volume, pipeline.Settings(ratio=2, experts=1, encoder="siren"),
+                         TrainConfig(steps=150, batch_size=4096, seed=0))
+    assert plan.model.expert_width > WIDE_FAN_IN
+    assert file_psnr(volume, pipeline.encode(fitter, plan)) >= mean_prediction_psnr(volume) + 12
+    assert fan_in_scale(torch.zeros(plan.model.expert_width, 7)) == WIDE_FAN_IN / plan.model.expert_width
+    assert fan_in_scale(torch.zeros(1, 3, 129)) == 1.0  # the coordinate layer: 3 inputs
+    assert fan_in_scale(torch.zeros(129)) == 1.0  # biases
 
 
 def test_the_stored_router_computes_the_partition_the_experts_were_trained_on(phantom, trained):
