@@ -251,7 +251,8 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
     # The seeds table in the order of the tables above: by method, then by ratio.
     seeded = sorted((r for r in rows if len(r.get("psnrs", ())) > 1),
                     key=lambda r: (methods.index(r["method"]) if r["method"] in methods else len(methods), r["target"]))
-    lines = [f"Volume {' x '.join(map(str, describe['shape']))} {describe['dtype']}, MoEC with {budget} per cell. "
+    trained = f", MoEC with {budget} per cell" if any(r["kind"] != "classical" for r in rows) else ""
+    lines = [f"Volume {' x '.join(map(str, describe['shape']))} {describe['dtype']}{trained}. "
              "PSNR in dB (peak = max - min); ratio measured on the bytes produced."
              + (" A figure followed by (n) is the mean of n seeds (each seed: the table \"Seeds\" below)."
                 if seeded else ""), ""]

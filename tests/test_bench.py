@@ -73,6 +73,14 @@ def test_an_unreachable_ratio_is_reported_not_extrapolated(phantom_file, tmp_pat
     assert "cannot reach" in (out / "results.md").read_text()
 
 
+def test_a_classical_only_run_names_no_training_budget(phantom_file, tmp_path):
+    out = tmp_path / "classical"
+    assert main(["bench", str(phantom_file), "--ratios", "8", "--classical-only", "--codecs", "j2k",
+                 "--out", str(out)]) == 0
+    text = (out / "results.md").read_text()
+    assert "| JPEG 2000 |" in text and "MoEC" not in text.splitlines()[0]
+
+
 def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_path):
     """`--ablations` trains every variant at the ablation ratio, each with what it says it changes
     (experts in use, top-2) and the default's row beside them in the table."""
