@@ -1,4 +1,4 @@
-"""`moec compress | decompress | info | eval | sample`: the codec on the command line.
+"""`moec compress | decompress | info | eval | bench | batch | sample`: the codec on the command line.
 
 Errors are one readable line on stderr and a non-zero exit status, never a traceback (set
 MOEC_DEBUG=1 to see one). Outputs are written atomically and never over the command's own input;
@@ -135,12 +135,12 @@ def cmd_compress(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     source = Path(args.input)
-    output = Path(args.output) if args.output else source.with_name(_stem(source) + ".moec")
+    output = Path(args.output) if args.output else _default_output(source, args.series)
     _check_output(output, args.force, source)
     if output.name.lower().endswith((".nii", ".nii.gz", ".npy")):
         from .errors import OutputError
         raise OutputError(f"{output} would be a .moec file under a volume's name; name it {_stem(output)}.moec")
-    volume = load_volume(source)
+    volume = load_volume(source, args.series)
     settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
                                  partition=args.partition, bits=args.bits, granularity=args.granularity,
                                  encoder=args.encoder, router_features=args.router_input == "features",
@@ -151,7 +151,7 @@ def cmd_compress(args) -> int:
                         seed=args.seed, device=args.device)
     plan = pipeline.plan(volume, settings, train)
     m = plan.model
-    print(f"{source.name}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
+    print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
           f"{_bytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {_bytes(plan.upper_bytes)}", file=sys.stderr)
     print(f"model: {_describe_model(m)}; {m.parameter_count():,} parameters, "
           f"{'float16' if plan.quant.float16 else f'{plan.quant.bits}-bit'} weights; device {device.type}",
@@ -198,7 +198,7 @@ def cmd_compress(args) -> int:
         print(_json(report))
         return 0
     print(f"wrote {output}: {_bytes(len(data))}")
-    file_part = f", {evaluation.file_ratio:.1f}x vs {source.name} ({_bytes(volume.source_bytes)})" \
+    file_part = f", {evaluation.file_ratio:.1f}x vs {_source_files(source, volume)} ({_bytes(volume.source_bytes)})" \
         if evaluation.file_ratio else ""
     print(f"  ratio     {evaluation.ratio:.1f}x vs raw voxels ({_bytes(volume.raw_bytes)}){file_part}")
     print(f"  PSNR      {_db(q.psnr)} (peak {q.peak:g}, decoded from the written file)")
@@ -207,6 +207,46 @@ def cmd_compress(args) -> int:
     print(f"  training  {fitter.steps_run} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
           f"{used} of {m.experts} experts in use")
     return 0
+
+
+def _default_output(source: Path, series: str | None) -> Path:
+    """Beside the input: NAME.moec for NAME.nii.gz and for a DICOM folder NAME of one series; for
+    one series of several, NAME_<series number and description>.moec."""
+    from . import dicom
+
+    if source.is_dir() or (source.is_file() and dicom.is_dicom_file(source)):
+        folder = (source if source.is_dir() else source.parent).resolve()
+        try:
+            info, scan = dicom.choose_series(folder, series if series or source.is_dir() else _series_of(source))
+        except dicom.DicomError:
+            return folder.with_name(folder.name + ".moec")  # the load says what is wrong, in its own words
+        stem = dicom.series_stem(info, scan.series)
+        return folder.with_name(stem + ".moec" if stem == folder.name else f"{folder.name}_{stem}.moec")
+    return source.with_name(_stem(source) + ".moec")
+
+
+def _series_of(path: Path) -> str | None:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", "")).strip() or None
+    except Exception:
+        return None
+
+
+def _input_name(source: Path, volume) -> str:
+    """How the first line names the input: the file, or the DICOM series and its folder."""
+    if volume.dicom is None:
+        return source.name
+    d = volume.dicom
+    number = f" series {d.series_number}" if d.series_number else ""
+    text = f' "{d.series_description}"' if d.series_description else ""
+    folder = source if source.is_dir() else source.parent
+    return f"{d.modality}{number}{text} in {folder.resolve().name}/"
+
+
+def _source_files(source: Path, volume) -> str:
+    return "its DICOM files" if volume.dicom is not None else source.name
 
 
 def _stem(path: Path) -> str:
@@ -242,20 +282,40 @@ def cmd_decompress(args) -> int:
     from .train import resolve_device
     from .volume import save_labels, save_nifti, save_volume
 
+    from .errors import MoecError
+
     source = Path(args.input)
-    output = Path(args.output)
-    _check_volume_output(output, args.force, source)
+    output = Path(args.output) if args.output else None
+    if output is None and not args.dicom:
+        raise MoecError("decompress needs -o OUT.nii.gz, --dicom OUTDIR, or both")
+    if output is not None:
+        _check_volume_output(output, args.force, source)
     for extra in (args.labels, args.confidence):
         if extra:
             _check_volume_output(extra, args.force, source, npy=False)
-    _check_distinct(output, args.labels, args.confidence)
+    _check_distinct(output, args.labels, args.confidence, args.dicom)
+    if args.dicom:
+        from .dicom import check_series_output
+
+        check_series_output(args.dicom, args.force)
     # auto decodes on the CPU, as compress measured the file; a missing CUDA device is reported first.
     device = "cpu" if args.device == "auto" else resolve_device(args.device)
     moec = pack.read(source)
+    if args.dicom and moec.meta.dicom is None:
+        raise MoecError(f"{source} was not compressed from a DICOM series, so it holds no patient and study to file "
+                        "a series under; write it as NIfTI with -o")
     recon = reconstruct(moec, device=device)
     tag = f"MoEC lossy {moec.ratio:.0f}x"
-    save_volume(recon.volume, output, descrip=tag)
-    print(f"wrote {output} ({' x '.join(map(str, moec.meta.shape))} {moec.meta.dtype.name}, {tag})")
+    if output is not None:
+        save_volume(recon.volume, output, descrip=tag)
+        print(f"wrote {output} ({' x '.join(map(str, moec.meta.shape))} {moec.meta.dtype.name}, {tag})")
+    if args.dicom:
+        from .dicom import digest, write_series
+
+        files = write_series(recon.volume, moec.meta.dicom, args.dicom, moec.ratio, digest(source.read_bytes()),
+                             force=args.force)
+        print(f"wrote {args.dicom} ({len(files)} DICOM slices: a derived {moec.meta.dicom.modality} series marked "
+              f"lossy, {tag}, under the original's patient and study)")
     if args.labels:
         save_labels(recon.volume, recon.labels, args.labels, f"MoEC experts (label k+1 = expert k), {tag}")
         print(f"wrote {args.labels} (expert assignment, labels 1..{moec.meta.model.experts})")
@@ -271,6 +331,8 @@ def cmd_info(args) -> int:
     from .volume import nifti_header
 
     source = Path(args.input)
+    if source.is_dir() and not source.name.lower().endswith(".moec"):
+        return _list_series(source, args.json)
     moec = pack.read(source)
     data = source.read_bytes()  # once, for the two byte-level summaries below
     meta = moec.meta
@@ -303,6 +365,31 @@ def cmd_info(args) -> int:
           f"final {stages[2]}) in {t.get('runs')} run(s), {budget}, batch {t.get('batch')}, lr {t.get('lr')}, "
           f"balance {t.get('balance')}")
     print(f"software  " + ", ".join(f"{k} {v}" for k, v in sorted(meta.made_by.items())))
+    if meta.dicom is not None:
+        d = meta.dicom
+        print(f"dicom     {d.modality} series {d.series_number or '-'}"
+              + (f' "{d.series_description}"' if d.series_description else "")
+              + f" ({d.series_uid}) of study {d.study_uid}, patient {d.patient_id or '-'}"
+              "; moec decompress --dicom writes it back as a derived series")
+    return 0
+
+
+def _list_series(folder: Path, as_json: bool) -> int:
+    """`moec info FOLDER`: the DICOM series of a folder, one line each (what --series chooses from)."""
+    from .dicom import choose_series, scan_folder
+
+    scan = scan_folder(folder)
+    if not scan.series:
+        choose_series(folder)  # raises the reason, in words
+    if as_json:
+        print(_json([{"uid": s.uid, "modality": s.modality, "number": s.number, "description": s.description,
+                      "shape": [s.columns, s.rows, len(s.files)]} for s in scan.series]))
+        return 0
+    print(f"{folder}: {len(scan.series)} DICOM series (columns x rows x slices)")
+    for info in scan.series:
+        print(f"  {info.describe()}")
+    for path, why in scan.unreadable:
+        print(f"  unreadable: {path.name}: {why}")
     return 0
 
 
@@ -319,7 +406,7 @@ def cmd_eval(args) -> int:
     from . import pack, pipeline
     from .volume import load_volume
 
-    original = load_volume(args.original)
+    original = load_volume(args.original, args.series)
     moec = pack.read(args.input)
     evaluation = pipeline.evaluate(original, moec)
     q = evaluation.quality
@@ -357,7 +444,7 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    volume = load_volume(args.input)
+    volume = load_volume(args.input, args.series)
     for line in bench.describe_missing():
         print(f"note: {line}", file=sys.stderr)
     config = TrainConfig(minutes=args.minutes, steps=args.steps, seed=args.seed)
@@ -404,6 +491,12 @@ def _positive(kind):
     return parse
 
 
+def _series_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--series", metavar="UID",
+                        help="the SeriesInstanceUID to read where a DICOM folder holds several (moec info FOLDER "
+                             "lists them)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -412,8 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"moec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("compress", help="NIfTI/NumPy volume -> .moec file")
-    c.add_argument("input", help=".nii, .nii.gz or .npy volume (3D or 4D)")
+    c = sub.add_parser("compress", help="NIfTI/NumPy volume or DICOM series -> .moec file")
+    c.add_argument("input", help=".nii, .nii.gz or .npy volume (3D or 4D), or a DICOM series' folder")
+    _series_option(c)
     c.add_argument("-o", "--output", help="the .moec file to write (default: beside the input)")
     c.add_argument("--ratio", type=_positive(float), default=256.0,
                    help="compression ratio vs the raw voxels; the file lands in [R, 1.05 R] (default 256)")
@@ -449,28 +543,33 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.set_defaults(run=cmd_compress)
 
-    d = sub.add_parser("decompress", help=".moec file -> NIfTI volume")
+    d = sub.add_parser("decompress", help=".moec file -> NIfTI volume or DICOM series")
     d.add_argument("input")
-    d.add_argument("-o", "--output", required=True, help=".nii, .nii.gz or .npy to write")
+    d.add_argument("-o", "--output", help=".nii, .nii.gz or .npy to write")
+    d.add_argument("--dicom", metavar="OUTDIR",
+                   help="write the reconstruction as a DICOM series in this folder (a derived series, marked "
+                        "lossy, under the original's patient and study; for files compressed from DICOM)")
     d.add_argument("--labels", help="also write the expert assignment (uint8, expert k as k+1) as NIfTI")
     d.add_argument("--confidence", help="also write the gate confidence (float32) as NIfTI")
     d.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     d.add_argument("--force", action="store_true", help="replace existing output files")
     d.set_defaults(run=cmd_decompress)
 
-    i = sub.add_parser("info", help="describe a .moec file")
+    i = sub.add_parser("info", help="describe a .moec file, or list the DICOM series of a folder")
     i.add_argument("input")
     i.add_argument("--json", action="store_true")
     i.set_defaults(run=cmd_info)
 
     e = sub.add_parser("eval", help="measure a .moec file against the original volume")
-    e.add_argument("original")
+    e.add_argument("original", help="the original: a NIfTI/NumPy file or a DICOM series' folder")
     e.add_argument("input")
+    _series_option(e)
     e.add_argument("--json", action="store_true")
     e.set_defaults(run=cmd_eval)
 
     b = sub.add_parser("bench", help="rate-distortion of MoEC against JPEG 2000, HEVC and H.264 on a volume")
-    b.add_argument("input", help=".nii, .nii.gz or .npy volume")
+    b.add_argument("input", help=".nii, .nii.gz or .npy volume, or a DICOM series' folder")
+    _series_option(b)
     b.add_argument("--ratios", type=_positive(float), nargs="+", default=[128.0, 256.0, 512.0, 1024.0, 4096.0])
     bench_budget = b.add_mutually_exclusive_group()
     bench_budget.add_argument("--minutes", type=_positive(float), default=5.0,
@@ -514,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except MoecError as exc:
+        for info in getattr(exc, "series", ()):  # a folder of several series: the choices, one a line
+            print(f"  {info.describe()}", file=sys.stderr)
         print(f"moec: error: {exc}", file=sys.stderr)
     except (OSError, ValueError) as exc:
         if os.environ.get("MOEC_DEBUG"):

@@ -30,3 +30,16 @@ class MoecFormatError(MoecError, ValueError):
 
 class OutputError(MoecError, ValueError):
     """An output path is unusable, for example it would overwrite the command's own input."""
+
+
+class DicomError(VolumeError):
+    """A folder or file is not a DICOM series the codec can read (or a reconstruction cannot be
+    written as one): mixed image sizes, missing positions, an undecodable transfer syntax, no images."""
+
+
+class SeriesChoiceError(DicomError):
+    """A folder holds several DICOM series and none was chosen; `series` lists them (codec.dicom.SeriesInfo)."""
+
+    def __init__(self, message: str, series: tuple = ()):
+        super().__init__(message)
+        self.series = tuple(series)

@@ -30,6 +30,7 @@ import torch
 
 from . import __version__, entropy
 from .bitstream import VERSION, Container, pack_container, unpack_container
+from .dicom import DicomIdentity, identity_from_json
 from .errors import MoecFormatError
 from .files import atomic_write_bytes
 from .grid import COORDINATE_CONVENTION
@@ -63,6 +64,9 @@ class MoecMeta:
     made_by: dict
     version: int = VERSION  # of the container it was read from (new files: the current one)
     floor: float | None = None  # decoded values at or below it become vmin (codec.floor; version 4)
+    #: Patient, study and series of a volume compressed from DICOM (codec.dicom), so that the
+    #: reconstruction can be written back as a derived series under them; absent otherwise.
+    dicom: DicomIdentity | None = None
 
     @property
     def affine(self) -> np.ndarray:
@@ -89,7 +93,8 @@ class MoecMeta:
                         "granularity": self.quant.granularity},
             "train": self.train,
             "made_by": self.made_by,
-        } | ({} if self.floor is None else {"floor": self.floor})
+        } | ({} if self.floor is None else {"floor": self.floor}) | (
+            {} if self.dicom is None else {"dicom": self.dicom.to_json()})
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,7 +119,7 @@ def describe(volume: Volume, model: ModelConfig, quant: QuantConfig, train: dict
         hdr.set_sform(volume.affine, code=int(hdr["sform_code"]) or 2)
     vmin, vmax = volume.value_range
     return MoecMeta(volume.shape, np.dtype(volume.dtype), volume.slope, volume.inter, vmin, vmax,
-                    bytes(hdr.binaryblock), model, quant, dict(train), made_by())
+                    bytes(hdr.binaryblock), model, quant, dict(train), made_by(), dicom=volume.dicom)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -352,8 +357,13 @@ def parse_meta(container: Container) -> MoecMeta:
         floor = _float(j["floor"], "floor")
         if not vmin <= floor <= vmax:
             raise MoecFormatError(f"the floor {floor:g} is outside the intensity range {vmin:g} .. {vmax:g}")
+    # Optional in every version: a reader that predates it ignores it, and a file without it is a
+    # volume that did not come from DICOM.
+    dicom = identity_from_json(j["dicom"]) if "dicom" in j else None
+    if dicom is not None and len(shape) != 3:
+        raise MoecFormatError("a DICOM series is 3D; the header's dicom entry is on a 4D volume")
     return MoecMeta(shape, np.dtype(dtype_name), slope, inter, vmin, vmax, container.nifti, model, quant,
-                    train, made, container.version, floor)
+                    train, made, container.version, floor, dicom)
 
 
 def read_table(meta: MoecMeta, payload: bytes) -> tuple[list[entropy.SymbolModel], list[np.ndarray], int]:

@@ -12,6 +12,7 @@ import gzip
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -19,6 +20,9 @@ from nibabel.filebasedimages import ImageFileError
 
 from .errors import VolumeError
 from .files import atomic_write, refuse_overwrite
+
+if TYPE_CHECKING:
+    from .dicom import DicomIdentity
 
 #: The stored dtypes the codec accepts; the .moec header stores the index's name.
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -38,6 +42,9 @@ class Volume:
     inter: float = 0.0
     source: Path | None = None
     source_bytes: int | None = None
+    #: Patient, study and series of a volume read from a DICOM series (codec.dicom), which the .moec
+    #: header keeps so that the reconstruction can be filed back under them; None for other inputs.
+    dicom: DicomIdentity | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -162,14 +169,20 @@ def from_array(
     return Volume(data, affine, bytes(header), stored, float(slope), float(inter), source, source_bytes)
 
 
-def load_volume(path: str | Path) -> Volume:
-    """Load a .nii, .nii.gz or .npy file as a Volume in real units, or raise VolumeError."""
+def load_volume(path: str | Path, series: str | None = None) -> Volume:
+    """Load a .nii, .nii.gz or .npy file, or a DICOM series (its folder, or one of its files; `series`
+    a SeriesInstanceUID where the folder holds several), as a Volume in real units, or raise
+    VolumeError (DicomError for DICOM input)."""
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"no such file: {path}")
-    if path.is_dir():
-        raise VolumeError(f"{path} is a folder, not a volume file")
     name = path.name.lower()
+    if path.is_dir() or not name.endswith((".nii", ".nii.gz", ".npy")) and _is_dicom(path):
+        from .dicom import load_series
+
+        return load_series(path, series)
+    if series is not None:
+        raise VolumeError(f"{path} is not DICOM; a series can only be chosen in a DICOM folder")
     size = path.stat().st_size
     if name.endswith(".npy"):
         try:
@@ -179,7 +192,7 @@ def load_volume(path: str | Path) -> Volume:
         stored = _stored_dtype(array.dtype, str(path))
         return from_array(array, dtype=stored, source=path, source_bytes=size)
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        raise VolumeError(f"{path} is not a volume file: expected .nii, .nii.gz or .npy")
+        raise VolumeError(f"{path} is not a volume file: expected .nii, .nii.gz, .npy or a DICOM series")
     try:
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -205,6 +218,12 @@ def load_volume(path: str | Path) -> Volume:
             raise VolumeError(f"{path}'s scaling (slope {slope:g}, intercept {inter:g}) takes its values beyond the "
                               "range MoEC computes in (float32); the header's scl_slope is likely wrong")
     return Volume(data, np.asarray(img.affine, dtype=np.float64), header, stored, slope, inter, path, size)
+
+
+def _is_dicom(path: Path) -> bool:
+    from .dicom import is_dicom_file
+
+    return is_dicom_file(path)
 
 
 def to_stored(data: np.ndarray, dtype: np.dtype, slope: float = 1.0, inter: float = 0.0) -> np.ndarray:
