@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -211,7 +212,9 @@ def scan_folder(folder: Path) -> FolderScan:
             other += 1
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            with warnings.catch_warnings():  # a damaged file is reported in its row, not as warnings
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # pydicom reports a damaged file with many exception types
             unreadable.append((path, _why(exc)))
             continue
@@ -239,7 +242,7 @@ def _number_key(number: str) -> tuple[int, int]:
 
 def _why(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def choose_series(folder: Path, series: str | None = None) -> tuple[SeriesInfo, FolderScan]:
@@ -291,8 +294,12 @@ def load_series(path: str | os.PathLike, series: str | None = None) -> Volume:
                 raise DicomError(f"{path} is not a readable DICOM file: {_why(exc)}") from None
         path = path.parent
     info, _ = choose_series(path, series)
-    slices = [_read_slice(f) for f in info.files]
-    return _assemble(info, slices)
+    return read_series(info)
+
+
+def read_series(info: SeriesInfo) -> Volume:
+    """The Volume of a series found by `scan_folder` (DicomError when its slices are not one volume)."""
+    return _assemble(info, [_read_slice(f) for f in info.files])
 
 
 @dataclass(frozen=True)
