@@ -459,6 +459,44 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from . import batch, cohort_report
+
+    settings = batch.BatchSettings(ratio=args.ratio, minutes=args.minutes, steps=args.steps, experts=args.experts,
+                                   seed=args.seed, batch_size=args.batch, device=args.device)
+    engine = batch.Engine(scheduler=args.scheduler, workers=args.workers, threads=args.threads)
+    if args.report:
+        cohort_report.check_available()
+        report = Path(args.report)
+        if report.exists() and not report.is_dir():
+            from .errors import OutputError
+            raise OutputError(f"{report} is a file, not a folder for the report")
+    output = Path(args.output)
+    try:
+        summary = batch.run(Path(args.input), output, settings, engine, force=args.force, progress=not args.quiet,
+                            log=lambda text: print(text, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print(f"moec: interrupted; every volume that finished is in {output / batch.MANIFEST}: run the same "
+              "command again to go on", file=sys.stderr)
+        return 130
+    if args.json:
+        print(_json([asdict(r) for r in summary.rows]))
+    else:
+        print(cohort_report.table(summary.rows))
+        print()
+        minutes = summary.seconds / 60
+        rate = f", {summary.compressed / (summary.seconds / 3600):.1f} volumes per hour" if summary.compressed else ""
+        before = f"; {summary.skipped} finished before" if summary.skipped else ""
+        print(f"{summary.compressed} compressed in {minutes:.1f} min on {summary.engine}{rate}{before}; "
+              f"{summary.failed} failed")
+        print(f"manifest: {output / batch.MANIFEST}")
+    if args.report:
+        md, png = cohort_report.write_report(summary.rows, args.report,
+                                             f"{Path(args.input).resolve().name}: {settings.key}")
+        print(f"report: {md}, {png}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_ERROR if summary.failed else 0
+
+
 def cmd_sample(args) -> int:
     from .phantom import make_phantom
     from .volume import save_labels, save_volume
@@ -589,6 +627,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "holds on every seed")
     b.add_argument("--threads", type=_positive(int))
     b.set_defaults(run=cmd_bench)
+
+    a = sub.add_parser("batch", help="every volume of a folder (NIfTI files, DICOM series) -> .moec files, on dask",
+                       description="Compress every NIfTI file and DICOM series under INPUT_DIR into OUT_DIR, "
+                                   "mirroring the folder tree, on a local dask cluster or an existing one. "
+                                   "OUT_DIR/manifest.csv records each volume as it finishes; run the same command "
+                                   "again to skip finished volumes and retry the others.")
+    a.add_argument("input", metavar="INPUT_DIR")
+    a.add_argument("-o", "--output", metavar="OUT_DIR", required=True, help="folder for the .moec files and the manifest")
+    a.add_argument("--ratio", type=_positive(float), default=256.0, help="compression ratio vs the raw voxels (default 256)")
+    batch_budget = a.add_mutually_exclusive_group()
+    batch_budget.add_argument("--minutes", type=_positive(float), default=5.0,
+                              help="training time per volume (default 5)")
+    batch_budget.add_argument("--steps", type=_positive(int), help="training steps per volume instead (reproducible)")
+    a.add_argument("--experts", type=_positive(int), default=4, help="number of experts (default 4; 1 = one SIREN)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--batch", type=_positive(int), default=1 << 15, help="coordinates per step (default 32768)")
+    a.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where each task trains (auto: a worker's GPU when it has one)")
+    a.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a running dask scheduler (tcp://host:8786) to send the volumes to; the workers must see "
+                        "INPUT_DIR and OUT_DIR at the same paths (default: a local cluster on this machine)")
+    a.add_argument("--workers", type=_positive(int),
+                   help="local worker processes (default: one per core, as far as volumes and memory allow)")
+    a.add_argument("--threads", type=_positive(int),
+                   help="torch threads per volume (default: the cores shared out among the workers)")
+    a.add_argument("--report", metavar="DIR", help="also write DIR/report.md and DIR/cohort.png (needs matplotlib)")
+    a.add_argument("--force", action="store_true",
+                   help="compress again volumes that were finished with other settings")
+    a.add_argument("--quiet", action="store_true", help="no progress bar or per-volume lines")
+    a.add_argument("--json", action="store_true", help="print the manifest's rows as JSON instead of the table")
+    a.set_defaults(run=cmd_batch)
 
     s = sub.add_parser("sample", help="write the sample phantom (synthetic CT) as NIfTI")
     s.add_argument("-o", "--output", required=True)
