@@ -18,8 +18,10 @@ def test_npe2_discovers_the_plugin():
     manager.discover()
     manifest = manager.get_manifest("moec-napari")
     contributions = manifest.contributions
-    assert {r.command for r in contributions.readers} == {"moec-napari.get_reader"}
+    assert {r.command for r in contributions.readers} == {"moec-napari.get_reader", "moec-napari.get_dicom_reader"}
     assert "*.moec" in contributions.readers[0].filename_patterns
+    dicom = next(r for r in contributions.readers if r.command == "moec-napari.get_dicom_reader")
+    assert dicom.accepts_directories and not dicom.filename_patterns  # folders only: never offered for a file
     assert {w.command for w in contributions.writers} >= {"moec-napari.write_image", "moec-napari.write_moec"}
     assert contributions.sample_data[0].key == "phantom"
     assert contributions.widgets[0].command == "moec-napari.widget"
