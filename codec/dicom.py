@@ -628,8 +628,8 @@ def _umask() -> int:
 
 
 #: The .moec file keeps the affine in its NIfTI header, in float32: positions come back a few
-#: 1e-7 mm off, printed as such noise unless rounded (to 10 nm, far below any scanner's precision).
-MM_DECIMALS = 5
+#: 1e-7 mm off, printed as such noise unless rounded (to 1 µm, far below any scanner's precision).
+MM_DECIMALS = 6
 
 
 def _ds(value: float, decimals: int | None = None) -> str:
