@@ -176,3 +176,32 @@ def expert_table(original: np.ndarray, recon: np.ndarray, labels: np.ndarray, ex
             value = math.inf if err == 0 else 10.0 * math.log10(peak * peak / err)
         table.append(ExpertStat(k, n / flat_labels.size, value, parameters_per_expert))
     return table
+
+
+@dataclass(frozen=True)
+class RegionQuality:
+    """Fidelity inside and outside a region of interest (PSNR with the whole volume's peak)."""
+
+    voxels: int  # inside the region
+    share: float  # of all voxels
+    psnr_inside: float
+    psnr_outside: float
+    max_inside: float  # largest absolute error, real units
+    max_outside: float
+
+
+def region_quality(original: np.ndarray, recon: np.ndarray, mask: np.ndarray) -> RegionQuality:
+    """PSNR and max error inside `mask` (bool, the volume's shape) and outside it."""
+    if mask.shape != original.shape:
+        raise ValueError(f"the region's shape {mask.shape} is not the volume's {original.shape}")
+    peak = peak_of(original)
+    inside, outside = (original[mask], recon[mask]), (original[~mask], recon[~mask])
+
+    def figures(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        if not a.size:
+            return math.nan, math.nan
+        return psnr(a, b, peak), float(np.abs(b.astype(np.float32) - a.astype(np.float32)).max())
+
+    (p_in, m_in), (p_out, m_out) = figures(*inside), figures(*outside)
+    n = int(mask.sum())
+    return RegionQuality(n, n / max(mask.size, 1), p_in, p_out, m_in, m_out)

@@ -247,6 +247,13 @@ def _train_record(d: dict) -> dict:
     if not (isinstance(stages, list) and len(stages) == 3
             and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in stages)):
         raise MoecFormatError(f"the training record's field 'stages' must be three step counts, not {_short(stages)}")
+    roi = d.get("roi")
+    if "roi" in d and not (isinstance(roi, dict) and isinstance(roi.get("voxels"), int)
+                           and not isinstance(roi.get("voxels"), bool) and roi["voxels"] > 0
+                           and isinstance(roi.get("weight"), (int, float)) and not isinstance(roi.get("weight"), bool)
+                           and math.isfinite(roi["weight"]) and roi["weight"] >= 1):
+        raise MoecFormatError(f"the training record's field 'roi' must give the region's voxels and weight, "
+                              f"not {_short(roi)}")
     return d
 
 

@@ -19,9 +19,10 @@ from .budget import Architecture, Plan
 from .decode import Reconstruction, reconstruct, unfloored_values
 from .errors import MoecError
 from .floor import SAMPLE_VOXELS, choose_floor
-from .metrics import ExpertStat, Quality, expert_table, quality
+from .metrics import ExpertStat, Quality, RegionQuality, expert_table, quality, region_quality
 from .pack import MoecFile
 from .quantize import QuantConfig
+from .roi import check_roi
 from .train import Fitter, TrainConfig, train_record
 from .volume import Volume
 
@@ -69,21 +70,24 @@ class Settings:
         return QuantConfig(self.bits, self.first_layer_extra_bits, self.granularity, self.latent_bits)
 
 
-def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig()) -> Plan:
-    """Network widths for `volume` at the settings' ratio (BudgetError when it cannot be met)."""
+def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig(), roi: bool = False) -> Plan:
+    """Network widths for `volume` at the settings' ratio (BudgetError when it cannot be met); `roi`:
+    the file will record a region of interest (a few header bytes)."""
     arch = settings.architecture(len(volume.shape))
     quant = settings.quant()
     budget.check_architecture(arch, quant, len(volume.shape))
     # The largest grid description the header could hold (3 digits per axis).
     example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape))
     # A record with large counters: the header can only shrink once the real numbers are known.
-    meta = pack.describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9))
+    meta = pack.describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9, 10**9 if roi else None))
     header = budget.header_bytes(meta.nifti, meta.to_json())
     return budget.plan_model(volume.shape, volume.dtype.itemsize, settings.ratio, arch, quant, header)
 
 
-def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig) -> Fitter:
-    return Fitter(volume, plan_.model, plan_.quant, config, file_steps=lambda fitter: file_steps(fitter, plan_))
+def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig, roi: np.ndarray | None = None) -> Fitter:
+    """A Fitter for the plan; `roi` (a mask of the volume's shape) weights its voxels (codec.roi)."""
+    return Fitter(volume, plan_.model, plan_.quant, config, file_steps=lambda fitter: file_steps(fitter, plan_),
+                  roi=roi)
 
 
 def file_steps(fitter: Fitter, plan_: Plan) -> dict[str, np.ndarray]:
@@ -180,10 +184,12 @@ class Evaluation:
     experts: list[ExpertStat]
     ratio: float  # raw voxel bytes / file bytes
     file_ratio: float | None  # source file bytes / file bytes
+    roi: RegionQuality | None = None  # inside and outside the region of interest, when one was given
 
 
-def evaluate(original: Volume, moec: MoecFile, device: str = "cpu") -> Evaluation:
-    """Decode `moec` and measure it against `original` (same shape, file voxel order)."""
+def evaluate(original: Volume, moec: MoecFile, device: str = "cpu", roi: np.ndarray | None = None) -> Evaluation:
+    """Decode `moec` and measure it against `original` (same shape, file voxel order), and inside
+    and outside `roi` (a mask of that shape) when given."""
     if original.shape != moec.meta.shape:
         raise ValueError(f"the .moec file holds a {moec.meta.shape} volume, the original is {original.shape}")
     recon = reconstruct(moec, device=device)
@@ -191,4 +197,5 @@ def evaluate(original: Volume, moec: MoecFile, device: str = "cpu") -> Evaluatio
     table = expert_table(original.data, recon.volume.data, recon.labels, moec.meta.model.experts,
                          moec.meta.model.expert_parameter_count())
     file_ratio = original.source_bytes / moec.nbytes if original.source_bytes else None
-    return Evaluation(moec, recon, q, table, moec.ratio, file_ratio)
+    region = None if roi is None else region_quality(original.data, recon.volume.data, check_roi(roi, original.shape))
+    return Evaluation(moec, recon, q, table, moec.ratio, file_ratio, region)

@@ -36,6 +36,8 @@ from .grid import coords_from_flat
 from .model import ModelConfig, MoEC, is_latent
 from .partition import block_grid, block_index, intensity_clusters
 from .quantize import QuantConfig, max_steps, max_steps_torch, rate_step, round_in_place
+from .roi import DEFAULT_WEIGHT as DEFAULT_ROI_WEIGHT
+from .roi import check_roi, roi_batch
 from .volume import Volume, to_unit
 
 STAGES = ("router", "joint", "final")
@@ -103,6 +105,8 @@ class TrainConfig:
     latent_qat_from: float = 0.0
     seed: int = 0
     device: str = "auto"
+    #: How much more a voxel of the region of interest counts (codec.roi), when a Fitter has one.
+    roi_weight: float = DEFAULT_ROI_WEIGHT
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -120,6 +124,8 @@ class TrainConfig:
             raise ValueError("seed must be an integer in 0 .. 2**62 - 1")
         if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1:
             raise ValueError("final_fraction must be in [0, 1) and latent_qat_from in [0, 1]")
+        if not (math.isfinite(self.roi_weight) and 1.0 <= self.roi_weight <= 1e6):
+            raise ValueError("roi_weight must be a number from 1 to 1e6")
         if self.pretrain_target not in PRETRAIN_TARGETS or self.pretrain_steps < 0:
             raise ValueError(f"pretrain_target must be one of {PRETRAIN_TARGETS}; pretrain_steps not negative")
 
@@ -187,12 +193,17 @@ def _warm_up_optimizer() -> None:
         _optimizer_ready = True
 
 
-def train_record(config: TrainConfig, steps: int, stage_steps: list[int], runs: int) -> dict:
-    """How a model was made, for the file's header (no timestamps: files stay reproducible)."""
-    return {"seed": config.seed, "steps": steps, "stages": stage_steps, "runs": runs,
-            "minutes": None if config.steps is not None else config.minutes, "batch": config.batch_size,
-            "lr": config.lr, "balance": config.balance_weight, "gate_gradient": config.gate_gradient,
-            "pretrain": config.pretrain_target if config.router_pretraining else "none"}
+def train_record(config: TrainConfig, steps: int, stage_steps: list[int], runs: int,
+                 roi_voxels: int | None = None) -> dict:
+    """How a model was made, for the file's header (no timestamps: files stay reproducible); a
+    region of interest adds its size and weight (a file made without one has no "roi" field)."""
+    record = {"seed": config.seed, "steps": steps, "stages": stage_steps, "runs": runs,
+              "minutes": None if config.steps is not None else config.minutes, "batch": config.batch_size,
+              "lr": config.lr, "balance": config.balance_weight, "gate_gradient": config.gate_gradient,
+              "pretrain": config.pretrain_target if config.router_pretraining else "none"}
+    if roi_voxels is not None:
+        record["roi"] = {"voxels": roi_voxels, "weight": config.roi_weight}
+    return record
 
 
 class _Budget:
@@ -222,8 +233,12 @@ class Fitter:
     """Owns a volume's training state: the model, the sampler, and the record of what was run."""
 
     def __init__(self, volume: Volume, model_config: ModelConfig, quant: QuantConfig,
-                 config: TrainConfig = TrainConfig(), file_steps: FileSteps | None = None):
+                 config: TrainConfig = TrainConfig(), file_steps: FileSteps | None = None,
+                 roi: np.ndarray | None = None):
         self.volume = volume
+        #: Flat indices of the region of interest's voxels (codec.roi), drawn config.roi_weight
+        #: times as often as the others; None without a region.
+        self.roi = None if roi is None else torch.from_numpy(np.flatnonzero(check_roi(roi, volume.shape)))
         self.quant = quant
         self.config = config
         self.device = resolve_device(config.device)
@@ -253,7 +268,8 @@ class Fitter:
         _warm_up_optimizer()
 
     def record(self) -> dict:
-        return train_record(self.config, self.steps_run, [self.stage_steps[s] for s in STAGES], self.runs)
+        return train_record(self.config, self.steps_run, [self.stage_steps[s] for s in STAGES], self.runs,
+                            None if self.roi is None else int(self.roi.numel()))
 
     # --- the generator --------------------------------------------------------------------------
     def fit(self, minutes: float | None = None, steps: int | None = None) -> Iterator[Progress]:
@@ -393,8 +409,17 @@ class Fitter:
         return self._pretrain_labels[flat].long()
 
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Random voxels: flat indices, coordinates and target values (from the private generator)."""
-        flat = torch.randint(0, self.target.numel(), (batch,), generator=self.sampler).to(self.device)
+        """Random voxels: flat indices, coordinates and target values (from the private generator);
+        with a region of interest, part of the batch drawn from it (codec.roi.roi_batch), so that the
+        batch's plain MSE is the ROI-weighted MSE in expectation."""
+        total = self.target.numel()
+        if self.roi is None:
+            flat = torch.randint(0, total, (batch,), generator=self.sampler)
+        else:
+            k = roi_batch(batch, self.roi.numel(), total, self.config.roi_weight)
+            picks = self.roi[torch.randint(0, self.roi.numel(), (k,), generator=self.sampler)]
+            flat = torch.cat([torch.randint(0, total, (batch - k,), generator=self.sampler), picks])
+        flat = flat.to(self.device)
         return flat, coords_from_flat(flat, self.shape), self.target[flat]
 
     def _step(self, stage: str, optimizer: torch.optim.Optimizer,
