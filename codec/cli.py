@@ -141,6 +141,11 @@ def cmd_compress(args) -> int:
         from .errors import OutputError
         raise OutputError(f"{output} would be a .moec file under a volume's name; name it {_stem(output)}.moec")
     volume = load_volume(source, args.series)
+    roi = None
+    if args.roi:
+        from .roi import load_roi
+
+        roi = load_roi(args.roi, volume.shape, volume.affine)
     settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
                                  partition=args.partition, bits=args.bits, granularity=args.granularity,
                                  encoder=args.encoder, router_features=args.router_input == "features",
@@ -148,15 +153,18 @@ def cmd_compress(args) -> int:
     train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
                         balance_weight=args.balance, router_pretraining=args.pretrain != "none",
                         pretrain_target="blocks" if args.pretrain == "blocks" else "clusters",
-                        seed=args.seed, device=args.device)
-    plan = pipeline.plan(volume, settings, train)
+                        seed=args.seed, device=args.device, roi_weight=args.roi_weight)
+    plan = pipeline.plan(volume, settings, train, roi=roi is not None)
     m = plan.model
     print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
           f"{_bytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {_bytes(plan.upper_bytes)}", file=sys.stderr)
     print(f"model: {_describe_model(m)}; {m.parameter_count():,} parameters, "
           f"{'float16' if plan.quant.float16 else f'{plan.quant.bits}-bit'} weights; device {device.type}",
           file=sys.stderr)
-    fitter = pipeline.new_fitter(volume, plan, train)
+    if roi is not None:
+        print(f"ROI: {Path(args.roi).name}, {int(roi.sum()):,} voxels ({100 * roi.mean():.2f}%) weighted "
+              f"{args.roi_weight:g}x", file=sys.stderr)
+    fitter = pipeline.new_fitter(volume, plan, train, roi)
     budget_text = f"/{_clock(60 * train.minutes)}" if args.steps is None else f"/{args.steps} steps"
     bar = None if args.quiet else ProgressBar()
     stopped = False
@@ -186,7 +194,7 @@ def cmd_compress(args) -> int:
     pack.write(output, data)
     # Every figure comes from decoding the bytes just written, as a reader of the file would.
     moec = pack.read(output)
-    evaluation = pipeline.evaluate(volume, moec)
+    evaluation = pipeline.evaluate(volume, moec, roi=roi)
     q = evaluation.quality
     used = sum(1 for e in evaluation.experts if e.share > 0)
     report = {
@@ -194,6 +202,8 @@ def cmd_compress(args) -> int:
         "psnr": q.psnr, "ssim": q.ssim, "steps": fitter.steps_run, "stages": fitter.record()["stages"],
         "experts_used": used, "stopped": stopped,
     }
+    if evaluation.roi is not None:
+        report["roi"] = asdict(evaluation.roi)
     if args.json:
         print(_json(report))
         return 0
@@ -203,6 +213,8 @@ def cmd_compress(args) -> int:
     print(f"  ratio     {evaluation.ratio:.1f}x vs raw voxels ({_bytes(volume.raw_bytes)}){file_part}")
     print(f"  PSNR      {_db(q.psnr)} (peak {q.peak:g}, decoded from the written file)")
     print(f"  SSIM      {q.ssim:.4f} ({q.ssim_method})")
+    if evaluation.roi is not None:
+        print(f"  ROI       {_region_text(evaluation.roi)}")
     stages = fitter.record()["stages"]
     print(f"  training  {fitter.steps_run} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
           f"{used} of {m.experts} experts in use")
@@ -304,11 +316,18 @@ def cmd_decompress(args) -> int:
     if args.dicom and moec.meta.dicom is None:
         raise MoecError(f"{source} was not compressed from a DICOM series, so it holds no patient and study to file "
                         "a series under; write it as NIfTI with -o")
-    recon = reconstruct(moec, device=device)
+    shape = _output_grid(moec.meta.shape, args.scale, args.shape)
+    recon = reconstruct(moec, device=device, shape=shape)
     tag = f"MoEC lossy {moec.ratio:.0f}x"
+    if shape is not None:
+        from .resample import resampled_descrip
+
+        tag = resampled_descrip(tag, shape)
     if output is not None:
         save_volume(recon.volume, output, descrip=tag)
-        print(f"wrote {output} ({' x '.join(map(str, moec.meta.shape))} {moec.meta.dtype.name}, {tag})")
+        spacing = " x ".join(f"{z:g}" for z in recon.volume.spacing[:3])
+        print(f"wrote {output} ({' x '.join(map(str, recon.volume.shape))} {moec.meta.dtype.name}, {spacing} mm, "
+              f"{tag})")
     if args.dicom:
         from .dicom import digest, write_series
 
@@ -323,6 +342,22 @@ def cmd_decompress(args) -> int:
         save_nifti(recon.volume, recon.confidence.astype("float32"), args.confidence, f"MoEC gate confidence, {tag}")
         print(f"wrote {args.confidence} (gate confidence, 0..1)")
     return 0
+
+
+def _output_grid(shape: tuple[int, ...], scale: list[float] | None, size: list[int] | None) -> tuple[int, ...] | None:
+    """The grid --scale or --shape asks for (None: the file's own). Scale factors apply to the
+    spatial axes; a 4D file keeps its time points."""
+    from .resample import check_shape, scaled_shape
+
+    spatial, rest = tuple(shape[:3]), tuple(shape[3:])
+    if scale is not None:
+        factors = scale[0] if len(scale) == 1 else tuple(scale)
+        grid = scaled_shape(spatial, factors) + rest
+    elif size is not None:
+        grid = check_shape(tuple(size) + (rest if len(size) == 3 else ()), len(shape))
+    else:
+        return None
+    return None if grid == tuple(shape) else grid
 
 
 def cmd_info(args) -> int:
@@ -364,6 +399,9 @@ def cmd_info(args) -> int:
     print(f"made      seed {t.get('seed')}, {t.get('steps')} steps (router {stages[0]}, joint {stages[1]}, "
           f"final {stages[2]}) in {t.get('runs')} run(s), {budget}, batch {t.get('batch')}, lr {t.get('lr')}, "
           f"balance {t.get('balance')}")
+    if t.get("roi"):
+        print(f"roi       trained with a region of interest of {t['roi']['voxels']:,} voxels weighted "
+              f"{t['roi']['weight']:g}x (moec eval --roi MASK measures inside and outside it)")
     print(f"software  " + ", ".join(f"{k} {v}" for k, v in sorted(meta.made_by.items())))
     if meta.dicom is not None:
         d = meta.dicom
@@ -408,11 +446,18 @@ def cmd_eval(args) -> int:
 
     original = load_volume(args.original, args.series)
     moec = pack.read(args.input)
-    evaluation = pipeline.evaluate(original, moec)
+    roi = None
+    if args.roi:
+        from .roi import load_roi
+
+        roi = load_roi(args.roi, original.shape, original.affine)
+    evaluation = pipeline.evaluate(original, moec, roi=roi)
     q = evaluation.quality
+    trained = moec.meta.train.get("roi")
     if args.json:
         print(_json({"ratio": evaluation.ratio, "file_ratio": evaluation.file_ratio, "quality": asdict(q),
-                          "experts": [asdict(e) for e in evaluation.experts]}))
+                     "roi": asdict(evaluation.roi) if evaluation.roi is not None else None, "trained_roi": trained,
+                     "experts": [asdict(e) for e in evaluation.experts]}))
         return 0
     print(f"ratio             {evaluation.ratio:.1f}x vs raw voxels"
           + (f", {evaluation.file_ratio:.1f}x vs {Path(args.original).name}" if evaluation.file_ratio else ""))
@@ -425,11 +470,21 @@ def cmd_eval(args) -> int:
     print(f"99th pct error    {q.p99_error:g}")
     print(f"PSNR inside body  {_db(q.psnr_body)} ({100 * q.body_share:.1f}% of voxels)")
     print(f"worst slice       k = {q.worst_slice} (third axis), {_db(q.worst_slice_psnr)}")
+    if evaluation.roi is not None:
+        print(f"ROI               {_region_text(evaluation.roi)}")
+    if trained:
+        print(f"trained with ROI  {trained['voxels']:,} voxels weighted {trained['weight']:g}x"
+              + ("" if roi is not None else " (give --roi MASK to measure inside and outside it)"))
     print()
     print("expert  label  voxels   PSNR in region  parameters")
     for e in evaluation.experts:
         print(f"{e.expert:>6}  {e.expert + 1:>5}  {100 * e.share:5.1f}%  {_db(e.psnr):>14}  {e.parameters:>10,}")
     return 0
+
+
+def _region_text(r) -> str:
+    return (f"inside {_db(r.psnr_inside)}, max error {r.max_inside:g} ({r.voxels:,} voxels, {100 * r.share:.2f}%); "
+            f"outside {_db(r.psnr_outside)}, max error {r.max_outside:g}")
 
 
 CODEC_KEYS = {"j2k": "JPEG 2000", "hevc": "HEVC (x265)", "h264": "H.264 (x264)"}
@@ -536,6 +591,8 @@ def _series_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .roi import DEFAULT_WEIGHT as DEFAULT_ROI_WEIGHT
+
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="moec", description="Compress 3D/4D medical volumes with a "
@@ -574,6 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr", type=_positive(float), default=2.5e-3, help="learning rate (default 0.0025)")
     c.add_argument("--batch", type=_positive(int), default=1 << 15, help="coordinates per step (default 32768)")
     c.add_argument("--balance", type=float, default=0.01, help="balancing loss weight (default 0.01)")
+    c.add_argument("--roi", metavar="MASK",
+                   help="a NIfTI mask on the volume's grid (non-zero = region of interest, e.g. a lesion): its "
+                        "squared error counts --roi-weight times more in training, so it comes out sharper")
+    c.add_argument("--roi-weight", type=float, default=DEFAULT_ROI_WEIGHT, metavar="W",
+                   help=f"how much more an ROI voxel's squared error counts (default {DEFAULT_ROI_WEIGHT:g})")
     c.add_argument("--pretrain", choices=("clusters", "blocks", "none"), default="clusters",
                    help="the router's starting partition: intensity clusters (default), blocks, or none (ablation)")
     c.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -589,6 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "lossy, under the original's patient and study; for files compressed from DICOM)")
     d.add_argument("--labels", help="also write the expert assignment (uint8, expert k as k+1) as NIfTI")
     d.add_argument("--confidence", help="also write the gate confidence (float32) as NIfTI")
+    grid = d.add_mutually_exclusive_group()
+    grid.add_argument("--scale", type=float, nargs="+", metavar="S",
+                      help="decode on another grid over the same box: voxels per axis times S (one factor, or one "
+                           "per spatial axis: --scale 1 1 5 gives 1 mm slices from a 5 mm CT); the affine follows")
+    grid.add_argument("--shape", type=int, nargs="+", metavar="N", help="decode on a grid of these voxels per axis")
     d.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     d.add_argument("--force", action="store_true", help="replace existing output files")
     d.set_defaults(run=cmd_decompress)
@@ -602,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("original", help="the original: a NIfTI/NumPy file or a DICOM series' folder")
     e.add_argument("input")
     _series_option(e)
+    e.add_argument("--roi", metavar="MASK", help="also measure inside and outside this NIfTI mask (non-zero = inside)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(run=cmd_eval)
 

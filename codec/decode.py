@@ -199,12 +199,17 @@ def reconstruct(moec: MoecFile, chunk: int = DEFAULT_CHUNK, device: str | torch.
             done += math.prod(s.stop - s.start for s in tile)
             if on_chunk is not None:
                 on_chunk(done, total)
-    if grid.shape == tuple(meta.shape):
-        volume = meta.volume_like(values)
-    else:
-        volume = Volume(values, resampled_affine(meta.affine, meta.shape, grid.shape),
-                        resampled_header(meta.nifti, meta.shape, grid.shape), meta.dtype, meta.slope, meta.inter)
-    return Reconstruction(volume, labels, confidence)
+    return Reconstruction(output_volume(meta, values), labels, confidence)
+
+
+def output_volume(meta: MoecMeta, values) -> Volume:
+    """A Volume of decoded `values` (numpy, or a lazy array of their shape) on the file's grid or on
+    a resampled one (the affine and header follow the shape of `values`)."""
+    shape = tuple(int(n) for n in values.shape)
+    if shape == tuple(meta.shape):
+        return Volume(values, meta.affine, meta.nifti, meta.dtype, meta.slope, meta.inter)
+    return Volume(values, resampled_affine(meta.affine, meta.shape, shape), resampled_header(meta.nifti, meta.shape, shape),
+                  meta.dtype, meta.slope, meta.inter)
 
 
 def unfloored_values(moec: MoecFile, flat: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
