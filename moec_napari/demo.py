@@ -1,7 +1,10 @@
 """`python -m moec_napari.demo`: napari with the sample phantom and the MoEC dock widget.
 
 With `--train` it starts training at once (a short budget), which is how the README screenshot is
-made: `python -m moec_napari.demo --train --minutes 0.5 --screenshot docs/screenshot.png`.
+made: `python -m moec_napari.demo --train --minutes 0.5 --screenshot docs/screenshot.png`. With
+`--roi` the phantom gets a small textured lesion, painted as the region of interest, and the
+screenshot shows its outline over the original and the reconstruction:
+`python -m moec_napari.demo --roi --ratio 256 --minutes 1 --screenshot docs/roi.png`.
 """
 
 from __future__ import annotations
@@ -9,9 +12,42 @@ from __future__ import annotations
 import argparse
 
 import napari
+import numpy as np
 
 from moec_napari.sample import phantom
-from moec_napari.widget import MoecWidget
+from moec_napari.widget import MoecWidget, _grid
+
+LESION_RADIUS = 5  # voxels of the phantom's display grid
+
+
+def add_lesion(viewer, image):
+    """A bright, textured lesion in the volume's right lung region, and a Labels layer marking it
+    (its ball dilated by a voxel), on the image's grid."""
+    data = np.array(image.data)
+    k, j, i = data.shape[0] // 2, int(data.shape[1] * 0.45), int(data.shape[2] * 0.3)
+    zz, yy, xx = np.ogrid[: data.shape[0], : data.shape[1], : data.shape[2]]
+    distance = np.sqrt(((zz - k) * image.scale[0] / image.scale[2]) ** 2 + (yy - j) ** 2 + (xx - i) ** 2)
+    ball = distance <= LESION_RADIUS
+    texture = np.random.default_rng(0).uniform(-80.0, 80.0, size=int(ball.sum()))
+    data[ball] = 60.0 + texture
+    image.data = data
+    roi = (distance <= LESION_RADIUS + 1).astype(np.uint8)
+    return viewer.add_labels(roi, name="lesion ROI", scale=image.scale, translate=image.translate, opacity=0.9), k
+
+
+def show_roi(viewer, widget, roi, index: int) -> None:
+    """The original and the reconstruction side by side, each with the ROI's outline over it."""
+    for role in ("error", "experts", "confidence"):
+        viewer.layers.remove(widget.derived[role])
+    viewer.layers.remove(roi)
+    original, recon = widget.source, widget.derived["reconstruction"]
+    for target in (original, recon):
+        outline = viewer.add_labels(roi.data, name=f"{target.name} ROI", scale=roi.scale, translate=roi.translate)
+        outline.contour = 1
+        viewer.layers.move(viewer.layers.index(outline), viewer.layers.index(target) + 1)
+    _grid(viewer).stride = 2
+    viewer.dims.set_point(0, original.data_to_world((index, 0, 0))[0])
+    viewer.reset_view()
 
 
 def main() -> None:
@@ -20,19 +56,25 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--ratio", type=float, default=64.0)
     parser.add_argument("--screenshot", help="after training, save a screenshot here and quit")
+    parser.add_argument("--roi", action="store_true", help="add a lesion and train with it as the region of interest")
     args = parser.parse_args()
     viewer = napari.Viewer(title="MoEC Viewer")
     viewer.window.resize(1600, 1000)
     data, kwargs, kind = phantom()[0]  # the volume; its tissue labels are one File > Open Sample away
-    viewer.add_image(data, **kwargs)
+    image = viewer.add_image(data, **kwargs)
+    roi, index = add_lesion(viewer, image) if args.roi else (None, 0)
     widget = MoecWidget(viewer)
     viewer.window.add_dock_widget(widget, name="MoEC compression", area="right")
     widget.ratio.setValue(args.ratio)
     widget.minutes.setValue(args.minutes)
+    if roi is not None:
+        widget.roi_box.setCurrentText(roi.name)
     if args.train or args.screenshot:
         widget.train()
     if args.screenshot:
         def shoot():
+            if roi is not None:
+                show_roi(viewer, widget, roi, index)
             viewer.screenshot(args.screenshot, canvas_only=False)
             viewer.close()
         widget.worker.finished.connect(shoot)

@@ -16,7 +16,7 @@ import numpy as np
 
 from codec import pack, pipeline
 from codec.decode import render
-from codec.metrics import ExpertStat, Quality
+from codec.metrics import ExpertStat, Quality, RegionQuality
 from codec.train import Fitter, Progress, TrainConfig
 from codec.volume import Volume
 
@@ -57,6 +57,7 @@ class Result:
     experts_count: int
     parameters_per_expert: int
     stopped: bool
+    roi: RegionQuality | None = None  # inside and outside the region of interest it was trained with
 
 
 def error_limit(error: np.ndarray) -> float:
@@ -72,10 +73,11 @@ def _display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
 
 
 def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: int, stopped: bool,
-           moec: pack.MoecFile | None = None) -> Result:
-    """Decode `data` (unless already decoded), measure it against `volume`, in display order."""
+           moec: pack.MoecFile | None = None, roi: np.ndarray | None = None) -> Result:
+    """Decode `data` (unless already decoded), measure it against `volume` (and inside and outside
+    `roi`, file voxel order), in display order."""
     moec = moec or pack.decode(data)
-    evaluation = pipeline.evaluate(volume, moec)
+    evaluation = pipeline.evaluate(volume, moec, roi=roi)
     recon = evaluation.reconstruction
     values = _display(orientation, recon.volume.data)
     original = _display(orientation, volume.data)
@@ -83,18 +85,21 @@ def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: 
     error = values - original
     return Result(data, values, _display(orientation, recon.labels), _display(orientation, recon.confidence),
                   error, error_limit(error), evaluation.quality, evaluation.experts, evaluation.ratio,
-                  evaluation.file_ratio, steps, model.experts, model.expert_parameter_count(), stopped)
+                  evaluation.file_ratio, steps, model.experts, model.expert_parameter_count(), stopped,
+                  evaluation.roi)
 
 
 class TrainingJob:
     """One volume's training session in the plugin: train, stop, continue, each run a generator."""
 
     def __init__(self, volume: Volume, orientation: Orientation | None, settings: pipeline.Settings,
-                 config: TrainConfig, preview_every: float = 0.5):
+                 config: TrainConfig, preview_every: float = 0.5, roi: np.ndarray | None = None):
+        """`roi`: a region of interest (a mask in the file's voxel order) weighted config.roi_weight."""
         self.volume = volume
         self.orientation = orientation
-        self.plan = pipeline.plan(volume, settings, config)  # BudgetError here, before any thread starts
-        self.fitter: Fitter = pipeline.new_fitter(volume, self.plan, config)
+        self.roi = roi
+        self.plan = pipeline.plan(volume, settings, config, roi=roi is not None)  # BudgetError before any thread
+        self.fitter: Fitter = pipeline.new_fitter(volume, self.plan, config, roi)
         self.preview_every = preview_every
         self.stop_requested = False
         #: (display axis, index) of the slice on screen; the GUI thread replaces the tuple whole.
@@ -126,7 +131,8 @@ class TrainingJob:
         if progress is not None:
             yield progress
         data = pipeline.encode(self.fitter, self.plan)
-        self.result = finish(self.volume, self.orientation, data, self.fitter.steps_run, self.stop_requested)
+        self.result = finish(self.volume, self.orientation, data, self.fitter.steps_run, self.stop_requested,
+                             roi=self.roi)
         return self.result
 
     def preview(self, axis: int, index: int) -> Preview:
@@ -149,15 +155,17 @@ class TrainingJob:
                        error_limit(error))
 
 
-def load(volume: Volume | None, orientation: Orientation | None, data: bytes, name: str):
+def load(volume: Volume | None, orientation: Orientation | None, data: bytes, name: str,
+         shape: tuple[int, ...] | None = None):
     """Decode a .moec file for the plugin: a Result measured against `volume` when an open volume
-    has its shape, else the layers of the file alone (reconstruction, experts, confidence)."""
+    has its shape (and no other grid is asked for), else the file's own layers (reconstruction,
+    experts, confidence), lazy, on its grid or on `shape`."""
     moec = pack.decode(data, name)
-    if volume is not None and volume.shape == moec.meta.shape:
+    if volume is not None and volume.shape == moec.meta.shape and shape in (None, moec.meta.shape):
         steps = moec.meta.train.get("steps")
         return finish(volume, orientation, data, steps if isinstance(steps, int) else 0, stopped=False, moec=moec)
-    from codec.decode import reconstruct
+    from .layers import file_stem, moec_layers
+    from .lazy import lazy_decode
 
-    from .layers import moec_layers
-
-    return moec_layers(reconstruct(moec), data, moec.meta.model.experts, name)
+    lazy, labels, confidence, _ = lazy_decode(moec, shape)
+    return moec_layers(lazy, labels, confidence, data, moec.meta, file_stem(name))

@@ -74,10 +74,12 @@ def display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
     return array if orientation is None else orientation.to_display(array)
 
 
-def image_layer(volume: Volume, name: str, role: str = "original", **extra) -> tuple:
-    """(data, kwargs, "image") for a volume, in display order with its transforms."""
+def image_layer(volume: Volume, name: str, role: str = "original", value_range: tuple[float, float] | None = None,
+                **extra) -> tuple:
+    """(data, kwargs, "image") for a volume, in display order with its transforms. A lazy volume
+    gives its `value_range` (a file's header has it): measuring it would decode every voxel."""
     orientation = orientation_of(volume)
-    vmin, vmax = volume.value_range
+    vmin, vmax = value_range if value_range is not None else volume.value_range
     limits = window_limits(*CT_WINDOWS["Soft tissue"]) if is_ct(vmin, vmax) else (vmin, max(vmax, vmin + 1e-6))
     kwargs = {"name": name, "metadata": metadata_for(volume, orientation, role, **extra),
               "contrast_limits": limits, "colormap": "gray", **orientation.layer_kwargs()}
@@ -124,23 +126,39 @@ def transforms_of(layer) -> dict:
             "units": tuple(str(u) for u in layer.units)}
 
 
+def file_stem(path: str | Path) -> str:
+    """A file's name without .nii.gz, .nii or .moec: what its layers are named after."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".moec"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
 def lossy_name(stem: str, ratio: float) -> str:
     """Decompressed outputs are lossy: their names say MoEC and the ratio."""
     return f"{stem} MoEC {ratio:.0f}x"
 
 
-def moec_layers(recon, data: bytes, experts: int, stem: str, source: Path | None = None) -> list[tuple]:
-    """Reconstruction, expert assignment and gate confidence of a decoded file, as layer data."""
-    ratio = recon.volume.raw_bytes / len(data)
-    volume = replace(recon.volume, source=source)
+def moec_layers(volume: Volume, labels, confidence, data: bytes, meta, stem: str,
+                source: Path | None = None) -> list[tuple]:
+    """Reconstruction, expert assignment and gate confidence of a file (`meta`: its MoecMeta), as
+    layer data; numpy arrays or lazy dask arrays (moec_napari.lazy), on the file's grid or another."""
+    ratio = meta.raw_bytes / len(data)
+    volume = replace(volume, source=source)
     name = lossy_name(stem, ratio)
-    data_, kwargs, _ = image_layer(volume, name, role="reconstruction", moec_bytes=data, ratio=ratio)
+    if volume.shape != tuple(meta.shape):
+        name += f" at {'x'.join(map(str, volume.shape))}"
+    data_, kwargs, _ = image_layer(volume, name, role="reconstruction", value_range=(meta.vmin, meta.vmax),
+                                   moec_bytes=data, ratio=ratio)
     orientation = orientation_of(volume)
     placement = orientation.layer_kwargs()
-    meta = metadata_for(volume, orientation, "experts", ratio=ratio)
-    labels = (orientation.to_display(recon.labels), {"name": f"{name} experts", "colormap": expert_colormap(experts),
-                                                     "metadata": meta, **placement}, "labels")
-    confidence = (orientation.to_display(recon.confidence),
-                  {"name": f"{name} gate confidence", "colormap": "viridis", "contrast_limits": (0.0, 1.0),
-                   "metadata": metadata_for(volume, orientation, "confidence", ratio=ratio), **placement}, "image")
-    return [(data_, kwargs, "image"), labels, confidence]
+    experts = meta.model.experts
+    labels_layer = (orientation.to_display(labels),
+                    {"name": f"{name} experts", "colormap": expert_colormap(experts),
+                     "metadata": metadata_for(volume, orientation, "experts", ratio=ratio), **placement}, "labels")
+    confidence_layer = (orientation.to_display(confidence),
+                        {"name": f"{name} gate confidence", "colormap": "viridis", "contrast_limits": (0.0, 1.0),
+                         "metadata": metadata_for(volume, orientation, "confidence", ratio=ratio), **placement},
+                        "image")
+    return [(data_, kwargs, "image"), labels_layer, confidence_layer]

@@ -58,10 +58,15 @@ class Orientation:
     def _reverse(self) -> tuple[int, ...]:
         return tuple(range(self.ndim - 1, -1, -1))
 
-    def to_display(self, array: np.ndarray) -> np.ndarray:
-        """File voxel order -> display order (a view where numpy allows)."""
-        canonical = nib.orientations.apply_orientation(array, ornt_transform(self._ornt, RAS))
-        return np.transpose(canonical, self._reverse())
+    def to_display(self, array):
+        """File voxel order -> display order: a view of a numpy array, a lazy dask array of a dask
+        array (flips and a transpose only, never np.asarray, which would decode a lazy file whole)."""
+        transform = ornt_transform(self._ornt, RAS)
+        flips = tuple(slice(None, None, -1) if flip < 0 else slice(None) for _, flip in transform)
+        order = list(range(array.ndim))
+        order[:SPATIAL] = np.argsort(transform[:, 0]).tolist()
+        canonical = array[flips].transpose(order)
+        return canonical.transpose(self._reverse())
 
     def to_file(self, array: np.ndarray) -> np.ndarray:
         """Display order -> file voxel order (contiguous, ready for codec or a file)."""

@@ -1,6 +1,7 @@
 """npe2 reader: NIfTI volumes in real units, and .moec files decoded into their layers.
 
-Readers are synchronous in npe2; a .moec file is decoded here, chunk by chunk, in bounded memory.
+Readers are synchronous in npe2, so a .moec file's layers are lazy (moec_napari.lazy): the reader
+returns once the header and weights are read, and napari decodes the slab on screen when it draws it.
 """
 
 from __future__ import annotations
@@ -8,18 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from codec import pack
-from codec.decode import reconstruct
 from codec.volume import load_volume
 
-from .layers import image_layer, moec_layers
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".moec"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+from .layers import file_stem, image_layer, moec_layers
+from .lazy import lazy_decode
 
 
 def get_reader(path):
@@ -35,11 +28,11 @@ def get_reader(path):
 
 def read_nifti(path: str) -> list[tuple]:
     volume = load_volume(path)
-    return [image_layer(volume, _stem(Path(path)))]
+    return [image_layer(volume, file_stem(path))]
 
 
 def read_moec(path: str) -> list[tuple]:
     data = Path(path).read_bytes()
     moec = pack.decode(data, path)
-    recon = reconstruct(moec)
-    return moec_layers(recon, data, moec.meta.model.experts, _stem(Path(path)), source=Path(path))
+    volume, labels, confidence, _ = lazy_decode(moec)
+    return moec_layers(volume, labels, confidence, data, moec.meta, file_stem(path), source=Path(path))

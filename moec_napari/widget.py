@@ -26,6 +26,7 @@ from superqt import QCollapsible
 from codec import pack, pipeline
 from codec.errors import MoecError
 from codec.files import refuse_overwrite
+from codec.resample import scaled_shape
 from codec.train import Progress, TrainConfig
 
 from .curves import CurvesWidget
@@ -37,7 +38,7 @@ from .layers import (
 
 ROLES = ("reconstruction", "error", "experts", "confidence")
 METRICS = (("ratio", "Ratio"), ("file", "File"), ("psnr", "PSNR"), ("ssim", "SSIM"), ("max", "Max error"),
-           ("p99", "99th pct error"), ("body", "PSNR in body"), ("worst", "Worst slice"))
+           ("p99", "99th pct error"), ("body", "PSNR in body"), ("roi", "ROI"), ("worst", "Worst slice"))
 
 
 def training_threads() -> int:
@@ -110,6 +111,11 @@ class MoecWidget(QWidget):
         form.addRow("Top-k", self.top_k)
         self.minutes = self._spin(QDoubleSpinBox(), 0.05, 600.0, 5.0, "Training time budget in minutes", decimals=2)
         form.addRow("Minutes", self.minutes)
+        self.roi_box = QComboBox()
+        self.roi_box.setToolTip("A Labels layer on the volume's grid whose painted voxels (any label) are the "
+                                "region of interest: their squared error counts 'ROI weight' times more, so they "
+                                "come out sharper for the same file size")
+        form.addRow("ROI", self.roi_box)
         layout.addLayout(form)
 
         self.advanced = QCollapsible("Advanced")
@@ -135,16 +141,18 @@ class MoecWidget(QWidget):
         self.grid_channels = self._spin(QSpinBox(), 1, 16, pipeline.Settings().grid_channels,
                                         "Latents per grid node and level (latent grid only); fewer channels buy a "
                                         "finer grid in the same bytes")
+        self.roi_weight = self._spin(QDoubleSpinBox(), 1.0, 1000.0, TrainConfig().roi_weight,
+                                     "How much more a voxel of the ROI counts in training", decimals=1)
         for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
                               ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),
                               ("Encoder", self.encoder), ("Router input", self.router_input),
-                              ("Grid channels", self.grid_channels)):
+                              ("Grid channels", self.grid_channels), ("ROI weight", self.roi_weight)):
             adv_form.addRow(label, widget)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
         self.inputs = [self.layer_box, self.ratio, self.experts, self.top_k, self.minutes, self.lr, self.seed,
                        self.balance, self.bits, self.steps, self.partition, self.encoder, self.router_input,
-                       self.grid_channels]
+                       self.grid_channels, self.roi_box, self.roi_weight]
 
         buttons = QHBoxLayout()
         self.train_button = QPushButton("Train")
@@ -171,9 +179,17 @@ class MoecWidget(QWidget):
         self.load_button = QPushButton("Load .moec…")
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
+        self.decode_scale = self._spin(QDoubleSpinBox(), 0.1, 8.0, 1.0, "Grid a loaded file is decoded on, as a "
+                                       "factor per axis (2: twice the voxels along each axis, e.g. thin slices; "
+                                       "the network is continuous). 1: the file's own grid, measured against an "
+                                       "open volume of its shape", decimals=2, step=0.25)
+        self.decode_scale.setSuffix(" ×")
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)
+        files.addWidget(QLabel("at"))
+        files.addWidget(self.decode_scale)
         layout.addLayout(files)
+        self.inputs.append(self.decode_scale)
 
         self.windows = QGroupBox("CT window")
         windows = QHBoxLayout(self.windows)
@@ -235,7 +251,30 @@ class MoecWidget(QWidget):
         if current in names:
             self.layer_box.setCurrentText(current)
         self.layer_box.blockSignals(False)
+        roi = self.roi_box.currentText()
+        self.roi_box.clear()
+        self.roi_box.addItems(["none"] + [layer.name for layer in self._roi_layers()])
+        self.roi_box.setCurrentText(roi if roi in [self.roi_box.itemText(i) for i in range(self.roi_box.count())]
+                                    else "none")
         self._on_layer_chosen()
+
+    def _roi_layers(self) -> list[Labels]:
+        """Labels layers a user painted or opened (not the expert assignments this widget makes)."""
+        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)
+                and (moec_of(layer) or {}).get("role") != "experts"]
+
+    def roi_mask(self, layer: Image) -> np.ndarray | None:
+        """The chosen ROI layer's painted voxels in the file order of `layer` (None: no ROI);
+        MoecError when it is not on that layer's grid."""
+        name = self.roi_box.currentText()
+        if name in ("", "none") or name not in self.viewer.layers:
+            return None
+        painted = np.asarray(self.viewer.layers[name].data) != 0
+        if painted.shape != tuple(layer.data.shape):
+            raise MoecError(f"the ROI layer {name!r} is {' x '.join(map(str, painted.shape))} voxels, the volume "
+                            f"{' x '.join(map(str, layer.data.shape))}: paint it on a layer of the volume's shape")
+        orientation = layer_orientation(layer)
+        return painted if orientation is None else orientation.to_file(painted)
 
     def selected_layer(self) -> Image | None:
         name = self.layer_box.currentText()
@@ -261,7 +300,8 @@ class MoecWidget(QWidget):
     def train_config(self) -> TrainConfig:
         steps = self.steps.value() or None
         return TrainConfig(minutes=self.minutes.value(), steps=steps, lr=self.lr.value(),
-                           balance_weight=self.balance.value(), seed=self.seed.value())
+                           balance_weight=self.balance.value(), seed=self.seed.value(),
+                           roi_weight=self.roi_weight.value())
 
     # --- training -----------------------------------------------------------------------------------
     def train(self) -> None:
@@ -271,7 +311,7 @@ class MoecWidget(QWidget):
             return
         try:
             volume, orientation = volume_of_layer(layer)
-            job = TrainingJob(volume, orientation, self.settings(), self.train_config())
+            job = TrainingJob(volume, orientation, self.settings(), self.train_config(), roi=self.roi_mask(layer))
         except (MoecError, ValueError) as exc:
             show_error(f"MoEC: {exc}")
             return
@@ -323,10 +363,11 @@ class MoecWidget(QWidget):
         if isinstance(result, Result):
             self.result = result
             self._show_result(result)
-        elif isinstance(result, list):  # a loaded file with no matching volume open: its own layers
+        elif isinstance(result, list):  # a loaded file on its own: its lazy layers, decoded as shown
             for data, kwargs, kind in result:
                 self.viewer.add_image(data, **kwargs) if kind == "image" else self.viewer.add_labels(data, **kwargs)
-            show_info("MoEC: no open volume has this file's shape, so its layers are shown alone")
+            show_info("MoEC: the file's layers are shown alone (decoded slab by slab as you scroll); open a "
+                      "volume of its shape and load at 1 × to measure it")
 
     def _on_error(self, exc) -> None:
         show_error(f"MoEC: {exc}")
@@ -455,6 +496,8 @@ class MoecWidget(QWidget):
             "max": f"{q.max_error:g}",
             "p99": f"{q.p99_error:g}",
             "body": f"{_format_db(q.psnr_body)} ({100 * q.body_share:.0f}% of voxels)",
+            "roi": "–" if r.roi is None else (f"{_format_db(r.roi.psnr_inside)} inside (max error {r.roi.max_inside:g}), "
+                                             f"{_format_db(r.roi.psnr_outside)} outside (max {r.roi.max_outside:g})"),
             "worst": f"k = {q.worst_slice}, {_format_db(q.worst_slice_psnr)}",
         }
         for key, text in texts.items():
@@ -537,15 +580,17 @@ class MoecWidget(QWidget):
                 volume = None
         try:
             meta = pack.read_meta(data, str(path))  # the header only: cheap, and refuses bad files early
+            scale = self.decode_scale.value()
+            shape = None if scale == 1.0 else scaled_shape(meta.shape[:3], scale) + tuple(meta.shape[3:])
         except MoecError as exc:
             show_error(f"MoEC: {exc}")
             return
-        if volume is not None and meta.shape == volume.shape:
+        if volume is not None and meta.shape == volume.shape and shape in (None, meta.shape):
             self.source, self.job = layer, None
             self._make_derived_layers(layer, meta.model.experts, meta.raw_bytes / len(data))
         else:
             volume = orientation = None
-        self._run(create_worker(load, volume, orientation, data, str(path)))
+        self._run(create_worker(load, volume, orientation, data, str(path), shape))
 
     def _load_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load MoEC file", "", "MoEC files (*.moec)")
