@@ -13,7 +13,9 @@ import argparse
 
 import napari
 import numpy as np
+from qtpy.QtWidgets import QApplication
 
+from moec_napari.layers import transforms_of
 from moec_napari.sample import phantom
 from moec_napari.widget import MoecWidget, _grid
 
@@ -21,33 +23,33 @@ LESION_RADIUS = 5  # voxels of the phantom's display grid
 
 
 def add_lesion(viewer, image):
-    """A bright, textured lesion in the volume's right lung region, and a Labels layer marking it
-    (its ball dilated by a voxel), on the image's grid."""
+    """A ring-enhancing lesion (a bright rim around a darker core) in the volume, and a Labels
+    layer marking it (its ball dilated by a voxel), on the image's grid."""
     data = np.array(image.data)
     k, j, i = data.shape[0] // 2, int(data.shape[1] * 0.45), int(data.shape[2] * 0.3)
     zz, yy, xx = np.ogrid[: data.shape[0], : data.shape[1], : data.shape[2]]
     distance = np.sqrt(((zz - k) * image.scale[0] / image.scale[2]) ** 2 + (yy - j) ** 2 + (xx - i) ** 2)
     ball = distance <= LESION_RADIUS
-    texture = np.random.default_rng(0).uniform(-80.0, 80.0, size=int(ball.sum()))
-    data[ball] = 60.0 + texture
+    data[ball] = 20.0 + 120.0 * (distance[ball] / LESION_RADIUS) ** 2
     image.data = data
     roi = (distance <= LESION_RADIUS + 1).astype(np.uint8)
-    return viewer.add_labels(roi, name="lesion ROI", scale=image.scale, translate=image.translate, opacity=0.9), k
+    return viewer.add_labels(roi, name="lesion ROI", **transforms_of(image)), k
 
 
 def show_roi(viewer, widget, roi, index: int) -> None:
     """The original and the reconstruction side by side, each with the ROI's outline over it."""
     for role in ("error", "experts", "confidence"):
         viewer.layers.remove(widget.derived[role])
-    viewer.layers.remove(roi)
     original, recon = widget.source, widget.derived["reconstruction"]
-    for target in (original, recon):
-        outline = viewer.add_labels(roi.data, name=f"{target.name} ROI", scale=roi.scale, translate=roi.translate)
-        outline.contour = 1
-        viewer.layers.move(viewer.layers.index(outline), viewer.layers.index(target) + 1)
+    outline = viewer.add_labels(roi.data, name=f"{recon.name} ROI", **transforms_of(roi))
+    for layer, target in ((roi, original), (outline, recon)):
+        layer.contour = 1
+        viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(target) + 1)
     _grid(viewer).stride = 2
     viewer.dims.set_point(0, original.data_to_world((index, 0, 0))[0])
+    QApplication.processEvents()  # the grid lays its views out first, or the camera fits a stale extent
     viewer.reset_view()
+    QApplication.processEvents()
 
 
 def main() -> None:

@@ -205,6 +205,7 @@ class MoecWidget(QWidget):
         for key, title in METRICS:
             label = QLabel("–")
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            label.setWordWrap(True)  # a long figure wraps instead of widening the dock past the window
             metrics_form.addRow(title, label)
             self.metrics[key] = label
         layout.addWidget(self.metrics_box)
@@ -496,7 +497,7 @@ class MoecWidget(QWidget):
             "max": f"{q.max_error:g}",
             "p99": f"{q.p99_error:g}",
             "body": f"{_format_db(q.psnr_body)} ({100 * q.body_share:.0f}% of voxels)",
-            "roi": "–" if r.roi is None else (f"{_format_db(r.roi.psnr_inside)} inside (max error {r.roi.max_inside:g}), "
+            "roi": "–" if r.roi is None else (f"{_format_db(r.roi.psnr_inside)} inside (max error {r.roi.max_inside:g}); "
                                              f"{_format_db(r.roi.psnr_outside)} outside (max {r.roi.max_outside:g})"),
             "worst": f"k = {q.worst_slice}, {_format_db(q.worst_slice_psnr)}",
         }
