@@ -34,8 +34,8 @@ DEFAULT_CHUNK = 1 << 17  # measured (benchmarks/speed.py): 1 << 14 decodes 256^3
 #: a voxel depends, in its last bits, on the batch it is computed in (MKL's small and odd-sized
 #: matrix products round differently), so a region is decoded as the whole tiles that hold it:
 #: `decode_region` then gives exactly the values of `reconstruct`, and a viewer that asks for whole
-#: slabs wastes nothing. 2^19 voxels: two 512 x 512 slices in ~0.35 s on two cores.
-TILE_VOXELS = 1 << 19
+#: slabs wastes nothing. 2^18 voxels: one 512 x 512 slice, decoded in ~0.15 s on two cores.
+TILE_VOXELS = 1 << 18
 TILE_SLICES = 8
 
 

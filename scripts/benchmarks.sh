@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Regenerate every benchmark in docs/benchmarks.md on the brain template, in one command:
-#   bash scripts/benchmarks.sh [VOLUME]        (about 5 hours on 2 CPU cores; run it on an idle machine)
+#   bash scripts/benchmarks.sh [VOLUME]        (about 5.2 hours on 2 CPU cores; run it on an idle machine)
 #   bash scripts/benchmarks.sh --dry-run       (print the commands, run nothing)
 # The rate-distortion table and the ablations (`moec bench`, 2 minutes of training per MoEC cell,
 # three seeds: ~230 min) and the quantization table (~25 min) keep each finished cell and skip it on
 # a rerun, so an interrupted run loses at most one cell; the entropy-coder (a 256x file, 5 min),
-# speed (~12 min), responsiveness (~2 min, under a virtual X server) and cohort (`moec batch` against
-# `moec compress` on 8 copies of the chest CT, ~20 min) runs are redone whole.
+# speed (~12 min), responsiveness (~2 min, under a virtual X server), cohort (`moec batch` against
+# `moec compress` on 8 copies of the chest CT, ~20 min), lazy decoding (~2 min) and ROI (~6 min)
+# runs are redone whole.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,8 @@ COMMANDS=(
     ".venv/bin/python benchmarks/speed.py"
     "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/responsiveness.py"
     ".venv/bin/python benchmarks/batch.py"
+    "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/lazy_decoding.py --viewer"
+    ".venv/bin/python benchmarks/roi.py"
 )
 
 if ((dry_run)); then
