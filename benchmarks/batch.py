@@ -92,7 +92,7 @@ def sequential(inputs: list[Path], out: Path, ratio: float, minutes: float, thre
                               "--minutes", f"{minutes:g}", "--threads", str(threads), "--quiet", "--json"],
                              capture_output=True, text=True, check=True)
         report = json.loads(run.stdout)
-        rows.append({"ratio": report["ratio"], "psnr": report["psnr"], "ssim": report["ssim"], "steps": report["steps"]})
+        rows.append({key: report[key] for key in ("ratio", "psnr", "ssim", "steps")})
         print(f"  sequential {i + 1}/{len(inputs)}: {report['ratio']:.1f}x, {report['psnr']:.2f} dB, "
               f"{report['steps']} steps", file=sys.stderr, flush=True)
     return {"seconds": time.perf_counter() - start, "volumes": rows}

@@ -1,5 +1,6 @@
 """Which entropy coder for the quantized weights: the range coder with the per-tensor models .moec
-files use (parametric, frequency table, or a latent grid's spatial context model), against zstd of the raw symbols and a Huffman code per tensor, both
+files use (parametric, frequency table, or a latent grid's spatial context model), against zstd of the raw
+symbols and a Huffman code per tensor, both
 with their side information counted. Prints a table and writes benchmarks/results/entropy_coders.json.
 
     python benchmarks/entropy_coders.py FILE.moec [FILE.moec ...]

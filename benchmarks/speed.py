@@ -146,7 +146,8 @@ def tuning_rows(volume) -> list[dict]:
     base = rows[1]["coords_per_s"]
     for row in rows:
         row["vs_first"] = row["coords_per_s"] / base
-        print(f"  {row['what']}, {row['threads']} threads, batch {row['batch']}: {row['coords_per_s']:,.0f}/s", flush=True)
+        print(f"  {row['what']}, {row['threads']} threads, batch {row['batch']}: {row['coords_per_s']:,.0f}/s",
+              flush=True)
     return rows
 
 
@@ -188,7 +189,8 @@ def memory_row() -> dict:
         del hu
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         start = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "codec.cli", "compress", str(source), "-o", str(Path(tmp) / "big.moec"),
+        run = subprocess.run([sys.executable, "-m", "codec.cli", "compress", str(source),
+                              "-o", str(Path(tmp) / "big.moec"),
                               "--ratio", "1024", "--steps", "30", "--threads", str(THREADS), "--quiet"],
                              capture_output=True, text=True, cwd=ROOT)
         seconds = time.perf_counter() - start

@@ -5,6 +5,6 @@ No Qt, napari or magicgui here: the CLI, the napari plugin and the tests drive t
 
 __version__ = "0.1.0"
 
-from .errors import BudgetError, MoecError, MoecFormatError, OutputError, VolumeError  # noqa: E402
+from .errors import BudgetError, MoecError, MoecFormatError, OutputError, VolumeError
 
 __all__ = ["__version__", "BudgetError", "MoecError", "MoecFormatError", "OutputError", "VolumeError"]

@@ -51,23 +51,23 @@ HEADER_DICTIONARY = base64.b64decode(
     "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAQABAAAAAAAAAIA/AAAAAAAAAEMAAADDAAAAwwAAgL8A"
     "AAAAAAAAAAAAAEMAAAAAAACAPwAAAAAAAADDAAAAAAAAAAAAAIA/AAAAwwAAAAAAAAAAAAAAAAAAAABuKzEA"
 ) + (
-    '{"coords":"centre","dtype":"int16","floor":0.0,"made_by":{"moec":"0.1.0","numpy":"2.4.6",'
-    '"torch":"2.13.0"},"model":{"block_grid":[],"dims":3,"encoder":"siren","encoder_layers":1,'
-    '"encoder_width":22,"expert_layers":3,"expert_width":22,"experts":1,"grid_channels":2,"grid_finest":[],'
-    '"grid_levels":4,"omega0":30.0,"out_channels":1,"partition":"learned","router_features":true,'
-    '"router_width":11,"top_k":1},"range":[0.0,255.0],"scaling":[1.0,0.0],"shape":[512,512,300],'
-    '"train":{"balance":0.01,"batch":32768,"gate_gradient":0.1,"lr":0.0025,"minutes":5.0,"pretrain":"none",'
-    '"runs":1,"seed":0,"stages":[0,1000,250],"steps":1250},"weights":{"bits":8,"extra":2,'
-    '"granularity":"tensor"}}'
-    '{"coords":"centre","dtype":"uint8","floor":5.0,"made_by":{"moec":"0.1.0","numpy":"2.4.6",'
-    '"torch":"2.13.0"},"model":{"block_grid":[],"dims":3,"encoder":"grid","encoder_layers":0,'
-    '"encoder_width":8,"expert_layers":2,"expert_width":8,"experts":4,"grid_channels":1,'
-    '"grid_finest":[32,32,24],"grid_levels":4,"omega0":30.0,"out_channels":1,"partition":"learned",'
-    '"router_features":true,"router_width":8,"top_k":1},"range":[0.0,255.0],"scaling":[1.0,0.0],'
-    '"shape":[182,218,182],"train":{"balance":0.01,"batch":32768,"gate_gradient":0.1,"lr":0.0025,'
-    '"minutes":2.0,"pretrain":"clusters","runs":1,"seed":0,"stages":[300,5000,1250],"steps":6550},'
-    '"weights":{"bits":8,"extra":2,"granularity":"tensor"}}'
-).encode()
+    b'{"coords":"centre","dtype":"int16","floor":0.0,"made_by":{"moec":"0.1.0","numpy":"2.4.6",'
+    b'"torch":"2.13.0"},"model":{"block_grid":[],"dims":3,"encoder":"siren","encoder_layers":1,'
+    b'"encoder_width":22,"expert_layers":3,"expert_width":22,"experts":1,"grid_channels":2,"grid_finest":[],'
+    b'"grid_levels":4,"omega0":30.0,"out_channels":1,"partition":"learned","router_features":true,'
+    b'"router_width":11,"top_k":1},"range":[0.0,255.0],"scaling":[1.0,0.0],"shape":[512,512,300],'
+    b'"train":{"balance":0.01,"batch":32768,"gate_gradient":0.1,"lr":0.0025,"minutes":5.0,"pretrain":"none",'
+    b'"runs":1,"seed":0,"stages":[0,1000,250],"steps":1250},"weights":{"bits":8,"extra":2,'
+    b'"granularity":"tensor"}}'
+    b'{"coords":"centre","dtype":"uint8","floor":5.0,"made_by":{"moec":"0.1.0","numpy":"2.4.6",'
+    b'"torch":"2.13.0"},"model":{"block_grid":[],"dims":3,"encoder":"grid","encoder_layers":0,'
+    b'"encoder_width":8,"expert_layers":2,"expert_width":8,"experts":4,"grid_channels":1,'
+    b'"grid_finest":[32,32,24],"grid_levels":4,"omega0":30.0,"out_channels":1,"partition":"learned",'
+    b'"router_features":true,"router_width":8,"top_k":1},"range":[0.0,255.0],"scaling":[1.0,0.0],'
+    b'"shape":[182,218,182],"train":{"balance":0.01,"batch":32768,"gate_gradient":0.1,"lr":0.0025,'
+    b'"minutes":2.0,"pretrain":"clusters","runs":1,"seed":0,"stages":[300,5000,1250],"steps":6550},'
+    b'"weights":{"bits":8,"extra":2,"granularity":"tensor"}}'
+)
 _PREFIX = struct.Struct("<4sBH")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from .bitstream import pack_container
 from .errors import BudgetError, MoecError
-from .partition import block_grid
 from .model import ModelConfig, is_latent
+from .partition import block_grid
 from .quantize import QuantConfig, step_shape
 
 WINDOW = 1.05

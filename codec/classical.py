@@ -189,7 +189,7 @@ def _ffmpeg_help(ffmpeg: str, topic: str) -> str:
     return done.stdout + done.stderr
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _video_tool(encoder: str, decoder: str) -> tuple[str | None, int]:
     """(reason the encoder cannot be used, or None; the deepest gray it takes)."""
     ffmpeg = shutil.which("ffmpeg")

@@ -33,10 +33,10 @@ def low_rows(rows: tuple[VolumeResult, ...]) -> set[tuple[str, str]]:
     """The keys of the volumes more than LOW_DB below the median PSNR of their modality."""
     low = set()
     for modality in {modality_of(r) for r in rows}:
-        ok = [r for r in rows if r.ok and r.psnr is not None and modality_of(r) == modality]
-        if len(ok) >= MIN_FOR_MEDIAN:
-            median = statistics.median(r.psnr for r in ok)
-            low |= {r.key for r in ok if r.psnr < median - LOW_DB}
+        psnr = {r.key: r.psnr for r in rows if r.ok and r.psnr is not None and modality_of(r) == modality}
+        if len(psnr) >= MIN_FOR_MEDIAN:
+            median = statistics.median(psnr.values())
+            low |= {key for key, value in psnr.items() if value < median - LOW_DB}
     return low
 
 
@@ -60,8 +60,9 @@ def by_modality(rows: tuple[VolumeResult, ...]) -> list[ModalityStat]:
         mine = [r for r in rows if modality_of(r) == modality]
         ok = [r for r in mine if r.ok]
         psnrs = [r.psnr for r in ok if r.psnr is not None]
+        ratios = [r.ratio for r in ok if r.ratio is not None]
         stats.append(ModalityStat(modality, len(ok), len(mine) - len(ok),
-                                  statistics.fmean(r.ratio for r in ok) if ok else None,
+                                  statistics.fmean(ratios) if ratios else None,
                                   statistics.fmean(psnrs) if psnrs else None, min(psnrs) if psnrs else None))
     return stats
 
@@ -118,7 +119,7 @@ def write_report(rows: tuple[VolumeResult, ...], folder: str | Path, title: str)
     for s in stats:
         text.append(f"| {s.modality} | {s.ok} | {s.failed} | {_num(s.mean_ratio, '.1f')} | "
                     f"{_num(s.mean_psnr, '.2f')} | {_num(s.worst_psnr, '.2f')} |")
-    text += ["", "Worst first; *low*: more than {:g} dB below the median PSNR of its modality.".format(LOW_DB), "",
+    text += ["", f"Worst first; *low*: more than {LOW_DB:g} dB below the median PSNR of its modality.", "",
              "| | volume | modality | shape | ratio | PSNR (dB) | SSIM | seconds |",
              "|---|---|---|---|---:|---:|---:|---:|"]
     for r in worst_first(rows):

@@ -52,7 +52,9 @@ def walk(spatial: tuple[int, ...]) -> Walk:
 
 def predict(padded_q: np.ndarray, at: np.ndarray, strides: tuple[int, ...]) -> np.ndarray:
     """The rounded mean of the causal neighbours of the nodes `at` (last axis: padded index)."""
-    total = sum(padded_q[..., at - s] for s in strides)
+    total = padded_q[..., at - strides[0]].copy()  # the array's own integer type, as sum() kept it
+    for s in strides[1:]:
+        total += padded_q[..., at - s]
     d = len(strides)
     return (total + d // 2) // d  # floor division: the same integers on every machine
 

@@ -194,7 +194,8 @@ def reconstruct(moec: MoecFile, chunk: int = DEFAULT_CHUNK, device: str | torch.
     for time in range(grid.times):
         for slab in range(len(grid.slabs)):
             tile = grid.box(slab, time)
-            for out, part in zip((values, labels, confidence), _decode_tile(model, meta, grid.shape, tile, chunk)):
+            outs: tuple[np.ndarray, ...] = (values, labels, confidence)
+            for out, part in zip(outs, _decode_tile(model, meta, grid.shape, tile, chunk)):
                 out[tile] = part
             done += math.prod(s.stop - s.start for s in tile)
             if on_chunk is not None:
@@ -208,8 +209,8 @@ def output_volume(meta: MoecMeta, values) -> Volume:
     shape = tuple(int(n) for n in values.shape)
     if shape == tuple(meta.shape):
         return Volume(values, meta.affine, meta.nifti, meta.dtype, meta.slope, meta.inter)
-    return Volume(values, resampled_affine(meta.affine, meta.shape, shape), resampled_header(meta.nifti, meta.shape, shape),
-                  meta.dtype, meta.slope, meta.inter)
+    return Volume(values, resampled_affine(meta.affine, meta.shape, shape),
+                  resampled_header(meta.nifti, meta.shape, shape), meta.dtype, meta.slope, meta.inter)
 
 
 def unfloored_values(moec: MoecFile, flat: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> np.ndarray:

@@ -201,7 +201,7 @@ def scan_folder(folder: Path) -> FolderScan:
     """The DICOM series among the files of `folder` (not its subfolders), grouped by SeriesInstanceUID."""
     import pydicom
 
-    groups: dict[str, list[tuple[Path, object]]] = {}
+    groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
     unreadable, other = [], 0
     try:
         entries = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
@@ -226,9 +226,12 @@ def scan_folder(folder: Path) -> FolderScan:
     series = []
     for uid, members in groups.items():
         first = members[0][1]
-        series.append(SeriesInfo(uid, Path(folder), tuple(p for p, _ in members),
-                                 str(first.get("Modality", "") or "").strip(), str(first.get("SeriesNumber", "") or "").strip(),
-                                 str(first.get("SeriesDescription", "") or "").strip(), int(first.Rows), int(first.Columns)))
+
+        def text(key: str, ds=first) -> str:
+            return str(ds.get(key, "") or "").strip()
+
+        series.append(SeriesInfo(uid, Path(folder), tuple(p for p, _ in members), text("Modality"),
+                                 text("SeriesNumber"), text("SeriesDescription"), int(first.Rows), int(first.Columns)))
     series.sort(key=lambda s: (_number_key(s.number), s.uid))
     return FolderScan(tuple(series), tuple(unreadable), other)
 
@@ -289,7 +292,8 @@ def load_series(path: str | os.PathLike, series: str | None = None) -> Volume:
     if path.is_file():
         if series is None:
             try:
-                series = str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", "")).strip() or None
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+                series = str(header.get("SeriesInstanceUID", "")).strip() or None
             except Exception as exc:
                 raise DicomError(f"{path} is not a readable DICOM file: {_why(exc)}") from None
         path = path.parent

@@ -32,7 +32,8 @@ def coords_from_flat(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor
     return coords
 
 
-def selection_coords(shape: tuple[int, ...], selection: tuple[slice | int, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
+def selection_coords(shape: tuple[int, ...],
+                     selection: tuple[slice | int, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Coordinates (C order) of the voxels picked by `selection` (an int or a slice per axis), and
     the picked shape (integer axes kept as length 1)."""
     axes = [torch.from_numpy(axis_positions(np.atleast_1d(np.arange(n)[sel]).astype(np.float32), n))

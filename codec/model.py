@@ -379,6 +379,8 @@ class MoEC(nn.Module):
         return Routing(probs, choice, weights)
 
     def router_logits(self, coords: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        if self.router is None:
+            raise ValueError("a block partition has no router")
         if not self.config.router_features:
             return self.router(coords)
         # The router reads the features but does not train them: its gate, balancing and

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -36,7 +38,7 @@ from .files import atomic_write_bytes
 from .grid import COORDINATE_CONVENTION
 from .model import ENCODERS, ModelConfig, MoEC, is_latent
 from .quantize import MAX_SYMBOL, QuantConfig, dequantize, max_steps, quantize, rate_step, step_shape, to_float16
-from .volume import NIFTI1_HEADER_BYTES, SUPPORTED_DTYPES, Volume
+from .volume import SUPPORTED_DTYPES, Volume
 
 MAX_AXIS = 1 << 15
 MAX_VOXELS = 1 << 31
@@ -125,12 +127,12 @@ def describe(volume: Volume, model: ModelConfig, quant: QuantConfig, train: dict
 # --- writing ---------------------------------------------------------------------------------------
 
 def tensor_steps(model: MoEC, quant: QuantConfig,
-                 fixed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                 fixed: Mapping[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
     """Each tensor's quantization steps: `fixed` ones as they are (the frozen encoder and router),
     latent grids at the step their rate asks for, the rest from their largest weight at the
     configured bit width. Unrounded: `scaled_steps` turns them into the stored float16 steps."""
     fixed = fixed or {}
-    steps = {}
+    steps: dict[str, Any] = {}  # a frozen float16 tensor keeps its None
     for name, param in model.named_tensors():
         if name in fixed:
             steps[name] = fixed[name]
@@ -144,14 +146,15 @@ def tensor_steps(model: MoEC, quant: QuantConfig,
 
 
 def scaled_steps(base: dict[str, np.ndarray], multiplier: float,
-                 fixed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                 fixed: Mapping[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
     """`base` steps times `multiplier` (coarser as it grows), as stored; `fixed` ones untouched."""
     fixed = fixed or {}
     return {name: step if name in fixed else to_float16(np.clip(step * multiplier, 6.0e-8, 6.0e4))
             for name, step in base.items()}
 
 
-def finest_multiplier(model: MoEC, base: dict[str, np.ndarray], fixed: dict[str, np.ndarray] | None = None) -> float:
+def finest_multiplier(model: MoEC, base: dict[str, np.ndarray],
+                      fixed: Mapping[str, np.ndarray | None] | None = None) -> float:
     """The smallest multiplier of `base` at which every scaled tensor still holds its largest
     weight in a symbol (MAX_SYMBOL); finer, symbols clip and the weights come out wrong."""
     fixed = fixed or {}
@@ -161,7 +164,8 @@ def finest_multiplier(model: MoEC, base: dict[str, np.ndarray], fixed: dict[str,
         steps = scaled_steps(base, multiplier, fixed)
         return any(np.max(w / steps[name], initial=0.0) > MAX_SYMBOL for name, w in peaks.items())
 
-    multiplier = max((float(np.max(w / (np.asarray(base[name]) * MAX_SYMBOL), initial=0.0)) for name, w in peaks.items()),
+    multiplier = max((float(np.max(w / (np.asarray(base[name]) * MAX_SYMBOL), initial=0.0))
+                      for name, w in peaks.items()),
                      default=0.0)
     # Small steps are float16 subnormals, stored up to several percent finer than asked.
     while multiplier > 0 and clips(multiplier):
@@ -233,7 +237,8 @@ def _short(value) -> str:
 
 #: The training record's fields (codec.train.train_record) and what each must be. The record only
 #: informs (`moec info`, the plugin), but what reads it must be able to trust its types.
-_TRAIN_FIELDS = {"seed": int, "steps": int, "runs": int, "batch": int, "minutes": (int, float, type(None)),
+_TRAIN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "seed": int, "steps": int, "runs": int, "batch": int, "minutes": (int, float, type(None)),
                  "lr": (int, float), "balance": (int, float), "gate_gradient": (int, float), "pretrain": str}
 
 
@@ -278,7 +283,7 @@ def _model_config(d: dict, ndim: int, version: int) -> ModelConfig:
         d = {**_ADDED_IN_2, **d}
     if set(d) != known:
         raise MoecFormatError(f"the model description has unexpected fields: {sorted(set(d) ^ known)}")
-    values = {}
+    values: dict[str, Any] = {}
     for key in known - {"partition", "omega0", "block_grid", "encoder", "grid_finest", "router_features"}:
         values[key] = _int(d[key], f"model.{key}", 0, 4096)
     if not isinstance(d["router_features"], bool):
@@ -329,7 +334,7 @@ def parse_meta(container: Container) -> MoecMeta:
     with np.errstate(all="ignore"):
         # Decoding computes in float32: the span of the range and the stored values of its ends must
         # stay finite and the slope a normal number there (a float32 holds about 1e-38 .. 3e38).
-        as32 = np.float32([vmin, vmax, slope, inter])
+        as32 = np.array([vmin, vmax, slope, inter], dtype=np.float32)
         span = as32[1] - as32[0]
         ends = (as32[:2] - as32[3]) / as32[2]
     if not (np.isfinite(as32).all() and np.isfinite(span) and np.isfinite(ends).all()
@@ -502,7 +507,8 @@ def decode(data: bytes, name: str = "the file") -> MoecFile:
 def read(path: str | Path) -> MoecFile:
     path = Path(path)
     if not path.is_file():
-        raise MoecFormatError(f"{path} is a folder, not a .moec file" if path.is_dir() else f"no such .moec file: {path}")
+        raise MoecFormatError(f"{path} is a folder, not a .moec file" if path.is_dir()
+                              else f"no such .moec file: {path}")
     size = path.stat().st_size
     if size > MAX_PARAMETERS * 4 + (1 << 20):
         raise MoecFormatError(f"{path} is {size} bytes, far larger than any .moec file")

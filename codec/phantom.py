@@ -71,5 +71,5 @@ def make_phantom(shape: tuple[int, int, int] = (96, 80, 48), seed: int = 0) -> t
     """The phantom as a Volume (int16 stored with intercept -1024, HU values) and its tissue labels."""
     hu, labels = phantom_arrays(shape, seed)
     affine = phantom_affine(shape)
-    header = synthetic_header(shape, np.int16, affine)
-    return from_array(hu, affine=affine, header=header, dtype=np.int16, slope=1.0, inter=-1024.0), labels
+    header = synthetic_header(shape, np.dtype(np.int16), affine)
+    return from_array(hu, affine=affine, header=header, dtype=np.dtype(np.int16), slope=1.0, inter=-1024.0), labels

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +117,8 @@ class TrainConfig:
             raise ValueError("batch_size must be 1 .. 4194304")
         rates = (self.lr, self.pretrain_lr, self.balance_weight, self.latent_l1, self.latent_tv, self.gate_gradient)
         if not (all(math.isfinite(r) for r in rates) and self.lr > 0 and self.pretrain_lr > 0
-                and 0 < self.lr_decay <= 1 and self.balance_weight >= 0 and self.latent_l1 >= 0 and self.latent_tv >= 0):
+                and 0 < self.lr_decay <= 1 and self.balance_weight >= 0 and self.latent_l1 >= 0
+                and self.latent_tv >= 0):
             raise ValueError("learning rates must be positive and finite, lr_decay in (0, 1], balance_weight, "
                              "latent_l1 and latent_tv finite and not negative")
         if not 0 <= self.seed < 2**62:
@@ -210,7 +211,10 @@ class _Budget:
     """Where a run stands in its budget, as a fraction, by steps or by wall-clock time."""
 
     def __init__(self, steps: int | None, minutes: float | None):
-        self.steps, self.seconds = steps, None if steps is not None else 60.0 * minutes
+        if steps is None and minutes is None:
+            raise ValueError("a budget needs steps or minutes")
+        self.steps = steps
+        self.seconds = 60.0 * minutes if minutes is not None else math.inf
         self.start = time.perf_counter()
         self.done = 0
 
@@ -272,7 +276,7 @@ class Fitter:
                             None if self.roi is None else int(self.roi.numel()))
 
     # --- the generator --------------------------------------------------------------------------
-    def fit(self, minutes: float | None = None, steps: int | None = None) -> Iterator[Progress]:
+    def fit(self, minutes: float | None = None, steps: int | None = None) -> Generator[Progress, None, None]:
         """Train for a budget (default: the config's), yielding Progress after every step."""
         if steps is None and minutes is None:
             steps, minutes = self.config.steps, self.config.minutes
@@ -297,7 +301,7 @@ class Fitter:
                 else:
                     wanted = "joint" if fraction < 1.0 - self.config.final_fraction else "final"
                     lr = lr0 * self.config.lr_decay ** ((fraction - decay_from) / (1.0 - decay_from))
-                if wanted != stage:
+                if wanted != stage or optimizer is None:
                     optimizer = self._enter(wanted, optimizer if stage == "joint" else None)
                     stage = wanted
                 for group in optimizer.param_groups:

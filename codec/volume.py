@@ -157,7 +157,7 @@ def from_array(
     source_bytes: int | None = None,
 ) -> Volume:
     """A Volume from voxels in real units (the stored dtype defaults to the array's own)."""
-    stored = _stored_dtype(dtype if dtype is not None else np.asanyarray(array).dtype, "the array")
+    stored = _stored_dtype(np.dtype(dtype) if dtype is not None else np.asanyarray(array).dtype, "the array")
     data = check_voxels(array)
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
@@ -204,7 +204,8 @@ def load_volume(path: str | Path, series: str | None = None) -> Volume:
     except VolumeError:
         raise
     except (ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-        why = " ".join(str(exc).replace(" - ", "; ").split()).replace(" ;", ";")  # nibabel's texts run over several lines
+        # nibabel's texts run over several lines
+        why = " ".join(str(exc).replace(" - ", "; ").split()).replace(" ;", ";")
         raise VolumeError(f"{path} is not a readable NIfTI file: {why}") from None
     if 0 in img.shape:
         raise VolumeError(f"{path} is empty (shape {img.shape})")

@@ -7,4 +7,6 @@ import os
 # starve napari's event loop while training runs in the background.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+from codec import __version__
+
+__all__ = ["__version__"]

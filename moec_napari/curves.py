@@ -41,7 +41,7 @@ class CurvesWidget(QWidget):
             self.steps, self.loss, self.psnr = self.steps[::2], self.loss[::2], self.psnr[::2]
         self.update()
 
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+    def paintEvent(self, event) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         rect = QRectF(self.rect()).adjusted(40, 8, -40, -18)

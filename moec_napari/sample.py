@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from codec.phantom import TISSUES, make_phantom
 
-from .layers import metadata_for, orientation_of
-from .layers import image_layer
+from .layers import image_layer, metadata_for, orientation_of
 
 
 def phantom() -> list[tuple]:

@@ -2,7 +2,7 @@
 # Set up everything MoEC Viewer needs on a fresh Debian machine, idempotently:
 #   - the virtual X server and the xcb libraries Qt needs (when missing; needs root or sudo),
 #   - a virtual environment in .venv with torch 2.13.0 (CPU build, installed first: any other
-#     torch request would pull a multi-GB CUDA build) and the project with its qt, bench and test extras.
+#     torch request would pull a multi-GB CUDA build) and the project with its qt, bench, test and lint extras.
 # Re-running it is fast: installs are skipped when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,8 +40,8 @@ fi
 stamp=.venv/.moec-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import codec, moec_napari" >/dev/null 2>&1; then
-    echo "setup: installing moec-napari with its qt, bench and test extras"
-    "${PIP[@]}" install -e ".[qt,bench,test]" 2>&1 | grep -v "^WARNING: Location" || true
+    echo "setup: installing moec-napari with its qt, bench, test and lint extras"
+    "${PIP[@]}" install -e ".[qt,bench,test,lint]" 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -c "import codec, moec_napari, napari, PyQt6" >/dev/null
     echo "$want" > "$stamp"
 fi

@@ -7,12 +7,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
 
-from codec.phantom import make_phantom  # noqa: E402
+from codec.phantom import make_phantom
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -84,7 +84,8 @@ def test_the_finest_multiplier_is_where_the_largest_weights_stop_fitting_a_symbo
     assert 0 < finest < 1  # the 8-bit steps themselves are far from the symbol limit
     for multiplier, clips in [(finest, False), (finest / 4, True)]:
         steps = pack.scaled_steps(base, multiplier, fitter.frozen_steps)
-        stored = pack.decode(pack.encode(model, pack.describe(volume, model.config, plan.quant, fitter.record()), steps))
+        meta = pack.describe(volume, model.config, plan.quant, fitter.record())
+        stored = pack.decode(pack.encode(model, meta, steps))
         worst = max(float(np.max(np.abs(p.detach().numpy() - q.detach().numpy()) / steps[name]))
                     for (name, p), (_, q) in zip(model.named_tensors(), stored.model.named_tensors())
                     if name not in fitter.frozen_steps)

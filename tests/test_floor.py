@@ -89,7 +89,8 @@ def test_a_compressed_file_carries_its_floor_and_the_decoder_applies_it(air_file
     assert unpack_container(data).meta["floor"] == moec.meta.floor
     vmin = moec.meta.vmin
     with_floor = reconstruct(moec).volume.data
-    without = reconstruct(pack.MoecFile(dataclasses.replace(moec.meta, floor=None), moec.model, moec.nbytes)).volume.data
+    unfloored = pack.MoecFile(dataclasses.replace(moec.meta, floor=None), moec.model, moec.nbytes)
+    without = reconstruct(unfloored).volume.data
     assert not np.any((with_floor > vmin) & (with_floor <= moec.meta.floor))
     np.testing.assert_array_equal(with_floor[without > moec.meta.floor], without[without > moec.meta.floor])
     # Every voxel of this small volume took part in the choice, on the weights the file holds.

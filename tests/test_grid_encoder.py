@@ -28,7 +28,8 @@ def test_grid_reads_its_nodes_exactly_and_is_trilinear_between_them():
                                atol=1e-6)
     # A field linear in each axis is reproduced exactly anywhere in the box.
     with torch.no_grad():
-        grid.grid0.copy_((3 * mesh[:, 0] - 2 * mesh[:, 1] + 0.5 * mesh[:, 2] + 1).reshape(1, 5, 4, 3).repeat(2, 1, 1, 1))
+        linear = 3 * mesh[:, 0] - 2 * mesh[:, 1] + 0.5 * mesh[:, 2] + 1
+        grid.grid0.copy_(linear.reshape(1, 5, 4, 3).repeat(2, 1, 1, 1))
     points = torch.rand(100, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
     expected = 3 * points[:, 0] - 2 * points[:, 1] + 0.5 * points[:, 2] + 1
     np.testing.assert_allclose(grid(points)[:, 0].detach().numpy(), expected.numpy(), atol=1e-5)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from codec.grid import coords_from_flat
-from codec.partition import block_grid, block_index, block_local
 from codec.model import ModelConfig, MoEC
+from codec.partition import block_grid, block_index, block_local
 
 
 def dense_reference(model: MoEC, coords: torch.Tensor) -> torch.Tensor:

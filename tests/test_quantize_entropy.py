@@ -8,8 +8,7 @@ import torch
 
 from codec import entropy
 from codec.errors import MoecFormatError
-from codec.quantize import (QuantConfig, dequantize, fake_quantize, max_steps, max_steps_torch, quantize,
-                            step_shape)
+from codec.quantize import QuantConfig, dequantize, fake_quantize, max_steps, max_steps_torch, quantize, step_shape
 
 
 @pytest.mark.parametrize("bits", [4, 8, 10])

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up (if needed) and check the habits CI enforces: ruff (style, imports, common bugs), mypy on
+# the codec, and the import contracts (codec never imports Qt, napari or magicgui; the plugin
+# builds on the codec, never the other way). The same checks run from .pre-commit-config.yaml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check codec moec_napari tests benchmarks
+.venv/bin/mypy
+.venv/bin/lint-imports
