@@ -11,12 +11,12 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
-from codec import pack, pipeline  # noqa: E402
-from codec.files import atomic_write_bytes  # noqa: E402
-from codec.train import TrainConfig  # noqa: E402
-from codec.volume import Volume, load_volume  # noqa: E402
+from codec import pack, pipeline
+from codec.files import atomic_write_bytes
+from codec.train import TrainConfig
+from codec.volume import Volume, load_volume
 
 ROOT = Path(__file__).resolve().parent.parent
 BRAIN = ROOT.parent / "shared" / "data" / "brain_template_mni152_1mm.nii.gz"
@@ -37,16 +37,14 @@ def machine() -> dict:
 def compress(volume: Volume, settings: pipeline.Settings, config: TrainConfig) -> dict:
     """Train, write the bytes, decode them, measure: one row of a benchmark table."""
     start = time.perf_counter()
-    plan = pipeline.plan(volume, settings, config)
-    fitter = pipeline.new_fitter(volume, plan, config)
-    for _ in fitter.fit():
-        pass
-    data = pipeline.encode(fitter, plan)
+    session = pipeline.Compression(volume, settings, config)
+    made = session.train().encode()
+    data = made.data
     seconds = time.perf_counter() - start
-    evaluation = pipeline.evaluate(volume, pack.decode(data))
-    params = plan.model.parameter_count()
+    evaluation = session.evaluate(pack.decode(data))
+    params = session.plan.model.parameter_count()
     return {
-        "settings": asdict(settings), "minutes": config.minutes, "steps": fitter.steps_run, "bytes": len(data),
+        "settings": asdict(settings), "minutes": config.minutes, "steps": made.steps, "bytes": len(data),
         "ratio": evaluation.ratio, "psnr": evaluation.quality.psnr, "ssim": evaluation.quality.ssim,
         "parameters": params, "bits_per_weight": 8 * len(data) / params, "seconds": seconds,
         "experts_used": sum(1 for e in evaluation.experts if e.share > 0),

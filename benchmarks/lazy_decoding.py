@@ -36,12 +36,8 @@ THREADS = 2
 def make_file(volume_path: Path, ratio: float, steps: int, folder: Path) -> Path:
     volume = load_volume(volume_path)
     config = TrainConfig(steps=steps)
-    plan = pipeline.plan(volume, pipeline.Settings(ratio=ratio), config)
-    fitter = pipeline.new_fitter(volume, plan, config)
-    for _ in fitter.fit():
-        pass
     path = folder / "ct.moec"
-    pack.write(path, pipeline.encode(fitter, plan))
+    pack.write(path, pipeline.Compression(volume, pipeline.Settings(ratio=ratio), config).train().encode().data)
     return path
 
 
@@ -149,7 +145,8 @@ def main() -> None:
                        ("first slice (s)", "first_slice_s", ".2f"), ("scroll, new slab (ms)", "scroll_new_ms", ".0f"),
                        ("scroll, decoded slab (ms)", "scroll_cached_ms", ".1f")]))
     if viewer is not None:
-        print(f"\nthrough a napari viewer, from the reader call to the three layers drawn: lazy {viewer['lazy']:.2f} s; "
+        print(f"\nthrough a napari viewer, from the reader call to the three layers drawn: lazy "
+              f"{viewer['lazy']:.2f} s; "
               f"the same layers already decoded (napari's own cost) {viewer['numpy']:.2f} s, so "
               f"{rows[0]['viewer_first_slice_s']:.2f} s with the whole volume decoded first")
     out = save("lazy_decoding", {"machine": machine(), "volume": str(args.volume), "shape": list(moec.meta.shape),

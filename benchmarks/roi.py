@@ -36,16 +36,13 @@ def ball(volume, radius_mm: float) -> np.ndarray:
 def run(volume, ratio: float, minutes: float, steps: int | None, seed: int, roi: np.ndarray | None, weight: float,
         mask: np.ndarray):
     config = TrainConfig(minutes=minutes, steps=steps, seed=seed, roi_weight=weight)
-    plan = pipeline.plan(volume, pipeline.Settings(ratio=ratio), config, roi=roi is not None)
-    fitter = pipeline.new_fitter(volume, plan, config, roi)
-    for _ in fitter.fit():
-        pass
-    data = pipeline.encode(fitter, plan)
+    made = pipeline.Compression(volume, pipeline.Settings(ratio=ratio), config, roi).train().encode()
+    data = made.data
     evaluation = pipeline.evaluate(volume, pack.decode(data), roi=mask)
     r = evaluation.roi
     return {"weight": weight if roi is not None else 1.0, "seed": seed, "bytes": len(data), "ratio": evaluation.ratio,
             "psnr": evaluation.quality.psnr, "psnr_inside": r.psnr_inside, "psnr_outside": r.psnr_outside,
-            "max_inside": r.max_inside, "max_outside": r.max_outside, "steps": fitter.steps_run}
+            "max_inside": r.max_inside, "max_outside": r.max_outside, "steps": made.steps}
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 # OpenMP reads its wait policy when torch loads it: a worker process imports this module (to run
@@ -37,8 +37,8 @@ from pathlib import Path
 # threads of several workers on the same cores steal each other's time (DESIGN section 3).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .errors import MoecError, OutputError  # noqa: E402
-from .files import atomic_write_bytes  # noqa: E402
+from .errors import MoecError, OutputError
+from .files import atomic_write_bytes
 
 MANIFEST = "manifest.csv"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -145,16 +145,14 @@ def compress_one(job: VolumeJob, settings: BatchSettings, threads: int | None = 
         volume = load_volume(job.source, job.series or None)
         train = TrainConfig(minutes=settings.minutes, steps=settings.steps, batch_size=settings.batch_size,
                             seed=settings.seed, device=settings.device)
-        plan = pipeline.plan(volume, pipeline.Settings(ratio=settings.ratio, experts=settings.experts), train)
-        fitter = pipeline.new_fitter(volume, plan, train)
-        for _ in fitter.fit():
-            pass
-        if fitter.steps_run == 0:
+        session = pipeline.Compression(volume, pipeline.Settings(ratio=settings.ratio, experts=settings.experts),
+                                       train).train()
+        if session.fitter.steps_run == 0:
             raise MoecError("the time budget ended before the first training step")
-        data = pipeline.encode(fitter, plan)
+        data = session.encode().data
         job.target.parent.mkdir(parents=True, exist_ok=True)
         pack.write(job.target, data)
-        evaluation = pipeline.evaluate(volume, pack.read(job.target))
+        evaluation = session.evaluate(pack.read(job.target))
         q = evaluation.quality
         return VolumeResult(job.input, job.series, job.output, job.modality, "x".join(map(str, volume.shape)),
                             len(data), evaluation.ratio, q.psnr if math.isfinite(q.psnr) else None, q.ssim,
@@ -443,7 +441,9 @@ def _means(ok: list[VolumeResult]) -> str:
     if not ok:
         return ""
     psnrs = [r.psnr for r in ok if r.psnr is not None]
-    return f"mean {statistics.fmean(r.ratio for r in ok):.0f}x" + (f", {statistics.fmean(psnrs):.2f} dB" if psnrs else "")
+    ratios = [r.ratio for r in ok if r.ratio is not None]
+    mean_psnr = f", {statistics.fmean(psnrs):.2f} dB" if psnrs else ""
+    return f"mean {statistics.fmean(ratios):.0f}x{mean_psnr}" if ratios else mean_psnr.lstrip(", ")
 
 
 def _task_error(exc: BaseException) -> str:
@@ -473,7 +473,8 @@ def _start(todo: list[VolumeJob], engine: Engine):
             raise MoecError(f"cannot reach the dask scheduler at {engine.scheduler}: {exc}") from None
         workers = client.scheduler_info().get("workers", {})
         slots = sum(w.get("nthreads", 1) for w in workers.values())
-        return client, None, engine.threads, f"the cluster at {engine.scheduler} ({len(workers)} worker(s), {slots} slot(s))"
+        where = f"the cluster at {engine.scheduler} ({len(workers)} worker(s), {slots} slot(s))"
+        return client, None, engine.threads, where
     workers, threads = local_layout(todo, engine, cores(), memory_bytes())
     # Processes, not threads: torch.set_num_threads is process-wide. OMP_NUM_THREADS too, since
     # dask's nannies otherwise start every worker with 1.

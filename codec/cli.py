@@ -93,8 +93,8 @@ def _json(value) -> str:
 
 def _check_output(path: Path, force: bool, *inputs) -> None:
     """Everything that would stop the write, said before the work that precedes it."""
-    from .files import check_writable, refuse_overwrite
     from .errors import OutputError
+    from .files import check_writable, refuse_overwrite
 
     refuse_overwrite(path, *inputs)
     check_writable(path)
@@ -112,7 +112,7 @@ def _check_volume_output(path, force: bool, *inputs, npy: bool = True) -> None:
 def _check_distinct(*paths) -> None:
     from .errors import OutputError
 
-    seen = {}
+    seen: dict[Path, object] = {}
     for path in paths:
         if path is not None:
             where = Path(path).resolve()
@@ -127,7 +127,6 @@ def cmd_compress(args) -> int:
     import torch
 
     from . import pack, pipeline
-    from .errors import MoecError
     from .train import TrainConfig, resolve_device
     from .volume import load_volume
 
@@ -154,21 +153,22 @@ def cmd_compress(args) -> int:
                         balance_weight=args.balance, router_pretraining=args.pretrain != "none",
                         pretrain_target="blocks" if args.pretrain == "blocks" else "clusters",
                         seed=args.seed, device=args.device, roi_weight=args.roi_weight)
-    plan = pipeline.plan(volume, settings, train, roi=roi is not None)
+    session = pipeline.Compression(volume, settings, train, roi)
+    plan = session.plan
     m = plan.model
     print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
-          f"{_bytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {_bytes(plan.upper_bytes)}", file=sys.stderr)
+          f"{_bytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {_bytes(plan.upper_bytes)}",
+          file=sys.stderr)
     print(f"model: {_describe_model(m)}; {m.parameter_count():,} parameters, "
           f"{'float16' if plan.quant.float16 else f'{plan.quant.bits}-bit'} weights; device {device.type}",
           file=sys.stderr)
     if roi is not None:
         print(f"ROI: {Path(args.roi).name}, {int(roi.sum()):,} voxels ({100 * roi.mean():.2f}%) weighted "
               f"{args.roi_weight:g}x", file=sys.stderr)
-    fitter = pipeline.new_fitter(volume, plan, train, roi)
     budget_text = f"/{_clock(60 * train.minutes)}" if args.steps is None else f"/{args.steps} steps"
     bar = None if args.quiet else ProgressBar()
     stopped = False
-    run = fitter.fit()
+    run = session.run()
     try:
         for progress in run:
             if bar:
@@ -179,28 +179,23 @@ def cmd_compress(args) -> int:
         run.close()
         if bar:
             bar.close()
-    if fitter.steps_run == 0:
-        raise MoecError("stopped before the first training step; nothing written")
-    if stopped:
+    fitter = session.fitter
+    if stopped and fitter.steps_run:
         print(f"stopped at step {fitter.steps_run}: writing the model trained so far", file=sys.stderr)
-    data = pipeline.encode(fitter, plan)
-    if len(data) < plan.lower_bytes:
-        why = ("training stopped in the router stage, so the latent grid is still empty"
-               if plan.model.encoder == "grid" and fitter.stage_steps["router"] == fitter.steps_run else
-               "the grid and router take no more bytes at their steps")
-        print(f"note: the file is smaller than asked ({_bytes(len(data))}, the window starts at "
-              f"{_bytes(plan.lower_bytes)}): every other weight already has the finest step it can be stored "
-              f"with, and {why}", file=sys.stderr)
+    made = session.encode()
+    data = made.data
+    for note in made.notes:
+        print(f"note: {note}", file=sys.stderr)
     pack.write(output, data)
     # Every figure comes from decoding the bytes just written, as a reader of the file would.
     moec = pack.read(output)
-    evaluation = pipeline.evaluate(volume, moec, roi=roi)
+    evaluation = session.evaluate(moec)
     q = evaluation.quality
     used = sum(1 for e in evaluation.experts if e.share > 0)
     report = {
         "output": str(output), "bytes": len(data), "ratio": evaluation.ratio, "file_ratio": evaluation.file_ratio,
-        "psnr": q.psnr, "ssim": q.ssim, "steps": fitter.steps_run, "stages": fitter.record()["stages"],
-        "experts_used": used, "stopped": stopped,
+        "psnr": q.psnr, "ssim": q.ssim, "steps": made.steps, "stages": list(made.stages),
+        "experts_used": used, "stopped": stopped, "notes": list(made.notes),
     }
     if evaluation.roi is not None:
         report["roi"] = asdict(evaluation.roi)
@@ -208,15 +203,15 @@ def cmd_compress(args) -> int:
         print(_json(report))
         return 0
     print(f"wrote {output}: {_bytes(len(data))}")
-    file_part = f", {evaluation.file_ratio:.1f}x vs {_source_files(source, volume)} ({_bytes(volume.source_bytes)})" \
-        if evaluation.file_ratio else ""
+    file_part = (f", {evaluation.file_ratio:.1f}x vs {_source_files(source, volume)} "
+                 f"({_bytes(volume.source_bytes or 0)})" if evaluation.file_ratio else "")
     print(f"  ratio     {evaluation.ratio:.1f}x vs raw voxels ({_bytes(volume.raw_bytes)}){file_part}")
     print(f"  PSNR      {_db(q.psnr)} (peak {q.peak:g}, decoded from the written file)")
     print(f"  SSIM      {q.ssim:.4f} ({q.ssim_method})")
     if evaluation.roi is not None:
         print(f"  ROI       {_region_text(evaluation.roi)}")
-    stages = fitter.record()["stages"]
-    print(f"  training  {fitter.steps_run} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
+    stages = made.stages
+    print(f"  training  {made.steps} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
           f"{used} of {m.experts} experts in use")
     return 0
 
@@ -291,10 +286,9 @@ def _describe_model(m) -> str:
 def cmd_decompress(args) -> int:
     from . import pack
     from .decode import reconstruct
+    from .errors import MoecError
     from .train import resolve_device
     from .volume import save_labels, save_nifti, save_volume
-
-    from .errors import MoecError
 
     source = Path(args.input)
     output = Path(args.output) if args.output else None
@@ -328,7 +322,7 @@ def cmd_decompress(args) -> int:
         spacing = " x ".join(f"{z:g}" for z in recon.volume.spacing[:3])
         print(f"wrote {output} ({' x '.join(map(str, recon.volume.shape))} {moec.meta.dtype.name}, {spacing} mm, "
               f"{tag})")
-    if args.dicom:
+    if args.dicom and moec.meta.dicom is not None:  # checked above: a file from DICOM
         from .dicom import digest, write_series
 
         files = write_series(recon.volume, moec.meta.dicom, args.dicom, moec.ratio, digest(source.read_bytes()),
@@ -390,7 +384,8 @@ def cmd_info(args) -> int:
           f"{moec.nbytes - weight_bytes:,}; format version {meta.version})")
     print(f"volume    {' x '.join(map(str, meta.shape))} {meta.dtype.name}, spacing "
           f"{' x '.join(f'{s:g}' for s in spacing)}, values {meta.vmin:g} .. {meta.vmax:g}"
-          + (f" (stored with slope {meta.slope:g}, intercept {meta.inter:g})" if (meta.slope, meta.inter) != (1, 0) else ""))
+          + (f" (stored with slope {meta.slope:g}, intercept {meta.inter:g})"
+             if (meta.slope, meta.inter) != (1, 0) else ""))
     print(f"ratio     {moec.ratio:.1f}x vs raw voxels ({_bytes(meta.raw_bytes)})")
     print(f"model     {_describe_model(m)}; {params:,} parameters")
     print(f"weights   {weights}; {8 * moec.nbytes / params:.2f} bits per parameter (whole file)")
@@ -402,7 +397,7 @@ def cmd_info(args) -> int:
     if t.get("roi"):
         print(f"roi       trained with a region of interest of {t['roi']['voxels']:,} voxels weighted "
               f"{t['roi']['weight']:g}x (moec eval --roi MASK measures inside and outside it)")
-    print(f"software  " + ", ".join(f"{k} {v}" for k, v in sorted(meta.made_by.items())))
+    print("software  " + ", ".join(f"{k} {v}" for k, v in sorted(meta.made_by.items())))
     if meta.dicom is not None:
         d = meta.dicom
         print(f"dicom     {d.modality} series {d.series_number or '-'}"
@@ -591,9 +586,8 @@ def _series_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .roi import DEFAULT_WEIGHT as DEFAULT_ROI_WEIGHT
-
     from . import __version__
+    from .roi import DEFAULT_WEIGHT as DEFAULT_ROI_WEIGHT
 
     parser = argparse.ArgumentParser(prog="moec", description="Compress 3D/4D medical volumes with a "
                                      "mixture-of-experts neural representation (MoEC).")
@@ -623,8 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--grid-channels", type=_positive(int), default=1, metavar="C",
                    help="latents per grid node and level, for the latent grid (default 1; "
                         "fewer channels buy a finer grid in the same bytes)")
-    c.add_argument("--bits", type=int, default=8, help="weight bit width before entropy coding; 16 = float16 (default 8)")
-    c.add_argument("--granularity", choices=("tensor", "channel"), default="tensor", help="one step per tensor or per output channel")
+    c.add_argument("--bits", type=int, default=8,
+                   help="weight bit width before entropy coding; 16 = float16 (default 8)")
+    c.add_argument("--granularity", choices=("tensor", "channel"), default="tensor",
+                   help="one step per tensor or per output channel")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     c.add_argument("--threads", type=_positive(int), help="torch CPU threads (default: torch's choice)")
@@ -702,8 +698,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT_DIR/manifest.csv records each volume as it finishes; run the same command "
                                    "again to skip finished volumes and retry the others.")
     a.add_argument("input", metavar="INPUT_DIR")
-    a.add_argument("-o", "--output", metavar="OUT_DIR", required=True, help="folder for the .moec files and the manifest")
-    a.add_argument("--ratio", type=_positive(float), default=256.0, help="compression ratio vs the raw voxels (default 256)")
+    a.add_argument("-o", "--output", metavar="OUT_DIR", required=True,
+                   help="folder for the .moec files and the manifest")
+    a.add_argument("--ratio", type=_positive(float), default=256.0,
+                   help="compression ratio vs the raw voxels (default 256)")
     batch_budget = a.add_mutually_exclusive_group()
     batch_budget.add_argument("--minutes", type=_positive(float), default=5.0,
                               help="training time per volume (default 5)")
@@ -765,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the promise is one line, never a traceback
         if os.environ.get("MOEC_DEBUG"):
             raise
-        print(f"moec: error: unexpected {type(exc).__name__}: {exc} (MOEC_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(f"moec: error: unexpected {type(exc).__name__}: {exc} (MOEC_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -1,14 +1,15 @@
 """The steps every front end takes, in one place: settings -> plan -> Fitter -> bytes -> figures.
 
-The CLI, the napari plugin and the tests call these functions, so a file made in one comes out the
-same in the others.
+`Compression` is the one entry point for making a file: the CLI, the napari plugin's job, `moec
+bench`, `moec batch`, the benchmarks and the tests all drive it, so a file made in one comes out
+the same in the others, and what a user is told about it (`Compressed.notes`) reaches each of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ from .metrics import ExpertStat, Quality, RegionQuality, expert_table, quality, 
 from .pack import MoecFile
 from .quantize import QuantConfig
 from .roi import check_roi
-from .train import Fitter, TrainConfig, train_record
+from .train import Fitter, Progress, TrainConfig, train_record
 from .volume import Volume
 
 
@@ -90,6 +91,71 @@ def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig, roi: np.ndarray
                   roi=roi)
 
 
+@dataclass(frozen=True, eq=False)
+class Compressed:
+    """The bytes of a file made by a Compression, and what a user should be told about them."""
+
+    data: bytes
+    steps: int  # training steps run, all runs together
+    stages: tuple[int, ...]  # of those, in the router, joint and final stages
+    notes: tuple[str, ...]  # sentences for the user (a file smaller than asked, and why)
+
+
+class Compression:
+    """One volume's compression: the plan (BudgetError here, before any work), training in one or
+    more runs (each a generator of Progress, so a caller shows progress, stops or continues), and
+    the bytes with their notes. Measuring the file is `evaluate`, on the bytes as written."""
+
+    def __init__(self, volume: Volume, settings: Settings = Settings(), train: TrainConfig = TrainConfig(),
+                 roi: np.ndarray | None = None):
+        self.volume = volume
+        self.settings = settings
+        self.roi = roi
+        self.plan = plan(volume, settings, train, roi is not None)
+        self.fitter = new_fitter(volume, self.plan, train, roi)
+
+    def run(self, minutes: float | None = None, steps: int | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, None]:
+        """Train for a budget (default: the TrainConfig's; a later run continues the model),
+        yielding Progress after every step, until the budget ends or `should_stop()` says so. A
+        generator closed early (Ctrl-C, a cancelled worker) leaves a model that encodes."""
+        run = self.fitter.fit(minutes=minutes, steps=steps)
+        try:
+            for progress in run:
+                yield progress
+                if should_stop is not None and should_stop():
+                    break
+        finally:
+            run.close()
+
+    def train(self) -> Compression:
+        """Run the whole budget, without progress (scripts and tests)."""
+        for _ in self.run():
+            pass
+        return self
+
+    def encode(self) -> Compressed:
+        """The .moec bytes of the model as trained so far (MoecError before the first step)."""
+        fitter = self.fitter
+        if fitter.steps_run == 0:
+            raise MoecError("stopped before the first training step; nothing written")
+        data = encode(fitter, self.plan)
+        notes = []
+        if len(data) < self.plan.lower_bytes:
+            why = ("training stopped in the router stage, so the latent grid is still empty"
+                   if self.plan.model.encoder == "grid" and fitter.stage_steps["router"] == fitter.steps_run else
+                   "the grid and router take no more bytes at their steps")
+            notes.append(f"the file is smaller than asked ({len(data):,} bytes, the window starts at "
+                         f"{self.plan.lower_bytes:,} bytes): every other weight already has the finest step it "
+                         f"can be stored with, and {why}")
+        return Compressed(data, fitter.steps_run, tuple(fitter.record()["stages"]), tuple(notes))
+
+    def evaluate(self, moec: MoecFile, device: str = "cpu") -> Evaluation:
+        """`moec` (the file as written and read back) measured against the volume, and inside and
+        outside the region of interest when there is one."""
+        return evaluate(self.volume, moec, device, self.roi)
+
+
 def file_steps(fitter: Fitter, plan_: Plan) -> dict[str, np.ndarray]:
     """The steps `encode` would store the unfrozen tensors (experts, decoder) at now, for the final
     stage to train them at. Aimed a quarter of the window below its top, so that the few bytes the
@@ -151,7 +217,7 @@ def _step_search(fitter: Fitter, plan_: Plan) -> StepSearch:
     base = pack.tensor_steps(model, plan_.quant, frozen)
     finest = pack.finest_multiplier(model, base, frozen)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def payload_at(multiplier: float) -> bytes:
         return pack.encode_payload(model, plan_.quant, pack.scaled_steps(base, multiplier, frozen))
 

@@ -58,6 +58,7 @@ class Result:
     parameters_per_expert: int
     stopped: bool
     roi: RegionQuality | None = None  # inside and outside the region of interest it was trained with
+    notes: tuple[str, ...] = ()  # what the user should be told about the file (pipeline.Compressed.notes)
 
 
 def error_limit(error: np.ndarray) -> float:
@@ -73,7 +74,7 @@ def _display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
 
 
 def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: int, stopped: bool,
-           moec: pack.MoecFile | None = None, roi: np.ndarray | None = None) -> Result:
+           moec: pack.MoecFile | None = None, roi: np.ndarray | None = None, notes: tuple[str, ...] = ()) -> Result:
     """Decode `data` (unless already decoded), measure it against `volume` (and inside and outside
     `roi`, file voxel order), in display order."""
     moec = moec or pack.decode(data)
@@ -86,7 +87,7 @@ def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: 
     return Result(data, values, _display(orientation, recon.labels), _display(orientation, recon.confidence),
                   error, error_limit(error), evaluation.quality, evaluation.experts, evaluation.ratio,
                   evaluation.file_ratio, steps, model.experts, model.expert_parameter_count(), stopped,
-                  evaluation.roi)
+                  evaluation.roi, notes)
 
 
 class TrainingJob:
@@ -98,8 +99,10 @@ class TrainingJob:
         self.volume = volume
         self.orientation = orientation
         self.roi = roi
-        self.plan = pipeline.plan(volume, settings, config, roi=roi is not None)  # BudgetError before any thread
-        self.fitter: Fitter = pipeline.new_fitter(volume, self.plan, config, roi)
+        #: BudgetError here, before any thread starts.
+        self.session = pipeline.Compression(volume, settings, config, roi)
+        self.plan = self.session.plan
+        self.fitter: Fitter = self.session.fitter
         self.preview_every = preview_every
         self.stop_requested = False
         #: (display axis, index) of the slice on screen; the GUI thread replaces the tuple whole.
@@ -109,12 +112,13 @@ class TrainingJob:
     def request_stop(self) -> None:
         self.stop_requested = True
 
-    def run(self, minutes: float | None = None, steps: int | None = None) -> Generator[Progress | Preview, None, Result]:
+    def run(self, minutes: float | None = None,
+            steps: int | None = None) -> Generator[Progress | Preview, None, Result]:
         """Train (the config's budget, or the one given to continue), then encode and decode."""
         self.stop_requested = False
         last_progress = last_preview = 0.0
         progress = None
-        run = self.fitter.fit(minutes=minutes, steps=steps)
+        run = self.session.run(minutes=minutes, steps=steps)
         try:
             for progress in run:
                 now = time.monotonic()
@@ -130,9 +134,9 @@ class TrainingJob:
             run.close()
         if progress is not None:
             yield progress
-        data = pipeline.encode(self.fitter, self.plan)
-        self.result = finish(self.volume, self.orientation, data, self.fitter.steps_run, self.stop_requested,
-                             roi=self.roi)
+        made = self.session.encode()
+        self.result = finish(self.volume, self.orientation, made.data, made.steps, self.stop_requested,
+                             roi=self.roi, notes=made.notes)
         return self.result
 
     def preview(self, axis: int, index: int) -> Preview:

@@ -18,8 +18,23 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-    QProgressBar, QPushButton, QScrollArea, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 from superqt import QCollapsible
 
@@ -32,8 +47,17 @@ from codec.train import Progress, TrainConfig
 from .curves import CurvesWidget
 from .job import Preview, Result, TrainingJob, load
 from .layers import (
-    CT_WINDOWS, ERROR_COLORMAP, META, expert_colormap, is_ct, layer_orientation, lossy_name, moec_of,
-    transforms_of, volume_of_layer, window_limits,
+    CT_WINDOWS,
+    ERROR_COLORMAP,
+    META,
+    expert_colormap,
+    is_ct,
+    layer_orientation,
+    lossy_name,
+    moec_of,
+    transforms_of,
+    volume_of_layer,
+    window_limits,
 )
 
 ROLES = ("reconstruction", "error", "experts", "confidence")
@@ -103,7 +127,8 @@ class MoecWidget(QWidget):
         self.ratio = self._spin(QDoubleSpinBox(), 2.0, 1e6, 256.0, "Target ratio vs the raw voxels; the file "
                                 "lands between R and 1.05 R", decimals=1)
         form.addRow("Ratio", self.ratio)
-        self.experts = self._spin(QSpinBox(), 1, 64, pipeline.Settings().experts, "Number of experts (1 = a single SIREN)")
+        self.experts = self._spin(QSpinBox(), 1, 64, pipeline.Settings().experts,
+                                  "Number of experts (1 = a single SIREN)")
         form.addRow("Experts", self.experts)
         self.top_k = QComboBox()
         self.top_k.addItems(["1", "2"])
@@ -125,7 +150,8 @@ class MoecWidget(QWidget):
         self.seed = self._spin(QSpinBox(), 0, 2 ** 31 - 1, 0, "Random seed (initialisation and sampling)")
         self.balance = self._spin(QDoubleSpinBox(), 0.0, 10.0, 0.01, "Balancing loss weight", decimals=3, step=0.01)
         self.bits = self._spin(QSpinBox(), 2, 16, 8, "Weight bit width before entropy coding (16 = float16)")
-        self.steps = self._spin(QSpinBox(), 0, 10 ** 7, 0, "Train this many steps instead of a time budget (0: use minutes)")
+        self.steps = self._spin(QSpinBox(), 0, 10 ** 7, 0,
+                                "Train this many steps instead of a time budget (0: use minutes)")
         self.partition = QComboBox()
         self.partition.addItems(["learned", "blocks"])
         self.partition.setToolTip("Learned router (MoEC) or the fixed block split (baseline)")
@@ -482,7 +508,8 @@ class MoecWidget(QWidget):
             # event loop ~0.2 s on the brain template). Previews of a continued run then draw into
             # it, which is what is on screen; the file's bytes stay in `result.data`.
             layer.data = values
-            layer.name = name if role == "reconstruction" else f"{name} {'gate confidence' if role == 'confidence' else role}"
+            suffix = "gate confidence" if role == "confidence" else role
+            layer.name = name if role == "reconstruction" else f"{name} {suffix}"
         recon_meta = self.derived["reconstruction"].metadata.setdefault(META, {})
         recon_meta.update(moec_bytes=r.data, ratio=r.ratio, role="reconstruction")
         self._set_error_limits(r.error_limit)
@@ -497,20 +524,23 @@ class MoecWidget(QWidget):
             "max": f"{q.max_error:g}",
             "p99": f"{q.p99_error:g}",
             "body": f"{_format_db(q.psnr_body)} ({100 * q.body_share:.0f}% of voxels)",
-            "roi": "–" if r.roi is None else (f"{_format_db(r.roi.psnr_inside)} inside (max error {r.roi.max_inside:g}); "
-                                             f"{_format_db(r.roi.psnr_outside)} outside (max {r.roi.max_outside:g})"),
+            "roi": "–" if r.roi is None else (
+                f"{_format_db(r.roi.psnr_inside)} inside (max error {r.roi.max_inside:g}); "
+                f"{_format_db(r.roi.psnr_outside)} outside (max {r.roi.max_outside:g})"),
             "worst": f"k = {q.worst_slice}, {_format_db(q.worst_slice_psnr)}",
         }
         for key, text in texts.items():
             self.metrics[key].setText(text)
         self.table.setRowCount(len(r.experts))
         for row, e in enumerate(r.experts):
-            for col, text in enumerate((str(e.expert), f"{100 * e.share:.1f}%", _format_db(e.psnr), f"{e.parameters:,}")):
+            cells = (str(e.expert), f"{100 * e.share:.1f}%", _format_db(e.psnr), f"{e.parameters:,}")
+            for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, col, item)
         self.status.setText(f"Done: {r.ratio:.1f}x, PSNR {_format_db(q.psnr)}, SSIM {q.ssim:.4f}"
-                            + (" (stopped; Continue trains further)" if r.stopped else ""))
+                            + (" (stopped; Continue trains further)" if r.stopped else "")
+                            + "".join(f" Note: {note}." for note in r.notes))
         self._update_buttons()
 
     def _on_expert_selected(self) -> None:

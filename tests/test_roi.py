@@ -39,11 +39,7 @@ def lesion_volume():
 
 def _compress(volume, roi=None, weight=10.0) -> bytes:
     config = TrainConfig(steps=STEPS, batch_size=4096, roi_weight=weight)
-    plan = pipeline.plan(volume, pipeline.Settings(ratio=20), config, roi=roi is not None)
-    fitter = pipeline.new_fitter(volume, plan, config, roi)
-    for _ in fitter.fit():
-        pass
-    return pipeline.encode(fitter, plan)
+    return pipeline.Compression(volume, pipeline.Settings(ratio=20), config, roi).train().encode().data
 
 
 @pytest.fixture(scope="module")

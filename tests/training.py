@@ -10,12 +10,9 @@ from codec.volume import Volume
 
 
 def train(volume: Volume, settings: pipeline.Settings, config: TrainConfig):
-    """Plan and run a whole training; returns (fitter, plan)."""
-    plan = pipeline.plan(volume, settings, config)
-    fitter = pipeline.new_fitter(volume, plan, config)
-    for _ in fitter.fit():
-        pass
-    return fitter, plan
+    """Plan and run a whole training (pipeline.Compression); returns (fitter, plan)."""
+    session = pipeline.Compression(volume, settings, config).train()
+    return session.fitter, session.plan
 
 
 def file_psnr(volume: Volume, data: bytes) -> float:

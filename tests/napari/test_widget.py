@@ -214,3 +214,15 @@ def test_the_encoder_choice_reaches_the_file_and_a_bad_pairing_is_a_notification
     assert moec(["info", str(path)]) == 0
     model = pack.read(path).meta.model
     assert model.encoder == "grid" and not model.router_features and model.grid_channels == 1
+
+
+def test_the_file_smaller_than_asked_note_reaches_the_widget(widget_on, phantom_nifti, qtbot):
+    """The CLI and the plugin share pipeline.Compression, so its notes reach both: a run that ends
+    after the router's first step leaves the latent grid empty and the file below its window."""
+    viewer, widget = widget_on(phantom_nifti)
+    _configure(widget, steps=1)
+    widget.encoder.setCurrentText("grid")
+    widget.train()
+    wait_for(widget, qtbot)
+    assert widget.result.notes and "smaller than asked" in widget.result.notes[0]
+    assert "Note: the file is smaller than asked" in widget.status.text()
