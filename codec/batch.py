@@ -39,6 +39,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import MoecError, OutputError
 from .files import atomic_write_bytes
+from .settings import Settings, TrainConfig
+
+_FILE, _TRAIN = Settings(), TrainConfig()  # the defaults, read from their one place
 
 MANIFEST = "manifest.csv"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -52,13 +55,13 @@ MEMORY_PER_VOXEL = 64
 class BatchSettings:
     """What every volume of a batch is compressed with (training time and seed included)."""
 
-    ratio: float = 256.0
-    minutes: float = 5.0
+    ratio: float = _FILE.ratio
+    minutes: float = _TRAIN.minutes
     steps: int | None = None  # a step budget instead of minutes (reproducible)
-    experts: int = 4
-    seed: int = 0
-    batch_size: int = 1 << 15
-    device: str = "auto"  # a GPU worker (dask-cuda) trains on its GPU
+    experts: int = _FILE.experts
+    seed: int = _TRAIN.seed
+    batch_size: int = _TRAIN.batch_size
+    device: str = _TRAIN.device  # auto: a GPU worker (dask-cuda) trains on its GPU
 
     @property
     def key(self) -> str:

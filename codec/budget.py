@@ -43,20 +43,21 @@ class Plan:
 
 @dataclass(frozen=True)
 class Architecture:
-    """The shape choices that stay fixed while the width scales with the budget."""
+    """The shape choices that stay fixed while the width scales with the budget. No defaults: they
+    are a file's settings (codec.settings.Settings.architecture), chosen in one place."""
 
-    experts: int = 8
-    top_k: int = 1
-    partition: str = "learned"
-    expert_layers: int = 3
-    encoder_layers: int = 1
-    encoder_share: float = 1.0  # encoder width / expert width
-    omega0: float = 30.0
-    encoder: str = "siren"
-    grid_channels: int = 2
-    grid_levels: int = 4
-    latent_share: float = 0.95  # of the payload, for the latent grid (its encoder)
-    router_features: bool = True
+    experts: int
+    top_k: int
+    partition: str
+    expert_layers: int
+    encoder_layers: int
+    encoder_share: float  # encoder width / expert width
+    encoder: str
+    grid_channels: int
+    grid_levels: int
+    latent_share: float  # of the payload, for the latent grid (its encoder)
+    router_features: bool
+    omega0: float = 30.0  # SIREN's (Sitzmann et al.): not a user's choice
 
 
 def window(raw_bytes: int, ratio: float) -> tuple[int, int]:

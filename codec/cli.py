@@ -587,7 +587,10 @@ def _series_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .roi import DEFAULT_WEIGHT as DEFAULT_ROI_WEIGHT
+    from . import settings as choices
+
+    # Every default and choice list comes from codec.settings: changing one there changes it here.
+    file_, train = choices.Settings(), choices.TrainConfig()
 
     parser = argparse.ArgumentParser(prog="moec", description="Compress 3D/4D medical volumes with a "
                                      "mixture-of-experts neural representation (MoEC).")
@@ -598,42 +601,50 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input", help=".nii, .nii.gz or .npy volume (3D or 4D), or a DICOM series' folder")
     _series_option(c)
     c.add_argument("-o", "--output", help="the .moec file to write (default: beside the input)")
-    c.add_argument("--ratio", type=_positive(float), default=256.0,
-                   help="compression ratio vs the raw voxels; the file lands in [R, 1.05 R] (default 256)")
+    c.add_argument("--ratio", type=_positive(float), default=file_.ratio,
+                   help=f"compression ratio vs the raw voxels; the file lands in [R, 1.05 R] (default {file_.ratio:g})")
     budget = c.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=_positive(float), default=5.0, help="training time budget (default 5)")
+    budget.add_argument("--minutes", type=_positive(float), default=train.minutes,
+                        help=f"training time budget (default {train.minutes:g})")
     budget.add_argument("--steps", type=_positive(int), help="train this many steps instead (reproducible)")
-    c.add_argument("--experts", type=_positive(int), default=4,
-                   help="number of experts (default 4; 1 = one SIREN)")
-    c.add_argument("--top-k", type=int, choices=(1, 2), default=1, help="experts per voxel (default 1)")
-    c.add_argument("--partition", choices=("learned", "blocks"), default="learned",
-                   help="learned router (default) or the fixed block split baseline")
-    c.add_argument("--encoder", choices=("auto", "grid", "siren"), default="auto",
-                   help="shared encoder: a latent grid or a SIREN layer; auto (default): the grid for "
-                        "3D volumes with a learned router, 2+ experts and quantized weights, else SIREN")
-    c.add_argument("--router-input", choices=("features", "coordinates"), default="features",
-                   help="what the router reads: the coordinates and the encoder features "
-                        "(default, DESIGN's router), or the coordinates alone (an ablation: docs/benchmarks.md)")
-    c.add_argument("--grid-channels", type=_positive(int), default=1, metavar="C",
-                   help="latents per grid node and level, for the latent grid (default 1; "
+    c.add_argument("--experts", type=_positive(int), default=file_.experts,
+                   help=f"number of experts (default {file_.experts}; 1 = one SIREN)")
+    c.add_argument("--top-k", type=int, choices=choices.TOP_K, default=file_.top_k,
+                   help=f"experts per voxel (default {file_.top_k})")
+    c.add_argument("--partition", choices=choices.PARTITIONS, default=file_.partition,
+                   help=f"learned router or the fixed block split baseline (default {file_.partition})")
+    c.add_argument("--encoder", choices=choices.ENCODERS, default=file_.encoder,
+                   help="shared encoder: a latent grid or a SIREN layer; auto: the grid for 3D volumes with a "
+                        f"learned router, 2+ experts and quantized weights, else SIREN (default {file_.encoder})")
+    c.add_argument("--router-input", choices=choices.ROUTER_INPUTS,
+                   default="features" if file_.router_features else "coordinates",
+                   help="what the router reads: the coordinates and the encoder features (DESIGN's router), or "
+                        "the coordinates alone (an ablation: docs/benchmarks.md) (default "
+                        f"{'features' if file_.router_features else 'coordinates'})")
+    c.add_argument("--grid-channels", type=_positive(int), default=file_.grid_channels, metavar="C",
+                   help=f"latents per grid node and level, for the latent grid (default {file_.grid_channels}; "
                         "fewer channels buy a finer grid in the same bytes)")
-    c.add_argument("--bits", type=int, default=8,
-                   help="weight bit width before entropy coding; 16 = float16 (default 8)")
-    c.add_argument("--granularity", choices=("tensor", "channel"), default="tensor",
-                   help="one step per tensor or per output channel")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    c.add_argument("--bits", type=int, default=file_.bits,
+                   help=f"weight bit width before entropy coding; 16 = float16 (default {file_.bits})")
+    c.add_argument("--granularity", choices=choices.GRANULARITIES, default=file_.granularity,
+                   help=f"one step per tensor or per output channel (default {file_.granularity})")
+    c.add_argument("--seed", type=int, default=train.seed)
+    c.add_argument("--device", choices=choices.DEVICES, default=train.device)
     c.add_argument("--threads", type=_positive(int), help="torch CPU threads (default: torch's choice)")
-    c.add_argument("--lr", type=_positive(float), default=2.5e-3, help="learning rate (default 0.0025)")
-    c.add_argument("--batch", type=_positive(int), default=1 << 15, help="coordinates per step (default 32768)")
-    c.add_argument("--balance", type=float, default=0.01, help="balancing loss weight (default 0.01)")
+    c.add_argument("--lr", type=_positive(float), default=train.lr, help=f"learning rate (default {train.lr:g})")
+    c.add_argument("--batch", type=_positive(int), default=train.batch_size,
+                   help=f"coordinates per step (default {train.batch_size})")
+    c.add_argument("--balance", type=float, default=train.balance_weight,
+                   help=f"balancing loss weight (default {train.balance_weight:g})")
     c.add_argument("--roi", metavar="MASK",
                    help="a NIfTI mask on the volume's grid (non-zero = region of interest, e.g. a lesion): its "
                         "squared error counts --roi-weight times more in training, so it comes out sharper")
-    c.add_argument("--roi-weight", type=float, default=DEFAULT_ROI_WEIGHT, metavar="W",
-                   help=f"how much more an ROI voxel's squared error counts (default {DEFAULT_ROI_WEIGHT:g})")
-    c.add_argument("--pretrain", choices=("clusters", "blocks", "none"), default="clusters",
-                   help="the router's starting partition: intensity clusters (default), blocks, or none (ablation)")
+    c.add_argument("--roi-weight", type=float, default=train.roi_weight, metavar="W",
+                   help=f"how much more an ROI voxel's squared error counts (default {train.roi_weight:g})")
+    pretrain = train.pretrain_target if train.router_pretraining else "none"
+    c.add_argument("--pretrain", choices=(*choices.PRETRAIN_TARGETS, "none"), default=pretrain,
+                   help=f"the router's starting partition: intensity clusters, blocks, or none (an ablation) "
+                        f"(default {pretrain})")
     c.add_argument("--force", action="store_true", help="replace an existing output file")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -652,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="decode on another grid over the same box: voxels per axis times S (one factor, or one "
                            "per spatial axis: --scale 1 1 5 gives 1 mm slices from a 5 mm CT); the affine follows")
     grid.add_argument("--shape", type=int, nargs="+", metavar="N", help="decode on a grid of these voxels per axis")
-    d.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    d.add_argument("--device", choices=choices.DEVICES, default="cpu")
     d.add_argument("--force", action="store_true", help="replace existing output files")
     d.set_defaults(run=cmd_decompress)
 
@@ -674,8 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     _series_option(b)
     b.add_argument("--ratios", type=_positive(float), nargs="+", default=[128.0, 256.0, 512.0, 1024.0, 4096.0])
     bench_budget = b.add_mutually_exclusive_group()
-    bench_budget.add_argument("--minutes", type=_positive(float), default=5.0,
-                              help="MoEC training time per cell (default 5)")
+    bench_budget.add_argument("--minutes", type=_positive(float), default=train.minutes,
+                              help=f"MoEC training time per cell (default {train.minutes:g})")
     bench_budget.add_argument("--steps", type=_positive(int), help="MoEC training steps per cell instead")
     b.add_argument("--codecs", nargs="*", choices=sorted(CODEC_KEYS), default=sorted(CODEC_KEYS),
                    help="classical codecs to run (default: all that are installed)")
@@ -700,17 +711,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("input", metavar="INPUT_DIR")
     a.add_argument("-o", "--output", metavar="OUT_DIR", required=True,
                    help="folder for the .moec files and the manifest")
-    a.add_argument("--ratio", type=_positive(float), default=256.0,
-                   help="compression ratio vs the raw voxels (default 256)")
+    a.add_argument("--ratio", type=_positive(float), default=file_.ratio,
+                   help=f"compression ratio vs the raw voxels (default {file_.ratio:g})")
     batch_budget = a.add_mutually_exclusive_group()
-    batch_budget.add_argument("--minutes", type=_positive(float), default=5.0,
-                              help="training time per volume (default 5)")
+    batch_budget.add_argument("--minutes", type=_positive(float), default=train.minutes,
+                              help=f"training time per volume (default {train.minutes:g})")
     batch_budget.add_argument("--steps", type=_positive(int), help="training steps per volume instead (reproducible)")
-    a.add_argument("--experts", type=_positive(int), default=4, help="number of experts (default 4; 1 = one SIREN)")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--batch", type=_positive(int), default=1 << 15, help="coordinates per step (default 32768)")
-    a.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where each task trains (auto: a worker's GPU when it has one)")
+    a.add_argument("--experts", type=_positive(int), default=file_.experts,
+                   help=f"number of experts (default {file_.experts}; 1 = one SIREN)")
+    a.add_argument("--seed", type=int, default=train.seed)
+    a.add_argument("--batch", type=_positive(int), default=train.batch_size,
+                   help=f"coordinates per step (default {train.batch_size})")
+    a.add_argument("--device", choices=choices.DEVICES, default=train.device,
+                   help=f"where each task trains (auto: a worker's GPU when it has one; default {train.device})")
     a.add_argument("--scheduler", metavar="ADDRESS",
                    help="a running dask scheduler (tcp://host:8786) to send the volumes to; the workers must see "
                         "INPUT_DIR and OUT_DIR at the same paths (default: a local cluster on this machine)")

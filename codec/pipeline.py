@@ -16,59 +16,16 @@ import numpy as np
 import torch
 
 from . import budget, pack
-from .budget import Architecture, Plan
+from .budget import Plan
 from .decode import Reconstruction, reconstruct, unfloored_values
 from .errors import MoecError
 from .floor import SAMPLE_VOXELS, choose_floor
 from .metrics import ExpertStat, Quality, RegionQuality, expert_table, quality, region_quality
 from .pack import MoecFile
-from .quantize import QuantConfig
 from .roi import check_roi
+from .settings import Settings
 from .train import Fitter, Progress, TrainConfig, train_record
 from .volume import Volume
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a user chooses about the file (training time and seed live in TrainConfig)."""
-
-    ratio: float = 256.0
-    experts: int = 4
-    top_k: int = 1
-    partition: str = "learned"
-    bits: int = 8
-    granularity: str = "tensor"
-    first_layer_extra_bits: int = 2
-    expert_layers: int | None = None  # None: 3 after a SIREN encoder, 2 after a latent grid
-    encoder_layers: int = 1
-    encoder_share: float = 1.0
-    encoder: str = "auto"  # "siren", "grid", or "auto": the grid wherever it applies
-    grid_channels: int = 1
-    grid_levels: int = 4
-    latent_share: float = 0.95
-    latent_bits: float = QuantConfig.latent_bits  # 1.5, for the sparse, smooth grids of train.latent_rate_penalty
-    router_features: bool = True  # False: the router reads the coordinates alone
-
-    def encoder_for(self, dims: int) -> str:
-        """The encoder these settings give a volume of `dims` axes."""
-        if self.encoder != "auto":
-            return self.encoder
-        # `--experts 1` stays a plain SIREN and `--partition blocks` SIREN blocks (the DESIGN's
-        # baselines); the grid is 3D and stores its latents by rate, not as float16.
-        grid_fits = self.partition == "learned" and self.experts > 1 and dims == 3 and self.bits < 16
-        return "grid" if grid_fits else "siren"
-
-    def architecture(self, dims: int = 3) -> Architecture:
-        encoder = self.encoder_for(dims)
-        layers = self.expert_layers if self.expert_layers is not None else (2 if encoder == "grid" else 3)
-        return Architecture(experts=self.experts, top_k=self.top_k, partition=self.partition,
-                            expert_layers=layers, encoder_layers=0 if encoder == "grid" else self.encoder_layers,
-                            encoder_share=self.encoder_share, encoder=encoder, grid_channels=self.grid_channels,
-                            grid_levels=self.grid_levels, latent_share=self.latent_share,
-                            router_features=self.router_features)
-
-    def quant(self) -> QuantConfig:
-        return QuantConfig(self.bits, self.first_layer_extra_bits, self.granularity, self.latent_bits)
 
 
 def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig(), roi: bool = False) -> Plan:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import entropy
+from .settings import LATENT_BITS
 
 FLOAT16_BITS = 16
 GRANULARITIES = ("tensor", "channel")
@@ -30,7 +31,7 @@ class QuantConfig:
     granularity: str = "tensor"
     #: Coded bits per latent of a grid encoder: its quantization step is chosen for this rate (the
     #: latents' step is stored in the file, so decoding never needs this number).
-    latent_bits: float = 1.5
+    latent_bits: float = LATENT_BITS
 
     def __post_init__(self) -> None:
         if not 0.25 <= self.latent_bits <= 8:

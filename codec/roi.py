@@ -15,9 +15,6 @@ import numpy as np
 
 from .errors import VolumeError
 
-#: --roi-weight's default: ten times the squared error of a voxel elsewhere.
-DEFAULT_WEIGHT = 10.0
-
 
 def check_roi(mask: np.ndarray, shape: tuple[int, ...], where: str = "the ROI") -> np.ndarray:
     """A boolean mask of the volume's shape (a 3D mask applies to every time point of a 4D

@@ -38,11 +38,12 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from codec import pack, pipeline
+from codec import pack
+from codec import settings as choices
 from codec.errors import MoecError
 from codec.files import refuse_overwrite
 from codec.resample import scaled_shape
-from codec.train import Progress, TrainConfig
+from codec.train import Progress
 
 from .curves import CurvesWidget
 from .job import Preview, Result, TrainingJob, load
@@ -110,6 +111,8 @@ class MoecWidget(QWidget):
 
     # --- construction ---------------------------------------------------------------------------
     def _build(self) -> None:
+        # Every default and choice list comes from codec.settings, as the command line's do.
+        file_, train = choices.Settings(), choices.TrainConfig()
         # Everything sits in a scroll area: a dock is often shorter than the metrics and the table.
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -124,17 +127,19 @@ class MoecWidget(QWidget):
         self.layer_box.setToolTip("The image layer to compress (opened NIfTI volumes keep their orientation)")
         self.layer_box.currentIndexChanged.connect(self._on_layer_chosen)
         form.addRow("Volume", self.layer_box)
-        self.ratio = self._spin(QDoubleSpinBox(), 2.0, 1e6, 256.0, "Target ratio vs the raw voxels; the file "
+        self.ratio = self._spin(QDoubleSpinBox(), 2.0, 1e6, file_.ratio, "Target ratio vs the raw voxels; the file "
                                 "lands between R and 1.05 R", decimals=1)
         form.addRow("Ratio", self.ratio)
-        self.experts = self._spin(QSpinBox(), 1, 64, pipeline.Settings().experts,
+        self.experts = self._spin(QSpinBox(), 1, 64, file_.experts,
                                   "Number of experts (1 = a single SIREN)")
         form.addRow("Experts", self.experts)
         self.top_k = QComboBox()
-        self.top_k.addItems(["1", "2"])
+        self.top_k.addItems([str(k) for k in choices.TOP_K])
+        self.top_k.setCurrentText(str(file_.top_k))
         self.top_k.setToolTip("Experts evaluated per voxel")
         form.addRow("Top-k", self.top_k)
-        self.minutes = self._spin(QDoubleSpinBox(), 0.05, 600.0, 5.0, "Training time budget in minutes", decimals=2)
+        self.minutes = self._spin(QDoubleSpinBox(), 0.05, 600.0, train.minutes, "Training time budget in minutes",
+                                  decimals=2)
         form.addRow("Minutes", self.minutes)
         self.roi_box = QComboBox()
         self.roi_box.setToolTip("A Labels layer on the volume's grid whose painted voxels (any label) are the "
@@ -146,28 +151,31 @@ class MoecWidget(QWidget):
         self.advanced = QCollapsible("Advanced")
         adv = QWidget()
         adv_form = QFormLayout(adv)
-        self.lr = self._spin(QDoubleSpinBox(), 1e-5, 0.1, 2.5e-3, "Adam learning rate", decimals=5, step=5e-4)
-        self.seed = self._spin(QSpinBox(), 0, 2 ** 31 - 1, 0, "Random seed (initialisation and sampling)")
-        self.balance = self._spin(QDoubleSpinBox(), 0.0, 10.0, 0.01, "Balancing loss weight", decimals=3, step=0.01)
-        self.bits = self._spin(QSpinBox(), 2, 16, 8, "Weight bit width before entropy coding (16 = float16)")
+        self.lr = self._spin(QDoubleSpinBox(), 1e-5, 0.1, train.lr, "Adam learning rate", decimals=5, step=5e-4)
+        self.seed = self._spin(QSpinBox(), 0, 2 ** 31 - 1, train.seed, "Random seed (initialisation and sampling)")
+        self.balance = self._spin(QDoubleSpinBox(), 0.0, 10.0, train.balance_weight, "Balancing loss weight",
+                                  decimals=3, step=0.01)
+        self.bits = self._spin(QSpinBox(), 2, 16, file_.bits, "Weight bit width before entropy coding (16 = float16)")
         self.steps = self._spin(QSpinBox(), 0, 10 ** 7, 0,
                                 "Train this many steps instead of a time budget (0: use minutes)")
         self.partition = QComboBox()
-        self.partition.addItems(["learned", "blocks"])
+        self.partition.addItems(list(choices.PARTITIONS))
+        self.partition.setCurrentText(file_.partition)
         self.partition.setToolTip("Learned router (MoEC) or the fixed block split (baseline)")
         self.encoder = QComboBox()
-        self.encoder.addItems(["auto", "grid", "siren"])
-        self.encoder.setCurrentText(pipeline.Settings().encoder)
+        self.encoder.addItems(list(choices.ENCODERS))
+        self.encoder.setCurrentText(file_.encoder)
         self.encoder.setToolTip("Shared encoder: a latent grid (3D, quantized weights) or a SIREN layer; "
                                 "auto: the grid wherever it applies")
         self.router_input = QComboBox()
-        self.router_input.addItems(["features", "coordinates"])
+        self.router_input.addItems(list(choices.ROUTER_INPUTS))
+        self.router_input.setCurrentText("features" if file_.router_features else "coordinates")
         self.router_input.setToolTip("What the router reads: the coordinates and the encoder features, or the "
                                      "coordinates alone (better over a latent grid)")
-        self.grid_channels = self._spin(QSpinBox(), 1, 16, pipeline.Settings().grid_channels,
+        self.grid_channels = self._spin(QSpinBox(), 1, 16, file_.grid_channels,
                                         "Latents per grid node and level (latent grid only); fewer channels buy a "
                                         "finer grid in the same bytes")
-        self.roi_weight = self._spin(QDoubleSpinBox(), 1.0, 1000.0, TrainConfig().roi_weight,
+        self.roi_weight = self._spin(QDoubleSpinBox(), 1.0, 1000.0, train.roi_weight,
                                      "How much more a voxel of the ROI counts in training", decimals=1)
         for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
                               ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),
@@ -317,16 +325,16 @@ class MoecWidget(QWidget):
         self._update_buttons()
 
     # --- settings ---------------------------------------------------------------------------------
-    def settings(self) -> pipeline.Settings:
-        return pipeline.Settings(ratio=self.ratio.value(), experts=self.experts.value(),
+    def settings(self) -> choices.Settings:
+        return choices.Settings(ratio=self.ratio.value(), experts=self.experts.value(),
                                  top_k=int(self.top_k.currentText()), partition=self.partition.currentText(),
                                  bits=self.bits.value(), encoder=self.encoder.currentText(),
                                  router_features=self.router_input.currentText() == "features",
                                  grid_channels=self.grid_channels.value())
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self) -> choices.TrainConfig:
         steps = self.steps.value() or None
-        return TrainConfig(minutes=self.minutes.value(), steps=steps, lr=self.lr.value(),
+        return choices.TrainConfig(minutes=self.minutes.value(), steps=steps, lr=self.lr.value(),
                            balance_weight=self.balance.value(), seed=self.seed.value(),
                            roi_weight=self.roi_weight.value())
 

@@ -1,0 +1,139 @@
+"""What a user chooses, each with its one default, its choices and its checks: the settings of a
+file (`Settings`) and of its training (`TrainConfig`). The command line, the plugin's widget and the
+pipeline read them from here, so changing a default is one edit. No torch here: `moec --help`
+builds its options from these without loading it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .budget import Architecture
+    from .quantize import QuantConfig
+
+PARTITIONS = ("learned", "blocks")  # a learned router (MoEC), or the fixed block split (TINC-style baseline)
+ENCODERS = ("auto", "grid", "siren")  # auto: the latent grid wherever it applies (Settings.encoder_for)
+ROUTER_INPUTS = ("features", "coordinates")
+GRANULARITIES = ("tensor", "channel")  # one quantization step per tensor, or per output channel
+TOP_K = (1, 2)
+PRETRAIN_TARGETS = ("clusters", "blocks")
+DEVICES = ("auto", "cpu", "cuda")
+#: Coded bits per latent the plan budgets for: the sparse, smooth grids of train.latent_rate_penalty.
+LATENT_BITS = 1.5
+#: How much more a voxel of a region of interest counts (codec.roi).
+ROI_WEIGHT = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a user chooses about the file (training time and seed live in TrainConfig)."""
+
+    ratio: float = 256.0
+    experts: int = 4  # 1: a single SIREN
+    top_k: int = 1  # one of TOP_K
+    partition: str = "learned"  # one of PARTITIONS
+    bits: int = 8  # 16: float16 weights
+    granularity: str = "tensor"  # one of GRANULARITIES
+    first_layer_extra_bits: int = 2
+    expert_layers: int | None = None  # None: 3 after a SIREN encoder, 2 after a latent grid
+    encoder_layers: int = 1
+    encoder_share: float = 1.0
+    encoder: str = "auto"  # "siren", "grid", or "auto": the grid wherever it applies
+    grid_channels: int = 1
+    grid_levels: int = 4
+    latent_share: float = 0.95
+    latent_bits: float = LATENT_BITS
+    router_features: bool = True  # False: the router reads the coordinates alone
+
+    def encoder_for(self, dims: int) -> str:
+        """The encoder these settings give a volume of `dims` axes."""
+        if self.encoder != "auto":
+            return self.encoder
+        # `--experts 1` stays a plain SIREN and `--partition blocks` SIREN blocks (the DESIGN's
+        # baselines); the grid is 3D and stores its latents by rate, not as float16.
+        grid_fits = self.partition == "learned" and self.experts > 1 and dims == 3 and self.bits < 16
+        return "grid" if grid_fits else "siren"
+
+    def architecture(self, dims: int = 3) -> Architecture:
+        from .budget import Architecture
+
+        encoder = self.encoder_for(dims)
+        layers = self.expert_layers if self.expert_layers is not None else (2 if encoder == "grid" else 3)
+        return Architecture(experts=self.experts, top_k=self.top_k, partition=self.partition,
+                            expert_layers=layers, encoder_layers=0 if encoder == "grid" else self.encoder_layers,
+                            encoder_share=self.encoder_share, encoder=encoder, grid_channels=self.grid_channels,
+                            grid_levels=self.grid_levels, latent_share=self.latent_share,
+                            router_features=self.router_features)
+
+    def quant(self) -> QuantConfig:
+        from .quantize import QuantConfig
+
+        return QuantConfig(self.bits, self.first_layer_extra_bits, self.granularity, self.latent_bits)
+
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained: the budget, the optimiser, the losses' weights, the seed."""
+
+    minutes: float = 5.0
+    steps: int | None = None  # a step budget overrides `minutes` and makes the run reproducible
+    batch_size: int = 1 << 15
+    lr: float = 2.5e-3
+    lr_decay: float = 0.1  # learning rate at the end of a run / at its start (exponential)
+    balance_weight: float = 0.01
+    #: Weight of an L1 penalty on the latent grids (mean |latent|, joint stage), against the MSE on
+    #: the [-1, 1] scale. It makes the grids sparse (about 70% zeros once rounded, against 10%), so
+    #: that a plan at fewer bits per latent (Settings.latent_bits 1.5) holds more latents in the
+    #: same bytes. Measured on the brain, 2 minutes, against stop 13's 2 bits and no penalty:
+    #: 256x 34.03 / 33.51 dB, 512x 31.00 / 30.68, 1024x 29.44 / 28.43, 4096x 24.63 / 24.61; 1.5 bits
+    #: without the penalty lost at 256x, 512x and 4096x (docs/benchmarks.md, "Stop 14").
+    latent_l1: float = 3e-3
+    #: Weight of a smoothness penalty on the latent grids (mean |difference| of neighbouring latents
+    #: along every axis, joint stage), on the same scale. The spatial context model codes each latent
+    #: as its residual from its causal neighbours (codec.context), so a smooth grid costs fewer bits
+    #: at the same step and its rate-set step comes out finer. Measured on the brain, 2 minutes, on
+    #: top of the L1 term, against none the same day: 256x 34.18 / 33.94 dB, 1024x 29.74 / 29.33 (3e-3:
+    #: 29.69, 3e-2: 29.60, alone without the L1 term at 3e-3: 29.69), 4096x 24.77 / 24.53
+    #: (docs/benchmarks.md, "Stop 15").
+    latent_tv: float = 1e-2
+    gate_gradient: float = 0.1  # scale of the router's straight-through gradient at top-1
+    router_pretraining: bool = True
+    pretrain_target: str = "clusters"  # one of PRETRAIN_TARGETS
+    pretrain_steps: int = 300
+    pretrain_lr: float = 3e-2
+    final_fraction: float = 0.2
+    #: From this fraction of the budget on, latent grids train through their rounding (straight-
+    #: through) at the step their rate asks for. Measured on the brain at 256x, 2 minutes: from the
+    #: start beats from 30% (float latents rounded later lose 3-5 dB at the switch, and an annealed
+    #: soft rounding did worse still).
+    latent_qat_from: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # one of DEVICES
+    #: How much more a voxel of the region of interest counts (codec.roi), when a Fitter has one.
+    roi_weight: float = ROI_WEIGHT
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("steps must be at least 1")
+        if self.steps is None and not (self.minutes > 0 and math.isfinite(self.minutes)):
+            raise ValueError("minutes must be a positive number")
+        if not 1 <= self.batch_size <= 1 << 22:
+            raise ValueError("batch_size must be 1 .. 4194304")
+        rates = (self.lr, self.pretrain_lr, self.balance_weight, self.latent_l1, self.latent_tv, self.gate_gradient)
+        if not (all(math.isfinite(r) for r in rates) and self.lr > 0 and self.pretrain_lr > 0
+                and 0 < self.lr_decay <= 1 and self.balance_weight >= 0 and self.latent_l1 >= 0
+                and self.latent_tv >= 0):
+            raise ValueError("learning rates must be positive and finite, lr_decay in (0, 1], balance_weight, "
+                             "latent_l1 and latent_tv finite and not negative")
+        if not 0 <= self.seed < 2**62:
+            raise ValueError("seed must be an integer in 0 .. 2**62 - 1")
+        if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1:
+            raise ValueError("final_fraction must be in [0, 1) and latent_qat_from in [0, 1]")
+        if not (math.isfinite(self.roi_weight) and 1.0 <= self.roi_weight <= 1e6):
+            raise ValueError("roi_weight must be a number from 1 to 1e6")
+        if self.pretrain_target not in PRETRAIN_TARGETS or self.pretrain_steps < 0:
+            raise ValueError(f"pretrain_target must be one of {PRETRAIN_TARGETS}; pretrain_steps not negative")
