@@ -585,6 +585,19 @@ def _series_option(parser: argparse.ArgumentParser) -> None:
                              "lists them)")
 
 
+def _volume_options(parser: argparse.ArgumentParser, file_, train, each: str) -> None:
+    """--ratio, --minutes | --steps and --experts: what `compress` and `batch` ask of every file."""
+    parser.add_argument("--ratio", type=_positive(float), default=file_.ratio,
+                        help=f"compression ratio vs the raw voxels; the file lands in [R, 1.05 R] "
+                             f"(default {file_.ratio:g})")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=_positive(float), default=train.minutes,
+                        help=f"training time {each} (default {train.minutes:g})")
+    budget.add_argument("--steps", type=_positive(int), help=f"training steps {each} instead (reproducible)")
+    parser.add_argument("--experts", type=_positive(int), default=file_.experts,
+                        help=f"number of experts (default {file_.experts}; 1 = one SIREN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from . import settings as choices
@@ -601,14 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input", help=".nii, .nii.gz or .npy volume (3D or 4D), or a DICOM series' folder")
     _series_option(c)
     c.add_argument("-o", "--output", help="the .moec file to write (default: beside the input)")
-    c.add_argument("--ratio", type=_positive(float), default=file_.ratio,
-                   help=f"compression ratio vs the raw voxels; the file lands in [R, 1.05 R] (default {file_.ratio:g})")
-    budget = c.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=_positive(float), default=train.minutes,
-                        help=f"training time budget (default {train.minutes:g})")
-    budget.add_argument("--steps", type=_positive(int), help="train this many steps instead (reproducible)")
-    c.add_argument("--experts", type=_positive(int), default=file_.experts,
-                   help=f"number of experts (default {file_.experts}; 1 = one SIREN)")
+    _volume_options(c, file_, train, "per file")
     c.add_argument("--top-k", type=int, choices=choices.TOP_K, default=file_.top_k,
                    help=f"experts per voxel (default {file_.top_k})")
     c.add_argument("--partition", choices=choices.PARTITIONS, default=file_.partition,
@@ -711,14 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("input", metavar="INPUT_DIR")
     a.add_argument("-o", "--output", metavar="OUT_DIR", required=True,
                    help="folder for the .moec files and the manifest")
-    a.add_argument("--ratio", type=_positive(float), default=file_.ratio,
-                   help=f"compression ratio vs the raw voxels (default {file_.ratio:g})")
-    batch_budget = a.add_mutually_exclusive_group()
-    batch_budget.add_argument("--minutes", type=_positive(float), default=train.minutes,
-                              help=f"training time per volume (default {train.minutes:g})")
-    batch_budget.add_argument("--steps", type=_positive(int), help="training steps per volume instead (reproducible)")
-    a.add_argument("--experts", type=_positive(int), default=file_.experts,
-                   help=f"number of experts (default {file_.experts}; 1 = one SIREN)")
+    _volume_options(a, file_, train, "per volume")
     a.add_argument("--seed", type=int, default=train.seed)
     a.add_argument("--batch", type=_positive(int), default=train.batch_size,
                    help=f"coordinates per step (default {train.batch_size})")
