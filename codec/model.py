@@ -33,7 +33,9 @@ ENCODERS = ("siren", "grid")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild the network; stored in the .moec header."""
+    """Everything needed to rebuild the network; stored in the .moec header. The defaults build a
+    small SIREN network for direct use (tests, experiments); a file's network comes from its
+    settings (codec.settings) through budget.config_for, which sets every field its network uses."""
 
     dims: int = 3
     experts: int = 8
