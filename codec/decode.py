@@ -11,7 +11,7 @@ rounded through the stored dtype, so every figure computed from them is the file
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -123,7 +123,7 @@ def output_shape(meta: MoecMeta, shape: tuple[int, ...] | None) -> tuple[int, ..
     return tuple(meta.shape) if shape is None else check_shape(shape, len(meta.shape))
 
 
-def _region(region: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+def box_of(region: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
     """`region` as one slice(start, stop) per axis (missing axes whole), numpy's clipping rules."""
     if len(region) > len(shape):
         raise ValueError(f"a region of {len(region)} axes for a {len(shape)}D grid")
@@ -160,22 +160,31 @@ def decode_region(moec: MoecFile, region: tuple[slice, ...], shape: tuple[int, .
     """
     meta = moec.meta
     grid = tiling(meta, shape)
-    box = _region(region, grid.shape)
+    box = box_of(region, grid.shape)
     picked = tuple(s.stop - s.start for s in box)
     values = np.empty(picked, dtype=np.float32)
     labels = np.empty(picked, dtype=np.uint8)
     confidence = np.empty(picked, dtype=np.float32)
     if values.size:
         model = moec.model.to(device).eval()
-        for slab, time in grid.covering(box):
-            tile = grid.box(slab, time)
-            parts = _decode_tile(model, meta, grid.shape, tile, chunk)
-            inside = tuple(slice(max(b.start, t.start), min(b.stop, t.stop)) for b, t in zip(box, tile))
-            dst = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(inside, box))
-            src = tuple(slice(s.start - t.start, s.stop - t.start) for s, t in zip(inside, tile))
-            for out, part in zip((values, labels, confidence), parts):
-                out[dst] = part[src]
+        gather(grid, box, lambda slab, time: _decode_tile(model, meta, grid.shape, grid.box(slab, time), chunk),
+               (values, labels, confidence))
     return RegionDecode(values, labels, confidence)
+
+
+def gather(grid: Tiling, box: tuple[slice, ...], tile: Callable[[int, int], Sequence[np.ndarray]],
+           outs: Sequence[np.ndarray]) -> None:
+    """Fill `outs` (arrays of the box's shape) from the tiles that hold `box`: `tile(slab, time)`
+    gives a tile's arrays, one per out, each of the tile's shape."""
+    for slab, time in grid.covering(box):
+        where = grid.box(slab, time)
+        inside = tuple(slice(max(b.start, t.start), min(b.stop, t.stop)) for b, t in zip(box, where))
+        if any(s.stop <= s.start for s in inside):
+            continue
+        dst = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(inside, box))
+        src = tuple(slice(s.start - t.start, s.stop - t.start) for s, t in zip(inside, where))
+        for out, part in zip(outs, tile(slab, time)):
+            out[dst] = part[src]
 
 
 def reconstruct(moec: MoecFile, chunk: int = DEFAULT_CHUNK, device: str | torch.device = "cpu",

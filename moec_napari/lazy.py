@@ -16,7 +16,7 @@ from collections import OrderedDict
 import dask.array as da
 import numpy as np
 
-from codec.decode import RegionDecode, Tiling, decode_region, output_volume, tiling
+from codec.decode import RegionDecode, Tiling, box_of, decode_region, gather, output_volume, tiling
 from codec.pack import MoecFile
 from codec.volume import Volume
 
@@ -73,18 +73,9 @@ class _TileArray:
         self.ndim = len(self.shape)
 
     def __getitem__(self, key) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        box = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key + (slice(None),) * (self.ndim - len(key)), self.shape))
-        out = np.empty(tuple(max(0, s.stop - s.start) for s in box), dtype=self.dtype)
-        grid = self.cache.grid
-        for slab, time in grid.covering(box):
-            tile = grid.box(slab, time)
-            inside = tuple(slice(max(b.start, t.start), min(b.stop, t.stop)) for b, t in zip(box, tile))
-            if any(s.stop <= s.start for s in inside):
-                continue
-            src = tuple(slice(s.start - t.start, s.stop - t.start) for s, t in zip(inside, tile))
-            dst = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(inside, box))
-            out[dst] = getattr(self.cache.tile(slab, time), self.part)[src]
+        box = box_of(key if isinstance(key, tuple) else (key,), self.shape)
+        out = np.empty(tuple(s.stop - s.start for s in box), dtype=self.dtype)
+        gather(self.cache.grid, box, lambda slab, time: (getattr(self.cache.tile(slab, time), self.part),), (out,))
         return out
 
 
