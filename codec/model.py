@@ -276,9 +276,8 @@ class LatentGrid(_FakeQuantizable):
         super().__init__()
         self.levels = len(resolutions)
         # Latents start at zero: the grids grow only where the volume needs detail. Random starting
-        # latents (uniform +-0.01, before stop 13) are noise that the rate-set step then spends bits
-        # on, and their draw alone moved the brain at 256x by 1.4 dB between seeds (2,000 steps,
-        # seeds 0-2: 31.07 / 32.51 / 30.75 dB; from zero 32.77 / 32.53 / 32.08).
+        # latents are noise that the rate-set step then spends bits on, and their draw alone swung
+        # the result from seed to seed (docs/benchmarks.md, "Stop 13").
         for level, res in enumerate(resolutions):
             setattr(self, f"grid{level}", nn.Parameter(torch.zeros((channels, *res))))
 
@@ -387,8 +386,7 @@ class MoEC(nn.Module):
             return self.router(coords)
         # The router reads the features but does not train them: its gate, balancing and
         # pretraining gradients would pull the features the experts share toward what separates
-        # experts rather than what reconstructs the volume (docs/benchmarks.md: +1.9 dB over a
-        # latent grid, +0.3 dB over the SIREN encoder, at 256x over 4 and 2 seeds).
+        # experts rather than what reconstructs the volume (measured: docs/benchmarks.md).
         return self.router(torch.cat([coords, feats.detach()], dim=1))
 
     def dispatch(self, feats: torch.Tensor, routing: Routing) -> torch.Tensor:

@@ -88,9 +88,8 @@ def rate_step(w: np.ndarray, bits_per_value: float) -> np.ndarray:
     if rms == 0.0:
         # A zero grid (every grid at the start of training) has no rate to set. Step 1 rounds its
         # first small updates to zero, so the experts first fit a flat field while the latents
-        # gather gradient behind it (straight-through) until the next step refresh; measured on
-        # the brain at 256x, 2,000 steps, seeds 0-2, against a step too fine to round anything:
-        # 32.77 / 32.53 / 32.08 dB against 32.31 / 32.14 / 31.96.
+        # gather gradient behind it (straight-through) until the next step refresh, which measured
+        # better than a step too fine to round anything (docs/benchmarks.md).
         return to_float16(1.0).reshape(())
 
     def bits(step: float) -> float:

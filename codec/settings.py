@@ -88,17 +88,13 @@ class TrainConfig:
     #: Weight of an L1 penalty on the latent grids (mean |latent|, joint stage), against the MSE on
     #: the [-1, 1] scale. It makes the grids sparse (about 70% zeros once rounded, against 10%), so
     #: that a plan at fewer bits per latent (Settings.latent_bits 1.5) holds more latents in the
-    #: same bytes. Measured on the brain, 2 minutes, against stop 13's 2 bits and no penalty:
-    #: 256x 34.03 / 33.51 dB, 512x 31.00 / 30.68, 1024x 29.44 / 28.43, 4096x 24.63 / 24.61; 1.5 bits
-    #: without the penalty lost at 256x, 512x and 4096x (docs/benchmarks.md, "Stop 14").
+    #: same bytes (measured against 2 bits without it: docs/benchmarks.md, "Stop 14").
     latent_l1: float = 3e-3
     #: Weight of a smoothness penalty on the latent grids (mean |difference| of neighbouring latents
     #: along every axis, joint stage), on the same scale. The spatial context model codes each latent
     #: as its residual from its causal neighbours (codec.context), so a smooth grid costs fewer bits
-    #: at the same step and its rate-set step comes out finer. Measured on the brain, 2 minutes, on
-    #: top of the L1 term, against none the same day: 256x 34.18 / 33.94 dB, 1024x 29.74 / 29.33 (3e-3:
-    #: 29.69, 3e-2: 29.60, alone without the L1 term at 3e-3: 29.69), 4096x 24.77 / 24.53
-    #: (docs/benchmarks.md, "Stop 15").
+    #: at the same step and its rate-set step comes out finer (measured, with the weights tried:
+    #: docs/benchmarks.md, "Stop 15").
     latent_tv: float = 1e-2
     gate_gradient: float = 0.1  # scale of the router's straight-through gradient at top-1
     router_pretraining: bool = True
@@ -107,9 +103,8 @@ class TrainConfig:
     pretrain_lr: float = 3e-2
     final_fraction: float = 0.2
     #: From this fraction of the budget on, latent grids train through their rounding (straight-
-    #: through) at the step their rate asks for. Measured on the brain at 256x, 2 minutes: from the
-    #: start beats from 30% (float latents rounded later lose 3-5 dB at the switch, and an annealed
-    #: soft rounding did worse still).
+    #: through) at the step their rate asks for. From the start: float latents rounded later lose
+    #: much at the switch, and an annealed soft rounding did worse still (docs/benchmarks.md).
     latent_qat_from: float = 0.0
     seed: int = 0
     device: str = "auto"  # one of DEVICES

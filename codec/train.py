@@ -56,10 +56,9 @@ FLAT_SHARE = 0.05
 LATENT_LR_SCALE = 4.0
 #: Adam moves every weight by about the learning rate each step, so a layer's output moves in
 #: proportion to its fan-in. The default rate was tuned on layers up to about this wide; a wider
-#: layer learns at `WIDE_FAN_IN / fan-in` of it. Without this a single SIREN at 128x-256x (110 to
-#: 190 wide) stalled: on a 512x512x48 CT phantom at 256x it stayed at 11.5 dB, and on the brain at
-#: 128x half the rate made 29.9 dB in 300 steps against 28.2. 80 is a compromise measured on few
-#: runs (docs/benchmarks.md, "Stop 20"): it costs a 93-wide SIREN ~0.7 dB; 128 lagged at 189 wide.
+#: layer learns at `WIDE_FAN_IN / fan-in` of it. Without this a single SIREN 110 to 190 wide (at
+#: 128x-256x) stalled at the PSNR of predicting the mean; 80 is a compromise between the widths
+#: measured (docs/benchmarks.md, "Stop 20").
 WIDE_FAN_IN = 80
 
 
