@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from .coords import coords_from_flat, flat_chunks, selection_coords
 from .floor import apply_floor
-from .grid import coords_from_flat, flat_chunks, selection_coords
 from .model import MoEC
 from .pack import MoecFile, MoecMeta
 from .resample import check_shape, resampled_affine, resampled_header

@@ -32,10 +32,10 @@ import torch
 
 from . import __version__, entropy
 from .bitstream import VERSION, Container, pack_container, unpack_container
+from .coords import COORDINATE_CONVENTION
 from .dicom import DicomIdentity, identity_from_json
 from .errors import MoecFormatError
 from .files import atomic_write_bytes
-from .grid import COORDINATE_CONVENTION
 from .model import ENCODERS, ModelConfig, MoEC, is_latent
 from .quantize import MAX_SYMBOL, QuantConfig, dequantize, max_steps, quantize, rate_step, step_shape, to_float16
 from .volume import SUPPORTED_DTYPES, Volume

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from .grid import coords_from_flat, flat_chunks
+from .coords import coords_from_flat, flat_chunks
 
 CLUSTER_SAMPLE = 100_000
 CLUSTER_ITERATIONS = 25

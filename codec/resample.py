@@ -2,7 +2,7 @@
 
 The network is continuous in its coordinates, so a .moec file decodes at any resolution (thin
 slices from a 5 mm CT, a coarse overview of a large volume). Output voxel i of an axis of n'
-voxels sits at the "centre" coordinate (2 i + 1) / n' - 1 (codec.grid), so the n' voxels cut the
+voxels sits at the "centre" coordinate (2 i + 1) / n' - 1 (codec.coords), so the n' voxels cut the
 same [-1, 1] box into n' equal cells as the file's n voxels cut it into n: the box the output
 covers is the file's box, the voxel size along that axis is multiplied by n / n', and the outer
 edges of the first and last voxel stay where they were.

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .coords import coords_from_flat
 from .errors import MoecError
-from .grid import coords_from_flat
 from .model import ModelConfig, MoEC, is_latent
 from .partition import block_grid, block_index, intensity_clusters
 from .quantize import QuantConfig, max_steps, max_steps_torch, rate_step, round_in_place

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from codec import entropy, pack, pipeline
+from codec.coords import coords_from_flat
 from codec.errors import MoecError
-from codec.grid import coords_from_flat
 from codec.model import LatentGrid, ModelConfig, MoEC
 from codec.quantize import dequantize, quantize, rate_step
 from codec.train import TrainConfig

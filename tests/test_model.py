@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from codec.grid import coords_from_flat
+from codec.coords import coords_from_flat
 from codec.model import ModelConfig, MoEC
 from codec.partition import block_grid, block_index, block_local
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from codec import pack, pipeline
+from codec.coords import coords_from_flat
 from codec.decode import evaluate as evaluate_points
 from codec.decode import reconstruct
-from codec.grid import coords_from_flat
 from codec.partition import block_grid, block_index
 from codec.train import WIDE_FAN_IN, TrainConfig, fan_in_scale
 

@@ -1,4 +1,4 @@
-"""Voxel coordinates.
+"""Voxel coordinates (not the latent grid: that is model.LatentGrid).
 
 Convention "centre" (stored in every .moec header): voxel i of an axis of length n sits at
 x = (2 i + 1) / n - 1, the centre of its cell when [-1, 1] is cut into n equal cells. An axis of
