@@ -341,12 +341,11 @@ def cmd_decompress(args) -> int:
 def _output_grid(shape: tuple[int, ...], scale: list[float] | None, size: list[int] | None) -> tuple[int, ...] | None:
     """The grid --scale or --shape asks for (None: the file's own). Scale factors apply to the
     spatial axes; a 4D file keeps its time points."""
-    from .resample import check_shape, scaled_shape
+    from .resample import check_shape, spatially_scaled
 
-    spatial, rest = tuple(shape[:3]), tuple(shape[3:])
+    rest = tuple(shape[3:])
     if scale is not None:
-        factors = scale[0] if len(scale) == 1 else tuple(scale)
-        grid = scaled_shape(spatial, factors) + rest
+        grid = spatially_scaled(shape, scale[0] if len(scale) == 1 else tuple(scale))
     elif size is not None:
         grid = check_shape(tuple(size) + (rest if len(size) == 3 else ()), len(shape))
     else:

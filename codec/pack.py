@@ -78,11 +78,6 @@ class MoecMeta:
     def raw_bytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
-    def volume_like(self, data: np.ndarray) -> Volume:
-        """A Volume holding `data` (real units) with this file's affine, header, dtype and scaling."""
-        return Volume(np.asarray(data, dtype=np.float32), self.affine, self.nifti, self.dtype,
-                      self.slope, self.inter)
-
     def to_json(self) -> dict:
         return {
             "shape": list(self.shape),

@@ -66,7 +66,6 @@ class Compression:
     def __init__(self, volume: Volume, settings: Settings = Settings(), train: TrainConfig = TrainConfig(),
                  roi: np.ndarray | None = None):
         self.volume = volume
-        self.settings = settings
         self.roi = roi
         self.plan = plan(volume, settings, train, roi is not None)
         self.fitter = new_fitter(volume, self.plan, train, roi)

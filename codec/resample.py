@@ -33,6 +33,12 @@ def scaled_shape(shape: tuple[int, ...], scale: float | tuple[float, ...]) -> tu
     return check_shape(tuple(max(1, int(round(n * s))) for n, s in zip(shape, factors)), len(shape))
 
 
+def spatially_scaled(shape: tuple[int, ...], scale: float | tuple[float, ...]) -> tuple[int, ...]:
+    """`scaled_shape` of the three spatial axes (one factor, or three); a 4D grid keeps its time
+    points, which the user asks for when decoding thin slices, not more frames."""
+    return scaled_shape(tuple(shape[:3]), scale) + tuple(shape[3:])
+
+
 def check_shape(shape, ndim: int) -> tuple[int, ...]:
     """An output grid of `ndim` axes of at least one voxel each, small enough to decode."""
     try:

@@ -98,7 +98,6 @@ class TrainingJob:
         """`roi`: a region of interest (a mask in the file's voxel order) weighted config.roi_weight."""
         self.volume = volume
         self.orientation = orientation
-        self.roi = roi
         #: BudgetError here, before any thread starts.
         self.session = pipeline.Compression(volume, settings, config, roi)
         self.plan = self.session.plan
@@ -136,7 +135,7 @@ class TrainingJob:
             yield progress
         made = self.session.encode()
         self.result = finish(self.volume, self.orientation, made.data, made.steps, self.stop_requested,
-                             roi=self.roi, notes=made.notes)
+                             roi=self.session.roi, notes=made.notes)
         return self.result
 
     def preview(self, axis: int, index: int) -> Preview:

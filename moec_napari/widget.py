@@ -42,7 +42,7 @@ from codec import pack
 from codec import settings as choices
 from codec.errors import MoecError
 from codec.files import refuse_overwrite
-from codec.resample import scaled_shape
+from codec.resample import spatially_scaled
 from codec.train import Progress
 
 from .curves import CurvesWidget
@@ -620,7 +620,7 @@ class MoecWidget(QWidget):
         try:
             meta = pack.read_meta(data, str(path))  # the header only: cheap, and refuses bad files early
             scale = self.decode_scale.value()
-            shape = None if scale == 1.0 else scaled_shape(meta.shape[:3], scale) + tuple(meta.shape[3:])
+            shape = None if scale == 1.0 else spatially_scaled(meta.shape, scale)
         except MoecError as exc:
             show_error(f"MoEC: {exc}")
             return
