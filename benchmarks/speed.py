@@ -7,7 +7,8 @@
    same model and batch through a boolean mask per expert with omega_0 applied to the activations
    (before), through the grouped dispatch with omega_0 still on the activations, and through the
    grouped dispatch with omega_0 folded into the weights (now); then batch sizes and thread counts;
-3. the time to decode a 256^3 volume at 256x (uint8 and int16), and the chunk size's effect;
+3. the time to decode a 256^3 volume at 256x (uint8 and int16), and the chunk size's effect; the
+   development chest CT (512 x 512 x 61) at 256x, 1024x and 4096x with the default settings;
 4. the peak memory of `moec compress` on a 512^3 int16 volume (a separate process, measured by the
    kernel's peak resident set size).
 
@@ -35,7 +36,7 @@ from codec.decode import DEFAULT_CHUNK, reconstruct
 from codec.model import MoEC
 from codec.phantom import phantom_arrays
 from codec.train import TrainConfig
-from codec.volume import from_array, save_volume
+from codec.volume import from_array, load_volume, save_volume
 
 THREADS = 2
 BATCH = 1 << 15
@@ -177,6 +178,31 @@ def decode_rows() -> list[dict]:
                      "parameters": plan.model.parameter_count(), "seconds": seconds,
                      "voxels_per_second": recon.labels.size / seconds})
         print(f"  decode 256^3 {np.dtype(dtype).name}, {encoder} encoder, chunk {chunk}: {seconds:.2f} s", flush=True)
+    return rows + ct_decode_rows()
+
+
+def ct_decode_rows() -> list[dict]:
+    """The development chest CT (512 x 512 x 61 int16) with the default settings at 256x, 1024x and
+    4096x: the file's network is what costs, and one training step builds it (decode time does not
+    depend on what the weights learned)."""
+    source = ROOT.parent / "shared" / "data" / "chest_ct_lung2.nii.gz"
+    if not source.exists():
+        print(f"  (no development CT at {source}: its rows are skipped)")
+        return []
+    volume = load_volume(source)
+    rows = []
+    for ratio in (256, 1024, 4096):
+        plan = pipeline.plan(volume, pipeline.Settings(ratio=ratio))
+        fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
+        moec = pack.decode(pipeline.encode(fitter, plan))
+        reconstruct(moec)  # torch's first calls in the process are not the decoder's cost
+        start = time.perf_counter()
+        recon = reconstruct(moec)
+        seconds = time.perf_counter() - start
+        rows.append({"volume": f"chest CT 512x512x61 int16, {ratio}x", "encoder": "default", "chunk": DEFAULT_CHUNK,
+                     "width": plan.model.expert_width, "parameters": plan.model.parameter_count(),
+                     "seconds": seconds, "voxels_per_second": recon.labels.size / seconds})
+        print(f"  decode chest CT at {ratio}x (defaults): {seconds:.2f} s", flush=True)
     return rows
 
 
@@ -205,7 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-memory", action="store_true", help="skip the 512^3 memory run (a few minutes)")
     parser.add_argument("--decode-only", action="store_true",
-                        help="only the 256^3 decode rows, written to results/speed_decode.json")
+                        help="only the decode rows, written to results/speed_decode.json")
     parser.add_argument("--dispatch-only", action="store_true",
                         help="only the sparse / dense rows, written to results/speed_dispatch.json")
     parser.add_argument("--memory-only", action="store_true",
@@ -235,7 +261,7 @@ def main() -> None:
     tuning = tuning_rows(volume)
     print(table(tuning, [("form", "what", ""), ("threads", "threads", ""), ("batch", "batch", ","),
                          ("coords/s", "coords_per_s", ",.0f"), ("vs first version", "vs_first", ".2f")]))
-    print("\ndecode of a 256^3 volume:", flush=True)
+    print("\ndecode of a 256^3 volume and of the development CT:", flush=True)
     decode = decode_rows()
     print(table(decode, [("volume (256x)", "volume", ""), ("encoder", "encoder", ""), ("expert width", "width", ""),
                          ("parameters", "parameters", ","), ("chunk", "chunk", ","), ("seconds", "seconds", ".2f"),

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 import torch
 
-from .coords import coords_from_flat, flat_chunks, selection_coords
+from .coords import coords_from_flat, flat_chunks, selection_axes, selection_coords
 from .floor import apply_floor
-from .model import MoEC
+from .model import LatentGrid, MoEC
 from .pack import MoecFile, MoecMeta
 from .resample import check_shape, resampled_affine, resampled_header
 from .volume import Volume, from_unit, through_stored
@@ -37,6 +38,9 @@ DEFAULT_CHUNK = 1 << 17  # measured (benchmarks/speed.py): 1 << 14 decodes 256^3
 #: slabs wastes nothing. 2^18 voxels: one 512 x 512 slice, decoded in ~0.15 s on two cores.
 TILE_VOXELS = 1 << 18
 TILE_SLICES = 8
+#: Tiles `reconstruct` decodes side by side on the CPU. A tile is many small operations that torch
+#: spreads poorly over cores; two tiles at once keep two cores busy (benchmarks/speed.py).
+TILE_WORKERS = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,17 +94,15 @@ class Tiling:
 
 
 @torch.no_grad()
-def evaluate(model: MoEC, coords: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Network output on the [-1, 1] scale, expert labels (k+1) and gate confidence for coordinates."""
+def evaluate(model: MoEC, coords: torch.Tensor,
+             feats: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Network output on the [-1, 1] scale, expert labels (k+1) and gate confidence for coordinates
+    (and their features, when computed already)."""
     device = next(model.parameters()).device
-    out = model(coords.to(device))
-    values = out.values[:, 0].float().cpu().numpy()
-    labels = (out.routing.choice[:, 0] + 1).to(torch.uint8).cpu().numpy()
-    if out.routing.probs is None:
-        confidence = np.ones(values.shape, dtype=np.float32)
-    else:
-        confidence = out.routing.probs.max(dim=-1).values.float().cpu().numpy()
-    return values, labels, confidence
+    coords = coords.to(device)
+    values, choice, confidence = model.infer(coords, model.features(coords) if feats is None else feats)
+    return (values.float().cpu().numpy(), (choice + 1).to(torch.uint8).cpu().numpy(),
+            confidence.float().cpu().numpy())
 
 
 def slice_axis(affine: np.ndarray) -> int:
@@ -142,7 +144,12 @@ def _decode_tile(model: MoEC, meta: MoecMeta, shape: tuple[int, ...], box: tuple
                  chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values (as stored, floor applied), labels and confidence of one whole tile, box-shaped."""
     coords, picked = selection_coords(shape, box)
-    parts = [evaluate(model, coords[a:b]) for a, b in flat_chunks(coords.shape[0], chunk)]
+    feats = None
+    if isinstance(model.encoder, LatentGrid):
+        device = next(model.parameters()).device
+        feats = model.encoder.box_features([a.to(device) for a in selection_axes(shape, box)])
+    parts = [evaluate(model, coords[a:b], None if feats is None else feats[a:b])
+             for a, b in flat_chunks(coords.shape[0], chunk)]
     values = apply_floor(_as_stored(np.concatenate([p[0] for p in parts]), meta), meta.floor, meta.vmin)
     labels = np.concatenate([p[1] for p in parts])
     confidence = np.concatenate([p[2] for p in parts])
@@ -199,12 +206,14 @@ def reconstruct(moec: MoecFile, chunk: int = DEFAULT_CHUNK, device: str | torch.
     labels = np.empty(grid.shape, dtype=np.uint8)
     confidence = np.empty(grid.shape, dtype=np.float32)
     model = moec.model.to(device).eval()
+    tiles = [grid.box(slab, time) for time in range(grid.times) for slab in range(len(grid.slabs))]
+    workers = TILE_WORKERS if torch.device(device).type == "cpu" else 1
     total, done = values.size, 0
-    for time in range(grid.times):
-        for slab in range(len(grid.slabs)):
-            tile = grid.box(slab, time)
-            outs: tuple[np.ndarray, ...] = (values, labels, confidence)
-            for out, part in zip(outs, _decode_tile(model, meta, grid.shape, tile, chunk)):
+    with ThreadPoolExecutor(workers) as pool:
+        decoded = pool.map(lambda tile: _decode_tile(model, meta, grid.shape, tile, chunk), tiles)
+        outs: tuple[np.ndarray, ...] = (values, labels, confidence)
+        for tile, parts in zip(tiles, decoded):
+            for out, part in zip(outs, parts):
                 out[tile] = part
             done += math.prod(s.stop - s.start for s in tile)
             if on_chunk is not None:

@@ -80,6 +80,35 @@ def test_training_and_decoding_forms_give_identical_values(name):
     assert torch.equal(with_graph.detach(), decoded)
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_decoding_inference_gives_the_forward_values_experts_and_confidence(name):
+    """`infer` (decoding's short way at top-1) against the forward pass of the same weights."""
+    model = MoEC(CONFIGS[name], seed=8)
+    coords = random_coords(4000, seed=9)
+    with torch.no_grad():
+        out = model(coords)
+        values, choice, confidence = model.infer(coords, model.features(coords))
+    torch.testing.assert_close(values, out.values[:, 0], rtol=1e-5, atol=1e-5)
+    assert (choice == out.routing.choice[:, 0]).float().mean() > 0.999  # a near-tie may round either way
+    expected = torch.ones(4000) if out.routing.probs is None else out.routing.probs.max(dim=-1).values
+    torch.testing.assert_close(confidence, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_latent_grid_read_over_a_box_equals_its_pointwise_read():
+    """Separable interpolation over a product grid (decoding's tiles) against grid_sample."""
+    config = ModelConfig(experts=3, encoder="grid", encoder_layers=0, grid_channels=2, grid_levels=3,
+                         grid_finest=(9, 6, 4), expert_width=12, router_width=8)
+    model = MoEC(config, seed=1)
+    with torch.no_grad():
+        for level in range(3):
+            grid = getattr(model.encoder, f"grid{level}")
+            grid.copy_(torch.randn(grid.shape, generator=torch.Generator().manual_seed(level)))
+    axes = [torch.tensor([-0.95, -0.3, 0.0, 0.41, 0.99]), torch.tensor([-1.0, 0.2, 1.0]), torch.tensor([0.07, 0.6])]
+    points = torch.stack([m.reshape(-1) for m in torch.meshgrid(*axes, indexing="ij")], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder.box_features(axes), model.encoder(points), rtol=1e-5, atol=1e-5)
+
+
 def test_an_expert_that_gets_no_coordinates_is_skipped_correctly():
     model = MoEC(CONFIGS["learned top-1"], seed=4)
     with torch.no_grad():
