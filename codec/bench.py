@@ -33,6 +33,8 @@ from .train import TrainConfig
 from .volume import Volume
 
 DEFAULT_RATIOS = (128.0, 256.0, 512.0, 1024.0, 4096.0)
+#: The first format whose header is deflated against the preset dictionary (bitstream).
+SMALL_HEADER_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -289,12 +291,12 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
                 lines.append(f"| {r['method']} | {r['ratio']:.1f} | {_cell_text(r)} | {_cell_text(r, 'ssim')} | "
                              f"{r['steps']} | {r.get('experts_used', '')} | {versus} |")
     older = list(dict.fromkeys(r["method"] for r in cells if r.get("reached") and r["kind"] != "classical"
-                               and r.get("format", 4) < VERSION))
+                               and r.get("format", 4) < SMALL_HEADER_VERSION))
     if older:
-        # Cached cells keep the file format they were measured with; an older header is larger
-        # (version 4: ~370 bytes more on the brain template, which matters from ~1024x up).
-        lines += ["", f"Measured with an older .moec format (a larger header) than this program's version {VERSION}: "
-                  + "; ".join(older) + "."]
+        # Cached cells keep the file format they were measured with; a header before version 5 is
+        # larger (version 4: ~370 bytes more on the brain template, which matters from ~1024x up).
+        lines += ["", f"Measured with a .moec format before version {SMALL_HEADER_VERSION} (a larger header) "
+                  f"than this program's version {VERSION}: " + "; ".join(older) + "."]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{c} ({why})" for c, why in skipped.items())]
     return "\n".join(lines) + "\n"

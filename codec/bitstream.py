@@ -33,9 +33,10 @@ MAGIC = b"MOEC"
 #: 2 added the latent-grid encoder (model fields) and frequency-table symbol models; a version-1
 #: file is a SIREN-encoder model with parametric symbol models only. 3 added the context symbol
 #: model of latent grids (codec.context). 4 added the decoder's floor (codec.floor). 5 deflates the
-#: header against HEADER_DICTIONARY.
-VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+#: header against HEADER_DICTIONARY. 6 added the latent grid's held axes (model field grid_hold,
+#: optional; the same dictionary).
+VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 MAX_INFLATED_HEADER = 1 << 16
 NIFTI_HEADER_BYTES = 348
 #: What every header repeats, given to zlib as its preset dictionary (version 5): a NIfTI-1 header

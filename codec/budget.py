@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .bitstream import pack_container
 from .errors import BudgetError, MoecError
-from .model import ModelConfig, is_latent
+from .model import ModelConfig, grid_levels, is_latent
 from .partition import block_grid
 from .quantize import QuantConfig, step_shape
 
@@ -57,6 +57,7 @@ class Architecture:
     grid_levels: int
     latent_share: float  # of the payload, for the latent grid (its encoder)
     router_features: bool
+    grid_spacing_power: float  # see grid_layout
     omega0: float = 30.0  # SIREN's (Sitzmann et al.): not a user's choice
 
 
@@ -84,25 +85,44 @@ def payload_estimate(config: ModelConfig, quant: QuantConfig) -> int:
     return math.ceil(bits / 32) * 4 + table_bytes(config, quant)
 
 
-def grid_finest(shape: tuple[int, ...], latents: int, channels: int, levels: int) -> tuple[int, ...]:
-    """The finest grid, with the volume's proportions, whose levels hold at most `latents` latents
-    (never fewer than 2 nodes per axis, nor more nodes than voxels)."""
+def grid_layout(shape: tuple[int, ...], latents: int, channels: int, levels: int,
+                spacing: tuple[float, ...] | None = None, power: float = 0.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The latent grid (finest nodes per axis, levels each axis holds) whose levels hold at most
+    `latents` latents, never fewer than 2 nodes per axis nor more nodes than voxels.
+
+    An axis gets nodes in proportion to its voxels times (its voxel size / the largest)^power: at
+    power 0 the grid has the voxels' proportions, at 1 about equal spacing in millimetres, so thick
+    slices keep their own nodes where thin in-plane pixels share theirs. Coarser levels then halve
+    the finely sampled axes first: an axis whose nodes lie 2^h times farther apart than the closest
+    ones holds its finest count for h levels. Voxels of one size on every axis (or power 0) give
+    the proportional grid, every level halving every axis."""
+    spacing = spacing or (1.0,) * len(shape)
+    weight = [(s / max(spacing)) ** power for s in spacing]
+
     def finest(scale: float) -> tuple[int, ...]:
-        return tuple(min(n, 1024, max(2, round(n * scale))) for n in shape)
+        return tuple(min(n, 1024, max(2, round(n * scale * w))) for n, w in zip(shape, weight))
+
+    def holds(base: tuple[int, ...]) -> tuple[int, ...]:
+        if power == 0:
+            return ()
+        apart = [n * s / b for n, s, b in zip(shape, spacing, base)]  # millimetres between nodes
+        hold = tuple(min(levels - 1, max(0, round(math.log2(a / min(apart))))) for a in apart)
+        return hold if any(hold) else ()
 
     def count(scale: float) -> int:
         base = finest(scale)
-        return sum(channels * math.prod(max(2, math.ceil(n / 2**lv)) for n in base) for lv in range(levels))
+        return sum(channels * math.prod(r) for r in grid_levels(base, holds(base), levels))
 
-    lo, hi = 0.0, 1.0
+    lo, hi = 0.0, 1.0 / min(weight)
     for _ in range(40):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if count(mid) <= latents else (lo, mid)
-    return finest(lo)
+    return finest(lo), holds(finest(lo))
 
 
 def config_for(width: int, arch: Architecture, shape: tuple[int, ...], encoder_width: int | None = None,
-               router_width: int | None = None, finest: tuple[int, ...] = ()) -> ModelConfig:
+               router_width: int | None = None, finest: tuple[int, ...] = (),
+               hold: tuple[int, ...] = ()) -> ModelConfig:
     dims = len(shape)
     if arch.encoder == "grid":
         return ModelConfig(dims=dims, experts=arch.experts, top_k=arch.top_k, partition=arch.partition,
@@ -110,7 +130,7 @@ def config_for(width: int, arch: Architecture, shape: tuple[int, ...], encoder_w
                            router_width=router_width or min(32, max(MIN_WIDTH, width // 2)),
                            expert_width=width, expert_layers=arch.expert_layers, omega0=arch.omega0,
                            encoder="grid", grid_channels=arch.grid_channels, grid_levels=arch.grid_levels,
-                           grid_finest=finest or (2,) * dims, router_features=arch.router_features)
+                           grid_finest=finest or (2,) * dims, grid_hold=hold, router_features=arch.router_features)
     if arch.partition == "blocks":
         return ModelConfig(dims=dims, experts=arch.experts, top_k=1, partition="blocks", encoder_width=MIN_WIDTH,
                            encoder_layers=0, router_width=MIN_WIDTH, expert_width=width,
@@ -144,14 +164,16 @@ def header_bytes(nifti: bytes, example_meta: dict) -> int:
 
 
 def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, arch: Architecture, quant: QuantConfig,
-               header: int) -> Plan:
-    """The widest network of this architecture whose file meets `ratio`, or BudgetError."""
+               header: int, spacing: tuple[float, ...] | None = None) -> Plan:
+    """The widest network of this architecture whose file meets `ratio`, or BudgetError. `spacing`
+    (voxel sizes) shapes a latent grid (grid_layout)."""
     if not (math.isfinite(ratio) and ratio > 0):
         raise BudgetError(f"the ratio must be a positive number, not {ratio}")
     raw = math.prod(shape) * itemsize
     lower, upper = window(raw, ratio)
     check_architecture(arch, quant, len(shape))
     finest: tuple[int, ...] = ()
+    hold: tuple[int, ...] = ()
     if arch.encoder == "grid":
         payload = (lower + upper) // 2 - header
         # The latents get their share, but never the bytes the narrowest experts need.
@@ -159,13 +181,14 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, arch: Archit
         network = payload_estimate(narrowest, quant) - math.ceil(quant.latent_bits * narrowest.latent_count() / 8)
         latent_bytes = min(arch.latent_share * payload, payload - network)
         latents = int(max(0.0, latent_bytes) * 8 / quant.latent_bits)
-        finest = grid_finest(shape, latents, arch.grid_channels, arch.grid_levels)
+        finest, hold = grid_layout(shape, latents, arch.grid_channels, arch.grid_levels,
+                                   None if spacing is None else tuple(spacing[:3]), arch.grid_spacing_power)
 
     def size(config: ModelConfig) -> int:
         return header + payload_estimate(config, quant)
 
     def build(width: int) -> ModelConfig:
-        return config_for(width, arch, shape, finest=finest)
+        return config_for(width, arch, shape, finest=finest, hold=hold)
 
     smallest = size(build(MIN_WIDTH))
     if smallest > upper:

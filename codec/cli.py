@@ -148,7 +148,7 @@ def cmd_compress(args) -> int:
     settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
                                  partition=args.partition, bits=args.bits, granularity=args.granularity,
                                  encoder=args.encoder, router_features=args.router_input == "features",
-                                 grid_channels=args.grid_channels)
+                                 grid_channels=args.grid_channels, grid_spacing_power=args.grid_spacing)
     train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
                         balance_weight=args.balance, router_pretraining=args.pretrain != "none",
                         pretrain_target="blocks" if args.pretrain == "blocks" else "clusters",
@@ -270,7 +270,9 @@ def _describe_model(m) -> str:
         grid = "x".join(map(str, m.block_grid))
         return f"block partition {grid} ({m.experts} SIRENs of {m.expert_layers}x{m.expert_width})"
     if m.encoder == "grid":
-        levels = "x".join(map(str, m.grid_finest))
+        # A grid whose thick-slice axis holds is described level by level: its levels are not halvings.
+        levels = (" > ".join("x".join(map(str, r)) for r in m.grid_resolutions()) if m.grid_hold
+                  else "x".join(map(str, m.grid_finest)))
         channels = f"{m.grid_channels} channel{'s' if m.grid_channels != 1 else ''}"
         encoder = f"latent grid {levels}, {m.grid_levels} levels x {channels} ({m.latent_count():,} latents)"
         if m.experts == 1:
@@ -578,6 +580,16 @@ def _positive(kind):
     return parse
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
+    return value
+
+
 def _series_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series", metavar="UID",
                         help="the SeriesInstanceUID to read where a DICOM folder holds several (moec info FOLDER "
@@ -629,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--grid-channels", type=_positive(int), default=file_.grid_channels, metavar="C",
                    help=f"latents per grid node and level, for the latent grid (default {file_.grid_channels}; "
                         "fewer channels buy a finer grid in the same bytes)")
+    c.add_argument("--grid-spacing", type=_unit_interval, default=file_.grid_spacing_power, metavar="P",
+                   help="how the latent grid follows the voxel size: nodes per axis in proportion to voxels x "
+                        f"(voxel size / largest)^P; 0 the voxels' proportions, 1 equal millimetres "
+                        f"(default {file_.grid_spacing_power:g}; no effect where voxels are the same size on every axis)")
     c.add_argument("--bits", type=int, default=file_.bits,
                    help=f"weight bit width before entropy coding; 16 = float16 (default {file_.bits})")
     c.add_argument("--granularity", choices=choices.GRANULARITIES, default=file_.granularity,

@@ -53,6 +53,7 @@ class ModelConfig:
     grid_channels: int = 2
     grid_levels: int = 4
     grid_finest: tuple[int, ...] = field(default_factory=tuple)  # finest grid's nodes per axis
+    grid_hold: tuple[int, ...] = field(default_factory=tuple)  # per axis, levels before it halves; () none
     router_features: bool = True  # the router reads the encoder features beside the coordinates
 
     def __post_init__(self) -> None:
@@ -103,8 +104,12 @@ class ModelConfig:
                 out.append("grid_channels must be 1..16 and grid_levels 1..8")
             if len(self.grid_finest) != self.dims or not all(2 <= n <= 1024 for n in self.grid_finest):
                 out.append(f"grid_finest {self.grid_finest} must give 2..1024 nodes on each of {self.dims} axes")
-        elif self.grid_finest:
-            out.append("grid_finest is only for the grid encoder")
+            if self.grid_hold and (len(self.grid_hold) != self.dims
+                                   or not all(0 <= h < self.grid_levels for h in self.grid_hold)):
+                out.append(f"grid_hold {self.grid_hold} must give 0..{self.grid_levels - 1} levels on each of "
+                           f"{self.dims} axes")
+        elif self.grid_finest or self.grid_hold:
+            out.append("grid_finest and grid_hold are only for the grid encoder")
         return out
 
     @property
@@ -138,8 +143,9 @@ class ModelConfig:
         return self.dims + (self.feature_width if self.router_features else 0)
 
     def grid_resolutions(self) -> list[tuple[int, ...]]:
-        """Nodes per axis of each grid level, finest first (at least 2 per axis)."""
-        return [tuple(max(2, math.ceil(n / 2**level)) for n in self.grid_finest) for level in range(self.grid_levels)]
+        """Nodes per axis of each grid level, finest first (at least 2 per axis): each level halves
+        every axis, except that axis k keeps its finest count for its first grid_hold[k] levels."""
+        return grid_levels(self.grid_finest, self.grid_hold, self.grid_levels)
 
     def latent_count(self) -> int:
         return sum(self.grid_channels * math.prod(r) for r in self.grid_resolutions()) if self.encoder == "grid" else 0
@@ -186,6 +192,12 @@ class ModelConfig:
         d = asdict(self)
         d["block_grid"] = list(self.block_grid)
         d["grid_finest"] = list(self.grid_finest)
+        # Stored only where some axis holds (format version 6): an isotropic file's header stays
+        # what it was.
+        if self.grid_hold:
+            d["grid_hold"] = list(self.grid_hold)
+        else:
+            del d["grid_hold"]
         return d
 
     @classmethod
@@ -193,7 +205,16 @@ class ModelConfig:
         d = dict(d)
         d["block_grid"] = tuple(d.get("block_grid", ()))
         d["grid_finest"] = tuple(d.get("grid_finest", ()))
+        d["grid_hold"] = tuple(d.get("grid_hold", ()))
         return cls(**d)
+
+
+def grid_levels(finest: tuple[int, ...], hold: tuple[int, ...], levels: int) -> list[tuple[int, ...]]:
+    """Nodes per axis of `levels` grid levels below `finest`: level l has ceil(n / 2^(l - h)) nodes
+    on an axis of n finest nodes that holds h levels (at least 2)."""
+    hold = hold or (0,) * len(finest)
+    return [tuple(max(2, math.ceil(n / 2 ** max(0, level - h))) for n, h in zip(finest, hold))
+            for level in range(levels)]
 
 
 class Routing(NamedTuple):

@@ -276,10 +276,13 @@ def _model_config(d: dict, ndim: int, version: int) -> ModelConfig:
         if set(d) & set(_ADDED_IN_2):
             raise MoecFormatError("a version-1 file cannot describe a latent-grid encoder")
         d = {**_ADDED_IN_2, **d}
+    if "grid_hold" in d and version < 6:
+        raise MoecFormatError(f"a version-{version} file cannot describe a grid whose axes hold")
+    d = {"grid_hold": [], **d}  # optional: a grid that halves every axis at every level leaves it out
     if set(d) != known:
         raise MoecFormatError(f"the model description has unexpected fields: {sorted(set(d) ^ known)}")
     values: dict[str, Any] = {}
-    for key in known - {"partition", "omega0", "block_grid", "encoder", "grid_finest", "router_features"}:
+    for key in known - {"partition", "omega0", "block_grid", "encoder", "grid_finest", "grid_hold", "router_features"}:
         values[key] = _int(d[key], f"model.{key}", 0, 4096)
     if not isinstance(d["router_features"], bool):
         raise MoecFormatError("model.router_features must be true or false")
@@ -291,11 +294,11 @@ def _model_config(d: dict, ndim: int, version: int) -> ModelConfig:
     if d["encoder"] not in ENCODERS:
         raise MoecFormatError(f"unknown encoder {d['encoder']!r}")
     values["encoder"] = d["encoder"]
-    for key, limit in (("block_grid", 64), ("grid_finest", 1024)):
+    for key, low, limit in (("block_grid", 1, 64), ("grid_finest", 1, 1024), ("grid_hold", 0, 8)):
         axes = d[key]
         if not isinstance(axes, list) or len(axes) > 4:
             raise MoecFormatError(f"model.{key} must be a short list")
-        values[key] = tuple(_int(n, f"model.{key}", 1, limit) for n in axes)
+        values[key] = tuple(_int(n, f"model.{key}", low, limit) for n in axes)
     try:
         config = ModelConfig(**values)
     except ValueError as exc:

@@ -35,11 +35,13 @@ def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig(),
     quant = settings.quant()
     budget.check_architecture(arch, quant, len(volume.shape))
     # The largest grid description the header could hold (3 digits per axis).
-    example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape))
+    holds = (arch.grid_levels - 1,) * len(volume.shape) if arch.grid_spacing_power else ()
+    example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape), hold=holds)
     # A record with large counters: the header can only shrink once the real numbers are known.
     meta = pack.describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9, 10**9 if roi else None))
     header = budget.header_bytes(meta.nifti, meta.to_json())
-    return budget.plan_model(volume.shape, volume.dtype.itemsize, settings.ratio, arch, quant, header)
+    return budget.plan_model(volume.shape, volume.dtype.itemsize, settings.ratio, arch, quant, header,
+                             spacing=volume.spacing)
 
 
 def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig, roi: np.ndarray | None = None) -> Fitter:

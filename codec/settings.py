@@ -44,6 +44,7 @@ class Settings:
     encoder: str = "auto"  # "siren", "grid", or "auto": the grid wherever it applies
     grid_channels: int = 1
     grid_levels: int = 4
+    grid_spacing_power: float = 0.5  # latent nodes per axis ~ voxels x (voxel size / largest)^P (budget.grid_layout)
     latent_share: float = 0.95
     latent_bits: float = LATENT_BITS
     router_features: bool = True  # False: the router reads the coordinates alone
@@ -65,7 +66,8 @@ class Settings:
         return Architecture(experts=self.experts, top_k=self.top_k, partition=self.partition,
                             expert_layers=layers, encoder_layers=0 if encoder == "grid" else self.encoder_layers,
                             encoder_share=self.encoder_share, encoder=encoder, grid_channels=self.grid_channels,
-                            grid_levels=self.grid_levels, latent_share=self.latent_share,
+                            grid_levels=self.grid_levels, grid_spacing_power=self.grid_spacing_power,
+                            latent_share=self.latent_share,
                             router_features=self.router_features)
 
     def quant(self) -> QuantConfig:
