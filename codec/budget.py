@@ -86,7 +86,8 @@ def payload_estimate(config: ModelConfig, quant: QuantConfig) -> int:
 
 
 def grid_layout(shape: tuple[int, ...], latents: int, channels: int, levels: int,
-                spacing: tuple[float, ...] | None = None, power: float = 0.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+                spacing: tuple[float, ...] | None = None,
+                power: float = 0.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The latent grid (finest nodes per axis, levels each axis holds) whose levels hold at most
     `latents` latents, never fewer than 2 nodes per axis nor more nodes than voxels.
 
