@@ -85,6 +85,18 @@ def payload_estimate(config: ModelConfig, quant: QuantConfig) -> int:
     return math.ceil(bits / 32) * 4 + table_bytes(config, quant)
 
 
+#: Voxels this many times longer on one axis than on another are thick slices to grid_layout.
+THICK_SLICES = 2.5
+
+
+def thick_slices(spacing: tuple[float, ...]) -> bool:
+    """Whether voxels of these sizes are THICK_SLICES times longer on one axis than on another
+    (sizes that are not positive numbers, as a broken header may give, are not)."""
+    if not spacing or not all(math.isfinite(s) and s > 0 for s in spacing):
+        return False
+    return max(spacing) >= THICK_SLICES * min(spacing)
+
+
 def grid_layout(shape: tuple[int, ...], latents: int, channels: int, levels: int,
                 spacing: tuple[float, ...] | None = None,
                 power: float = 0.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -96,8 +108,11 @@ def grid_layout(shape: tuple[int, ...], latents: int, channels: int, levels: int
     slices keep their own nodes where thin in-plane pixels share theirs. Coarser levels then halve
     the finely sampled axes first: an axis whose nodes lie 2^h times farther apart than the closest
     ones holds its finest count for h levels. Voxels of one size on every axis (or power 0) give
-    the proportional grid, every level halving every axis."""
-    spacing = spacing or (1.0,) * len(shape)
+    the proportional grid, every level halving every axis, and so do voxels less than THICK_SLICES
+    times longer on one axis than on another: on the CT-like phantom (1.5 x 1.5 x 3 mm) the
+    spacing-following grid measured 1 dB lower at 1024x, on 5 and 6.5 mm slices 2 to 3 dB higher."""
+    if spacing is None or not thick_slices(spacing):
+        spacing, power = (1.0,) * len(shape), 0.0
     weight = [(s / max(spacing)) ** power for s in spacing]
 
     def finest(scale: float) -> tuple[int, ...]:

@@ -642,10 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"latents per grid node and level, for the latent grid (default {file_.grid_channels}; "
                         "fewer channels buy a finer grid in the same bytes)")
     c.add_argument("--grid-spacing", type=_unit_interval, default=file_.grid_spacing_power, metavar="P",
-                   help="how the latent grid follows the voxel size: nodes per axis in proportion to voxels x "
-                        f"(voxel size / largest)^P; 0 the voxels' proportions, 1 equal millimetres "
-                        f"(default {file_.grid_spacing_power:g}; no effect where the voxels are the same size on "
-                        "every axis)")
+                   help="how the latent grid follows the voxel size on thick slices (voxels 2.5 times longer on "
+                        "one axis than on another): nodes per axis in proportion to voxels x (voxel size / "
+                        f"largest)^P; 0 the voxels' proportions, 1 equal millimetres (default "
+                        f"{file_.grid_spacing_power:g})")
     c.add_argument("--bits", type=int, default=file_.bits,
                    help=f"weight bit width before entropy coding; 16 = float16 (default {file_.bits})")
     c.add_argument("--granularity", choices=choices.GRANULARITIES, default=file_.granularity,

@@ -35,7 +35,8 @@ def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig(),
     quant = settings.quant()
     budget.check_architecture(arch, quant, len(volume.shape))
     # The largest grid description the header could hold (3 digits per axis).
-    holds = (arch.grid_levels - 1,) * len(volume.shape) if arch.grid_spacing_power else ()
+    thick = arch.grid_spacing_power > 0 and budget.thick_slices(volume.spacing[:3])
+    holds = (arch.grid_levels - 1,) * len(volume.shape) if thick else ()
     example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape), hold=holds)
     # A record with large counters: the header can only shrink once the real numbers are known.
     meta = pack.describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9, 10**9 if roi else None))

@@ -36,6 +36,10 @@ def test_equal_voxel_sizes_give_the_proportional_grid_whatever_the_power():
         assert grid_layout((197, 233, 189), 80_000, 1, 4, (1.0, 1.0, 1.0), power) == proportional
     finest, hold = proportional
     assert hold == () and 0.95 * 80_000 <= count(finest, hold) <= 80_000
+    # Slices less than THICK_SLICES times the pixels (the phantom's 1.5 x 1.5 x 3 mm), or sizes a
+    # broken header gives, keep the voxels' proportions too.
+    for spacing in ((1.5, 1.5, 3.0), (0.7, 0.7, 1.25), (0.0, 1.0, 5.0), (float("nan"), 1.0, 1.0)):
+        assert grid_layout((197, 233, 189), 80_000, 1, 4, spacing, 1.0) == proportional
 
 
 @pytest.mark.parametrize("power", [0.5, 1.0])
