@@ -154,11 +154,14 @@ def moec_layers(volume: Volume, labels, confidence, data: bytes, meta, stem: str
     orientation = orientation_of(volume)
     placement = orientation.layer_kwargs()
     experts = meta.model.experts
+    # The reconstruction is what opening a file shows; the partition and the gate confidence come
+    # with it hidden (one click on their eye), or the opaque confidence on top would be all one saw.
     labels_layer = (orientation.to_display(labels),
-                    {"name": f"{name} experts", "colormap": expert_colormap(experts),
+                    {"name": f"{name} experts", "colormap": expert_colormap(experts), "visible": False,
                      "metadata": metadata_for(volume, orientation, "experts", ratio=ratio), **placement}, "labels")
     confidence_layer = (orientation.to_display(confidence),
                         {"name": f"{name} gate confidence", "colormap": "viridis", "contrast_limits": (0.0, 1.0),
+                         "visible": False,
                          "metadata": metadata_for(volume, orientation, "confidence", ratio=ratio), **placement},
                         "image")
     return [(data_, kwargs, "image"), labels_layer, confidence_layer]

@@ -63,6 +63,9 @@ def test_opening_adds_layers_before_the_volume_is_decoded_and_slices_decode_exac
     assert cache is _cache_of(labels) is _cache_of(confidence)  # one cache: a tile is decoded once for all three
     decoded = set(cache.decoded)
     assert 0 < len(decoded) < cache.tiles, "the layers are lazy: only what is on screen is decoded"
+    # The reconstruction is what opening shows; the partition and the confidence are a click away.
+    assert recon.visible and not labels.visible and not confidence.visible
+    labels.visible = confidence.visible = True
 
     orientation = Orientation.from_dict(recon.metadata["moec"]["orientation"])
     expected = {"values": orientation.to_display(full.volume.data), "labels": orientation.to_display(full.labels),
