@@ -37,7 +37,7 @@ from .dicom import DicomIdentity, identity_from_json
 from .errors import MoecFormatError
 from .files import atomic_write_bytes
 from .model import ENCODERS, ModelConfig, MoEC, is_latent
-from .quantize import MAX_SYMBOL, QuantConfig, dequantize, max_steps, quantize, rate_step, step_shape, to_float16
+from .quantize import MAX_SYMBOL, QuantConfig, dequantize, latent_steps, max_steps, quantize, step_shape, to_float16
 from .volume import SUPPORTED_DTYPES, Volume
 
 MAX_AXIS = 1 << 15
@@ -124,19 +124,20 @@ def describe(volume: Volume, model: ModelConfig, quant: QuantConfig, train: dict
 def tensor_steps(model: MoEC, quant: QuantConfig,
                  fixed: Mapping[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
     """Each tensor's quantization steps: `fixed` ones as they are (the frozen encoder and router),
-    latent grids at the step their rate asks for, the rest from their largest weight at the
+    latent grids at the steps their rate asks for, the rest from their largest weight at the
     configured bit width. Unrounded: `scaled_steps` turns them into the stored float16 steps."""
     fixed = fixed or {}
     steps: dict[str, Any] = {}  # a frozen float16 tensor keeps its None
+    # A latent stack's levels share one rate (quantize.latent_steps): set together, or all fixed.
+    grids = {name: p.detach().cpu().numpy() for name, p in model.named_tensors() if is_latent(name)}
+    if grids and not all(name in fixed for name in grids):
+        steps.update(zip(grids, latent_steps(list(grids.values()), quant.latent_bits)))
     for name, param in model.named_tensors():
         if name in fixed:
             steps[name] = fixed[name]
-            continue
-        w = param.detach().cpu().numpy()
-        if is_latent(name):
-            steps[name] = rate_step(w, quant.latent_bits)
-        else:
-            steps[name] = max_steps(w, quant.bits_for(name, model.config.coordinate_layer), quant.granularity)
+        elif name not in steps:
+            bits = quant.bits_for(name, model.config.coordinate_layer)
+            steps[name] = max_steps(param.detach().cpu().numpy(), bits, quant.granularity)
     return steps
 
 

@@ -8,6 +8,8 @@ use, so the encoder, the QAT forward pass and the decoder all compute the same d
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,22 +83,41 @@ def max_steps(w: np.ndarray, bits: int, granularity: str) -> np.ndarray:
 
 def rate_step(w: np.ndarray, bits_per_value: float) -> np.ndarray:
     """The (float16) step at which the latent grid `w`'s symbols cost about `bits_per_value` each
-    under their coded model (the spatial context model included): latents are many and cheap, so
-    their step is set by rate, not by their largest value."""
-    w = np.asarray(w, dtype=np.float32)
-    rms = float(np.sqrt(np.mean(w.astype(np.float64) ** 2))) if w.size else 0.0
-    if rms == 0.0:
-        # A zero grid (every grid at the start of training) has no rate to set. Step 1 rounds its
+    under their coded model (the spatial context model included). One grid alone; a latent stack's
+    levels share one rate through `latent_steps`."""
+    return latent_steps([w], bits_per_value)[0]
+
+
+def latent_steps(grids: Sequence[np.ndarray], bits_per_value: float) -> list[np.ndarray]:
+    """The (float16) steps of a latent stack's levels (finest first) at which all their symbols
+    together cost about `bits_per_value` each under their coded models: latents are many and cheap,
+    so their steps are set by rate, not by their largest value.
+
+    A node of a coarser level is read by more voxels, so rounding it costs more distortion: a level
+    whose nodes each cover A voxels gets a step proportional to A^(-1/2), the rate-distortion
+    optimum for uniform quantization at high rate (distortion A step^2 / 12 per node against
+    -log2(step) bits), and one multiplier for the whole stack sets the rate."""
+    grids = [np.asarray(w, dtype=np.float32) for w in grids]
+    total = sum(w.size for w in grids)
+    squares = sum(float(np.sum(w.astype(np.float64) ** 2)) for w in grids)
+    if squares == 0.0:
+        # A zero stack (every stack at the start of training) has no rate to set. Step 1 rounds its
         # first small updates to zero, so the experts first fit a flat field while the latents
         # gather gradient behind it (straight-through) until the next step refresh, which measured
         # better than a step too fine to round anything (docs/benchmarks.md).
-        return to_float16(1.0).reshape(())
+        return [to_float16(1.0).reshape(()) for _ in grids]
+    rms = math.sqrt(squares / total)
+    # Nodes per level (channels aside): a node covers voxels / nodes, so A^(-1/2) ~ sqrt(nodes).
+    relative = [math.sqrt(math.prod(w.shape[1:]) / math.prod(grids[0].shape[1:])) for w in grids]
 
-    def bits(step: float) -> float:
-        return entropy.coded_bits(quantize(w, np.float32(step)), spatial=True) / w.size
+    def steps(scale: float) -> list[np.ndarray]:
+        return [to_float16(np.clip(scale * r, 6.0e-8, 6.0e4)).reshape(()) for r in relative]
 
-    # Bits fall as the step grows; bisect log2(step) between 2^-12 and 2^8 times the RMS, to a
-    # precision finer than the float16 the step is stored in.
+    def bits(scale: float) -> float:
+        return sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(grids, steps(scale))) / total
+
+    # Bits fall as the steps grow; bisect log2(scale) between 2^-12 and 2^8 times the RMS, to a
+    # precision finer than the float16 the steps are stored in.
     lo, hi = -12.0, 8.0
     for _ in range(15):
         mid = 0.5 * (lo + hi)
@@ -104,7 +125,7 @@ def rate_step(w: np.ndarray, bits_per_value: float) -> np.ndarray:
             lo = mid
         else:
             hi = mid
-    return to_float16(np.clip(rms * 2.0**hi, 6.0e-8, 6.0e4)).reshape(())
+    return steps(rms * 2.0**hi)
 
 
 def quantize(w: np.ndarray, step: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from .coords import coords_from_flat
 from .errors import MoecError
 from .model import ModelConfig, MoEC, is_latent
 from .partition import block_grid, block_index, intensity_clusters
-from .quantize import QuantConfig, max_steps, max_steps_torch, rate_step, round_in_place
+from .quantize import QuantConfig, latent_steps, max_steps, max_steps_torch, round_in_place
 from .roi import check_roi, roi_batch
 from .settings import TrainConfig
 from .volume import Volume, to_unit
@@ -281,13 +281,14 @@ class Fitter:
 
     def _freeze_prefix(self) -> None:
         """Quantize the encoder and router in place and stop training them (the partition is final)."""
+        latent = {} if self.quant.float16 else self._rate_steps()
         for name, param in self.model.named_tensors():
             if name not in self.model.prefix_names():
                 continue
             if self.quant.float16:
                 step = None
             elif is_latent(name):
-                step = rate_step(param.detach().cpu().numpy(), self.quant.latent_bits)
+                step = latent[name]
             else:
                 bits = self.quant.bits_for(name, self.model.config.coordinate_layer)
                 step = max_steps(param.detach().cpu().numpy(), bits, self.quant.granularity)
@@ -325,16 +326,19 @@ class Fitter:
             for name, p in self.model.named_tensors() if name.startswith(("experts.", "decoder."))
         }
 
+    def _rate_steps(self) -> dict[str, np.ndarray]:
+        """The latent grids' rate-set steps now (quantize.latent_steps), by name."""
+        grids = [p.detach().cpu().numpy() for p in self.latents.values()]
+        return dict(zip(self.latents, latent_steps(grids, self.quant.latent_bits)))
+
     def _latent_fake_steps(self, fraction: float) -> dict[str, torch.Tensor]:
-        """Rate-set steps of the latent grids, refreshed every LATENT_STEP_EVERY steps; a step set
-        on zero grids (quantize.rate_step: 1, so the first updates round away) lasts at most
+        """Rate-set steps of the latent grids, refreshed every LATENT_STEP_EVERY steps; steps set
+        on zero grids (quantize.latent_steps: 1, so the first updates round away) last at most
         FLAT_SHARE of the budget, so a short run still gets its latents."""
         flat_over = self._flat_since is not None and fraction - self._flat_since >= FLAT_SHARE
         if not self._latent_steps or self.steps_run % LATENT_STEP_EVERY == 0 or flat_over:
-            self._latent_steps = {
-                name: torch.tensor(rate_step(p.detach().cpu().numpy(), self.quant.latent_bits), device=p.device)
-                for name, p in self.latents.items()
-            }
+            self._latent_steps = {name: torch.tensor(step, device=self.device)
+                                  for name, step in self._rate_steps().items()}
             flat = not any(bool(p.detach().any()) for p in self.latents.values())
             self._flat_since = fraction if flat else None
         return self._latent_steps

@@ -12,7 +12,7 @@ from codec import entropy, pack, pipeline
 from codec.coords import coords_from_flat
 from codec.errors import MoecError
 from codec.model import LatentGrid, ModelConfig, MoEC
-from codec.quantize import dequantize, quantize, rate_step
+from codec.quantize import dequantize, latent_steps, quantize, rate_step
 from codec.train import TrainConfig
 
 from .training import file_psnr, mean_prediction_psnr, train
@@ -80,6 +80,21 @@ def test_rate_step_lands_on_the_asked_rate(target):
     assert abs(bits - target) < 0.05 * target
 
 
+def test_a_latent_stack_shares_one_rate_with_finer_steps_on_coarser_levels():
+    """A coarser node is read by more voxels: its step is finer by the square root of the node
+    ratio (one multiplier for the stack), and all levels together land on the asked rate."""
+    rng = np.random.default_rng(1)
+    stack = [rng.laplace(0.0, 0.3, size=(1, 40, 40, 12)).astype(np.float32),
+             rng.laplace(0.0, 0.3, size=(1, 20, 20, 12)).astype(np.float32),
+             rng.laplace(0.0, 0.3, size=(1, 10, 10, 6)).astype(np.float32)]
+    steps = latent_steps(stack, 1.5)
+    np.testing.assert_allclose([float(steps[1] / steps[0]), float(steps[2] / steps[0])],
+                               [0.5, np.sqrt(600 / 19200)], rtol=2e-3)
+    bits = sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(stack, steps))
+    assert abs(bits / sum(w.size for w in stack) - 1.5) < 0.05 * 1.5
+    assert [float(s) for s in latent_steps([np.zeros_like(w) for w in stack], 1.5)] == [1.0, 1.0, 1.0]
+
+
 def test_choices_that_do_not_fit_the_grid_are_refused_in_words(phantom):
     volume, _ = phantom
     for settings, message in [(pipeline.Settings(encoder="grid", bits=16), "stored quantized only"),
@@ -106,12 +121,13 @@ def test_a_grid_file_meets_its_ratio_learns_and_decodes_its_stored_latents(phant
         name = f"grid{level}"
         np.testing.assert_array_equal(getattr(stored.encoder, name).detach().numpy(),
                                       getattr(fitter.model.encoder, name).detach().cpu().numpy())
-    # And they cost about the planned rate.
+    # And the stack costs about the planned rate, its coarser levels at finer steps.
     steps = pack.stored_steps(data)
-    grid = fitter.model.encoder.grid0.detach().cpu().numpy()
-    symbols = quantize(grid, steps["encoder.grid0"])
-    bits = entropy.coded_bits(symbols, spatial=True) / grid.size
-    assert abs(bits - settings.latent_bits) < 0.2
+    grids = [(getattr(fitter.model.encoder, f"grid{level}").detach().cpu().numpy(), steps[f"encoder.grid{level}"])
+             for level in range(plan.model.grid_levels)]
+    bits = sum(entropy.coded_bits(quantize(grid, step), spatial=True) for grid, step in grids)
+    assert abs(bits / plan.model.latent_count() - settings.latent_bits) < 0.2
+    assert all(later < earlier for (_, later), (_, earlier) in zip(grids[1:], grids))
 
 
 def _written_grids(volume, config: TrainConfig) -> tuple[dict[str, np.ndarray], float]:
