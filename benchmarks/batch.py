@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, save, table
 
-from codec.volume import load_volume, to_stored
+from codec.io.volume import load_volume, to_stored
 
 CT = ROOT.parent / "shared" / "data" / "chest_ct_lung2.nii.gz"
 WORK = ROOT / "benchmarks" / "results" / "tmp" / "batch"

@@ -13,10 +13,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from codec import pack, pipeline
-from codec.files import atomic_write_bytes
-from codec.train import TrainConfig
-from codec.volume import Volume, load_volume
+from codec import pipeline
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.io.files import atomic_write_bytes
+from codec.io.volume import Volume, load_volume
 
 ROOT = Path(__file__).resolve().parent.parent
 BRAIN = ROOT.parent / "shared" / "data" / "brain_template_mni152_1mm.nii.gz"
@@ -41,7 +42,7 @@ def compress(volume: Volume, settings: pipeline.Settings, config: TrainConfig) -
     made = session.train().encode()
     data = made.data
     seconds = time.perf_counter() - start
-    evaluation = session.evaluate(pack.decode(data))
+    evaluation = session.evaluate(moecfile.from_bytes(data))
     params = session.plan.model.parameter_count()
     return {
         "settings": asdict(settings), "minutes": config.minutes, "steps": made.steps, "bytes": len(data),

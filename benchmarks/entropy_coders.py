@@ -16,9 +16,11 @@ import numpy as np
 import zstandard
 from common import save, table
 
-from codec import entropy, pack
+from codec.coding import entropy
+from codec.coding.quantize import quantize
+from codec.format import moecfile
+from codec.format.payload import stored_steps
 from codec.model import is_latent
-from codec.quantize import quantize
 
 
 def huffman_bytes(symbols: np.ndarray) -> int:
@@ -43,10 +45,10 @@ def huffman_bytes(symbols: np.ndarray) -> int:
 
 def measure(path: str) -> dict:
     data = open(path, "rb").read()
-    moec = pack.decode(data)
+    moec = moecfile.from_bytes(data)
     if moec.meta.quant.float16:
         raise SystemExit(f"{path} holds float16 weights; compress it with --bits 8 (the default)")
-    steps = pack.stored_steps(data)
+    steps = stored_steps(data)
     tensors = [(n, p.detach().numpy()) for n, p in moec.model.named_tensors()]
     symbols = [quantize(w, steps[n]) for n, w in tensors]
     models = [entropy.fit_model(s, spatial=is_latent(n)) for (n, _), s in zip(tensors, symbols)]

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from common import ROOT, machine, save, table
 
-from codec import pack, pipeline
-from codec.decode import reconstruct
-from codec.train import TrainConfig
-from codec.volume import load_volume
+from codec import pipeline
+from codec.decode.reconstruct import reconstruct
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.io.volume import load_volume
 
 CT = ROOT.parent / "shared" / "data" / "chest_ct_lung2.nii.gz"
 THREADS = 2
@@ -37,7 +38,7 @@ def make_file(volume_path: Path, ratio: float, steps: int, folder: Path) -> Path
     volume = load_volume(volume_path)
     config = TrainConfig(steps=steps)
     path = folder / "ct.moec"
-    pack.write(path, pipeline.Compression(volume, pipeline.Settings(ratio=ratio), config).train().encode().data)
+    moecfile.write(path, pipeline.Compression(volume, pipeline.Settings(ratio=ratio), config).train().encode().data)
     return path
 
 
@@ -47,7 +48,7 @@ def whole_volume(path: Path) -> dict:
 
     start = time.perf_counter()
     data = path.read_bytes()
-    moec = pack.decode(data, str(path))
+    moec = moecfile.from_bytes(data, str(path))
     recon = reconstruct(moec)
     layers = moec_layers(recon.volume, recon.labels, recon.confidence, data, moec.meta, file_stem(path))
     middle = layers[0][0].shape[0] // 2
@@ -132,7 +133,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as folder:
         path = make_file(args.volume, args.ratio, args.steps, Path(folder))
-        moec = pack.read(path)
+        moec = moecfile.read(path)
         rows = [whole_volume(path), lazy(path)]
         viewer = through_viewer(path) if args.viewer else None
     rows[0]["open_s"] = rows[0]["first_slice_s"]

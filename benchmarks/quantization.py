@@ -15,7 +15,7 @@ import argparse
 from common import Cells, brain, compress, save, table
 
 from codec import pipeline
-from codec.train import TrainConfig
+from codec.fit.train import TrainConfig
 
 COLUMNS = [("ratio asked", "asked", "g"), ("weights", "weights", ""), ("ratio on file", "ratio", ".1f"),
            ("bytes", "bytes", ","), ("parameters", "parameters", ","), ("bits/weight", "bits_per_weight", ".2f"),

@@ -52,8 +52,8 @@ def main() -> None:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     widget = MoecWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.ratio.setValue(args.ratio)
-    widget.minutes.setValue(args.minutes)
+    widget.form.ratio.setValue(args.ratio)
+    widget.form.minutes.setValue(args.minutes)
 
     ticks: list[float] = []
     phases: dict[str, float] = {}

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from common import ROOT, machine, save, table
 
-from codec import pack, pipeline
-from codec.train import TrainConfig
-from codec.volume import load_volume
+from codec import pipeline
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.io.volume import load_volume
 
 CT = ROOT.parent / "shared" / "data" / "chest_ct_lung2.nii.gz"
 RADIUS_MM = 15.0
@@ -38,7 +39,7 @@ def run(volume, ratio: float, minutes: float, steps: int | None, seed: int, roi:
     config = TrainConfig(minutes=minutes, steps=steps, seed=seed, roi_weight=weight)
     made = pipeline.Compression(volume, pipeline.Settings(ratio=ratio), config, roi).train().encode()
     data = made.data
-    evaluation = pipeline.evaluate(volume, pack.decode(data), roi=mask)
+    evaluation = pipeline.evaluate(volume, moecfile.from_bytes(data), roi=mask)
     r = evaluation.roi
     return {"weight": weight if roi is not None else 1.0, "seed": seed, "bytes": len(data), "ratio": evaluation.ratio,
             "psnr": evaluation.quality.psnr, "psnr_inside": r.psnr_inside, "psnr_outside": r.psnr_outside,

@@ -31,12 +31,13 @@ import numpy as np
 import torch
 from common import ROOT, brain, save, table
 
-from codec import pack, pipeline
-from codec.decode import DEFAULT_CHUNK, reconstruct
+from codec import pipeline
+from codec.decode.reconstruct import DEFAULT_CHUNK, reconstruct
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.io.phantom import phantom_arrays
+from codec.io.volume import from_array, load_volume, save_volume
 from codec.model import MoEC
-from codec.phantom import phantom_arrays
-from codec.train import TrainConfig
-from codec.volume import from_array, load_volume, save_volume
 
 THREADS = 2
 BATCH = 1 << 15
@@ -169,7 +170,7 @@ def decode_rows() -> list[dict]:
         volume = from_array(np.zeros(shape, np.float32) + np.arange(256, dtype=np.float32), dtype=dtype)
         plan = pipeline.plan(volume, pipeline.Settings(ratio=256, **({"encoder": encoder} | options)))
         fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
-        moec = pack.decode(pipeline.encode(fitter, plan))
+        moec = moecfile.from_bytes(pipeline.encode(fitter, plan))
         start = time.perf_counter()
         recon = reconstruct(moec, chunk=chunk)
         seconds = time.perf_counter() - start
@@ -194,7 +195,7 @@ def ct_decode_rows() -> list[dict]:
     for ratio in (256, 1024, 4096):
         plan = pipeline.plan(volume, pipeline.Settings(ratio=ratio))
         fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
-        moec = pack.decode(pipeline.encode(fitter, plan))
+        moec = moecfile.from_bytes(pipeline.encode(fitter, plan))
         reconstruct(moec)  # torch's first calls in the process are not the decoder's cost
         start = time.perf_counter()
         recon = reconstruct(moec)

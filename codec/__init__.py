@@ -5,6 +5,6 @@ No Qt, napari or magicgui here: the CLI, the napari plugin and the tests drive t
 
 __version__ = "0.1.0"
 
-from .errors import BudgetError, MoecError, MoecFormatError, OutputError, VolumeError
+from codec.errors import MoecError, MoecFormatError, OutputError, RatioError, VolumeError
 
-__all__ = ["__version__", "BudgetError", "MoecError", "MoecFormatError", "OutputError", "VolumeError"]
+__all__ = ["__version__", "RatioError", "MoecError", "MoecFormatError", "OutputError", "VolumeError"]

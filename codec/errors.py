@@ -15,7 +15,7 @@ class VolumeError(MoecError, ValueError):
     """The input is not a volume the codec can compress (wrong type, dimensionality, NaNs, empty)."""
 
 
-class BudgetError(MoecError, ValueError):
+class RatioError(MoecError, ValueError):
     """The requested ratio cannot be met; the message names the reachable range."""
 
     def __init__(self, message: str, highest: float | None = None, lowest: float | None = None):
@@ -38,7 +38,7 @@ class DicomError(VolumeError):
 
 
 class SeriesChoiceError(DicomError):
-    """A folder holds several DICOM series and none was chosen; `series` lists them (codec.dicom.SeriesInfo)."""
+    """A folder holds several DICOM series and none was chosen; `series` lists them (codec.io.dicom.SeriesInfo)."""
 
     def __init__(self, message: str, series: tuple = ()):
         super().__init__(message)

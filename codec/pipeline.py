@@ -15,38 +15,44 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import budget, pack
-from .budget import Plan
-from .decode import Reconstruction, reconstruct, unfloored_values
-from .errors import MoecError
-from .floor import SAMPLE_VOXELS, choose_floor
-from .metrics import ExpertStat, Quality, RegionQuality, expert_table, quality, region_quality
-from .pack import MoecFile
-from .roi import check_roi
-from .settings import Settings
-from .train import Fitter, Progress, TrainConfig, train_record
-from .volume import Volume
+from codec.coding.quantize import MAX_SYMBOL
+from codec.decode.floor import SAMPLE_VOXELS, apply_floor, choose_floor
+from codec.decode.reconstruct import Reconstruction, reconstruct, unfloored_values
+from codec.errors import MoecError, RatioError
+from codec.eval.metrics import ExpertStat, Quality, RegionQuality, expert_table, quality, region_quality
+from codec.fit import sizing
+from codec.fit.sizing import Plan
+from codec.fit.train import Fitter, Progress, TrainConfig, train_record
+from codec.format import moecfile
+from codec.format.header import MoecMeta, describe
+from codec.format.moecfile import MoecFile
+from codec.format.payload import encode_payload, finest_multiplier, scaled_steps, tensor_steps
+from codec.io.roi import check_roi
+from codec.io.volume import Volume
+from codec.settings import Settings
 
 
 def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig(), roi: bool = False) -> Plan:
-    """Network widths for `volume` at the settings' ratio (BudgetError when it cannot be met); `roi`:
-    the file will record a region of interest (a few header bytes)."""
-    arch = settings.architecture(len(volume.shape))
-    quant = settings.quant()
-    budget.check_architecture(arch, quant, len(volume.shape))
+    """Network widths for `volume` at the settings' ratio (RatioError when it cannot be met); `roi`:
+    the file will record a region of interest (a few header bytes). Settings that leave the number
+    of experts open are planned as their first candidate (Settings.candidates)."""
+    settings = settings.candidates(len(volume.shape))[0]
+    arch = sizing.architecture(settings, len(volume.shape))
+    quant = sizing.quantization(settings)
+    sizing.check_architecture(arch, quant, len(volume.shape))
     # The largest grid description the header could hold (3 digits per axis).
-    thick = arch.grid_spacing_power > 0 and budget.thick_slices(volume.spacing[:3])
+    thick = arch.grid_spacing_power > 0 and sizing.thick_slices(volume.spacing[:3])
     holds = (arch.grid_levels - 1,) * len(volume.shape) if thick else ()
-    example = budget.config_for(budget.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape), hold=holds)
+    example = sizing.config_for(sizing.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape), hold=holds)
     # A record with large counters: the header can only shrink once the real numbers are known.
-    meta = pack.describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9, 10**9 if roi else None))
-    header = budget.header_bytes(meta.nifti, meta.to_json())
-    return budget.plan_model(volume.shape, volume.dtype.itemsize, settings.ratio, arch, quant, header,
+    meta = describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, 9, 10**9 if roi else None))
+    header = sizing.header_bytes(meta.nifti, meta.to_json())
+    return sizing.plan_model(volume.shape, volume.dtype.itemsize, settings.ratio, arch, quant, header,
                              spacing=volume.spacing)
 
 
 def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig, roi: np.ndarray | None = None) -> Fitter:
-    """A Fitter for the plan; `roi` (a mask of the volume's shape) weights its voxels (codec.roi)."""
+    """A Fitter for the plan; `roi` (a mask of the volume's shape) weights its voxels (codec.io.roi)."""
     return Fitter(volume, plan_.model, plan_.quant, config, file_steps=lambda fitter: file_steps(fitter, plan_),
                   roi=roi)
 
@@ -61,31 +67,154 @@ class Compressed:
     notes: tuple[str, ...]  # sentences for the user (a file smaller than asked, and why)
 
 
+@dataclass(eq=False)
+class Candidate:
+    """One configuration a compression tries: its settings, its plan, and once it has trained, its
+    Fitter and its first run (a generator suspended while the others try)."""
+
+    settings: Settings
+    plan: Plan
+    fitter: Fitter | None = None
+    run: Generator[Progress, None, None] | None = None
+    psnr: float | None = None  # of its file at the end of its trial, on a sample of voxels
+    trial_steps: int = 0  # steps it trained in its trial
+
+    @property
+    def name(self) -> str:
+        n = self.plan.model.experts
+        return "one network" if n == 1 else f"{n} experts"
+
+
 class Compression:
-    """One volume's compression: the plan (BudgetError here, before any work), training in one or
+    """One volume's compression: the plan (RatioError here, before any work), training in one or
     more runs (each a generator of Progress, so a caller shows progress, stops or continues), and
-    the bytes with their notes. Measuring the file is `evaluate`, on the bytes as written."""
+    the bytes with their notes. Measuring the file is `evaluate`, on the bytes as written.
+
+    Settings that leave the number of experts open (Settings.candidates) give several candidates:
+    the first run trains each for TrainConfig.trial_share of the budget, keeps the one whose file
+    is then better, and trains it on for the rest (its run goes on where it paused, as if the
+    others had not run), so the budget, in minutes or steps, includes the choice."""
 
     def __init__(self, volume: Volume, settings: Settings = Settings(), train: TrainConfig = TrainConfig(),
                  roi: np.ndarray | None = None):
         self.volume = volume
         self.roi = roi
-        self.plan = plan(volume, settings, train, roi is not None)
-        self.fitter = new_fitter(volume, self.plan, train, roi)
+        self.train_config = train
+        self.candidates = _planned(volume, settings.candidates(len(volume.shape)), train, roi is not None)
+        #: The candidate that trains from now on: the only one, or the one kept after the trial.
+        self.chosen: Candidate | None = self.candidates[0] if len(self.candidates) == 1 else None
+        self._current = self.candidates[0]  # the one training now (or last), before the choice
+        self.notes: list[str] = []
+
+    @property
+    def plan(self) -> Plan:
+        return (self.chosen or self._current).plan
+
+    @property
+    def fitter(self) -> Fitter:
+        """The model trained so far: the kept candidate's, or before the choice the one training."""
+        candidate = self.chosen or self._current
+        if candidate.fitter is None:
+            candidate.fitter = new_fitter(self.volume, candidate.plan, self.train_config, self.roi)
+        return candidate.fitter
 
     def run(self, minutes: float | None = None, steps: int | None = None,
             should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, None]:
         """Train for a budget (default: the TrainConfig's; a later run continues the model),
         yielding Progress after every step, until the budget ends or `should_stop()` says so. A
         generator closed early (Ctrl-C, a cancelled worker) leaves a model that encodes."""
-        run = self.fitter.fit(minutes=minutes, steps=steps)
+        if steps is None and minutes is None:
+            steps, minutes = self.train_config.steps, self.train_config.minutes
+        total = float(steps) if steps is not None else 60.0 * (minutes or 0.0)
+        spent = 0.0  # of the budget (steps or seconds), by the candidates not kept
+        if self.chosen is None:
+            trial = yield from self._trial(minutes, steps, should_stop)
+            if trial is None:
+                return
+            run, spent = trial
+        else:
+            run = self.fitter.fit(minutes=minutes, steps=steps)
+        scale = (total - spent) / total if total > 0 else 1.0
         try:
             for progress in run:
-                yield progress
+                yield dataclasses.replace(progress, fraction=min(1.0, spent / total + scale * progress.fraction))
                 if should_stop is not None and should_stop():
                     break
         finally:
             run.close()
+
+    def _trial(self, minutes: float | None, steps: int | None, should_stop: Callable[[], bool] | None):
+        """Train each candidate until it has had TrainConfig.trial_share of the budget past its
+        router stage (the learned partition's first, cheap steps are not counted against it: the
+        candidates are compared on as much reconstruction training), keep the better, and give it
+        the budget less what the others spent: (the kept one's run, the budget the others spent),
+        or None when stopped first (`encode` then chooses among those that trained)."""
+        n, share = len(self.candidates), self.train_config.trial_share
+        by_steps = steps is not None
+        total = float(steps) if steps is not None else 60.0 * (minutes or 0.0)
+        trial = share * total
+        # Each run is created for the budget less the others' trials, then set to the budget less
+        # what the others really spent once the choice is made (their router stages included).
+        guess = total - (n - 1) * trial
+        spent: dict[int, float] = {}
+        try:
+            for k, candidate in enumerate(self.candidates):
+                self._current = candidate
+                before = sum(spent.values())
+                candidate.run = self.fitter.fit(minutes=None if by_steps else guess / 60.0,
+                                                steps=max(1, round(guess)) if by_steps else None)
+                started: float | None = None  # where its reconstruction training began
+                for progress in candidate.run:
+                    used = float(progress.step) if by_steps else progress.seconds
+                    yield dataclasses.replace(progress, fraction=min(1.0, (before + used) / total),
+                                              trying=candidate.name)
+                    if should_stop is not None and should_stop():
+                        return None
+                    if progress.stage != "router" and started is None:
+                        started = used - (1.0 if by_steps else 0.0)
+                    if started is not None and used - started >= trial:
+                        break
+                candidate.trial_steps = self.fitter.steps_run
+                spent[k] = float(self.fitter.steps_run) if by_steps else self.fitter.run_seconds()
+                self.fitter.pause()
+        except GeneratorExit:  # closed during the trial (Ctrl-C, a cancelled worker): `encode` chooses
+            for candidate in self.candidates:
+                if candidate.run is not None:
+                    candidate.run.close()
+                    candidate.run = None
+            raise
+        kept = self._choose()
+        assert kept.fitter is not None and kept.run is not None
+        others = sum(v for k, v in spent.items() if self.candidates[k] is not kept)
+        kept.fitter.resume()
+        kept.fitter.rebudget(steps=max(1, round(total - others)) if by_steps else None,
+                             minutes=None if by_steps else (total - others) / 60.0)
+        return kept.run, others
+
+    def _choose(self) -> Candidate:
+        """Keep the candidate whose file is better now (of those that trained), and say so."""
+        trained = [c for c in self.candidates if c.fitter is not None and c.fitter.steps_run > 0]
+        for candidate in trained:
+            try:
+                candidate.psnr = _trial_psnr(self.volume, candidate, self.roi, self.train_config.roi_weight)
+            except MoecError:  # diverged: it cannot be kept (and if none can, encode says why)
+                candidate.psnr = -np.inf
+        kept = max(trained, key=lambda c: c.psnr if c.psnr is not None else -np.inf, default=self._current)
+        if len(trained) > 1:
+            tried = ", ".join(f"{c.name} {c.psnr:.2f} dB" for c in trained)
+            self.notes.append(f"tried {tried} after {100 * self.train_config.trial_share:g}% of the budget each "
+                              f"(PSNR of the file on a sample of voxels); kept {kept.name}")
+        self.chosen = kept
+        self._close_trials(keep=kept)
+        return kept
+
+    def _close_trials(self, keep: Candidate) -> None:
+        """Let the candidates not kept go, their models' memory with them."""
+        for candidate in self.candidates:
+            if candidate is not keep:
+                if candidate.run is not None:
+                    candidate.run.close()
+                candidate.run = candidate.fitter = None
 
     def train(self) -> Compression:
         """Run the whole budget, without progress (scripts and tests)."""
@@ -95,11 +224,16 @@ class Compression:
 
     def encode(self) -> Compressed:
         """The .moec bytes of the model as trained so far (MoecError before the first step)."""
+        if self.chosen is None:  # stopped during the trial
+            kept = self._choose()
+            if kept.run is not None:
+                kept.run.close()
+                kept.run = None
         fitter = self.fitter
         if fitter.steps_run == 0:
             raise MoecError("stopped before the first training step; nothing written")
         data = encode(fitter, self.plan)
-        notes = []
+        notes = list(self.notes)
         if len(data) < self.plan.lower_bytes:
             why = ("training stopped in the router stage, so the latent grid is still empty"
                    if self.plan.model.encoder == "grid" and fitter.stage_steps["router"] == fitter.steps_run else
@@ -115,6 +249,43 @@ class Compression:
         return evaluate(self.volume, moec, device, self.roi)
 
 
+def _planned(volume: Volume, options: tuple[Settings, ...], train: TrainConfig, roi: bool) -> list[Candidate]:
+    """The candidates whose ratio can be met; RatioError (the one naming the highest reachable
+    ratio) when none can."""
+    planned, refused = [], []
+    for settings in options:
+        try:
+            planned.append(Candidate(settings, plan(volume, settings, train, roi)))
+        except RatioError as exc:
+            refused.append(exc)
+    if not planned:
+        raise max(refused, key=lambda e: e.highest or 0.0)
+    return planned
+
+
+#: The largest weight a file can hold: the largest float16 step times the largest symbol.
+LARGEST_WEIGHT = 6.0e4 * MAX_SYMBOL
+#: Voxels a trial's file is measured on: enough for a PSNR within a few hundredths of a dB.
+TRIAL_VOXELS = 1 << 17
+
+
+def _trial_psnr(volume: Volume, candidate: Candidate, roi: np.ndarray | None, roi_weight: float) -> float:
+    """PSNR of the candidate's file as it would be written now, on a fixed sample of voxels (the
+    region of interest's weighted as in training)."""
+    assert candidate.fitter is not None
+    moec = moecfile.from_bytes(encode(candidate.fitter, candidate.plan))
+    total = volume.data.size
+    flat = (torch.arange(total) if total <= TRIAL_VOXELS
+            else torch.randint(0, total, (TRIAL_VOXELS,), generator=torch.Generator().manual_seed(1)))
+    values = apply_floor(unfloored_values(moec, flat), moec.meta.floor, moec.meta.vmin)
+    error = (values.astype(np.float64) - volume.data.reshape(-1)[flat.numpy()]) ** 2
+    if roi is not None:
+        error *= np.where(roi.reshape(-1)[flat.numpy()], roi_weight, 1.0)
+    span = float(moec.meta.vmax - moec.meta.vmin)
+    mse = float(error.mean())
+    return 10.0 * np.log10(span * span / mse) if mse > 0 and span > 0 else np.inf
+
+
 def file_steps(fitter: Fitter, plan_: Plan) -> dict[str, np.ndarray]:
     """The steps `encode` would store the unfrozen tensors (experts, decoder) at now, for the final
     stage to train them at. Aimed a quarter of the window below its top, so that the few bytes the
@@ -126,19 +297,20 @@ def file_steps(fitter: Fitter, plan_: Plan) -> dict[str, np.ndarray]:
 
 def encode(fitter: Fitter, plan_: Plan) -> bytes:
     """The .moec bytes of the model trained so far, landed inside the plan's size window, with the
-    decoder's floor (codec.floor) chosen on the weights as written: at the steps the final stage
+    decoder's floor (codec.decode.floor) chosen on the weights as written: at the steps the final stage
     trained at when that file lands in the window, else at the searched steps."""
     model = fitter.model
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise MoecError(f"training diverged after {fitter.steps_run} steps (weights are no longer finite numbers); "
-                        "nothing was written: try a lower learning rate (--lr)")
+    # The largest float16 step times the largest symbol: a weight beyond it has no stored form.
+    if not all(torch.isfinite(p).all() and p.abs().max() <= LARGEST_WEIGHT for p in model.parameters()):
+        raise MoecError(f"training diverged after {fitter.steps_run} steps (weights are no longer finite numbers, "
+                        "or too large to store); nothing was written: try a lower learning rate (--lr)")
     meta = _meta(fitter, plan_)
     if plan_.quant.float16:
-        return _with_floor(fitter.volume, meta, pack.encode_payload(model, plan_.quant, None))
+        return _with_floor(fitter.volume, meta, encode_payload(model, plan_.quant, None))
 
     if fitter.trained_steps is not None:
-        steps = {**pack.tensor_steps(model, plan_.quant, fitter.frozen_steps), **fitter.trained_steps}
-        data = _with_floor(fitter.volume, meta, pack.encode_payload(model, plan_.quant, steps))
+        steps = {**tensor_steps(model, plan_.quant, fitter.frozen_steps), **fitter.trained_steps}
+        data = _with_floor(fitter.volume, meta, encode_payload(model, plan_.quant, steps))
         if plan_.lower_bytes <= len(data) <= plan_.upper_bytes:
             return data
 
@@ -150,21 +322,21 @@ def encode(fitter: Fitter, plan_: Plan) -> bytes:
     for _ in range(3):
         _, payload = search(sized, plan_.upper_bytes)
         sized = dataclasses.replace(meta, floor=_floor_of(fitter.volume, meta, payload))
-        data = pack.assemble(sized, payload)
+        data = moecfile.assemble(sized, payload)
         if len(data) <= plan_.upper_bytes:
             return data
-    return pack.assemble(meta, payload)  # the floor's header bytes never fitted: no floor
+    return moecfile.assemble(meta, payload)  # the floor's header bytes never fitted: no floor
 
 
-def _meta(fitter: Fitter, plan_: Plan) -> pack.MoecMeta:
-    return pack.describe(fitter.volume, fitter.model.config, plan_.quant, fitter.record())
+def _meta(fitter: Fitter, plan_: Plan) -> MoecMeta:
+    return describe(fitter.volume, fitter.model.config, plan_.quant, fitter.record())
 
 
-def _with_floor(volume: Volume, meta: pack.MoecMeta, payload: bytes) -> bytes:
-    return pack.assemble(dataclasses.replace(meta, floor=_floor_of(volume, meta, payload)), payload)
+def _with_floor(volume: Volume, meta: MoecMeta, payload: bytes) -> bytes:
+    return moecfile.assemble(dataclasses.replace(meta, floor=_floor_of(volume, meta, payload)), payload)
 
 
-StepSearch = Callable[[pack.MoecMeta, int], tuple[dict[str, np.ndarray], bytes]]
+StepSearch = Callable[[MoecMeta, int], tuple[dict[str, np.ndarray], bytes]]
 
 
 def _step_search(fitter: Fitter, plan_: Plan) -> StepSearch:
@@ -173,23 +345,23 @@ def _step_search(fitter: Fitter, plan_: Plan) -> StepSearch:
     scaled by one searched multiplier. The base steps (a rate search for latent grids) are computed
     once, and the coded trials are cached, so a second search (room for the floor) reuses them."""
     model, frozen = fitter.model, fitter.frozen_steps
-    base = pack.tensor_steps(model, plan_.quant, frozen)
-    finest = pack.finest_multiplier(model, base, frozen)
+    base = tensor_steps(model, plan_.quant, frozen)
+    finest = finest_multiplier(model, base, frozen)
 
     @functools.cache
     def payload_at(multiplier: float) -> bytes:
-        return pack.encode_payload(model, plan_.quant, pack.scaled_steps(base, multiplier, frozen))
+        return encode_payload(model, plan_.quant, scaled_steps(base, multiplier, frozen))
 
-    def search(meta: pack.MoecMeta, upper: int) -> tuple[dict[str, np.ndarray], bytes]:
-        multiplier = budget.fit_to_window(lambda m: len(pack.assemble(meta, payload_at(m))), upper, finest=finest)
-        return pack.scaled_steps(base, multiplier, frozen), payload_at(multiplier)
+    def search(meta: MoecMeta, upper: int) -> tuple[dict[str, np.ndarray], bytes]:
+        multiplier = sizing.fit_to_window(lambda m: len(moecfile.assemble(meta, payload_at(m))), upper, finest=finest)
+        return scaled_steps(base, multiplier, frozen), payload_at(multiplier)
 
     return search
 
 
-def _floor_of(volume: Volume, meta: pack.MoecMeta, payload: bytes) -> float | None:
+def _floor_of(volume: Volume, meta: MoecMeta, payload: bytes) -> float | None:
     """The floor for these weights, chosen on their decoded values at a fixed sample of voxels."""
-    moec = pack.decode(pack.assemble(meta, payload))
+    moec = moecfile.from_bytes(moecfile.assemble(meta, payload))
     total = volume.data.size
     if total <= SAMPLE_VOXELS:
         flat = torch.arange(total)

@@ -7,12 +7,7 @@ builds its options from these without loading it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .budget import Architecture
-    from .quantize import QuantConfig
+from dataclasses import dataclass, replace
 
 PARTITIONS = ("learned", "blocks")  # a learned router (MoEC), or the fixed block split (TINC-style baseline)
 ENCODERS = ("auto", "grid", "siren")  # auto: the latent grid wherever it applies (Settings.encoder_for)
@@ -21,10 +16,16 @@ GRANULARITIES = ("tensor", "channel")  # one quantization step per tensor, or pe
 TOP_K = (1, 2)
 PRETRAIN_TARGETS = ("clusters", "blocks")
 DEVICES = ("auto", "cpu", "cuda")
-#: Coded bits per latent the plan budgets for: the sparse, smooth grids of train.latent_rate_penalty.
+#: Coded bits per latent the size plan counts on: the sparse, smooth grids of codec.fit.train.latent_rate_penalty.
 LATENT_BITS = 1.5
-#: How much more a voxel of a region of interest counts (codec.roi).
+#: How much more a voxel of a region of interest counts (codec.io.roi).
 ROI_WEIGHT = 10.0
+#: The experts a compression tries when the number is left to it (Settings.experts None): the
+#: learned partition, and its control, one synthesis network on the same latents. It keeps the one
+#: whose file is better after a short trial of each (codec.pipeline), so the router is used where it
+#: pays (the brain template) and not where one network does better (the clinical CT and MR:
+#: docs/benchmarks.md). The first is also the number where no trial applies.
+AUTO_EXPERTS = (4, 1)
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Settings:
     """What a user chooses about the file (training time and seed live in TrainConfig)."""
 
     ratio: float = 256.0
-    experts: int = 4  # 1: a single SIREN
+    experts: int | None = None  # None: the better of AUTO_EXPERTS for the volume; 1: one network
     top_k: int = 1  # one of TOP_K
     partition: str = "learned"  # one of PARTITIONS
     bits: int = 8  # 16: float16 weights
@@ -44,7 +45,8 @@ class Settings:
     encoder: str = "auto"  # "siren", "grid", or "auto": the grid wherever it applies
     grid_channels: int = 1
     grid_levels: int = 4
-    grid_spacing_power: float = 0.5  # latent nodes per axis ~ voxels x (voxel size / largest)^P (budget.grid_layout)
+    #: Latent nodes per axis ~ voxels x (voxel size / largest)^P on thick slices (codec.fit.sizing.grid_layout).
+    grid_spacing_power: float = 0.5
     latent_share: float = 0.95
     latent_bits: float = LATENT_BITS
     router_features: bool = True  # False: the router reads the coordinates alone
@@ -55,26 +57,19 @@ class Settings:
             return self.encoder
         # `--experts 1` stays a plain SIREN and `--partition blocks` SIREN blocks (the DESIGN's
         # baselines); the grid is 3D and stores its latents by rate, not as float16.
-        grid_fits = self.partition == "learned" and self.experts > 1 and dims == 3 and self.bits < 16
+        grid_fits = (self.partition == "learned" and (self.experts is None or self.experts > 1) and dims == 3
+                     and self.bits < 16)
         return "grid" if grid_fits else "siren"
 
-    def architecture(self, dims: int = 3) -> Architecture:
-        from .budget import Architecture
-
-        encoder = self.encoder_for(dims)
-        layers = self.expert_layers if self.expert_layers is not None else (2 if encoder == "grid" else 3)
-        return Architecture(experts=self.experts, top_k=self.top_k, partition=self.partition,
-                            expert_layers=layers, encoder_layers=0 if encoder == "grid" else self.encoder_layers,
-                            encoder_share=self.encoder_share, encoder=encoder, grid_channels=self.grid_channels,
-                            grid_levels=self.grid_levels, grid_spacing_power=self.grid_spacing_power,
-                            latent_share=self.latent_share,
-                            router_features=self.router_features)
-
-    def quant(self) -> QuantConfig:
-        from .quantize import QuantConfig
-
-        return QuantConfig(self.bits, self.first_layer_extra_bits, self.granularity, self.latent_bits)
-
+    def candidates(self, dims: int) -> tuple[Settings, ...]:
+        """The settings a compression of a volume of `dims` axes tries: these, when they name the
+        number of experts; else each of AUTO_EXPERTS on the latent grid, where the grid applies and
+        a single network is possible (top-1), and otherwise the first of them."""
+        if self.experts is not None:
+            return (self,)
+        if self.encoder_for(dims) != "grid" or self.top_k > 1:
+            return (replace(self, experts=AUTO_EXPERTS[0]),)
+        return tuple(replace(self, experts=n, encoder="grid") for n in AUTO_EXPERTS)
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,7 @@ class TrainConfig:
     latent_l1: float = 3e-3
     #: Weight of a smoothness penalty on the latent grids (mean |difference| of neighbouring latents
     #: along every axis, joint stage), on the same scale. The spatial context model codes each latent
-    #: as its residual from its causal neighbours (codec.context), so a smooth grid costs fewer bits
+    #: as its residual from its causal neighbours (codec.coding.context), so a smooth grid costs fewer bits
     #: at the same step and its rate-set step comes out finer (measured, with the weights tried:
     #: docs/benchmarks.md, "Stop 15").
     latent_tv: float = 1e-2
@@ -110,8 +105,11 @@ class TrainConfig:
     latent_qat_from: float = 0.0
     seed: int = 0
     device: str = "auto"  # one of DEVICES
-    #: How much more a voxel of the region of interest counts (codec.roi), when a Fitter has one.
+    #: How much more a voxel of the region of interest counts (codec.io.roi), when a Fitter has one.
     roi_weight: float = ROI_WEIGHT
+    #: Where a compression tries several settings (Settings.candidates), the share of the budget
+    #: each trains before the better is kept; the kept one trains on for the rest.
+    trial_share: float = 0.15
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -130,6 +128,8 @@ class TrainConfig:
             raise ValueError("seed must be an integer in 0 .. 2**62 - 1")
         if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1:
             raise ValueError("final_fraction must be in [0, 1) and latent_qat_from in [0, 1]")
+        if not 0.0 < self.trial_share <= 0.3:
+            raise ValueError("trial_share must be in (0, 0.3]")
         if not (math.isfinite(self.roi_weight) and 1.0 <= self.roi_weight <= 1e6):
             raise ValueError("roi_weight must be a number from 1 to 1e6")
         if self.pretrain_target not in PRETRAIN_TARGETS or self.pretrain_steps < 0:

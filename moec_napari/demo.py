@@ -67,10 +67,10 @@ def main() -> None:
     roi, index = add_lesion(viewer, image) if args.roi else (None, 0)
     widget = MoecWidget(viewer)
     viewer.window.add_dock_widget(widget, name="MoEC compression", area="right")
-    widget.ratio.setValue(args.ratio)
-    widget.minutes.setValue(args.minutes)
+    widget.form.ratio.setValue(args.ratio)
+    widget.form.minutes.setValue(args.minutes)
     if roi is not None:
-        widget.roi_box.setCurrentText(roi.name)
+        widget.form.roi_box.setCurrentText(roi.name)
     if args.train or args.screenshot:
         widget.train()
     if args.screenshot:

@@ -3,7 +3,7 @@
 A separate contribution from the NIfTI and .moec reader (reader.py), for directories only. Each
 series becomes an Image layer through `layers.image_layer`, so it is oriented, scaled and described
 exactly like a NIfTI of the same voxels; the layer's metadata also keeps the series' patient and
-study identity (codec.dicom.DicomIdentity, as the .moec header stores it).
+study identity (codec.io.dicom.DicomIdentity, as the .moec header stores it).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import itertools
 import warnings
 from pathlib import Path
 
-from codec.dicom import choose_series, is_dicom_file, read_series, scan_folder, series_stem
 from codec.errors import DicomError
+from codec.io.dicom import choose_series, is_dicom_file, read_series, scan_folder, series_stem
 
 from .layers import image_layer
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codec import pack, pipeline
-from codec.decode import render
-from codec.metrics import ExpertStat, Quality, RegionQuality
-from codec.train import Fitter, Progress, TrainConfig
-from codec.volume import Volume
+from codec import pipeline
+from codec.decode.reconstruct import render
+from codec.eval.metrics import ExpertStat, Quality, RegionQuality
+from codec.fit.train import Fitter, Progress, TrainConfig
+from codec.format import moecfile
+from codec.io.volume import Volume
 
 from .orientation import Orientation
 
@@ -74,10 +75,10 @@ def _display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
 
 
 def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: int, stopped: bool,
-           moec: pack.MoecFile | None = None, roi: np.ndarray | None = None, notes: tuple[str, ...] = ()) -> Result:
+           moec: moecfile.MoecFile | None = None, roi: np.ndarray | None = None, notes: tuple[str, ...] = ()) -> Result:
     """Decode `data` (unless already decoded), measure it against `volume` (and inside and outside
     `roi`, file voxel order), in display order."""
-    moec = moec or pack.decode(data)
+    moec = moec or moecfile.from_bytes(data)
     evaluation = pipeline.evaluate(volume, moec, roi=roi)
     recon = evaluation.reconstruction
     values = _display(orientation, recon.volume.data)
@@ -98,15 +99,23 @@ class TrainingJob:
         """`roi`: a region of interest (a mask in the file's voxel order) weighted config.roi_weight."""
         self.volume = volume
         self.orientation = orientation
-        #: BudgetError here, before any thread starts.
+        #: RatioError here, before any thread starts.
         self.session = pipeline.Compression(volume, settings, config, roi)
-        self.plan = self.session.plan
-        self.fitter: Fitter = self.session.fitter
         self.preview_every = preview_every
         self.stop_requested = False
         #: (display axis, index) of the slice on screen; the GUI thread replaces the tuple whole.
         self.view: tuple[int, int] | None = None
         self.result: Result | None = None
+
+    @property
+    def fitter(self) -> Fitter:
+        """The model training now (during a trial of several, the one being tried)."""
+        return self.session.fitter
+
+    @property
+    def experts(self) -> int:
+        """The most experts any model of this job can have (the expert layer's colours)."""
+        return max(c.plan.model.experts for c in self.session.candidates)
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -146,7 +155,7 @@ class TrainingJob:
             selection = tuple(index if a == axis else slice(None) for a in range(len(shape)))
         else:
             selection = o.file_selection(axis, index)
-        values, labels, confidence = render(self.fitter.model, shape, self.fitter.vmin, self.fitter.vmax, selection)
+        values, labels, confidence = render(self.fitter.model, shape, *self.volume.value_range, selection)
         original = self.volume.data[tuple(slice(s, s + 1) if isinstance(s, int) else s for s in selection)]
 
         def shown(slab: np.ndarray) -> np.ndarray:
@@ -163,7 +172,7 @@ def load(volume: Volume | None, orientation: Orientation | None, data: bytes, na
     """Decode a .moec file for the plugin: a Result measured against `volume` when an open volume
     has its shape (and no other grid is asked for), else the file's own layers (reconstruction,
     experts, confidence), lazy, on its grid or on `shape`."""
-    moec = pack.decode(data, name)
+    moec = moecfile.from_bytes(data, name)
     if volume is not None and volume.shape == moec.meta.shape and shape in (None, moec.meta.shape):
         steps = moec.meta.train.get("steps")
         return finish(volume, orientation, data, steps if isinstance(steps, int) else 0, stopped=False, moec=moec)

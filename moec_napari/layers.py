@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from napari.utils.colormaps import Colormap, DirectLabelColormap
 
-from codec.volume import Volume, from_array
+from codec.io.volume import Volume, from_array
 
 from .orientation import Orientation
 

@@ -2,7 +2,7 @@
 
 An implicit representation decodes any voxel alone, so opening a file need not wait for the whole
 volume: the reconstruction, the expert assignment and the gate confidence are dask arrays whose
-chunks are `codec.decode`'s tiles (slabs of whole slices along the axial axis, the slider's axis
+chunks are `codec.decode.reconstruct`'s tiles (slabs of whole slices along the axial axis, the slider's axis
 in our display order). One TileCache behind the three decodes each tile once for all of them and
 keeps the most recently shown tiles within a memory bound, so scrolling back costs nothing.
 Values equal `reconstruct`'s bit for bit (decode_region decodes whole tiles).
@@ -16,9 +16,9 @@ from collections import OrderedDict
 import dask.array as da
 import numpy as np
 
-from codec.decode import RegionDecode, Tiling, box_of, decode_region, gather, output_volume, tiling
-from codec.pack import MoecFile
-from codec.volume import Volume
+from codec.decode.reconstruct import RegionDecode, Tiling, box_of, decode_region, gather, output_volume, tiling
+from codec.format.moecfile import MoecFile
+from codec.io.volume import Volume
 
 #: Decoded tiles kept for scrolling back: values, labels and confidence take 9 bytes a voxel, so
 #: 512 MiB hold a 512 x 512 x 200 CT whole.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codec import pack
-from codec.volume import load_volume
+from codec.format import moecfile
+from codec.io.volume import load_volume
 
 from .layers import file_stem, image_layer, moec_layers
 from .lazy import lazy_decode
@@ -33,6 +33,6 @@ def read_nifti(path: str) -> list[tuple]:
 
 def read_moec(path: str) -> list[tuple]:
     data = Path(path).read_bytes()
-    moec = pack.decode(data, path)
+    moec = moecfile.from_bytes(data, path)
     volume, labels, confidence, _ = lazy_decode(moec)
     return moec_layers(volume, labels, confidence, data, moec.meta, file_stem(path), source=Path(path))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from codec.phantom import TISSUES, make_phantom
+from codec.io.phantom import TISSUES, make_phantom
 
 from .layers import image_layer, metadata_for, orientation_of
 

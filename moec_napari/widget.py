@@ -16,36 +16,26 @@ import torch
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
-from codec import pack
-from codec import settings as choices
 from codec.errors import MoecError
-from codec.files import refuse_overwrite
-from codec.resample import spatially_scaled
-from codec.train import Progress
+from codec.fit.train import Progress
+from codec.format import moecfile
+from codec.format.header import read_meta
+from codec.io.files import refuse_overwrite
+from codec.io.resample import spatially_scaled
 
-from .curves import CurvesWidget
+from .form import SettingsForm, spin
 from .job import Preview, Result, TrainingJob, load
 from .layers import (
     CT_WINDOWS,
@@ -60,10 +50,9 @@ from .layers import (
     volume_of_layer,
     window_limits,
 )
+from .results import ResultsPanel, format_db
 
 ROLES = ("reconstruction", "error", "experts", "confidence")
-METRICS = (("ratio", "Ratio"), ("file", "File"), ("psnr", "PSNR"), ("ssim", "SSIM"), ("max", "Max error"),
-           ("p99", "99th pct error"), ("body", "PSNR in body"), ("roi", "ROI"), ("worst", "Worst slice"))
 
 
 def training_threads() -> int:
@@ -82,13 +71,11 @@ def _grid(viewer):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
-def _format_db(value: float) -> str:
-    if value is None or math.isnan(value):
-        return "undefined"
-    return "exact" if math.isinf(value) else f"{value:.2f} dB"
-
-
 class MoecWidget(QWidget):
+    """The dock widget's wiring: a settings form (form.SettingsForm) and a results panel
+    (results.ResultsPanel) around the training job, the derived layers beside the source volume, and
+    .moec files saved and loaded. One job at a time; its worker reports back on the GUI thread."""
+
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
@@ -111,8 +98,6 @@ class MoecWidget(QWidget):
 
     # --- construction ---------------------------------------------------------------------------
     def _build(self) -> None:
-        # Every default and choice list comes from codec.settings, as the command line's do.
-        file_, train = choices.Settings(), choices.TrainConfig()
         # Everything sits in a scroll area: a dock is often shorter than the metrics and the table.
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -122,71 +107,9 @@ class MoecWidget(QWidget):
         content = QWidget()
         scroll.setWidget(content)
         layout = QVBoxLayout(content)
-        form = QFormLayout()
-        self.layer_box = QComboBox()
-        self.layer_box.setToolTip("The image layer to compress (opened NIfTI volumes keep their orientation)")
-        self.layer_box.currentIndexChanged.connect(self._on_layer_chosen)
-        form.addRow("Volume", self.layer_box)
-        self.ratio = self._spin(QDoubleSpinBox(), 2.0, 1e6, file_.ratio, "Target ratio vs the raw voxels; the file "
-                                "lands between R and 1.05 R", decimals=1)
-        form.addRow("Ratio", self.ratio)
-        self.experts = self._spin(QSpinBox(), 1, 64, file_.experts,
-                                  "Number of experts (1 = a single SIREN)")
-        form.addRow("Experts", self.experts)
-        self.top_k = QComboBox()
-        self.top_k.addItems([str(k) for k in choices.TOP_K])
-        self.top_k.setCurrentText(str(file_.top_k))
-        self.top_k.setToolTip("Experts evaluated per voxel")
-        form.addRow("Top-k", self.top_k)
-        self.minutes = self._spin(QDoubleSpinBox(), 0.05, 600.0, train.minutes, "Training time budget in minutes",
-                                  decimals=2)
-        form.addRow("Minutes", self.minutes)
-        self.roi_box = QComboBox()
-        self.roi_box.setToolTip("A Labels layer on the volume's grid whose painted voxels (any label) are the "
-                                "region of interest: their squared error counts 'ROI weight' times more, so they "
-                                "come out sharper for the same file size")
-        form.addRow("ROI", self.roi_box)
-        layout.addLayout(form)
-
-        self.advanced = QCollapsible("Advanced")
-        adv = QWidget()
-        adv_form = QFormLayout(adv)
-        self.lr = self._spin(QDoubleSpinBox(), 1e-5, 0.1, train.lr, "Adam learning rate", decimals=5, step=5e-4)
-        self.seed = self._spin(QSpinBox(), 0, 2 ** 31 - 1, train.seed, "Random seed (initialisation and sampling)")
-        self.balance = self._spin(QDoubleSpinBox(), 0.0, 10.0, train.balance_weight, "Balancing loss weight",
-                                  decimals=3, step=0.01)
-        self.bits = self._spin(QSpinBox(), 2, 16, file_.bits, "Weight bit width before entropy coding (16 = float16)")
-        self.steps = self._spin(QSpinBox(), 0, 10 ** 7, 0,
-                                "Train this many steps instead of a time budget (0: use minutes)")
-        self.partition = QComboBox()
-        self.partition.addItems(list(choices.PARTITIONS))
-        self.partition.setCurrentText(file_.partition)
-        self.partition.setToolTip("Learned router (MoEC) or the fixed block split (baseline)")
-        self.encoder = QComboBox()
-        self.encoder.addItems(list(choices.ENCODERS))
-        self.encoder.setCurrentText(file_.encoder)
-        self.encoder.setToolTip("Shared encoder: a latent grid (3D, quantized weights) or a SIREN layer; "
-                                "auto: the grid wherever it applies")
-        self.router_input = QComboBox()
-        self.router_input.addItems(list(choices.ROUTER_INPUTS))
-        self.router_input.setCurrentText("features" if file_.router_features else "coordinates")
-        self.router_input.setToolTip("What the router reads: the coordinates and the encoder features, or the "
-                                     "coordinates alone (better over a latent grid)")
-        self.grid_channels = self._spin(QSpinBox(), 1, 16, file_.grid_channels,
-                                        "Latents per grid node and level (latent grid only); fewer channels buy a "
-                                        "finer grid in the same bytes")
-        self.roi_weight = self._spin(QDoubleSpinBox(), 1.0, 1000.0, train.roi_weight,
-                                     "How much more a voxel of the ROI counts in training", decimals=1)
-        for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
-                              ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),
-                              ("Encoder", self.encoder), ("Router input", self.router_input),
-                              ("Grid channels", self.grid_channels), ("ROI weight", self.roi_weight)):
-            adv_form.addRow(label, widget)
-        self.advanced.addWidget(adv)
-        layout.addWidget(self.advanced)
-        self.inputs = [self.layer_box, self.ratio, self.experts, self.top_k, self.minutes, self.lr, self.seed,
-                       self.balance, self.bits, self.steps, self.partition, self.encoder, self.router_input,
-                       self.grid_channels, self.roi_box, self.roi_weight]
+        self.form = SettingsForm()
+        self.form.layer_box.currentIndexChanged.connect(self._on_layer_chosen)
+        layout.addWidget(self.form)
 
         buttons = QHBoxLayout()
         self.train_button = QPushButton("Train")
@@ -213,64 +136,24 @@ class MoecWidget(QWidget):
         self.load_button = QPushButton("Load .moec…")
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
-        self.decode_scale = self._spin(QDoubleSpinBox(), 0.1, 8.0, 1.0, "Grid a loaded file is decoded on, as a "
-                                       "factor per axis (2: twice the voxels along each axis, e.g. thin slices; "
-                                       "the network is continuous). 1: the file's own grid, measured against an "
-                                       "open volume of its shape", decimals=2, step=0.25)
+        self.decode_scale = spin(QDoubleSpinBox(), 0.1, 8.0, 1.0, "Grid a loaded file is decoded on, as a factor per "
+                                 "axis (2: twice the voxels along each axis, e.g. thin slices; the network is "
+                                 "continuous). 1: the file's own grid, measured against an open volume of its shape",
+                                 decimals=2, step=0.25)
         self.decode_scale.setSuffix(" ×")
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)
         files.addWidget(QLabel("at"))
         files.addWidget(self.decode_scale)
         layout.addLayout(files)
-        self.inputs.append(self.decode_scale)
+        self.inputs = [*self.form.inputs, self.decode_scale]
 
-        self.windows = QGroupBox("CT window")
-        windows = QHBoxLayout(self.windows)
-        for name in CT_WINDOWS:
-            button = QPushButton(name)
-            button.clicked.connect(lambda _=False, n=name: self.apply_window(n))
-            windows.addWidget(button)
-        layout.addWidget(self.windows)
-
-        self.metrics_box = QGroupBox("Measured on the decoded file")
-        metrics_form = QFormLayout(self.metrics_box)
-        self.metrics: dict[str, QLabel] = {}
-        for key, title in METRICS:
-            label = QLabel("–")
-            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            label.setWordWrap(True)  # a long figure wraps instead of widening the dock past the window
-            metrics_form.addRow(title, label)
-            self.metrics[key] = label
-        layout.addWidget(self.metrics_box)
-        self.worst_button = QPushButton("Go to worst slice")
-        self.worst_button.clicked.connect(self.go_to_worst_slice)
-        layout.addWidget(self.worst_button)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["Expert", "Voxels", "PSNR", "Parameters"])
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setToolTip("Select an expert to show only its region in the experts layer")
-        self.table.itemSelectionChanged.connect(self._on_expert_selected)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.setMinimumHeight(140)
-        layout.addWidget(self.table)
-        self.curves = CurvesWidget()
-        layout.addWidget(self.curves)
+        self.results = ResultsPanel()
+        self.results.window_chosen.connect(self.apply_window)
+        self.results.worst_requested.connect(self.go_to_worst_slice)
+        self.results.expert_chosen.connect(self._show_expert)
+        layout.addWidget(self.results)
         layout.addStretch(1)
-
-    @staticmethod
-    def _spin(widget, lo, hi, value, tip, decimals=None, step=None):
-        if decimals is not None:
-            widget.setDecimals(decimals)
-        widget.setRange(lo, hi)
-        widget.setValue(value)
-        if step is not None:
-            widget.setSingleStep(step)
-        widget.setToolTip(tip)
-        return widget
 
     # --- layer choice -----------------------------------------------------------------------------
     def _image_layers(self) -> list[Image]:
@@ -278,19 +161,8 @@ class MoecWidget(QWidget):
                 and (moec_of(layer) or {}).get("role", "original") == "original" and layer.data.ndim in (3, 4)]
 
     def _refresh_layers(self, event=None) -> None:
-        current = self.layer_box.currentText()
-        self.layer_box.blockSignals(True)
-        self.layer_box.clear()
-        names = [layer.name for layer in self._image_layers()]
-        self.layer_box.addItems(names)
-        if current in names:
-            self.layer_box.setCurrentText(current)
-        self.layer_box.blockSignals(False)
-        roi = self.roi_box.currentText()
-        self.roi_box.clear()
-        self.roi_box.addItems(["none"] + [layer.name for layer in self._roi_layers()])
-        self.roi_box.setCurrentText(roi if roi in [self.roi_box.itemText(i) for i in range(self.roi_box.count())]
-                                    else "none")
+        self.form.set_choices(self.form.layer_box, [layer.name for layer in self._image_layers()])
+        self.form.set_choices(self.form.roi_box, ["none"] + [layer.name for layer in self._roi_layers()], "none")
         self._on_layer_chosen()
 
     def _roi_layers(self) -> list[Labels]:
@@ -301,7 +173,7 @@ class MoecWidget(QWidget):
     def roi_mask(self, layer: Image) -> np.ndarray | None:
         """The chosen ROI layer's painted voxels in the file order of `layer` (None: no ROI);
         MoecError when it is not on that layer's grid."""
-        name = self.roi_box.currentText()
+        name = self.form.roi_box.currentText()
         if name in ("", "none") or name not in self.viewer.layers:
             return None
         painted = np.asarray(self.viewer.layers[name].data) != 0
@@ -312,31 +184,17 @@ class MoecWidget(QWidget):
         return painted if orientation is None else orientation.to_file(painted)
 
     def selected_layer(self) -> Image | None:
-        name = self.layer_box.currentText()
+        name = self.form.layer_box.currentText()
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
 
     def _on_layer_chosen(self, *_) -> None:
         layer = self.selected_layer()
         if layer is not None:
             lo, hi = float(np.min(layer.data)), float(np.max(layer.data))
-            self.windows.setVisible(is_ct(lo, hi))
+            self.results.windows.setVisible(is_ct(lo, hi))
         else:
-            self.windows.setVisible(False)
+            self.results.windows.setVisible(False)
         self._update_buttons()
-
-    # --- settings ---------------------------------------------------------------------------------
-    def settings(self) -> choices.Settings:
-        return choices.Settings(ratio=self.ratio.value(), experts=self.experts.value(),
-                                 top_k=int(self.top_k.currentText()), partition=self.partition.currentText(),
-                                 bits=self.bits.value(), encoder=self.encoder.currentText(),
-                                 router_features=self.router_input.currentText() == "features",
-                                 grid_channels=self.grid_channels.value())
-
-    def train_config(self) -> choices.TrainConfig:
-        steps = self.steps.value() or None
-        return choices.TrainConfig(minutes=self.minutes.value(), steps=steps, lr=self.lr.value(),
-                           balance_weight=self.balance.value(), seed=self.seed.value(),
-                           roi_weight=self.roi_weight.value())
 
     # --- training -----------------------------------------------------------------------------------
     def train(self) -> None:
@@ -346,23 +204,21 @@ class MoecWidget(QWidget):
             return
         try:
             volume, orientation = volume_of_layer(layer)
-            job = TrainingJob(volume, orientation, self.settings(), self.train_config(), roi=self.roi_mask(layer))
+            job = TrainingJob(volume, orientation, self.form.settings(), self.form.train_config(),
+                              roi=self.roi_mask(layer))
         except (MoecError, ValueError) as exc:
             show_error(f"MoEC: {exc}")
             return
         self.job, self.source, self.result = job, layer, None
-        self.curves.clear()
-        self.table.setRowCount(0)
-        for label in self.metrics.values():
-            label.setText("–")
-        self._make_derived_layers(layer, job.plan.model.experts, self.ratio.value())
+        self.results.clear()
+        self._make_derived_layers(layer, job.experts, self.form.ratio.value())
         self._start(job.run())
 
     def continue_training(self) -> None:
         if self.job is None or self.worker is not None:
             return
-        steps = self.steps.value() or None
-        self._start(self.job.run(minutes=None if steps else self.minutes.value(), steps=steps))
+        minutes, steps = self.form.budget()
+        self._start(self.job.run(minutes=minutes, steps=steps))
 
     def stop(self) -> None:
         if self.job is not None and self.worker is not None:
@@ -389,8 +245,10 @@ class MoecWidget(QWidget):
         if isinstance(item, Progress):
             self.progress.setValue(int(1000 * item.fraction))
             psnr = "" if math.isnan(item.psnr) else f" · PSNR {item.psnr:.2f} dB"
-            self.status.setText(f"step {item.step} · {item.stage} · loss {item.loss:.5f}{psnr} · {item.seconds:.0f} s")
-            self.curves.add(item.step, item.loss, item.psnr)
+            trying = f"trying {item.trying} · " if item.trying else ""
+            self.status.setText(f"{trying}step {item.step} · {item.stage} · loss {item.loss:.5f}{psnr} · "
+                                f"{item.seconds:.0f} s")
+            self.results.curves.add(item.step, item.loss, item.psnr)
         elif isinstance(item, Preview):
             self._show_preview(item)
 
@@ -423,7 +281,7 @@ class MoecWidget(QWidget):
         self.continue_button.setEnabled(not busy and self.job is not None)
         self.save_button.setEnabled(not busy and self.result is not None)
         self.load_button.setEnabled(not busy)
-        self.worst_button.setEnabled(self.result is not None)
+        self.results.set_measured(self.result is not None)
 
     def _on_dims(self, event=None) -> None:
         """Tell the training job which slice is on screen, in the source layer's data order."""
@@ -522,45 +380,21 @@ class MoecWidget(QWidget):
         recon_meta.update(moec_bytes=r.data, ratio=r.ratio, role="reconstruction")
         self._set_error_limits(r.error_limit)
         self.progress.setValue(1000)
+        self.results.show_result(r)
         q = r.quality
-        source_ratio = f", {r.file_ratio:.1f}x vs the source file" if r.file_ratio else ""
-        texts = {
-            "ratio": f"<b>{r.ratio:.1f}x</b> vs raw voxels{source_ratio}",
-            "file": f"{len(r.data):,} bytes, {r.steps} steps{' (stopped early)' if r.stopped else ''}",
-            "psnr": f"<b>{_format_db(q.psnr)}</b> (peak {q.peak:g})",
-            "ssim": f"{q.ssim:.4f} ({q.ssim_method})",
-            "max": f"{q.max_error:g}",
-            "p99": f"{q.p99_error:g}",
-            "body": f"{_format_db(q.psnr_body)} ({100 * q.body_share:.0f}% of voxels)",
-            "roi": "–" if r.roi is None else (
-                f"{_format_db(r.roi.psnr_inside)} inside (max error {r.roi.max_inside:g}); "
-                f"{_format_db(r.roi.psnr_outside)} outside (max {r.roi.max_outside:g})"),
-            "worst": f"k = {q.worst_slice}, {_format_db(q.worst_slice_psnr)}",
-        }
-        for key, text in texts.items():
-            self.metrics[key].setText(text)
-        self.table.setRowCount(len(r.experts))
-        for row, e in enumerate(r.experts):
-            cells = (str(e.expert), f"{100 * e.share:.1f}%", _format_db(e.psnr), f"{e.parameters:,}")
-            for col, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.table.setItem(row, col, item)
-        self.status.setText(f"Done: {r.ratio:.1f}x, PSNR {_format_db(q.psnr)}, SSIM {q.ssim:.4f}"
+        self.status.setText(f"Done: {r.ratio:.1f}x, PSNR {format_db(q.psnr)}, SSIM {q.ssim:.4f}"
                             + (" (stopped; Continue trains further)" if r.stopped else "")
                             + "".join(f" Note: {note}." for note in r.notes))
         self._update_buttons()
 
-    def _on_expert_selected(self) -> None:
+    def _show_expert(self, expert: int | None) -> None:
+        """Only this expert's region in the experts layer (None: every region)."""
         layer = self.derived.get("experts")
         if layer is None or layer not in self.viewer.layers:
             return
-        rows = {i.row() for i in self.table.selectedIndexes()}
-        if rows:
-            layer.selected_label = min(rows) + 1
-            layer.show_selected_label = True
-        else:
-            layer.show_selected_label = False
+        if expert is not None:
+            layer.selected_label = expert + 1
+        layer.show_selected_label = expert is not None
 
     def apply_window(self, name: str) -> None:
         """A CT window preset on the original (the reconstruction follows through the link)."""
@@ -589,7 +423,7 @@ class MoecWidget(QWidget):
         if self.result is None:
             raise MoecError("nothing to save yet: train or load a model first")
         refuse_overwrite(path, (moec_of(self.source) or {}).get("source") if self.source is not None else None)
-        pack.write(path, self.result.data)
+        moecfile.write(path, self.result.data)
         show_info(f"MoEC: wrote {path} ({len(self.result.data):,} bytes, {self.result.ratio:.1f}x)")
 
     def _save_dialog(self) -> None:
@@ -618,7 +452,7 @@ class MoecWidget(QWidget):
             except (MoecError, ValueError):
                 volume = None
         try:
-            meta = pack.read_meta(data, str(path))  # the header only: cheap, and refuses bad files early
+            meta = read_meta(data, str(path))  # the header only: cheap, and refuses bad files early
             scale = self.decode_scale.value()
             shape = None if scale == 1.0 else spatially_scaled(meta.shape, scale)
         except MoecError as exc:

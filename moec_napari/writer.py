@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from codec import pack
 from codec.errors import MoecError
-from codec.files import refuse_overwrite
-from codec.volume import from_array, save_labels, save_volume
+from codec.format import moecfile
+from codec.io.files import refuse_overwrite
+from codec.io.volume import from_array, save_labels, save_volume
 
 from .layers import META
 from .orientation import Orientation
@@ -67,5 +67,5 @@ def write_moec(path: str, data, attributes: dict) -> list[str]:
     refuse_overwrite(path, meta.get("source"))
     if not Path(path).name.lower().endswith(".moec"):
         path = path + ".moec"
-    pack.write(path, bytes(content))
+    moecfile.write(path, bytes(content))
     return [path]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec.phantom import make_phantom
+from codec.io.phantom import make_phantom
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codec import pack
-from codec.batch import MANIFEST, BatchSettings, Engine, Manifest, VolumeJob, discover, local_layout
 from codec.cli import main
+from codec.cohort.batch import MANIFEST, BatchSettings, Engine, Manifest, VolumeJob, discover, local_layout
 from codec.errors import OutputError
-from codec.phantom import make_phantom
-from codec.volume import save_volume
+from codec.format import moecfile
+from codec.io.phantom import make_phantom
+from codec.io.volume import save_volume
 
 from .conftest import oblique_geometry, write_dicom_series
 from .test_dicom import ct_raw
@@ -78,7 +78,7 @@ def test_a_batch_killed_after_its_first_volume_finishes_the_rest_on_a_rerun(tmp_
     stamps = {name: (out / name).stat().st_mtime_ns for name in before}
     for moec in out.rglob("*.moec"):  # atomic writes: whatever is there is a whole file
         if not moec.name.startswith("."):
-            pack.read(moec)
+            moecfile.read(moec)
 
     again = subprocess.run(batch_command(source, out), cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
@@ -94,7 +94,7 @@ def test_a_batch_killed_after_its_first_volume_finishes_the_rest_on_a_rerun(tmp_
         assert next(r for r in rows if r["output"] == name) == row
     for row in rows:
         assert 6 <= float(row["ratio"]) <= 6.3 and int(row["bytes"]) == (out / row["output"]).stat().st_size
-    dicom = pack.read(out / expected["site_b/exam 1.2.3.9.2"])
+    dicom = moecfile.read(out / expected["site_b/exam 1.2.3.9.2"])
     assert dicom.meta.dicom.series_uid == "1.2.3.9.2" and dicom.meta.shape == (20, 18, 12)
 
 
@@ -132,7 +132,7 @@ def test_the_manifest_survives_a_cut_last_line_and_is_never_someone_elses(tmp_pa
     path = tmp_path / MANIFEST
     manifest = Manifest(path)
     job = VolumeJob("a.nii.gz", "", "a.moec", "", tmp_path / "a.nii.gz", tmp_path / "a.moec", 10)
-    from codec.batch import VolumeResult
+    from codec.cohort.batch import VolumeResult
 
     for name in ("a.nii.gz", "b.nii.gz"):
         manifest.record(VolumeResult(name, "", name.replace(".nii.gz", ".moec"), "", "4x4x4", 100, 6.2, 30.5, 0.9,

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from codec import classical
-from codec.bitstream import VERSION
+from codec.bench import classical
 from codec.cli import main
-from codec.phantom import make_phantom
-from codec.volume import save_volume
+from codec.format.container import VERSION
+from codec.io.phantom import make_phantom
+from codec.io.volume import save_volume
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +27,14 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     assert main(args) == 0
     first = capsys.readouterr()
     cells = sorted(p.name for p in (out / "cells").glob("*.json"))
-    methods = {"jpeg-2000", "moec-default-latent-grid-4-experts-1-channel", "single-siren", "blocks-8-fixed",
-               "moec-siren-encoder-8-experts", "moec-default-router-on-the-coordinates",
-               "moec-stop-14-default-sparse-latents-no-smoothness-penalty",
-               "moec-stop-13-default-2-bits-per-latent-no-sparsity-penalty", "control-one-mlp-on-the-grid-no-partition"}
-    assert {c.split("@")[0] for c in cells} == methods and len(cells) == 18
+    methods = {"jpeg-2000", "moec-learned-partition-latent-grid-4-experts-1-channel", "single-siren", "blocks-8-fixed",
+               "moec-default-4-experts-or-one-mlp-kept-after-a-trial", "moec-siren-encoder-8-experts",
+               "moec-learned-partition-router-on-the-coordinates", "moec-sparse-latents-without-the-smoothness-penalty",
+               "moec-2-bits-per-latent-no-rate-penalty", "control-one-mlp-on-the-grid-no-partition"}
+    assert {c.split("@")[0] for c in cells} == methods and len(cells) == 20
     results = json.loads((out / "results.json").read_text())
     by = {(c["method"], c["target"]): c for c in results["cells"]}
-    moec = by[("MoEC default (latent grid, 4 experts, 1 channel)", 8.0)]
+    moec = by[("MoEC, learned partition (latent grid, 4 experts, 1 channel)", 8.0)]
     assert moec["reached"] and 8 <= moec["ratio"] <= 8.4 and moec["psnr"] > 10
     if classical.availability()["JPEG 2000"] is None:
         j2k = by[("JPEG 2000", 8.0)]
@@ -43,7 +43,7 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     table = (out / "results.md").read_text()
     assert "| single SIREN |" in table and "8x" in table and "40x" in table
     ssim_table = table.split("SSIM (3D, same cells):")[1].split("Ablations")[0]
-    assert f"| MoEC default (latent grid, 4 experts, 1 channel) | {moec['ssim']:.3f} |" in ssim_table
+    assert f"| MoEC, learned partition (latent grid, 4 experts, 1 channel) | {moec['ssim']:.3f} |" in ssim_table
     assert "| method |" in first.out
     _check_verdicts(table, results["cells"], ratios=(8.0, 40.0))
 
@@ -93,9 +93,10 @@ def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_p
     assert rows["control: one MLP on the grid, no partition"]["experts_used"] == 1
     assert ablations["grid: experts 16"]["parameters"] != ablations["grid: experts 2"]["parameters"]
     table = (out / "results.md").read_text().split("Ablations at 16x")[1]
-    default = rows["MoEC default (latent grid, 4 experts, 1 channel)"]
+    learned = "MoEC, learned partition (latent grid, 4 experts, 1 channel)"
+    default = rows[learned]
     first = table.split("|---|\n")[1].split("\n")[0]
-    assert first.startswith("| MoEC default (latent grid, 4 experts, 1 channel) |") and first.endswith("|  |")
+    assert first.startswith(f"| {learned} |") and first.endswith("|  |")
     assert "| control: one MLP on the grid, no partition |" in table
     for name, row in ablations.items():
         line = next(line for line in table.split("\n") if line.startswith(f"| {name} |"))
@@ -105,7 +106,7 @@ def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_p
 def test_seeds_repeat_the_ablations_and_their_table_compares_paired_seeds(phantom_file, tmp_path, capsys):
     """With `--seeds 2` every ablation gets a cell per seed, run seed by seed; its row shows the mean
     and, against the default's mean, the difference and on how many seeds (paired) it is ahead."""
-    from codec.bench import ABLATIONS, CLAIM
+    from codec.bench.methods import ABLATIONS, CLAIM
 
     out = tmp_path / "ablation-seeds"
     assert main(["bench", str(phantom_file), "--ratios", "16", "--steps", "20", "--codecs", "--ablations",
@@ -132,7 +133,7 @@ def test_seeds_repeat_the_verdicts_rows_and_the_tables_show_their_means(phantom_
     """`--seeds 2`: the claim's rows and the control get a cell per seed, the context rows one; the
     tables show the means, the seeds table every seed, and the verdict whether the order holds on
     every seed. A rerun with another `--seed` is new cells, never seed 0's reused."""
-    from codec.bench import CLAIM_ORDER, CONTROL, SEEDED
+    from codec.bench.methods import CLAIM_ORDER, CONTROL, DEFAULT, SEEDED
 
     out = tmp_path / "seeds"
     args = ["bench", str(phantom_file), "--ratios", "12", "--steps", "20", "--codecs", "--out", str(out)]
@@ -141,9 +142,9 @@ def test_seeds_repeat_the_verdicts_rows_and_the_tables_show_their_means(phantom_
     seeds: dict[str, list[int]] = {}
     for c in cells:
         seeds.setdefault(c["method"], []).append(c["seed"])
-    assert set(SEEDED) == {CONTROL, *CLAIM_ORDER} and len(SEEDED) == 4
+    assert set(SEEDED) == {CONTROL, DEFAULT, *CLAIM_ORDER} and len(SEEDED) == 5
     assert all(sorted(seeds[m]) == [0, 1] for m in SEEDED)
-    assert all(s == [0] for m, s in seeds.items() if m not in SEEDED) and len(seeds) == 8
+    assert all(s == [0] for m, s in seeds.items() if m not in SEEDED) and len(seeds) == 9
     by = {(c["method"], c["seed"]): c for c in cells}
     assert by[(CLAIM_ORDER[0], 0)]["psnr"] != by[(CLAIM_ORDER[0], 1)]["psnr"]  # the seed reached training
     table = (out / "results.md").read_text()
@@ -170,7 +171,7 @@ def test_seeds_repeat_the_verdicts_rows_and_the_tables_show_their_means(phantom_
 
 def _check_verdicts(table: str, cells: list[dict], ratios: tuple[float, ...]) -> None:
     """The claim and classical-codec verdicts say what the cells' PSNRs say, ratio by ratio."""
-    from codec.bench import CLAIM_ORDER, CONTROL
+    from codec.bench.methods import CLAIM_ORDER, CONTROL, DEFAULT
 
     by = {(c["method"], c["target"]): c for c in cells}
     claim_rows = [line for line in table.split("\n") if line.startswith("| ") and "learned " in line]
@@ -192,6 +193,6 @@ def _check_verdicts(table: str, cells: list[dict], ratios: tuple[float, ...]) ->
     assert checked, "no ratio had all three of the claim's methods"
     j2k = by.get(("JPEG 2000", 8.0))
     if j2k and j2k["reached"]:
-        default = by[(CLAIM_ORDER[0], 8.0)]
+        default = by[(DEFAULT, 8.0)]
         gap = default["psnr"] - j2k["psnr"]
         assert f"| 8x | {default['psnr']:.2f} | JPEG 2000 {j2k['psnr']:.2f} | {gap:+.2f} |" in table

@@ -7,11 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from codec import pack, pipeline
-from codec.budget import fit_to_window
-from codec.errors import BudgetError
-from codec.train import TrainConfig
-from codec.volume import from_array
+from codec import pipeline
+from codec.errors import RatioError
+from codec.fit.sizing import fit_to_window
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.format.header import describe
+from codec.format.payload import finest_multiplier, scaled_steps, tensor_steps
+from codec.io.volume import from_array
 
 from .training import train
 
@@ -37,7 +40,7 @@ def test_the_written_file_meets_the_ratio_within_5_percent(phantom, settings):
 
 def test_an_unreachable_ratio_is_refused_with_the_highest_reachable_one(phantom):
     volume, _ = phantom
-    with pytest.raises(BudgetError, match="highest reachable ratio is about") as error:
+    with pytest.raises(RatioError, match="highest reachable ratio is about") as error:
         pipeline.plan(volume, pipeline.Settings(ratio=5000))
     highest = error.value.highest
     assert 20 < highest < 5000
@@ -47,14 +50,14 @@ def test_an_unreachable_ratio_is_refused_with_the_highest_reachable_one(phantom)
 
 def test_a_volume_too_small_for_any_file_is_told_so_not_offered_a_ratio_below_one():
     tiny = from_array(np.arange(8, dtype=np.int16).reshape(2, 2, 2))
-    with pytest.raises(BudgetError, match="too small to compress") as error:
+    with pytest.raises(RatioError, match="too small to compress") as error:
         pipeline.plan(tiny, pipeline.Settings(ratio=8))
     assert error.value.highest < 1 and "about 0x" not in str(error.value)
 
 
 def test_a_ratio_below_what_any_network_needs_is_refused(phantom):
     volume, _ = phantom
-    with pytest.raises(BudgetError, match="lowest reachable"):
+    with pytest.raises(RatioError, match="lowest reachable"):
         pipeline.plan(volume, pipeline.Settings(ratio=0.001))
 
 
@@ -62,7 +65,7 @@ def test_fit_to_window_takes_the_largest_size_that_fits():
     sizes = lambda m: int(10_000 / m)  # noqa: E731
     m = fit_to_window(sizes, 4000)
     assert 3990 <= sizes(m) <= 4000
-    with pytest.raises(BudgetError):
+    with pytest.raises(RatioError):
         fit_to_window(lambda m: 10_000, 4000)
 
 
@@ -79,13 +82,13 @@ def test_the_finest_multiplier_is_where_the_largest_weights_stop_fitting_a_symbo
     volume, _ = phantom
     fitter, plan = train(volume, pipeline.Settings(ratio=16, experts=4), QUICK)
     model = fitter.model
-    base = pack.tensor_steps(model, plan.quant, fitter.frozen_steps)
-    finest = pack.finest_multiplier(model, base, fitter.frozen_steps)
+    base = tensor_steps(model, plan.quant, fitter.frozen_steps)
+    finest = finest_multiplier(model, base, fitter.frozen_steps)
     assert 0 < finest < 1  # the 8-bit steps themselves are far from the symbol limit
     for multiplier, clips in [(finest, False), (finest / 4, True)]:
-        steps = pack.scaled_steps(base, multiplier, fitter.frozen_steps)
-        meta = pack.describe(volume, model.config, plan.quant, fitter.record())
-        stored = pack.decode(pack.encode(model, meta, steps))
+        steps = scaled_steps(base, multiplier, fitter.frozen_steps)
+        meta = describe(volume, model.config, plan.quant, fitter.record())
+        stored = moecfile.from_bytes(moecfile.encode(model, meta, steps))
         worst = max(float(np.max(np.abs(p.detach().numpy() - q.detach().numpy()) / steps[name]))
                     for (name, p), (_, q) in zip(model.named_tensors(), stored.model.named_tensors())
                     if name not in fitter.frozen_steps)

@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from codec import classical
-from codec.metrics import psnr
-from codec.phantom import make_phantom
-from codec.volume import from_array
+from codec.bench import classical
+from codec.eval.metrics import psnr
+from codec.io.phantom import make_phantom
+from codec.io.volume import from_array
 
 SMALL = (48, 40, 16)  # frames narrower than x265's 64-pixel CTU, so the padding is exercised
 TARGET = 20.0
@@ -151,6 +151,6 @@ def test_missing_tools_are_reasons_not_errors(ct, monkeypatch, fresh_tool_cache)
 
 
 def test_imports_no_optional_dependency():
-    code = "import sys, codec.classical; print('imagecodecs' in sys.modules)"
+    code = "import sys, codec.bench.classical; print('imagecodecs' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from codec.bitstream import unpack_container
 from codec.cli import main
-from codec.phantom import make_phantom
-from codec.volume import save_volume
+from codec.format.container import unpack_container
+from codec.io.phantom import make_phantom
+from codec.io.volume import save_volume
 
 FAST = ["--steps", "150", "--batch", "2048", "--quiet"]
 
@@ -225,7 +225,7 @@ def test_the_command_lines_defaults_are_the_librarys():
     `moec --help` does not import torch."""
     from codec import pipeline
     from codec.cli import build_parser
-    from codec.train import TrainConfig
+    from codec.fit.train import TrainConfig
 
     args = build_parser().parse_args(["compress", "volume.nii.gz"])
     settings, train = pipeline.Settings(), TrainConfig()
@@ -291,7 +291,7 @@ def test_compress_refuses_a_read_only_folder_before_training(phantom_file, tmp_p
 def test_a_diverging_run_and_impossible_settings_are_refused_in_words(phantom_file, tmp_path, capsys):
     out = tmp_path / "x.moec"
     assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--lr", "1e30", "--steps", "3",
-                 "--quiet"]) == 1
+                 "--experts", "4", "--quiet"]) == 1
     said = capsys.readouterr().err.strip().splitlines()  # the plan's two lines, then the error
     assert said[-1].startswith("moec: error: training diverged after 3 steps") and "Traceback" not in said
     assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -7,11 +7,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from codec import pack
 from codec.cli import main
-from codec.decode import reconstruct
-from codec.phantom import make_phantom
-from codec.volume import save_volume
+from codec.decode.reconstruct import reconstruct
+from codec.format import moecfile
+from codec.io.phantom import make_phantom
+from codec.io.volume import save_volume
 
 FAST = ["--steps", "60", "--batch", "1024", "--quiet"]
 
@@ -56,7 +56,7 @@ def test_thin_slices_cover_the_same_box_with_the_affine_to_match(thick_slices, t
         np.testing.assert_allclose(_world(thin.affine, thin_corner), _world(original.affine, corner), atol=1e-4)
     # Thin slices sit between the thick ones' centres, so they are not the thick ones repeated, but
     # they show the same anatomy: the mean of each group of five follows its thick slice.
-    decoded = reconstruct(pack.read(moec)).volume.data
+    decoded = reconstruct(moecfile.read(moec)).volume.data
     thin_data = np.asarray(thin.dataobj, dtype=np.float32)
     slab_means = thin_data.reshape(24, 20, 10, 5).mean(axis=(0, 1, 3))
     assert np.corrcoef(slab_means, decoded.mean(axis=(0, 1)))[0, 1] > 0.9

@@ -10,12 +10,16 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from codec import context, entropy, pack, pipeline
-from codec.bitstream import unpack_container
-from codec.decode import reconstruct
+from codec import pipeline
+from codec.coding import context, entropy
+from codec.decode.reconstruct import reconstruct
 from codec.errors import MoecFormatError
-from codec.phantom import make_phantom
-from codec.train import TrainConfig
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.format.container import unpack_container
+from codec.format.header import parse_meta
+from codec.format.payload import _model_entry, read_table, stored_steps
+from codec.io.phantom import make_phantom
 
 from .test_format import assemble
 from .training import train
@@ -107,18 +111,18 @@ def test_a_grid_file_stores_its_finest_grid_with_the_context_model_and_decodes_e
     volume, plan, model, data = grid_file
     container = unpack_container(data)
     assert container.version >= 3
-    meta = pack.parse_meta(container)
-    models, steps, _ = pack.read_table(meta, container.payload)
+    meta = parse_meta(container)
+    models, steps, _ = read_table(meta, container.payload)
     families = dict(zip((name for name, _ in meta.model.tensor_shapes()), (m.family for m in models)))
     assert families["encoder.grid0"] == entropy.CONTEXT
     assert all(f != entropy.CONTEXT for name, f in families.items() if not name.startswith("encoder.grid"))
-    stored = pack.decode(data).model
+    stored = moecfile.from_bytes(data).model
     for level in range(plan.model.grid_levels):
         step = steps[[n for n, _ in meta.model.tensor_shapes()].index(f"encoder.grid{level}")]
         grid = getattr(model.encoder, f"grid{level}").detach().cpu().numpy()
         np.testing.assert_array_equal(getattr(stored.encoder, f"grid{level}").detach().numpy(),
                                       np.rint(grid / step) * step)
-    first, second = reconstruct(pack.decode(data)), reconstruct(pack.decode(data))
+    first, second = reconstruct(moecfile.from_bytes(data)), reconstruct(moecfile.from_bytes(data))
     np.testing.assert_array_equal(first.volume.data, second.volume.data)
 
 
@@ -131,7 +135,7 @@ def _first_table_entry(container) -> tuple[bytes, bytes]:
 def test_a_context_model_in_a_version_2_file_is_refused(grid_file):
     c = unpack_container(grid_file[3])
     with pytest.raises(MoecFormatError, match="context model where none can be"):
-        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=2))
+        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=2))
 
 
 @pytest.mark.parametrize("bins,message", [
@@ -146,23 +150,23 @@ def test_hostile_context_models_are_refused_in_words(grid_file, bins, message):
     c = unpack_container(grid_file[3])
     entry, _ = _first_table_entry(c)
     with pytest.raises(MoecFormatError, match=message):
-        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, entry + bins))
+        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, entry + bins))
 
 
 def test_a_context_model_on_an_expert_tensor_is_refused(grid_file):
     """Only latent grids have neighbours: a context entry anywhere else is a corrupt table."""
     c = unpack_container(grid_file[3])
-    meta = pack.parse_meta(c)
-    models, _, _ = pack.read_table(meta, c.payload)
+    meta = parse_meta(c)
+    models, _, _ = read_table(meta, c.payload)
     names = [name for name, _ in meta.model.tensor_shapes()]
     # Rewrite the table with the finest grid's context model moved onto the router's first weights.
     table = b""
     for name, model in zip(names, models):
-        steps = pack.stored_steps(grid_file[3])[name]
+        steps = stored_steps(grid_file[3])[name]
         if name == "router.w0":
             model = models[0]
         elif name == "encoder.grid0":
             model = entropy.SymbolModel(0, 1.0, model.lo, model.hi)
-        table += pack._model_entry(model, steps)
+        table += _model_entry(model, steps)
     with pytest.raises(MoecFormatError, match="context model where none can be"):
-        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, table + bytes(4000)))
+        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, table + bytes(4000)))

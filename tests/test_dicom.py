@@ -11,12 +11,12 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless
 
-from codec import pack
-from codec.bitstream import pack_container, unpack_container
 from codec.cli import main
-from codec.dicom import DicomIdentity, identity_from_json
 from codec.errors import DicomError, MoecFormatError, SeriesChoiceError
-from codec.volume import load_volume
+from codec.format import moecfile
+from codec.format.container import pack_container, unpack_container
+from codec.io.dicom import DicomIdentity, identity_from_json
+from codec.io.volume import load_volume
 
 from .conftest import PATIENT, STUDY_UID, dicom_affine, oblique_geometry, write_dicom_series, write_nifti
 
@@ -154,7 +154,7 @@ def test_decompress_writes_a_derived_lossy_series_under_the_same_patient_and_stu
     derived = [pydicom.dcmread(p) for p in written]
     first = derived[0]
     assert first.LossyImageCompression == "01" and list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-    assert float(first.LossyImageCompressionRatio) == pytest.approx(pack.read(compressed_ct).ratio, abs=0.01)
+    assert float(first.LossyImageCompressionRatio) == pytest.approx(moecfile.read(compressed_ct).ratio, abs=0.01)
     assert first.SOPClassUID == originals[0].SOPClassUID  # CT Image Storage
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                     "AccessionNumber", "FrameOfReferenceUID", "Modality"):
@@ -213,10 +213,10 @@ HOSTILE = [
 @pytest.mark.parametrize("entry", HOSTILE, ids=range(len(HOSTILE)))
 def test_a_malformed_dicom_entry_is_a_format_error(compressed_ct, entry):
     container = unpack_container(compressed_ct.read_bytes())
-    assert identity_from_json(container.meta["dicom"]) == pack.read(compressed_ct).meta.dicom
+    assert identity_from_json(container.meta["dicom"]) == moecfile.read(compressed_ct).meta.dicom
     hostile = pack_container({**container.meta, "dicom": entry}, container.nifti, container.payload)
     with pytest.raises(MoecFormatError, match="dicom"):
-        pack.decode(hostile)
+        moecfile.from_bytes(hostile)
 
 
 def test_the_dicom_entry_holds_only_the_identity_and_round_trips_unicode():

@@ -1,4 +1,4 @@
-"""The decoder's floor (codec.floor, format version 4): chosen by the encoder, applied by the decoder."""
+"""The decoder's floor (codec.decode.floor, format version 4): chosen by the encoder, applied by the decoder."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from codec import pack, pipeline
-from codec.bitstream import unpack_container
-from codec.decode import reconstruct
+from codec import pipeline
+from codec.decode.floor import FLOOR_SHARE, apply_floor, choose_floor
+from codec.decode.reconstruct import reconstruct
 from codec.errors import MoecFormatError
-from codec.floor import FLOOR_SHARE, apply_floor, choose_floor
-from codec.metrics import psnr, ssim
-from codec.phantom import phantom_affine, phantom_arrays
-from codec.train import TrainConfig
-from codec.volume import from_array
+from codec.eval.metrics import psnr, ssim
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.format.container import unpack_container
+from codec.io.phantom import phantom_affine, phantom_arrays
+from codec.io.volume import from_array
 
 from .test_format import assemble
 from .training import train
@@ -84,12 +85,12 @@ def air_file():
 def test_a_compressed_file_carries_its_floor_and_the_decoder_applies_it(air_file):
     volume, plan, data = air_file
     assert plan.lower_bytes <= len(data) <= plan.upper_bytes
-    moec = pack.decode(data)
+    moec = moecfile.from_bytes(data)
     assert moec.meta.version >= 4 and moec.meta.floor is not None
     assert unpack_container(data).meta["floor"] == moec.meta.floor
     vmin = moec.meta.vmin
     with_floor = reconstruct(moec).volume.data
-    unfloored = pack.MoecFile(dataclasses.replace(moec.meta, floor=None), moec.model, moec.nbytes)
+    unfloored = moecfile.MoecFile(dataclasses.replace(moec.meta, floor=None), moec.model, moec.nbytes)
     without = reconstruct(unfloored).volume.data
     assert not np.any((with_floor > vmin) & (with_floor <= moec.meta.floor))
     np.testing.assert_array_equal(with_floor[without > moec.meta.floor], without[without > moec.meta.floor])
@@ -105,18 +106,19 @@ def test_a_floor_is_read_only_from_version_4_and_only_inside_the_range(air_file)
                          ("0", "must be a finite number"), (None, "must be a finite number")]:
         meta = dict(c.meta, floor=bad)
         with pytest.raises(MoecFormatError, match=message):
-            pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+            moecfile.from_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
     with pytest.raises(MoecFormatError, match="version-3 file cannot hold a floor"):
-        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=3))
+        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=3))
     no_floor = {k: v for k, v in c.meta.items() if k != "floor"}
-    assert pack.decode(assemble(json.dumps(no_floor).encode(), c.nifti, c.payload, version=3)).meta.floor is None
+    old = assemble(json.dumps(no_floor).encode(), c.nifti, c.payload, version=3)
+    assert moecfile.from_bytes(old).meta.floor is None
 
 
 def test_moec_info_says_what_the_floor_does(air_file, tmp_path, capsys):
     from codec.cli import main
 
     _, _, data = air_file
-    pack.write(tmp_path / "air.moec", data)
+    moecfile.write(tmp_path / "air.moec", data)
     assert main(["info", str(tmp_path / "air.moec")]) == 0
-    floor = pack.decode(data).meta.floor
+    floor = moecfile.from_bytes(data).meta.floor
     assert f"floor     decoded values at or below {floor:g} become " in capsys.readouterr().out

@@ -16,13 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codec import pack, pipeline
-from codec.bitstream import HEADER_DICTIONARY, READABLE_VERSIONS, VERSION, unpack_container
+from codec import pipeline
 from codec.cli import main
-from codec.decode import reconstruct
+from codec.decode.reconstruct import reconstruct
 from codec.errors import MoecFormatError
-from codec.phantom import make_phantom
-from codec.train import TrainConfig
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.format.container import HEADER_DICTIONARY, READABLE_VERSIONS, VERSION, unpack_container
+from codec.format.header import read_meta
+from codec.io.phantom import make_phantom
 
 from .training import train
 
@@ -30,7 +32,7 @@ FUZZ = settings(deadline=None, max_examples=400, suppress_health_check=[HealthCh
 
 
 def assemble(meta_text: bytes, nifti: bytes, payload: bytes, version: int = VERSION, nifti_len: int = 348) -> bytes:
-    """The documented layout, written independently of codec.bitstream (but for its dictionary)."""
+    """The documented layout, written independently of codec.format.container (but for its dictionary)."""
     inner = struct.pack("<H", nifti_len) + nifti + meta_text
     deflater = zlib.compressobj(zdict=HEADER_DICTIONARY) if version >= 5 else zlib.compressobj()
     header = deflater.compress(inner) + deflater.flush()
@@ -58,7 +60,7 @@ def valid_files():
 def decodes_or_refuses(data: bytes) -> None:
     """The only acceptable outcomes: a decoded model, or MoecFormatError."""
     try:
-        pack.decode(data)
+        moecfile.from_bytes(data)
     except MoecFormatError:
         pass
 
@@ -66,7 +68,7 @@ def decodes_or_refuses(data: bytes) -> None:
 def test_round_trip_gives_bit_identical_voxels_twice(valid_files):
     volume, files = valid_files
     for data in files.values():
-        first, second = reconstruct(pack.decode(data)), reconstruct(pack.decode(data))
+        first, second = reconstruct(moecfile.from_bytes(data)), reconstruct(moecfile.from_bytes(data))
         np.testing.assert_array_equal(first.volume.data, second.volume.data)
         np.testing.assert_array_equal(first.labels, second.labels)
         assert first.volume.shape == volume.shape
@@ -75,9 +77,9 @@ def test_round_trip_gives_bit_identical_voxels_twice(valid_files):
 def test_atomic_write_and_read(valid_files, tmp_path):
     _, files = valid_files
     path = tmp_path / "a.moec"
-    pack.write(path, files[8])
+    moecfile.write(path, files[8])
     assert path.read_bytes() == files[8]
-    assert pack.read(path).nbytes == len(files[8])
+    assert moecfile.read(path).nbytes == len(files[8])
     assert [p.name for p in tmp_path.iterdir()] == ["a.moec"]
 
 
@@ -86,7 +88,7 @@ def test_unknown_versions_name_both_versions(valid_files):
     c = unpack_container(files[8])
     data = assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=7)
     with pytest.raises(MoecFormatError, match=r"version 7; this program reads version 1, 2, 3, 4, 5, 6"):
-        pack.decode(data)
+        moecfile.from_bytes(data)
     assert READABLE_VERSIONS == (1, 2, 3, 4, 5, 6)
 
 
@@ -105,9 +107,9 @@ def test_headers_deflate_against_the_dictionary_and_version_4_files_still_decode
                        version=4)
         old_header_len = struct.unpack_from("<H", old, 5)[0]
         assert header_len < 0.5 * old_header_len
-        assert pack.decode(old).meta.version == 4
-        np.testing.assert_array_equal(reconstruct(pack.decode(old)).volume.data,
-                                      reconstruct(pack.decode(data)).volume.data)
+        assert moecfile.from_bytes(old).meta.version == 4
+        np.testing.assert_array_equal(reconstruct(moecfile.from_bytes(old)).volume.data,
+                                      reconstruct(moecfile.from_bytes(data)).volume.data)
 
 
 def test_version_1_files_still_decode_and_cannot_hold_a_grid(valid_files):
@@ -118,11 +120,11 @@ def test_version_1_files_still_decode_and_cannot_hold_a_grid(valid_files):
     for key in ("encoder", "grid_channels", "grid_levels", "grid_finest", "router_features"):
         del meta["model"][key]
     old = assemble(json.dumps(meta).encode(), c.nifti, c.payload, version=1)
-    np.testing.assert_array_equal(reconstruct(pack.decode(old)).volume.data,
-                                  reconstruct(pack.decode(files[8])).volume.data)
+    np.testing.assert_array_equal(reconstruct(moecfile.from_bytes(old)).volume.data,
+                                  reconstruct(moecfile.from_bytes(files[8])).volume.data)
     grid = unpack_container(files["grid"])
     with pytest.raises(MoecFormatError, match="version-1 file cannot describe a latent-grid"):
-        pack.decode(assemble(json.dumps(grid.meta).encode(), grid.nifti, grid.payload, version=1))
+        moecfile.from_bytes(assemble(json.dumps(grid.meta).encode(), grid.nifti, grid.payload, version=1))
 
 
 def test_specific_malformations_have_readable_messages(valid_files):
@@ -137,7 +139,7 @@ def test_specific_malformations_have_readable_messages(valid_files):
     }
     for bad, message in cases.items():
         with pytest.raises(MoecFormatError, match=message):
-            pack.decode(bad)
+            moecfile.from_bytes(bad)
 
 
 @FUZZ
@@ -145,7 +147,7 @@ def test_specific_malformations_have_readable_messages(valid_files):
 def test_every_truncation_is_refused(valid_files, cut, which):
     data = valid_files[1][which]
     with pytest.raises(MoecFormatError):
-        pack.decode(data[: cut % len(data)])
+        moecfile.from_bytes(data[: cut % len(data)])
 
 
 @settings(deadline=None, max_examples=600)
@@ -154,14 +156,14 @@ def test_every_bit_flip_is_refused(valid_files, position, bit, which):
     data = bytearray(valid_files[1][which])
     data[position % len(data)] ^= 1 << bit
     with pytest.raises(MoecFormatError):
-        pack.decode(bytes(data))
+        moecfile.from_bytes(bytes(data))
 
 
 @FUZZ
 @given(st.one_of(st.binary(max_size=3000), st.binary(max_size=3000).map(lambda b: b"MOEC\x01" + b)))
 def test_random_bytes_are_refused(data):
     with pytest.raises(MoecFormatError):
-        pack.decode(data)
+        moecfile.from_bytes(data)
 
 
 def _paths(node, prefix=()):
@@ -247,7 +249,7 @@ def test_huge_or_negative_fields_are_refused_before_any_allocation(valid_files, 
     meta[field] = value
     text = json.dumps(meta).replace("Infinity", "1e999").encode()
     with pytest.raises(MoecFormatError, match=message):
-        pack.decode(assemble(text, c.nifti, c.payload))
+        moecfile.from_bytes(assemble(text, c.nifti, c.payload))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -264,7 +266,7 @@ def test_absurd_model_descriptions_are_refused(valid_files, change, message):
     meta = json.loads(json.dumps(c.meta))
     meta["model"].update(change)
     with pytest.raises(MoecFormatError, match=message):
-        pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+        moecfile.from_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -281,7 +283,7 @@ def test_absurd_grid_descriptions_are_refused(valid_files, change, message):
     meta = json.loads(json.dumps(c.meta))
     meta["model"].update(change)
     with pytest.raises(MoecFormatError, match=message):
-        pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+        moecfile.from_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
 
 
 @pytest.mark.parametrize("bits", [0, 1, 17, 1000, -3])
@@ -290,7 +292,7 @@ def test_absurd_bit_widths_are_refused(valid_files, bits):
     meta = json.loads(json.dumps(c.meta))
     meta["weights"]["bits"] = bits
     with pytest.raises(MoecFormatError, match="bits"):
-        pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+        moecfile.from_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -309,7 +311,7 @@ def test_a_malformed_training_record_is_refused_by_the_reader_and_the_cli(valid_
     meta["train"].update(change)
     data = assemble(json.dumps(meta).encode(), c.nifti, c.payload)
     with pytest.raises(MoecFormatError, match=message):
-        pack.read_meta(data)
+        read_meta(data)
     path = tmp_path / "bad.moec"
     path.write_bytes(data)
     assert main(["info", str(path)]) == 1
@@ -319,15 +321,15 @@ def test_a_malformed_training_record_is_refused_by_the_reader_and_the_cli(valid_
 
 def test_weight_stream_words_past_the_last_weight_are_refused(valid_files):
     c = unpack_container(valid_files[1][8])
-    pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload))  # as written: decodes
+    moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload))  # as written: decodes
     with pytest.raises(MoecFormatError, match="past its last weight"):
-        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload + bytes([7, 0, 0, 0, 9, 0, 0, 0])))
+        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload + bytes([7, 0, 0, 0, 9, 0, 0, 0])))
 
 
 def test_deeply_nested_headers_are_refused(valid_files):
     c = unpack_container(valid_files[1][8])
     with pytest.raises(MoecFormatError):
-        pack.decode(assemble(b"[" * 30_000 + b"]" * 30_000, c.nifti, c.payload))
+        moecfile.from_bytes(assemble(b"[" * 30_000 + b"]" * 30_000, c.nifti, c.payload))
 
 
 @pytest.mark.parametrize("entry,message", [
@@ -340,4 +342,4 @@ def test_hostile_frequency_tables_are_refused_in_words(valid_files, entry, messa
     (the payloads are long enough to pass the weights-per-byte check that comes first)."""
     c = unpack_container(valid_files[1]["grid"])
     with pytest.raises(MoecFormatError, match=message):
-        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, entry))
+        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, entry))

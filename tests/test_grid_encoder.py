@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from codec import entropy, pack, pipeline
-from codec.coords import coords_from_flat
+from codec import pipeline
+from codec.coding import entropy
+from codec.coding.quantize import dequantize, latent_steps, quantize, rate_step
 from codec.errors import MoecError
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.format.payload import stored_steps
 from codec.model import LatentGrid, ModelConfig, MoEC
-from codec.quantize import dequantize, latent_steps, quantize, rate_step
-from codec.train import TrainConfig
+from codec.model.coords import coords_from_flat
 
 from .training import file_psnr, mean_prediction_psnr, train
 
@@ -36,7 +39,7 @@ def test_grid_reads_its_nodes_exactly_and_is_trilinear_between_them():
 
 
 def test_latent_grids_start_at_zero_and_their_first_step_rounds_small_updates_away():
-    """Measured choices (codec.model.LatentGrid, codec.quantize.rate_step): no random starting
+    """Measured choices (codec.model.LatentGrid, codec.coding.quantize.rate_step): no random starting
     latents, and a zero grid's step is 1 so the experts first fit a flat field."""
     model = MoEC(ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_channels=1, grid_levels=2,
                              grid_finest=(6, 5, 4)), seed=3)
@@ -116,13 +119,13 @@ def test_a_grid_file_meets_its_ratio_learns_and_decodes_its_stored_latents(phant
     assert 20 <= raw / len(data) <= 20 * 1.05
     assert file_psnr(volume, data) > mean_prediction_psnr(volume) + 6
     # The latents frozen in the final stage are exactly the ones stored.
-    stored = pack.decode(data).model
+    stored = moecfile.from_bytes(data).model
     for level in range(plan.model.grid_levels):
         name = f"grid{level}"
         np.testing.assert_array_equal(getattr(stored.encoder, name).detach().numpy(),
                                       getattr(fitter.model.encoder, name).detach().cpu().numpy())
     # And the stack costs about the planned rate, its coarser levels at finer steps.
-    steps = pack.stored_steps(data)
+    steps = stored_steps(data)
     grids = [(getattr(fitter.model.encoder, f"grid{level}").detach().cpu().numpy(), steps[f"encoder.grid{level}"])
              for level in range(plan.model.grid_levels)]
     bits = sum(entropy.coded_bits(quantize(grid, step), spatial=True) for grid, step in grids)
@@ -136,7 +139,7 @@ def _written_grids(volume, config: TrainConfig) -> tuple[dict[str, np.ndarray], 
     fitter, plan = train(volume, pipeline.Settings(ratio=20, experts=4, encoder="grid"), config)
     data = pipeline.encode(fitter, plan)
     assert 20 <= math.prod(volume.shape) * volume.dtype.itemsize / len(data) <= 20 * 1.05
-    steps = pack.stored_steps(data)
+    steps = stored_steps(data)
     grids = {name: dequantize(quantize(p.detach().cpu().numpy(), steps[name]), steps[name])
              for name, p in fitter.model.named_tensors() if name.startswith("encoder.grid")}
     return grids, file_psnr(volume, data)

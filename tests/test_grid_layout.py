@@ -8,15 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from codec import pack, pipeline
-from codec.bitstream import unpack_container
-from codec.budget import grid_layout
+from codec import pipeline
 from codec.cli import main
-from codec.decode import reconstruct
+from codec.decode.reconstruct import reconstruct
 from codec.errors import MoecFormatError
+from codec.fit.sizing import grid_layout
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.format.container import unpack_container
+from codec.io.volume import from_array, save_volume
 from codec.model import ModelConfig
-from codec.train import TrainConfig
-from codec.volume import from_array, save_volume
 
 from .test_format import assemble
 
@@ -89,12 +90,12 @@ def thick_slices(tmp_path_factory):
 def test_a_file_with_held_slices_round_trips_and_says_so(thick_slices, tmp_path, capsys):
     volume, path, plan, data = thick_slices
     assert plan.model.grid_hold[2] >= 1 and plan.model.grid_hold[:2] == (0, 0)
-    moec = pack.decode(data)
+    moec = moecfile.from_bytes(data)
     assert moec.meta.model == plan.model and moec.meta.version == 6
     recon = reconstruct(moec)
     assert recon.volume.shape == volume.shape and np.isfinite(recon.volume.data).all()
     out = tmp_path / "thick.moec"
-    pack.write(out, data)
+    moecfile.write(out, data)
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
     levels = " > ".join("x".join(map(str, r)) for r in plan.model.grid_resolutions())
@@ -108,7 +109,7 @@ def test_the_cli_option_shapes_the_grid(thick_slices, tmp_path, capsys):
         out = tmp_path / f"p{power}.moec"
         assert main(["compress", str(path), "-o", str(out), "--ratio", "12", "--steps", "5", "--quiet",
                      "--grid-spacing", power]) == 0
-        made[power] = pack.read(out).meta.model.grid_finest
+        made[power] = moecfile.read(out).meta.model.grid_finest
     assert made["1"][2] > made["0"][2] and made["1"][0] < made["0"][0]
     with pytest.raises(SystemExit):
         main(["compress", str(path), "-o", str(tmp_path / "x.moec"), "--grid-spacing", "1.5"])
@@ -119,9 +120,9 @@ def test_older_versions_and_bad_values_cannot_hold_axes(thick_slices):
     _, _, _, data = thick_slices
     c = unpack_container(data)
     with pytest.raises(MoecFormatError, match="version-5 file cannot describe a grid whose axes hold"):
-        pack.decode(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=5))
+        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=5))
     for bad in ([0, 0, 9], [0, 0], "2", [0, 0, 1.5]):
         meta = json.loads(json.dumps(c.meta))
         meta["model"]["grid_hold"] = bad
         with pytest.raises(MoecFormatError):
-            pack.decode(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+            moecfile.from_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from codec.metrics import expert_table, foreground, psnr, quality, ssim
+from codec.eval.metrics import expert_table, foreground, psnr, quality, ssim
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from codec.coords import coords_from_flat
 from codec.model import ModelConfig, MoEC
-from codec.partition import block_grid, block_index, block_local
+from codec.model.coords import coords_from_flat
+from codec.model.partition import block_grid, block_index, block_local
 
 
 def dense_reference(model: MoEC, coords: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from codec import pack, pipeline
-from codec.errors import BudgetError, MoecError
-from codec.phantom import make_phantom
-from codec.train import TrainConfig
+from codec import pipeline
+from codec.errors import MoecError, RatioError
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.io.phantom import make_phantom
+from codec.settings import AUTO_EXPERTS
 
 from .training import mean_prediction_psnr
 
@@ -24,7 +26,7 @@ def test_a_session_trains_in_runs_stops_on_request_and_lands_in_its_window():
     made = session.encode()
     assert made.steps == 150 and sum(made.stages) == 150 and made.notes == ()
     assert session.plan.lower_bytes <= len(made.data) <= session.plan.upper_bytes
-    evaluation = session.evaluate(pack.decode(made.data))
+    evaluation = session.evaluate(moecfile.from_bytes(made.data))
     assert evaluation.ratio == pytest.approx(volume.raw_bytes / len(made.data))
     assert evaluation.quality.psnr > mean_prediction_psnr(volume) + 3 and evaluation.roi is None
 
@@ -34,5 +36,66 @@ def test_nothing_is_encoded_before_the_first_step_and_an_impossible_plan_fails_f
     session = pipeline.Compression(volume, SETTINGS, TrainConfig(steps=10))
     with pytest.raises(MoecError, match="before the first training step"):
         session.encode()
-    with pytest.raises(BudgetError):
+    with pytest.raises(RatioError):
         pipeline.Compression(volume, pipeline.Settings(ratio=1e6), TrainConfig(steps=10))
+
+
+def test_an_open_number_of_experts_tries_each_candidate_and_trains_the_better_on():
+    """Settings.experts None: a trial of settings.AUTO_EXPERTS on the latent grid, each for its share
+    of the steps past its router stage, the better kept (by its file's PSNR) and trained on where it
+    paused for the budget less the others' trials, reproducibly."""
+    volume, _ = make_phantom((32, 28, 16))
+    config = TrainConfig(steps=200, batch_size=2048, trial_share=0.15)
+
+    def compress():
+        session = pipeline.Compression(volume, pipeline.Settings(ratio=12), config)
+        progress = list(session.run())
+        return session, progress, session.encode()
+
+    session, progress, made = compress()
+    assert [c.plan.model.experts for c in session.candidates] == list(AUTO_EXPERTS)
+    assert all(c.plan.model.encoder == "grid" for c in session.candidates)
+    assert session.chosen is not None and session.chosen in session.candidates
+    kept = session.chosen
+    others = [c for c in session.candidates if c is not kept]
+    # The trial: each candidate's own steps until its share, named; then the kept one goes on.
+    trying = [p for p in progress if p.trying]
+    assert {p.trying for p in trying} == {c.name for c in session.candidates}
+    assert all(p.trying == "" for p in progress[len(trying):])
+    # Each trial is 15% of the steps past the router's; the kept model gets what the others left.
+    assert made.steps + sum(c.trial_steps for c in others) == 200 and kept.fitter.steps_run == made.steps
+    assert {c.plan.model.experts: c.trial_steps for c in session.candidates}[1] == 30  # no router stage
+    assert all(c.fitter is None for c in others)  # the others' models are let go
+    assert progress[-1].fraction == pytest.approx(1.0)
+    assert all(b.fraction >= a.fraction - 1e-9 for a, b in zip(progress, progress[1:]))  # the bar never goes back
+    assert kept.psnr == max(c.psnr for c in session.candidates)
+    assert any(note.startswith("tried ") and note.endswith(f"kept {kept.name}") for note in made.notes)
+    assert moecfile.from_bytes(made.data).meta.model.experts == kept.plan.model.experts
+    assert session.plan.lower_bytes <= len(made.data) <= session.plan.upper_bytes
+    assert compress()[2].data == made.data  # a step budget makes the same file again
+
+
+def test_a_trial_stopped_early_keeps_the_better_of_those_that_trained():
+    volume, _ = make_phantom((32, 28, 16))
+    session = pipeline.Compression(volume, pipeline.Settings(ratio=12), TrainConfig(steps=200, batch_size=2048))
+    first = session.candidates[0]
+    list(session.run(should_stop=lambda: session.fitter.steps_run >= 10))
+    assert session.chosen is None and first.fitter.steps_run == 10
+    made = session.encode()
+    assert session.chosen is first and made.steps == 10
+
+
+def test_a_ratio_only_one_network_reaches_needs_no_trial():
+    volume, _ = make_phantom((32, 28, 16))
+    highest = {}
+    for experts in AUTO_EXPERTS:
+        with pytest.raises(RatioError) as refused:
+            pipeline.plan(volume, pipeline.Settings(ratio=1e6, experts=experts, encoder="grid"))
+        highest[experts] = refused.value.highest
+    assert highest[1] > highest[4]  # one network is smaller: it reaches further
+    ratio = (highest[4] + highest[1]) / 2
+    session = pipeline.Compression(volume, pipeline.Settings(ratio=ratio), TrainConfig(steps=30, batch_size=1024))
+    assert [c.plan.model.experts for c in session.candidates] == [1] and session.chosen is not None
+    with pytest.raises(RatioError) as refused:
+        pipeline.Compression(volume, pipeline.Settings(ratio=highest[1] * 1.5), TrainConfig(steps=10))
+    assert refused.value.highest == pytest.approx(highest[1], rel=0.03)  # the furthest any candidate reaches

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from codec import entropy
+from codec.coding import entropy
+from codec.coding.quantize import (
+    QuantConfig,
+    dequantize,
+    fake_quantize,
+    max_steps,
+    max_steps_torch,
+    quantize,
+    step_shape,
+)
 from codec.errors import MoecFormatError
-from codec.quantize import QuantConfig, dequantize, fake_quantize, max_steps, max_steps_torch, quantize, step_shape
 
 
 @pytest.mark.parametrize("bits", [4, 8, 10])

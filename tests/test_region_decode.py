@@ -7,22 +7,24 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from codec import pack, pipeline
-from codec.decode import TILE_SLICES, decode_region, reconstruct, slice_axis, tiling
+from codec import pipeline
+from codec.decode.reconstruct import TILE_SLICES, decode_region, reconstruct, slice_axis, tiling
 from codec.errors import VolumeError
-from codec.phantom import make_phantom
-from codec.resample import resampled_affine, resampled_header, scaled_shape
-from codec.train import TrainConfig
-from codec.volume import from_array
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.format.header import MoecMeta
+from codec.io.phantom import make_phantom
+from codec.io.resample import resampled_affine, resampled_header, scaled_shape
+from codec.io.volume import from_array
 
 from .conftest import permuted_affine
 from .training import train
 
 
-def _compress(volume, **settings) -> pack.MoecFile:
+def _compress(volume, **settings) -> moecfile.MoecFile:
     config = TrainConfig(steps=40, batch_size=1024)
     fitter, plan = train(volume, pipeline.Settings(ratio=6, experts=4, **settings), config)
-    return pack.decode(pipeline.encode(fitter, plan))
+    return moecfile.from_bytes(pipeline.encode(fitter, plan))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,7 @@ def test_tiles_are_slabs_along_the_axial_slice_axis(files):
     assert [b - a for a, b in grid.slabs][:-1] == [grid.depth] * (len(grid.slabs) - 1)
     assert grid.slabs[0][0] == 0 and grid.slabs[-1][1] == 26
     assert tiling(files["4d"].meta).times == 3
-    big = pack.MoecMeta(**{**files["grid"].meta.__dict__, "shape": (512, 512, 61)})
+    big = MoecMeta(**{**files["grid"].meta.__dict__, "shape": (512, 512, 61)})
     assert tiling(big).depth == 1  # one 512 x 512 slice: about 0.15 s to decode on two cores
 
 

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from codec import pack, pipeline
-from codec.bitstream import unpack_container
+from codec import pipeline
 from codec.cli import main
 from codec.errors import MoecFormatError, VolumeError
-from codec.metrics import region_quality
-from codec.phantom import make_phantom
-from codec.roi import check_roi, load_roi, roi_batch
-from codec.train import Fitter, TrainConfig
-from codec.volume import from_array, save_volume
+from codec.eval.metrics import region_quality
+from codec.fit.train import Fitter, TrainConfig
+from codec.format import moecfile
+from codec.format.container import unpack_container
+from codec.io.phantom import make_phantom
+from codec.io.roi import check_roi, load_roi, roi_batch
+from codec.io.volume import from_array, save_volume
 
 SHAPE = (40, 36, 20)
 STEPS = 250
@@ -52,8 +53,8 @@ def lesion():
 def test_the_roi_comes_out_sharper_at_the_same_ratio(lesion):
     volume, mask, plain, weighted = lesion
     assert abs(len(plain) - len(weighted)) <= 0.05 * len(plain)  # the same size window
-    without = pipeline.evaluate(volume, pack.decode(plain), roi=mask).roi
-    with_roi = pipeline.evaluate(volume, pack.decode(weighted), roi=mask).roi
+    without = pipeline.evaluate(volume, moecfile.from_bytes(plain), roi=mask).roi
+    with_roi = pipeline.evaluate(volume, moecfile.from_bytes(weighted), roi=mask).roi
     assert with_roi.voxels == int(mask.sum()) == without.voxels
     gain = with_roi.psnr_inside - without.psnr_inside
     assert gain > 1.5, f"the ROI's PSNR rose by only {gain:.2f} dB"  # measured: +4.0 dB
@@ -63,19 +64,19 @@ def test_the_roi_comes_out_sharper_at_the_same_ratio(lesion):
 
 def test_the_file_records_the_region_and_a_plain_file_does_not(lesion):
     _, mask, plain, weighted = lesion
-    assert pack.decode(weighted).meta.train["roi"] == {"voxels": int(mask.sum()), "weight": 10.0}
-    assert "roi" not in pack.decode(plain).meta.train
+    assert moecfile.from_bytes(weighted).meta.train["roi"] == {"voxels": int(mask.sum()), "weight": 10.0}
+    assert "roi" not in moecfile.from_bytes(plain).meta.train
 
 
 @pytest.mark.parametrize("bad", ["small", {"voxels": 0, "weight": 10}, {"voxels": 5, "weight": 0.5},
                                  {"voxels": True, "weight": 10}, {"voxels": 5}])
 def test_a_malformed_roi_record_is_refused_by_the_reader(lesion, bad):
     weighted = lesion[3]
-    moec = pack.decode(weighted)
+    moec = moecfile.from_bytes(weighted)
     payload = unpack_container(weighted).payload
     meta = dataclasses.replace(moec.meta, train={**moec.meta.train, "roi": bad})
     with pytest.raises(MoecFormatError, match="'roi'"):
-        pack.decode(pack.assemble(meta, payload))
+        moecfile.from_bytes(moecfile.assemble(meta, payload))
 
 
 def test_the_sampler_draws_the_region_weight_times_as_often():

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from codec import pack, pipeline
-from codec.coords import coords_from_flat
-from codec.decode import evaluate as evaluate_points
-from codec.decode import reconstruct
-from codec.partition import block_grid, block_index
-from codec.train import WIDE_FAN_IN, TrainConfig, fan_in_scale
+from codec import pipeline
+from codec.decode.reconstruct import evaluate as evaluate_points
+from codec.decode.reconstruct import reconstruct
+from codec.fit.train import WIDE_FAN_IN, TrainConfig, fan_in_scale
+from codec.format import moecfile
+from codec.format.payload import stored_steps
+from codec.model.coords import coords_from_flat
+from codec.model.partition import block_grid, block_index
 
 from .helpers import normalized_mutual_information
 from .training import file_psnr, mean_prediction_psnr, train
@@ -39,7 +41,7 @@ def test_short_training_beats_predicting_the_mean_by_12_db(phantom, trained):
 def test_learned_partition_follows_the_tissues_better_than_blocks(phantom, trained):
     volume, tissues = phantom
     _, _, data = trained
-    learned = reconstruct(pack.decode(data)).labels
+    learned = reconstruct(moecfile.from_bytes(data)).labels
     coords = coords_from_flat(torch.arange(volume.data.size), volume.shape)
     blocks = block_index(coords, block_grid(volume.shape, 8)).numpy()
     assert len(np.unique(learned)) >= 4, "the router collapsed onto a few experts"
@@ -64,7 +66,7 @@ def test_the_stored_router_computes_the_partition_the_experts_were_trained_on(ph
     fitter, _, data = trained
     coords = coords_from_flat(torch.arange(volume.data.size), volume.shape)
     _, trained_labels, _ = evaluate_points(fitter.model, coords)
-    _, stored_labels, _ = evaluate_points(pack.decode(data).model, coords)
+    _, stored_labels, _ = evaluate_points(moecfile.from_bytes(data).model, coords)
     np.testing.assert_array_equal(trained_labels, stored_labels)
 
 
@@ -114,7 +116,7 @@ def test_a_timed_run_starts_with_the_router_however_late_the_clock_is_first_read
     """A budget about one step long whose first clock reading already falls past the router's time
     share (a busy machine) still trains the router first: the clock here advances a fixed 40% of the
     budget per reading, so the first reading says 40% and the readings after one step end the run."""
-    import codec.train as train_module
+    import codec.fit.train as train_module
 
     volume, _ = phantom
     plan = pipeline.plan(volume, SETTINGS, CONFIG)
@@ -160,11 +162,11 @@ def test_the_file_stores_the_experts_at_the_steps_the_final_stage_trained_them_a
     fitter, plan, data = trained
     assert fitter.trained_steps, "the final stage was not told the file's steps"
     assert all(name.startswith(("experts.", "decoder.")) for name in fitter.trained_steps)
-    stored = pack.stored_steps(data)
+    stored = stored_steps(data)
     for name, step in fitter.trained_steps.items():
         np.testing.assert_array_equal(stored[name], step, err_msg=name)
     assert plan.lower_bytes <= len(data) <= plan.upper_bytes
-    decoded = dict(pack.decode(data).model.named_tensors())
+    decoded = dict(moecfile.from_bytes(data).model.named_tensors())
     for name, weight in fitter.model.named_tensors():
         if name in fitter.trained_steps:
             step = torch.from_numpy(fitter.trained_steps[name])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from codec.errors import OutputError, VolumeError
-from codec.volume import from_array, load_volume, save_labels, save_volume
+from codec.io.volume import from_array, load_volume, save_labels, save_volume
 
 from .conftest import permuted_affine, write_nifti
 

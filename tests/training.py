@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from codec import pack, pipeline
-from codec.train import TrainConfig
-from codec.volume import Volume
+from codec import pipeline
+from codec.fit.train import TrainConfig
+from codec.format import moecfile
+from codec.io.volume import Volume
 
 
 def train(volume: Volume, settings: pipeline.Settings, config: TrainConfig):
@@ -16,7 +17,7 @@ def train(volume: Volume, settings: pipeline.Settings, config: TrainConfig):
 
 
 def file_psnr(volume: Volume, data: bytes) -> float:
-    return pipeline.evaluate(volume, pack.decode(data)).quality.psnr
+    return pipeline.evaluate(volume, moecfile.from_bytes(data)).quality.psnr
 
 
 def mean_prediction_psnr(volume: Volume) -> float:

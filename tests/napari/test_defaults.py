@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from codec import pack, settings
+from codec import settings
 from codec.cli import build_parser, main
-from codec.phantom import make_phantom
-from codec.volume import save_volume
+from codec.format import moecfile
+from codec.io.phantom import make_phantom
+from codec.io.volume import save_volume
 
 from .conftest import wait_for
 
@@ -32,8 +33,8 @@ def test_changing_the_default_number_of_experts_is_one_edit(monkeypatch, make_na
     save_volume(volume, source)
     out = tmp_path / "cli.moec"
     assert main(["compress", str(source), "-o", str(out), "--steps", "20", "--batch", "1024", "--quiet"]) == 0
-    assert pack.read(out).meta.model.experts == 6
-    assert pack.read(out).ratio == pytest.approx(10.0, rel=0.06)
+    assert moecfile.read(out).meta.model.experts == 6
+    assert moecfile.read(out).ratio == pytest.approx(10.0, rel=0.06)
 
     from moec_napari.reader import get_reader
     from moec_napari.widget import MoecWidget
@@ -42,13 +43,13 @@ def test_changing_the_default_number_of_experts_is_one_edit(monkeypatch, make_na
     for data, kwargs, kind in get_reader(str(source))(str(source)):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     widget = MoecWidget(viewer)
-    assert widget.experts.value() == 6 and widget.ratio.value() == 10.0
-    widget.steps.setValue(20)
+    assert widget.form.experts.value() == 6 and widget.form.ratio.value() == 10.0
+    widget.form.steps.setValue(20)
     widget.train()
     wait_for(widget, qtbot)
     path = tmp_path / "plugin.moec"
     widget.save_moec(path)
-    assert pack.read(path).meta.model.experts == 6
+    assert moecfile.read(path).meta.model.experts == 6
 
 
 def test_every_choice_list_comes_from_the_settings_module():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from codec import pipeline
-from codec.decode import render
-from codec.phantom import make_phantom
-from codec.train import Progress, TrainConfig
+from codec.decode.reconstruct import render
+from codec.fit.train import Progress, TrainConfig
+from codec.io.phantom import make_phantom
 from moec_napari.job import Preview, Result, TrainingJob, error_limit
 from moec_napari.layers import orientation_of
 
@@ -30,8 +30,7 @@ def test_previews_are_the_displayed_slice_of_the_current_model_and_run_returns_a
     assert isinstance(result, Result) and result.steps == 120 and not result.stopped
 
     last = job.preview(0, 5)
-    full, labels, confidence = render(job.fitter.model, volume.shape, job.fitter.vmin, job.fitter.vmax,
-                                      (slice(None),) * 3)
+    full, labels, confidence = render(job.fitter.model, volume.shape, *volume.value_range, (slice(None),) * 3)
     shown = orientation.to_display(full)
     np.testing.assert_allclose(last.values, shown[5], rtol=1e-5, atol=1e-3)
     np.testing.assert_array_equal(last.labels, orientation.to_display(labels)[5])

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codec import pack
 from codec.cli import main as moec
-from codec.decode import reconstruct
-from codec.phantom import make_phantom
-from codec.volume import from_array, save_volume
+from codec.decode.reconstruct import reconstruct
+from codec.format import moecfile
+from codec.io.phantom import make_phantom
+from codec.io.volume import from_array, save_volume
 from moec_napari.lazy import TileCache, lazy_decode
 from moec_napari.orientation import Orientation
 from moec_napari.reader import get_reader
@@ -36,7 +36,7 @@ def moec_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full(moec_file):
-    return reconstruct(pack.read(moec_file))
+    return reconstruct(moecfile.read(moec_file))
 
 
 def _cache_of(layer) -> TileCache:
@@ -80,7 +80,7 @@ def test_opening_adds_layers_before_the_volume_is_decoded_and_slices_decode_exac
 
 
 def test_the_cache_keeps_recent_tiles_within_its_bound_and_decodes_each_once(moec_file, full):
-    moec_ = pack.read(moec_file)
+    moec_ = moecfile.read(moec_file)
     volume, labels, _, cache = lazy_decode(moec_, max_bytes=1)  # the smallest bound: two tiles
     assert cache.max_tiles == 2
     axis = cache.grid.axis
@@ -92,7 +92,7 @@ def test_the_cache_keeps_recent_tiles_within_its_bound_and_decodes_each_once(moe
 
 
 def test_a_lazy_resampled_decode_matches_the_full_one(moec_file):
-    moec_ = pack.read(moec_file)
+    moec_ = moecfile.read(moec_file)
     shape = (48, 40, 80)
     volume, labels, confidence, _ = lazy_decode(moec_, shape)
     direct = reconstruct(moec_, shape=shape)

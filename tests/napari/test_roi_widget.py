@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from napari.utils.notifications import notification_manager
 
-from codec import pack
+from codec.format import moecfile
 from moec_napari.layers import layer_orientation
 
 from .conftest import FAST_STEPS, wait_for
@@ -23,11 +23,11 @@ def test_a_painted_roi_trains_and_is_measured_inside_and_outside(widget_on, phan
     viewer, widget = widget_on(phantom_nifti)
     source = viewer.layers[0]
     roi_layer = _paint(viewer, source)
-    items = [widget.roi_box.itemText(i) for i in range(widget.roi_box.count())]
+    items = [widget.form.roi_box.itemText(i) for i in range(widget.form.roi_box.count())]
     assert items == ["none", "lesion"]
-    widget.roi_box.setCurrentText("lesion")
-    widget.ratio.setValue(12.0)
-    widget.steps.setValue(FAST_STEPS)
+    widget.form.roi_box.setCurrentText("lesion")
+    widget.form.ratio.setValue(12.0)
+    widget.form.steps.setValue(FAST_STEPS)
     mask = widget.roi_mask(source)
     orientation = layer_orientation(source)
     np.testing.assert_array_equal(orientation.to_display(mask), roi_layer.data != 0)  # the file's voxel order
@@ -35,18 +35,18 @@ def test_a_painted_roi_trains_and_is_measured_inside_and_outside(widget_on, phan
     wait_for(widget, qtbot)
     r = widget.result
     assert r.roi is not None and r.roi.voxels == 4 * 6 * 8
-    assert "inside" in widget.metrics["roi"].text() and "outside" in widget.metrics["roi"].text()
+    assert "inside" in widget.results.metrics["roi"].text() and "outside" in widget.results.metrics["roi"].text()
     path = tmp_path / "roi.moec"
     widget.save_moec(path)
-    assert pack.read(path).meta.train["roi"] == {"voxels": 192, "weight": widget.roi_weight.value()}
+    assert moecfile.read(path).meta.train["roi"] == {"voxels": 192, "weight": widget.form.roi_weight.value()}
     # The widget's own expert assignment is never offered as a region.
-    assert [widget.roi_box.itemText(i) for i in range(widget.roi_box.count())] == ["none", "lesion"]
+    assert [widget.form.roi_box.itemText(i) for i in range(widget.form.roi_box.count())] == ["none", "lesion"]
 
 
 def test_an_roi_on_another_grid_is_a_notification(widget_on, phantom_nifti, qtbot):
     viewer, widget = widget_on(phantom_nifti)
     viewer.add_labels(np.ones((5, 5, 5), np.uint8), name="elsewhere")
-    widget.roi_box.setCurrentText("elsewhere")
+    widget.form.roi_box.setCurrentText("elsewhere")
     seen = []
     notification_manager.notification_ready.connect(lambda n: seen.append(n))
     widget.train()

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
-from codec import pack
 from codec.cli import main as moec
-from codec.metrics import psnr
+from codec.eval.metrics import psnr
+from codec.format import moecfile
 from moec_napari.layers import META, layer_orientation
 
 from .conftest import FAST_STEPS, wait_for
 
 
 def _configure(widget, steps=FAST_STEPS, ratio=12.0, experts=4):
-    widget.ratio.setValue(ratio)
-    widget.experts.setValue(experts)
-    widget.steps.setValue(steps)
+    widget.form.ratio.setValue(ratio)
+    widget.form.experts.setValue(experts)
+    widget.form.steps.setValue(steps)
 
 
 def _file_order(widget, layer) -> np.ndarray:
@@ -31,9 +31,9 @@ def test_training_produces_the_four_layers_beside_the_original(widget_on, phanto
     source = viewer.layers[0]
     _configure(widget)
     widget.train()
-    assert not widget.ratio.isEnabled() and widget.stop_button.isEnabled()  # inputs locked while training
+    assert not widget.form.ratio.isEnabled() and widget.stop_button.isEnabled()  # inputs locked while training
     wait_for(widget, qtbot)
-    assert widget.ratio.isEnabled() and widget.save_button.isEnabled()
+    assert widget.form.ratio.isEnabled() and widget.save_button.isEnabled()
     layers = widget.derived
     assert set(layers) == {"reconstruction", "error", "experts", "confidence"}
     dtypes = {"reconstruction": np.float32, "error": np.float32, "experts": np.uint8, "confidence": np.float32}
@@ -54,8 +54,8 @@ def test_training_produces_the_four_layers_beside_the_original(widget_on, phanto
     from moec_napari.widget import _grid
 
     assert _grid(viewer).enabled
-    assert widget.table.rowCount() == 4 and "dB" in widget.metrics["psnr"].text()
-    assert widget.curves.steps and widget.curves.steps[-1] <= widget.result.steps
+    assert widget.results.table.rowCount() == 4 and "dB" in widget.results.metrics["psnr"].text()
+    assert widget.results.curves.steps and widget.results.curves.steps[-1] <= widget.result.steps
 
 
 def test_contrast_limits_are_linked_and_ct_windows_apply(widget_on, phantom_nifti, qtbot):
@@ -68,7 +68,7 @@ def test_contrast_limits_are_linked_and_ct_windows_apply(widget_on, phantom_nift
     assert tuple(recon.contrast_limits) == pytest.approx((-160.0, 240.0))
     recon.contrast_limits = (-50.0, 50.0)
     assert tuple(source.contrast_limits) == pytest.approx((-50.0, 50.0))
-    assert widget.windows.isVisibleTo(widget)  # the phantom is in Hounsfield units
+    assert widget.results.windows.isVisibleTo(widget)  # the phantom is in Hounsfield units
     widget.apply_window("Lung")
     assert tuple(source.contrast_limits) == pytest.approx((-1350.0, 150.0))
     assert tuple(recon.contrast_limits) == pytest.approx((-1350.0, 150.0))
@@ -79,10 +79,10 @@ def test_selecting_an_expert_shows_only_its_region_and_worst_slice_jumps(widget_
     _configure(widget, steps=40)
     widget.train()
     wait_for(widget, qtbot)
-    widget.table.selectRow(2)
+    widget.results.table.selectRow(2)
     experts = widget.derived["experts"]
     assert experts.show_selected_label and experts.selected_label == 3
-    widget.table.clearSelection()
+    widget.results.table.clearSelection()
     assert not experts.show_selected_label
     widget.go_to_worst_slice()
     k = widget.result.quality.worst_slice
@@ -103,7 +103,7 @@ def test_stop_keeps_a_usable_model_and_continue_improves_it(widget_on, phantom_n
     assert first.stopped and first.steps < 100_000
     assert first.quality.psnr > 15
     assert widget.derived["reconstruction"].data.any()
-    widget.steps.setValue(250)
+    widget.form.steps.setValue(250)
     widget.continue_training()
     wait_for(widget, qtbot)
     second = widget.result
@@ -188,7 +188,7 @@ def test_an_impossible_ratio_is_a_notification(widget_on, phantom_nifti, qtbot):
     viewer, widget = widget_on(phantom_nifti)
     seen = []
     notification_manager.notification_ready.connect(lambda n: seen.append(n))
-    widget.ratio.setValue(100000)
+    widget.form.ratio.setValue(100000)
     widget.train()
     assert seen and "highest reachable" in str(seen[0].message)
     assert widget.worker is None
@@ -200,29 +200,30 @@ def test_the_encoder_choice_reaches_the_file_and_a_bad_pairing_is_a_notification
     seen = []
     notification_manager.notification_ready.connect(lambda n: seen.append(n))
     _configure(widget)
-    widget.encoder.setCurrentText("grid")
-    widget.partition.setCurrentText("blocks")
+    widget.form.encoder.setCurrentText("grid")
+    widget.form.partition.setCurrentText("blocks")
     widget.train()
     assert seen and "block partition" in str(seen[0].message) and widget.worker is None
-    widget.partition.setCurrentText("learned")
-    widget.router_input.setCurrentText("coordinates")
-    widget.grid_channels.setValue(1)
+    widget.form.partition.setCurrentText("learned")
+    widget.form.router_input.setCurrentText("coordinates")
+    widget.form.grid_channels.setValue(1)
     widget.train()
     wait_for(widget, qtbot)
     path = tmp_path / "grid.moec"
     widget.save_moec(path)
     assert moec(["info", str(path)]) == 0
-    model = pack.read(path).meta.model
+    model = moecfile.read(path).meta.model
     assert model.encoder == "grid" and not model.router_features and model.grid_channels == 1
 
 
-def test_the_file_smaller_than_asked_note_reaches_the_widget(widget_on, phantom_nifti, qtbot):
-    """The CLI and the plugin share pipeline.Compression, so its notes reach both: a run that ends
-    after the router's first step leaves the latent grid empty and the file below its window."""
+def test_the_compressions_notes_reach_the_widget(widget_on, phantom_nifti, qtbot):
+    """The CLI and the plugin share pipeline.Compression, so its notes reach both: with the number
+    of experts left to it (auto), what it tried and what it kept."""
     viewer, widget = widget_on(phantom_nifti)
-    _configure(widget, steps=1)
-    widget.encoder.setCurrentText("grid")
+    _configure(widget, steps=60, experts=0)
+    assert widget.form.experts.text() == "auto" and widget.form.settings().experts is None
     widget.train()
     wait_for(widget, qtbot)
-    assert widget.result.notes and "smaller than asked" in widget.result.notes[0]
-    assert "Note: the file is smaller than asked" in widget.status.text()
+    note = next(n for n in widget.result.notes if n.startswith("tried 4 experts"))
+    assert f"Note: {note}." in widget.status.text()
+    assert widget.result.experts_count == (4 if note.endswith("kept 4 experts") else 1)

@@ -1,0 +1,235 @@
+"""`moec compress` and `moec decompress`."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from codec.cli.console import (
+    ProgressBar,
+    check_distinct,
+    check_output,
+    check_volume_output,
+    clock,
+    db,
+    describe_model,
+    nbytes,
+    region_text,
+    to_json,
+)
+
+
+def cmd_compress(args) -> int:
+    import torch
+
+    from codec import pipeline
+    from codec.fit.train import TrainConfig, resolve_device
+    from codec.format import moecfile
+    from codec.io.volume import load_volume
+
+    device = resolve_device(args.device)  # a missing CUDA device is reported before any work
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    source = Path(args.input)
+    output = Path(args.output) if args.output else _default_output(source, args.series)
+    check_output(output, args.force, source)
+    if output.name.lower().endswith((".nii", ".nii.gz", ".npy")):
+        from codec.errors import OutputError
+        raise OutputError(f"{output} would be a .moec file under a volume's name; name it {_stem(output)}.moec")
+    volume = load_volume(source, args.series)
+    roi = None
+    if args.roi:
+        from codec.io.roi import load_roi
+
+        roi = load_roi(args.roi, volume.shape, volume.affine)
+    settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
+                                 partition=args.partition, bits=args.bits, granularity=args.granularity,
+                                 encoder=args.encoder, router_features=args.router_input == "features",
+                                 grid_channels=args.grid_channels, grid_spacing_power=args.grid_spacing)
+    train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                        balance_weight=args.balance, router_pretraining=args.pretrain != "none",
+                        pretrain_target="blocks" if args.pretrain == "blocks" else "clusters",
+                        seed=args.seed, device=args.device, roi_weight=args.roi_weight)
+    session = pipeline.Compression(volume, settings, train, roi)
+    plan = session.plan
+    print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
+          f"{nbytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {nbytes(plan.upper_bytes)}",
+          file=sys.stderr)
+    if len(session.candidates) > 1:
+        print(f"trying {' and '.join(c.name for c in session.candidates)} for "
+              f"{100 * train.trial_share:g}% of the budget each, then the better for the rest", file=sys.stderr)
+    for candidate in session.candidates:
+        m, quant = candidate.plan.model, candidate.plan.quant
+        print(f"model: {describe_model(m)}; {m.parameter_count():,} parameters, "
+              f"{'float16' if quant.float16 else f'{quant.bits}-bit'} weights; device {device.type}", file=sys.stderr)
+    if roi is not None:
+        print(f"ROI: {Path(args.roi).name}, {int(roi.sum()):,} voxels ({100 * roi.mean():.2f}%) weighted "
+              f"{args.roi_weight:g}x", file=sys.stderr)
+    budget_text = f"/{clock(60 * train.minutes)}" if args.steps is None else f"/{args.steps} steps"
+    bar = None if args.quiet else ProgressBar()
+    stopped = False
+    run = session.run()
+    try:
+        for progress in run:
+            if bar:
+                bar.update(progress, budget_text)
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        run.close()
+        if bar:
+            bar.close()
+    fitter = session.fitter
+    if stopped and fitter.steps_run:
+        print(f"stopped at step {fitter.steps_run}: writing the model trained so far", file=sys.stderr)
+    made = session.encode()
+    data = made.data
+    for note in made.notes:
+        print(f"note: {note}", file=sys.stderr)
+    moecfile.write(output, data)
+    # Every figure comes from decoding the bytes just written, as a reader of the file would.
+    moec = moecfile.read(output)
+    evaluation = session.evaluate(moec)
+    q = evaluation.quality
+    used = sum(1 for e in evaluation.experts if e.share > 0)
+    report = {
+        "output": str(output), "bytes": len(data), "ratio": evaluation.ratio, "file_ratio": evaluation.file_ratio,
+        "psnr": q.psnr, "ssim": q.ssim, "steps": made.steps, "stages": list(made.stages),
+        "experts_used": used, "stopped": stopped, "notes": list(made.notes),
+    }
+    if evaluation.roi is not None:
+        report["roi"] = asdict(evaluation.roi)
+    if args.json:
+        print(to_json(report))
+        return 0
+    print(f"wrote {output}: {nbytes(len(data))}")
+    file_part = (f", {evaluation.file_ratio:.1f}x vs {_source_files(source, volume)} "
+                 f"({nbytes(volume.source_bytes or 0)})" if evaluation.file_ratio else "")
+    print(f"  ratio     {evaluation.ratio:.1f}x vs raw voxels ({nbytes(volume.raw_bytes)}){file_part}")
+    print(f"  PSNR      {db(q.psnr)} (peak {q.peak:g}, decoded from the written file)")
+    print(f"  SSIM      {q.ssim:.4f} ({q.ssim_method})")
+    if evaluation.roi is not None:
+        print(f"  ROI       {region_text(evaluation.roi)}")
+    stages = made.stages
+    print(f"  training  {made.steps} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
+          f"{used} of {session.plan.model.experts} experts in use")
+    return 0
+
+
+def _default_output(source: Path, series: str | None) -> Path:
+    """Beside the input: NAME.moec for NAME.nii.gz and for a DICOM folder NAME of one series; for
+    one series of several, NAME_<series number and description>.moec."""
+    from codec.io import dicom
+
+    if source.is_dir() or (source.is_file() and dicom.is_dicom_file(source)):
+        folder = (source if source.is_dir() else source.parent).resolve()
+        try:
+            info, scan = dicom.choose_series(folder, series if series or source.is_dir() else _series_of(source))
+        except dicom.DicomError:
+            return folder.with_name(folder.name + ".moec")  # the load says what is wrong, in its own words
+        stem = dicom.series_stem(info, scan.series)
+        return folder.with_name(stem + ".moec" if stem == folder.name else f"{folder.name}_{stem}.moec")
+    return source.with_name(_stem(source) + ".moec")
+
+
+def _series_of(path: Path) -> str | None:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", "")).strip() or None
+    except Exception:
+        return None
+
+
+def _input_name(source: Path, volume) -> str:
+    """How the first line names the input: the file, or the DICOM series and its folder."""
+    if volume.dicom is None:
+        return source.name
+    d = volume.dicom
+    number = f" series {d.series_number}" if d.series_number else ""
+    text = f' "{d.series_description}"' if d.series_description else ""
+    folder = source if source.is_dir() else source.parent
+    return f"{d.modality}{number}{text} in {folder.resolve().name}/"
+
+
+def _source_files(source: Path, volume) -> str:
+    return "its DICOM files" if volume.dicom is not None else source.name
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".npy", ".moec"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def cmd_decompress(args) -> int:
+    from codec.decode.reconstruct import reconstruct
+    from codec.errors import MoecError
+    from codec.fit.train import resolve_device
+    from codec.format import moecfile
+    from codec.io.volume import save_labels, save_nifti, save_volume
+
+    source = Path(args.input)
+    output = Path(args.output) if args.output else None
+    if output is None and not args.dicom:
+        raise MoecError("decompress needs -o OUT.nii.gz, --dicom OUTDIR, or both")
+    if output is not None:
+        check_volume_output(output, args.force, source)
+    for extra in (args.labels, args.confidence):
+        if extra:
+            check_volume_output(extra, args.force, source, npy=False)
+    check_distinct(output, args.labels, args.confidence, args.dicom)
+    if args.dicom:
+        from codec.io.dicom import check_series_output
+
+        check_series_output(args.dicom, args.force)
+    # auto decodes on the CPU, as compress measured the file; a missing CUDA device is reported first.
+    device = "cpu" if args.device == "auto" else resolve_device(args.device)
+    moec = moecfile.read(source)
+    if args.dicom and moec.meta.dicom is None:
+        raise MoecError(f"{source} was not compressed from a DICOM series, so it holds no patient and study to file "
+                        "a series under; write it as NIfTI with -o")
+    shape = _output_grid(moec.meta.shape, args.scale, args.shape)
+    recon = reconstruct(moec, device=device, shape=shape)
+    tag = f"MoEC lossy {moec.ratio:.0f}x"
+    if shape is not None:
+        from codec.io.resample import resampled_descrip
+
+        tag = resampled_descrip(tag, shape)
+    if output is not None:
+        save_volume(recon.volume, output, descrip=tag)
+        spacing = " x ".join(f"{z:g}" for z in recon.volume.spacing[:3])
+        print(f"wrote {output} ({' x '.join(map(str, recon.volume.shape))} {moec.meta.dtype.name}, {spacing} mm, "
+              f"{tag})")
+    if args.dicom and moec.meta.dicom is not None:  # checked above: a file from DICOM
+        from codec.io.dicom import digest, write_series
+
+        files = write_series(recon.volume, moec.meta.dicom, args.dicom, moec.ratio, digest(source.read_bytes()),
+                             force=args.force)
+        print(f"wrote {args.dicom} ({len(files)} DICOM slices: a derived {moec.meta.dicom.modality} series marked "
+              f"lossy, {tag}, under the original's patient and study)")
+    if args.labels:
+        save_labels(recon.volume, recon.labels, args.labels, f"MoEC experts (label k+1 = expert k), {tag}")
+        print(f"wrote {args.labels} (expert assignment, labels 1..{moec.meta.model.experts})")
+    if args.confidence:
+        save_nifti(recon.volume, recon.confidence.astype("float32"), args.confidence, f"MoEC gate confidence, {tag}")
+        print(f"wrote {args.confidence} (gate confidence, 0..1)")
+    return 0
+
+
+def _output_grid(shape: tuple[int, ...], scale: list[float] | None, size: list[int] | None) -> tuple[int, ...] | None:
+    """The grid --scale or --shape asks for (None: the file's own). Scale factors apply to the
+    spatial axes; a 4D file keeps its time points."""
+    from codec.io.resample import check_shape, spatially_scaled
+
+    rest = tuple(shape[3:])
+    if scale is not None:
+        grid = spatially_scaled(shape, scale[0] if len(scale) == 1 else tuple(scale))
+    elif size is not None:
+        grid = check_shape(tuple(size) + (rest if len(size) == 3 else ()), len(shape))
+    else:
+        return None
+    return None if grid == tuple(shape) else grid

@@ -1,0 +1,1 @@
+"""Voxels from a trained or stored network: tile by tile, any box of them, and the decoder's floor."""

@@ -1,0 +1,1 @@
+"""Training: the size plan (target ratio to network widths) and the Fitter's generator of progress."""

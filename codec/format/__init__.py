@@ -1,0 +1,1 @@
+"""The .moec file: the container, the header and the coded payload."""

@@ -1,0 +1,69 @@
+"""A .moec file as a whole: a trained model and its header <-> bytes <-> a file on disk (written
+atomically). `from_bytes` rebuilds the stored network; decoding it to voxels is codec.decode's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codec.errors import MoecFormatError
+from codec.format.container import pack_container, unpack_container
+from codec.format.header import MAX_PARAMETERS, MoecMeta, parse_meta
+from codec.format.payload import decode_tensors, encode_payload
+from codec.io.files import atomic_write_bytes
+from codec.model import MoEC
+
+
+@dataclass(frozen=True, eq=False)
+class MoecFile:
+    meta: MoecMeta
+    model: MoEC
+    nbytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.meta.raw_bytes / self.nbytes
+
+
+def encode(model: MoEC, meta: MoecMeta, steps: dict[str, np.ndarray] | None) -> bytes:
+    """The complete .moec bytes for `model` (steps: from scaled_steps, None for float16)."""
+    return assemble(meta, encode_payload(model, meta.quant, steps))
+
+
+def assemble(meta: MoecMeta, payload: bytes) -> bytes:
+    """The .moec bytes of a header and an already coded payload."""
+    return pack_container(meta.to_json(), meta.nifti, payload)
+
+
+def write(path: str | Path, data: bytes) -> None:
+    atomic_write_bytes(path, data)
+
+
+def from_bytes(data: bytes, name: str = "the file") -> MoecFile:
+    """Bytes of a .moec file -> its header and the model with the stored weights."""
+    container = unpack_container(data, name)
+    meta = parse_meta(container)
+    tensors = decode_tensors(meta, container.payload)
+    model = MoEC(meta.model)
+    with torch.no_grad():
+        for (tensor_name, param), values in zip(model.named_tensors(), tensors):
+            if not np.isfinite(values).all():
+                raise MoecFormatError(f"{tensor_name} holds non-finite weights")
+            param.copy_(torch.from_numpy(np.ascontiguousarray(values)))
+    model.eval()
+    return MoecFile(meta, model, len(data))
+
+
+def read(path: str | Path) -> MoecFile:
+    path = Path(path)
+    if not path.is_file():
+        raise MoecFormatError(f"{path} is a folder, not a .moec file" if path.is_dir()
+                              else f"no such .moec file: {path}")
+    size = path.stat().st_size
+    if size > MAX_PARAMETERS * 4 + (1 << 20):
+        raise MoecFormatError(f"{path} is {size} bytes, far larger than any .moec file")
+    return from_bytes(path.read_bytes(), str(path))

@@ -1,0 +1,89 @@
+"""Atomic writes and the rule that no command overwrites its own input."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from codec.errors import OutputError
+
+
+def suffixes_of(path: Path) -> str:
+    """'.nii.gz' for 'a.b.nii.gz': the suffixes a format is recognised by (nibabel needs them)."""
+    name = path.name
+    for known in (".nii.gz", ".nii", ".npy", ".moec"):
+        if name.lower().endswith(known):
+            return name[-len(known):]
+    return path.suffix
+
+
+def refuse_overwrite(output: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """Raise OutputError when `output` is one of `inputs` (after resolving links)."""
+    out = Path(output).resolve()
+    for source in inputs:
+        if source is not None and Path(source).resolve() == out:
+            raise OutputError(f"refusing to overwrite the input file {source}; choose another output name")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """OutputError unless a file can be written at `path`: said before any long work, not after."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"{target} is a folder, not a file name")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in the folder {parent} (permission denied)")
+
+
+def _new_file_mode(target: Path) -> int:
+    """What the file would have had without the temporary file (mkstemp makes it private, 0600):
+    the replaced file's permissions, else the usual ones under the process's umask."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call write(temp) on a temporary file beside `path`, then rename it into place.
+
+    The temporary name ends in the target's suffixes, in lower case, because nibabel and numpy
+    choose the format (and gzip) from the name. A failure leaves the target untouched and removes
+    the temporary file.
+    """
+    target = Path(path)
+    check_writable(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.",
+                                    suffix=f".part{suffixes_of(target).lower()}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _new_file_mode(target))
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    atomic_write(path, write)

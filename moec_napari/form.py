@@ -1,0 +1,125 @@
+"""The widget's settings form: the volume to compress, the target ratio, the experts, the time
+budget, the region of interest, and the advanced settings. Every default, range and choice list
+comes from codec.settings, as the command line's do; the form only turns them into Qt inputs and
+back into `Settings` and `TrainConfig`."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QVBoxLayout, QWidget
+from superqt import QCollapsible
+
+from codec import settings as choices
+
+
+def spin(widget, lo, hi, value, tip, decimals=None, step=None):
+    """A spin box with its range, value, tooltip and, for a QDoubleSpinBox, its precision."""
+    if decimals is not None:
+        widget.setDecimals(decimals)
+    widget.setRange(lo, hi)
+    widget.setValue(value)
+    if step is not None:
+        widget.setSingleStep(step)
+    widget.setToolTip(tip)
+    return widget
+
+
+def combo(options, current, tip: str) -> QComboBox:
+    box = QComboBox()
+    box.addItems([str(o) for o in options])
+    box.setCurrentText(str(current))
+    box.setToolTip(tip)
+    return box
+
+
+class SettingsForm(QWidget):
+    """What a user chooses before Train; `settings()` and `train_config()` read it back."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        file_, train = choices.Settings(), choices.TrainConfig()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        form = QFormLayout()
+        self.layer_box = QComboBox()
+        self.layer_box.setToolTip("The image layer to compress (opened NIfTI volumes keep their orientation)")
+        form.addRow("Volume", self.layer_box)
+        self.ratio = spin(QDoubleSpinBox(), 2.0, 1e6, file_.ratio, "Target ratio vs the raw voxels; the file lands "
+                          "between R and 1.05 R", decimals=1)
+        form.addRow("Ratio", self.ratio)
+        auto = " or ".join(map(str, choices.AUTO_EXPERTS))
+        self.experts = spin(QSpinBox(), 0, 64, file_.experts or 0, f"Number of experts (1 = a single network); auto: "
+                            f"a short trial of {auto} on the latent grid, and the better trains on")
+        self.experts.setSpecialValueText("auto")  # shown at 0
+        form.addRow("Experts", self.experts)
+        self.top_k = combo(choices.TOP_K, file_.top_k, "Experts evaluated per voxel")
+        form.addRow("Top-k", self.top_k)
+        self.minutes = spin(QDoubleSpinBox(), 0.05, 600.0, train.minutes, "Training time budget in minutes",
+                            decimals=2)
+        form.addRow("Minutes", self.minutes)
+        self.roi_box = QComboBox()
+        self.roi_box.setToolTip("A Labels layer on the volume's grid whose painted voxels (any label) are the "
+                                "region of interest: their squared error counts 'ROI weight' times more, so they "
+                                "come out sharper for the same file size")
+        form.addRow("ROI", self.roi_box)
+        layout.addLayout(form)
+
+        self.advanced = QCollapsible("Advanced")
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        self.lr = spin(QDoubleSpinBox(), 1e-5, 0.1, train.lr, "Adam learning rate", decimals=5, step=5e-4)
+        self.seed = spin(QSpinBox(), 0, 2 ** 31 - 1, train.seed, "Random seed (initialisation and sampling)")
+        self.balance = spin(QDoubleSpinBox(), 0.0, 10.0, train.balance_weight, "Balancing loss weight", decimals=3,
+                            step=0.01)
+        self.bits = spin(QSpinBox(), 2, 16, file_.bits, "Weight bit width before entropy coding (16 = float16)")
+        self.steps = spin(QSpinBox(), 0, 10 ** 7, 0, "Train this many steps instead of a time budget (0: use minutes)")
+        self.partition = combo(choices.PARTITIONS, file_.partition,
+                               "Learned router (MoEC) or the fixed block split (baseline)")
+        self.encoder = combo(choices.ENCODERS, file_.encoder, "Shared encoder: a latent grid (3D, quantized weights) "
+                             "or a SIREN layer; auto: the grid wherever it applies")
+        self.router_input = combo(choices.ROUTER_INPUTS, "features" if file_.router_features else "coordinates",
+                                  "What the router reads: the coordinates and the encoder features, or the "
+                                  "coordinates alone")
+        self.grid_channels = spin(QSpinBox(), 1, 16, file_.grid_channels, "Latents per grid node and level (latent "
+                                  "grid only); fewer channels buy a finer grid in the same bytes")
+        self.roi_weight = spin(QDoubleSpinBox(), 1.0, 1000.0, train.roi_weight,
+                               "How much more a voxel of the ROI counts in training", decimals=1)
+        for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
+                              ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),
+                              ("Encoder", self.encoder), ("Router input", self.router_input),
+                              ("Grid channels", self.grid_channels), ("ROI weight", self.roi_weight)):
+            adv_form.addRow(label, widget)
+        self.advanced.addWidget(adv)
+        layout.addWidget(self.advanced)
+        #: Everything a running job must not see change.
+        self.inputs: list[QWidget] = [self.layer_box, self.ratio, self.experts, self.top_k, self.minutes, self.lr,
+                                      self.seed, self.balance, self.bits, self.steps, self.partition, self.encoder,
+                                      self.router_input, self.grid_channels, self.roi_box, self.roi_weight]
+
+    def set_choices(self, box: QComboBox, names: list[str], fallback: str | None = None) -> None:
+        """Refill a combo box, keeping its choice when it is still there (else `fallback`), silently."""
+        current = box.currentText()
+        box.blockSignals(True)
+        box.clear()
+        box.addItems(names)
+        if current in names:
+            box.setCurrentText(current)
+        elif fallback is not None:
+            box.setCurrentText(fallback)
+        box.blockSignals(False)
+
+    def settings(self) -> choices.Settings:
+        return choices.Settings(ratio=self.ratio.value(), experts=self.experts.value() or None,
+                                top_k=int(self.top_k.currentText()), partition=self.partition.currentText(),
+                                bits=self.bits.value(), encoder=self.encoder.currentText(),
+                                router_features=self.router_input.currentText() == "features",
+                                grid_channels=self.grid_channels.value())
+
+    def train_config(self) -> choices.TrainConfig:
+        return choices.TrainConfig(minutes=self.minutes.value(), steps=self.steps.value() or None, lr=self.lr.value(),
+                                   balance_weight=self.balance.value(), seed=self.seed.value(),
+                                   roi_weight=self.roi_weight.value())
+
+    def budget(self) -> tuple[float | None, int | None]:
+        """(minutes, steps) of a run: a step count when one is set, else the minutes."""
+        steps = self.steps.value() or None
+        return (None if steps else self.minutes.value()), steps
