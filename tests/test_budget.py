@@ -1,4 +1,4 @@
-"""The byte budget is the contract: the written file's ratio lies in [R, 1.05 R]."""
+"""The size is the contract: the written file's ratio lies in [R, 1.05 R]."""
 
 from __future__ import annotations
 
@@ -93,3 +93,21 @@ def test_the_finest_multiplier_is_where_the_largest_weights_stop_fitting_a_symbo
                     for (name, p), (_, q) in zip(model.named_tensors(), stored.model.named_tensors())
                     if name not in fitter.frozen_steps)
         assert (worst > 1) == clips  # rounding moves a weight by half a step at most; clipping by more
+
+
+def test_a_grid_networks_decoding_cost_is_bounded_and_its_bytes_go_to_the_latents():
+    """At a low ratio one network on the latent grid would be wide, and every voxel would pay for
+    it when decoded: its width stops at sizing.MAX_SYNTHESIS_MACS per voxel, and the bytes a wider
+    network would have taken buy latents instead."""
+    from codec.fit.sizing import MAX_SYNTHESIS_MACS, synthesis_width_limit
+
+    volume = from_array(np.random.default_rng(0).integers(0, 255, size=(96, 96, 64)).astype(np.uint8))
+    # Half the payload offered to the network: uncapped it would be far wider than the limit.
+    plan = pipeline.plan(volume, pipeline.Settings(ratio=64, experts=1, encoder="grid", latent_share=0.5))
+    m, limit = plan.model, synthesis_width_limit(plan.model)
+    assert m.expert_width == limit
+    assert m.feature_width * limit + limit * limit + limit <= MAX_SYNTHESIS_MACS
+    assert (m.feature_width + 1) * (limit + 1) + (limit + 1) ** 2 > MAX_SYNTHESIS_MACS
+    half = 0.5 * (plan.lower_bytes + plan.upper_bytes) / 2 * 8 / plan.quant.latent_bits
+    assert m.latent_count() > 1.3 * half  # the latents took what the network could not
+    assert plan.estimated_bytes >= 0.97 * plan.lower_bytes

@@ -199,6 +199,23 @@ def header_bytes(nifti: bytes, example_meta: dict) -> int:
     return len(pack_container(example_meta, nifti, b"")) + HEADER_SLACK
 
 
+#: The most multiply-adds a voxel's expert may take to decode (its layers and the decoder): at
+#: 2 CPU cores a 512 x 512 x 61 CT decodes in about 3 s at this cost (benchmarks/speed.py).
+MAX_SYNTHESIS_MACS = 2560
+
+
+def synthesis_width_limit(config: ModelConfig) -> int:
+    """The widest experts of this configuration whose per-voxel multiply-adds stay within
+    MAX_SYNTHESIS_MACS (at least MIN_WIDTH)."""
+    def macs(width: int) -> int:
+        return config.feature_width * width + (config.expert_layers - 1) * width * width + width * config.out_channels
+
+    width = MIN_WIDTH
+    while width < MAX_WIDTH and macs(width + 1) <= MAX_SYNTHESIS_MACS:
+        width += 1
+    return width
+
+
 def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, arch: Architecture, quant: QuantConfig,
                header: int, spacing: tuple[float, ...] | None = None) -> Plan:
     """The widest network of this architecture whose file meets `ratio`, or RatioError. `spacing`
@@ -226,6 +243,18 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, arch: Archit
     def build(width: int) -> ModelConfig:
         return config_for(width, arch, shape, finest=finest, hold=hold)
 
+    widest = MAX_WIDTH
+    if arch.encoder == "grid":
+        # A voxel's cost to decode is its expert's multiply-adds: the experts are no wider than
+        # that allows, and the bytes a wider network would have taken go to the latents.
+        widest = synthesis_width_limit(build(MIN_WIDTH))
+        capped = build(widest)
+        if size(capped) < (lower + upper) // 2:
+            network = payload_estimate(capped, quant) - math.ceil(quant.latent_bits * capped.latent_count() / 8)
+            latents = int(max(0, payload - network) * 8 / quant.latent_bits)
+            finest, hold = grid_layout(shape, latents, arch.grid_channels, arch.grid_levels,
+                                       None if spacing is None else tuple(spacing[:3]), arch.grid_spacing_power)
+
     smallest = size(build(MIN_WIDTH))
     if smallest > upper:
         highest = raw / smallest
@@ -235,15 +264,15 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, arch: Archit
             + (f"the highest reachable ratio is about {math.floor(highest * 10) / 10:g}x" if highest >= 1 else
                "no file would be smaller than the raw voxels: the volume is too small to compress"),
             highest=highest)
-    largest = size(build(MAX_WIDTH))
+    largest = size(build(widest))
     if largest < lower:
         lowest = raw / largest
         raise RatioError(
-            f"a ratio of {ratio:g}x is too low: even the widest network ({MAX_WIDTH}) gives a file of "
+            f"a ratio of {ratio:g}x is too low: even the widest network ({widest}) gives a file of "
             f"{largest} bytes; the lowest reachable ratio is about {math.ceil(lowest * 10) / 10:g}x", lowest=lowest)
     # Aim for the middle of the window when a post-training step search will correct the estimate.
     target = upper if quant.float16 else (lower + upper) // 2
-    lo, hi = MIN_WIDTH, MAX_WIDTH
+    lo, hi = MIN_WIDTH, widest
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if size(build(mid)) <= target:

@@ -134,7 +134,10 @@ class MoEC(nn.Module):
         their features. At top-1 it takes the shortest way to `forward`'s values: the router's first
         layer without concatenating its inputs, the argmax instead of softmax and top-k (confidence
         is 1 / sum exp(logit - max), the largest gate probability), and each expert's output written
-        straight to its rows."""
+        straight to its rows; with one expert and no partition, the expert on every row."""
+        if self.config.experts == 1 and self.config.partition == "learned":
+            values = self.decoder(self.experts.run(0, feats))[:, 0]
+            return values, torch.zeros(values.shape, dtype=torch.long, device=values.device), torch.ones_like(values)
         if self.config.top_k != 1 or self.router is None:
             routing = self.route(coords, feats)
             values = self.decoder(self.dispatch(feats, routing))[:, 0]
