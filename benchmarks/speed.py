@@ -103,7 +103,7 @@ def throughput(model: MoEC, form: str, batch: int = BATCH, steps: int = 12) -> f
 
 
 def brain_model(volume, experts: int, encoder: str = "siren") -> tuple[MoEC, pipeline.Plan]:
-    """The model the brain gets at 256x; the SIREN encoder unless asked (the rows before stop 12)."""
+    """The model the brain gets at 256x; the SIREN encoder unless asked (the default before the latent grid)."""
     plan = pipeline.plan(volume, pipeline.Settings(ratio=256, experts=experts, encoder=encoder))
     model = MoEC(plan.model, seed=0)
     model.gate_gradient = 0.1

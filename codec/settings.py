@@ -85,13 +85,13 @@ class TrainConfig:
     #: Weight of an L1 penalty on the latent grids (mean |latent|, joint stage), against the MSE on
     #: the [-1, 1] scale. It makes the grids sparse (about 70% zeros once rounded, against 10%), so
     #: that a plan at fewer bits per latent (Settings.latent_bits 1.5) holds more latents in the
-    #: same bytes (measured against 2 bits without it: docs/benchmarks.md, "Stop 14").
+    #: same bytes (measured against 2 bits without it: docs/benchmarks.md, "The latent grid and its coding").
     latent_l1: float = 3e-3
     #: Weight of a smoothness penalty on the latent grids (mean |difference| of neighbouring latents
     #: along every axis, joint stage), on the same scale. The spatial context model codes each latent
     #: as its residual from its causal neighbours (codec.coding.context), so a smooth grid costs fewer bits
     #: at the same step and its rate-set step comes out finer (measured, with the weights tried:
-    #: docs/benchmarks.md, "Stop 15").
+    #: docs/benchmarks.md, "The latent grid and its coding").
     latent_tv: float = 1e-2
     gate_gradient: float = 0.1  # scale of the router's straight-through gradient at top-1
     router_pretraining: bool = True

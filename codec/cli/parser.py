@@ -84,7 +84,7 @@ def _compress(sub: argparse._SubParsersAction, file_: Settings, train: TrainConf
     c.add_argument("--router-input", choices=choices.ROUTER_INPUTS,
                    default="features" if file_.router_features else "coordinates",
                    help="what the router reads: the coordinates and the encoder features (DESIGN's router), or "
-                        "the coordinates alone (an ablation: docs/benchmarks.md) (default "
+                        "the coordinates alone (measured in docs/benchmarks.md) (default "
                         f"{'features' if file_.router_features else 'coordinates'})")
     c.add_argument("--grid-channels", type=_positive(int), default=file_.grid_channels, metavar="C",
                    help=f"latents per grid node and level, for the latent grid (default {file_.grid_channels}; "

@@ -58,7 +58,7 @@ LATENT_LR_SCALE = 4.0
 #: proportion to its fan-in. The default rate was tuned on layers up to about this wide; a wider
 #: layer learns at `WIDE_FAN_IN / fan-in` of it. Without this a single SIREN 110 to 190 wide (at
 #: 128x-256x) stalled at the PSNR of predicting the mean; 80 is a compromise between the widths
-#: measured (docs/benchmarks.md, "Stop 20").
+#: measured (docs/benchmarks.md, "Training: learning rate and batch").
 WIDE_FAN_IN = 80
 
 

@@ -22,7 +22,7 @@ class LatentGrid(FakeQuantizable):
         self.levels = len(resolutions)
         # Latents start at zero: the grids grow only where the volume needs detail. Random starting
         # latents are noise that the rate-set step then spends bits on, and their draw alone swung
-        # the result from seed to seed (docs/benchmarks.md, "Stop 13").
+        # the result from seed to seed (docs/benchmarks.md, "The latent grid and its coding").
         for level, res in enumerate(resolutions):
             setattr(self, f"grid{level}", nn.Parameter(torch.zeros((channels, *res))))
 
