@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, save, table
+from common import CT, ROOT, save, table
 
 from codec.io.volume import load_volume, to_stored
 
-CT = ROOT.parent / "shared" / "data" / "chest_ct_lung2.nii.gz"
 WORK = ROOT / "benchmarks" / "results" / "tmp" / "batch"
 MOEC = str(Path(sys.executable).with_name("moec"))
 

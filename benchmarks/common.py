@@ -14,13 +14,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from codec import pipeline
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.io.files import atomic_write_bytes
 from codec.io.volume import Volume, load_volume
+from codec.settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BRAIN = ROOT.parent / "shared" / "data" / "brain_template_mni152_1mm.nii.gz"
+CT = ROOT.parent / "shared" / "data" / "chest_ct_lung2.nii.gz"  # the development chest CT
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -22,15 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, machine, save, table
+from common import CT, machine, save, table
 
 from codec import pipeline
 from codec.decode.reconstruct import reconstruct
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.io.volume import load_volume
+from codec.settings import TrainConfig
 
-CT = ROOT.parent / "shared" / "data" / "chest_ct_lung2.nii.gz"
 THREADS = 2
 
 

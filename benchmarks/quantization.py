@@ -1,4 +1,4 @@
-"""Issue 3's benchmark: float16 weights against quantized, entropy-coded weights at equal file size.
+"""Float16 weights against quantized, entropy-coded weights at equal file size.
 
 On the brain template at 256x and 1024x, the same training time for every row; then, at 256x, the
 measurements that chose the defaults: bit width, extra bits for the omega_0 layer, per-tensor or
@@ -15,7 +15,7 @@ import argparse
 from common import Cells, brain, compress, save, table
 
 from codec import pipeline
-from codec.fit.train import TrainConfig
+from codec.settings import TrainConfig
 
 COLUMNS = [("ratio asked", "asked", "g"), ("weights", "weights", ""), ("ratio on file", "ratio", ".1f"),
            ("bytes", "bytes", ","), ("parameters", "parameters", ","), ("bits/weight", "bits_per_weight", ".2f"),

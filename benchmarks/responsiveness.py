@@ -1,4 +1,4 @@
-"""Issue 4's benchmark: the longest stall of napari's event loop while the plugin trains.
+"""The longest stall of napari's event loop while the plugin trains.
 
 Opens the brain template with the plugin's reader in a real viewer, starts training from the dock
 widget (default previews, ratio 256), and measures the gaps between ticks of a 10 ms QTimer until

@@ -1,9 +1,9 @@
-"""Issue 5's speed and memory table, measured side by side in one run on 2 CPU threads:
+"""The speed and memory table, measured side by side in one run on 2 CPU threads:
 
 1. training throughput (coordinates per second) of sparse dispatch against the dense form (every
    expert on every coordinate, mixed by the gates) for 4, 8 and 16 experts, at the widths the
    brain template gets at 256x;
-2. what the current forward pass gained over the first one written (issue 5, "make it fast"): the
+2. what the current forward pass gained over the first one written: the
    same model and batch through a boolean mask per expert with omega_0 applied to the activations
    (before), through the grouped dispatch with omega_0 still on the activations, and through the
    grouped dispatch with omega_0 folded into the weights (now); then batch sizes and thread counts;
@@ -29,18 +29,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, brain, save, table
+from common import CT, ROOT, brain, save, table
 
 from codec import pipeline
 from codec.decode.reconstruct import DEFAULT_CHUNK, reconstruct
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.io.phantom import phantom_arrays
 from codec.io.volume import from_array, load_volume, save_volume
 from codec.model import MoEC
+from codec.settings import TrainConfig
 
 THREADS = 2
-BATCH = 1 << 15
+BATCH = TrainConfig.batch_size
 
 
 def dense_values(model: MoEC, coords: torch.Tensor) -> torch.Tensor:
@@ -105,9 +105,7 @@ def throughput(model: MoEC, form: str, batch: int = BATCH, steps: int = 12) -> f
 def brain_model(volume, experts: int, encoder: str = "siren") -> tuple[MoEC, pipeline.Plan]:
     """The model the brain gets at 256x; the SIREN encoder unless asked (the default before the latent grid)."""
     plan = pipeline.plan(volume, pipeline.Settings(ratio=256, experts=experts, encoder=encoder))
-    model = MoEC(plan.model, seed=0)
-    model.gate_gradient = 0.1
-    return model, plan
+    return MoEC(plan.model, seed=0), plan
 
 
 def dispatch_rows(volume) -> list[dict]:
@@ -186,7 +184,7 @@ def ct_decode_rows() -> list[dict]:
     """The development chest CT (512 x 512 x 61 int16) with the default settings at 256x, 1024x and
     4096x: the file's network is what costs, and one training step builds it (decode time does not
     depend on what the weights learned)."""
-    source = ROOT.parent / "shared" / "data" / "chest_ct_lung2.nii.gz"
+    source = CT
     if not source.exists():
         print(f"  (no development CT at {source}: its rows are skipped)")
         return []

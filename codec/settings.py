@@ -26,6 +26,26 @@ ROI_WEIGHT = 10.0
 #: pays (the brain template) and not where one network does better (the clinical CT and MR:
 #: docs/benchmarks.md). The first is also the number where no trial applies.
 AUTO_EXPERTS = (4, 1)
+#: The ratios `moec bench` measures unless told, and the one its ablations run at.
+BENCH_RATIOS = (128.0, 256.0, 512.0, 1024.0, 4096.0)
+ABLATION_RATIO = 256.0
+#: The range of each number a user chooses. The checks refuse values outside those of `experts`,
+#: `bits`, `grid_channels`, `seed` and `roi_weight` (the model, the file or the sampling cannot
+#: hold them); the others bound the widget's boxes only, and the command line takes any positive
+#: value there.
+RANGES: dict[str, tuple[float, float]] = {
+    "ratio": (2.0, 1e6),
+    "experts": (1, 64),
+    "bits": (2, 16),  # 16: float16 weights
+    "grid_channels": (1, 16),
+    "minutes": (0.05, 600.0),
+    "steps": (1, 10**7),
+    "lr": (1e-5, 0.1),
+    "balance_weight": (0.0, 10.0),
+    "seed": (0, 2**62 - 1),
+    "roi_weight": (1.0, 1e6),
+    "decode_scale": (0.1, 8.0),  # the grid a file is decoded on, as a factor per axis (codec.io.resample)
+}
 
 
 @dataclass(frozen=True)
@@ -55,7 +75,7 @@ class Settings:
         """The encoder these settings give a volume of `dims` axes."""
         if self.encoder != "auto":
             return self.encoder
-        # `--experts 1` stays a plain SIREN and `--partition blocks` SIREN blocks (the DESIGN's
+        # `--experts 1` stays a plain SIREN and `--partition blocks` SIREN blocks (the design's
         # baselines); the grid is 3D and stores its latents by rate, not as float16.
         grid_fits = (self.partition == "learned" and (self.experts is None or self.experts > 1) and dims == 3
                      and self.bits < 16)
@@ -124,13 +144,14 @@ class TrainConfig:
                 and self.latent_tv >= 0):
             raise ValueError("learning rates must be positive and finite, lr_decay in (0, 1], balance_weight, "
                              "latent_l1 and latent_tv finite and not negative")
-        if not 0 <= self.seed < 2**62:
-            raise ValueError("seed must be an integer in 0 .. 2**62 - 1")
+        if not RANGES["seed"][0] <= self.seed <= RANGES["seed"][1]:
+            raise ValueError(f"seed must be an integer in 0 .. {RANGES['seed'][1]}")
         if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1:
             raise ValueError("final_fraction must be in [0, 1) and latent_qat_from in [0, 1]")
         if not 0.0 < self.trial_share <= 0.3:
             raise ValueError("trial_share must be in (0, 0.3]")
-        if not (math.isfinite(self.roi_weight) and 1.0 <= self.roi_weight <= 1e6):
-            raise ValueError("roi_weight must be a number from 1 to 1e6")
+        low, high = RANGES["roi_weight"]
+        if not (math.isfinite(self.roi_weight) and low <= self.roi_weight <= high):
+            raise ValueError(f"roi_weight must be a number from {low:g} to {high:g}")
         if self.pretrain_target not in PRETRAIN_TARGETS or self.pretrain_steps < 0:
             raise ValueError(f"pretrain_target must be one of {PRETRAIN_TARGETS}; pretrain_steps not negative")

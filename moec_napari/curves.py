@@ -18,6 +18,8 @@ MAX_POINTS = 4000
 
 
 class CurvesWidget(QWidget):
+    """The training curves: loss and PSNR on the training batch against the step."""
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.steps: list[int] = []

@@ -10,12 +10,19 @@ from superqt import QCollapsible
 
 from codec import settings as choices
 
+#: A QSpinBox holds a C int.
+QT_INT_MAX = 2**31 - 1
 
-def spin(widget, lo, hi, value, tip, decimals=None, step=None):
-    """A spin box with its range, value, tooltip and, for a QDoubleSpinBox, its precision."""
+
+def spin(widget, name, value, tip, decimals=None, step=None, zero=False):
+    """A spin box over the range codec.settings gives setting `name`, with its value, tooltip and,
+    for a QDoubleSpinBox, its precision. `zero`: the box also takes 0, which means "not set"."""
     if decimals is not None:
         widget.setDecimals(decimals)
-    widget.setRange(lo, hi)
+    low, high = choices.RANGES[name]
+    if isinstance(widget, QSpinBox):
+        high = min(high, QT_INT_MAX)
+    widget.setRange(0 if zero else low, high)
     widget.setValue(value)
     if step is not None:
         widget.setSingleStep(step)
@@ -43,17 +50,18 @@ class SettingsForm(QWidget):
         self.layer_box = QComboBox()
         self.layer_box.setToolTip("The image layer to compress (opened NIfTI volumes keep their orientation)")
         form.addRow("Volume", self.layer_box)
-        self.ratio = spin(QDoubleSpinBox(), 2.0, 1e6, file_.ratio, "Target ratio vs the raw voxels; the file lands "
+        self.ratio = spin(QDoubleSpinBox(), "ratio", file_.ratio, "Target ratio vs the raw voxels; the file lands "
                           "between R and 1.05 R", decimals=1)
         form.addRow("Ratio", self.ratio)
         auto = " or ".join(map(str, choices.AUTO_EXPERTS))
-        self.experts = spin(QSpinBox(), 0, 64, file_.experts or 0, f"Number of experts (1 = a single network); auto: "
-                            f"a short trial of {auto} on the latent grid, and the better trains on")
+        self.experts = spin(QSpinBox(), "experts", file_.experts or 0,
+                            f"Number of experts (1 = a single network); auto: "
+                            f"a short trial of {auto} on the latent grid, and the better trains on", zero=True)
         self.experts.setSpecialValueText("auto")  # shown at 0
         form.addRow("Experts", self.experts)
         self.top_k = combo(choices.TOP_K, file_.top_k, "Experts evaluated per voxel")
         form.addRow("Top-k", self.top_k)
-        self.minutes = spin(QDoubleSpinBox(), 0.05, 600.0, train.minutes, "Training time budget in minutes",
+        self.minutes = spin(QDoubleSpinBox(), "minutes", train.minutes, "Training time budget in minutes",
                             decimals=2)
         form.addRow("Minutes", self.minutes)
         self.roi_box = QComboBox()
@@ -66,12 +74,13 @@ class SettingsForm(QWidget):
         self.advanced = QCollapsible("Advanced")
         adv = QWidget()
         adv_form = QFormLayout(adv)
-        self.lr = spin(QDoubleSpinBox(), 1e-5, 0.1, train.lr, "Adam learning rate", decimals=5, step=5e-4)
-        self.seed = spin(QSpinBox(), 0, 2 ** 31 - 1, train.seed, "Random seed (initialisation and sampling)")
-        self.balance = spin(QDoubleSpinBox(), 0.0, 10.0, train.balance_weight, "Balancing loss weight", decimals=3,
-                            step=0.01)
-        self.bits = spin(QSpinBox(), 2, 16, file_.bits, "Weight bit width before entropy coding (16 = float16)")
-        self.steps = spin(QSpinBox(), 0, 10 ** 7, 0, "Train this many steps instead of a time budget (0: use minutes)")
+        self.lr = spin(QDoubleSpinBox(), "lr", train.lr, "Adam learning rate", decimals=5, step=5e-4)
+        self.seed = spin(QSpinBox(), "seed", train.seed, "Random seed (initialisation and sampling)")
+        self.balance = spin(QDoubleSpinBox(), "balance_weight", train.balance_weight, "Balancing loss weight",
+                            decimals=3, step=0.01)
+        self.bits = spin(QSpinBox(), "bits", file_.bits, "Weight bit width before entropy coding (16 = float16)")
+        self.steps = spin(QSpinBox(), "steps", 0, "Train this many steps instead of a time budget (0: use minutes)",
+                          zero=True)
         self.partition = combo(choices.PARTITIONS, file_.partition,
                                "Learned router (MoEC) or the fixed block split (baseline)")
         self.encoder = combo(choices.ENCODERS, file_.encoder, "Shared encoder: a latent grid (3D, quantized weights) "
@@ -79,9 +88,10 @@ class SettingsForm(QWidget):
         self.router_input = combo(choices.ROUTER_INPUTS, "features" if file_.router_features else "coordinates",
                                   "What the router reads: the coordinates and the encoder features, or the "
                                   "coordinates alone")
-        self.grid_channels = spin(QSpinBox(), 1, 16, file_.grid_channels, "Latents per grid node and level (latent "
-                                  "grid only); fewer channels buy a finer grid in the same bytes")
-        self.roi_weight = spin(QDoubleSpinBox(), 1.0, 1000.0, train.roi_weight,
+        self.grid_channels = spin(QSpinBox(), "grid_channels", file_.grid_channels,
+                                  "Latents per grid node and level (latent grid only); fewer channels buy a finer "
+                                  "grid in the same bytes")
+        self.roi_weight = spin(QDoubleSpinBox(), "roi_weight", train.roi_weight,
                                "How much more a voxel of the ROI counts in training", decimals=1)
         for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
                               ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),

@@ -1,6 +1,6 @@
 """The plugin's background work, with no Qt in it: training with previews, and loading a file.
 
-`TrainingJob.run` is a generator over `codec`'s `Fitter.fit`: it yields Progress (at most every
+`TrainingJob.run` is a generator over `codec.pipeline.Compression.run`: it yields Progress (at most every
 0.1 s) and Preview (the displayed slice decoded at most every `preview_every` seconds), and
 returns a Result once training ends or is stopped. Everything heavy (previews, encoding, the full
 decode, the measurements) happens here, in the worker thread; the GUI thread only assigns arrays.
@@ -113,7 +113,7 @@ class TrainingJob:
         return self.session.fitter
 
     @property
-    def experts(self) -> int:
+    def max_experts(self) -> int:
         """The most experts any model of this job can have (the expert layer's colours)."""
         return max(c.plan.model.experts for c in self.session.candidates)
 

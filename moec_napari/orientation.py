@@ -1,7 +1,7 @@
 """File voxel order <-> display order, and the layer transforms that put voxels where the affine says.
 
 `codec` always works in the file's own voxel order; only the plugin reorients, for display
-(DESIGN section 2). Display order is the closest canonical (RAS) orientation with the axes reversed,
+(docs/design.md, "Data flow"). Display order is the closest canonical (RAS) orientation with the axes reversed,
 (t,) S, A, R, so that napari's default view shows axial slices (rows anterior-posterior, columns
 left-right) with a slider through the slices, and the layer gets a diagonal scale and translate.
 Napari's world axes are therefore (t,) z, y, x in the NIfTI's RAS millimetres, reversed.

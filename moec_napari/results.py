@@ -56,6 +56,9 @@ def metric_texts(r: Result) -> dict[str, str]:
 
 
 class ResultsPanel(QWidget):
+    """The figures of a finished model: metrics, CT window presets, the worst slice and the
+    per-expert table; it tells the widget what the user picks through its signals."""
+
     window_chosen = Signal(str)  # a CT window preset's name
     worst_requested = Signal()
     expert_chosen = Signal(object)  # the expert (0-based) whose region alone to show, or None: all

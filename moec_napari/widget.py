@@ -52,8 +52,6 @@ from .layers import (
 )
 from .results import ResultsPanel, format_db
 
-ROLES = ("reconstruction", "error", "experts", "confidence")
-
 
 def training_threads() -> int:
     """Leave a core to the viewer: torch's threads compete with Qt's event loop otherwise."""
@@ -136,7 +134,7 @@ class MoecWidget(QWidget):
         self.load_button = QPushButton("Load .moec…")
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
-        self.decode_scale = spin(QDoubleSpinBox(), 0.1, 8.0, 1.0, "Grid a loaded file is decoded on, as a factor per "
+        self.decode_scale = spin(QDoubleSpinBox(), "decode_scale", 1.0, "Grid a loaded file is decoded on, as a factor per "
                                  "axis (2: twice the voxels along each axis, e.g. thin slices; the network is "
                                  "continuous). 1: the file's own grid, measured against an open volume of its shape",
                                  decimals=2, step=0.25)
@@ -211,7 +209,7 @@ class MoecWidget(QWidget):
             return
         self.job, self.source, self.result = job, layer, None
         self.results.clear()
-        self._make_derived_layers(layer, job.experts, self.form.ratio.value())
+        self._make_derived_layers(layer, job.max_experts, self.form.ratio.value())
         self._start(job.run())
 
     def continue_training(self) -> None:

@@ -225,7 +225,7 @@ def test_the_command_lines_defaults_are_the_librarys():
     `moec --help` does not import torch."""
     from codec import pipeline
     from codec.cli import build_parser
-    from codec.fit.train import TrainConfig
+    from codec.settings import TrainConfig
 
     args = build_parser().parse_args(["compress", "volume.nii.gz"])
     settings, train = pipeline.Settings(), TrainConfig()

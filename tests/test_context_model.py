@@ -14,12 +14,12 @@ from codec import pipeline
 from codec.coding import context, entropy
 from codec.decode.reconstruct import reconstruct
 from codec.errors import MoecFormatError
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.format.container import unpack_container
 from codec.format.header import parse_meta
 from codec.format.payload import _model_entry, read_table, stored_steps
 from codec.io.phantom import make_phantom
+from codec.settings import TrainConfig
 
 from .test_format import assemble
 from .training import train

@@ -13,11 +13,11 @@ from codec.decode.floor import FLOOR_SHARE, apply_floor, choose_floor
 from codec.decode.reconstruct import reconstruct
 from codec.errors import MoecFormatError
 from codec.eval.metrics import psnr, ssim
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.format.container import unpack_container
 from codec.io.phantom import phantom_affine, phantom_arrays
 from codec.io.volume import from_array
+from codec.settings import TrainConfig
 
 from .test_format import assemble
 from .training import train

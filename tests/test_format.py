@@ -20,11 +20,11 @@ from codec import pipeline
 from codec.cli import main
 from codec.decode.reconstruct import reconstruct
 from codec.errors import MoecFormatError
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.format.container import HEADER_DICTIONARY, READABLE_VERSIONS, VERSION, unpack_container
 from codec.format.header import read_meta
 from codec.io.phantom import make_phantom
+from codec.settings import TrainConfig
 
 from .training import train
 

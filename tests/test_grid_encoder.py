@@ -12,11 +12,11 @@ from codec import pipeline
 from codec.coding import entropy
 from codec.coding.quantize import dequantize, latent_steps, quantize, rate_step
 from codec.errors import MoecError
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.format.payload import stored_steps
 from codec.model import LatentGrid, ModelConfig, MoEC
 from codec.model.coords import coords_from_flat
+from codec.settings import TrainConfig
 
 from .training import file_psnr, mean_prediction_psnr, train
 

@@ -1,4 +1,4 @@
-"""The latent grid's layout on anisotropic voxels (budget.grid_layout, ModelConfig.grid_hold, format 6)."""
+"""The latent grid's layout on anisotropic voxels (codec.fit.sizing.grid_layout, ModelConfig.grid_hold, format 6)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from codec.cli import main
 from codec.decode.reconstruct import reconstruct
 from codec.errors import MoecFormatError
 from codec.fit.sizing import grid_layout
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.format.container import unpack_container
 from codec.io.volume import from_array, save_volume
 from codec.model import ModelConfig
+from codec.settings import TrainConfig
 
 from .test_format import assemble
 

@@ -1,4 +1,4 @@
-"""The measures of DESIGN section 5."""
+"""The measures of docs/design.md ("Measures")."""
 
 from __future__ import annotations
 

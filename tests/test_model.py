@@ -71,7 +71,6 @@ def test_training_and_decoding_forms_give_identical_values(name):
     """Decoding (no graph: in-place sines, rows placed without the gate multiply) must give bit for
     bit what the training form gives, or the PSNR measured while training would not be the file's."""
     model = MoEC(CONFIGS[name], seed=6)
-    model.gate_gradient = 0.1
     coords = random_coords(2500, seed=7)
     with_graph = model(coords).values
     assert with_graph.requires_grad

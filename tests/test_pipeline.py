@@ -7,10 +7,9 @@ import pytest
 
 from codec import pipeline
 from codec.errors import MoecError, RatioError
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.io.phantom import make_phantom
-from codec.settings import AUTO_EXPERTS
+from codec.settings import AUTO_EXPERTS, TrainConfig
 
 from .training import mean_prediction_psnr
 

@@ -10,12 +10,12 @@ import pytest
 from codec import pipeline
 from codec.decode.reconstruct import TILE_SLICES, decode_region, reconstruct, slice_axis, tiling
 from codec.errors import VolumeError
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.format.header import MoecMeta
 from codec.io.phantom import make_phantom
 from codec.io.resample import resampled_affine, resampled_header, scaled_shape
 from codec.io.volume import from_array
+from codec.settings import TrainConfig
 
 from .conftest import permuted_affine
 from .training import train

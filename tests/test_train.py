@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from codec import pipeline
-from codec.decode.reconstruct import evaluate as evaluate_points
-from codec.decode.reconstruct import reconstruct
+from codec.decode.reconstruct import predict, reconstruct
 from codec.fit.train import WIDE_FAN_IN, TrainConfig, fan_in_scale
 from codec.format import moecfile
 from codec.format.payload import stored_steps
@@ -65,8 +64,8 @@ def test_the_stored_router_computes_the_partition_the_experts_were_trained_on(ph
     volume, _ = phantom
     fitter, _, data = trained
     coords = coords_from_flat(torch.arange(volume.data.size), volume.shape)
-    _, trained_labels, _ = evaluate_points(fitter.model, coords)
-    _, stored_labels, _ = evaluate_points(moecfile.from_bytes(data).model, coords)
+    _, trained_labels, _ = predict(fitter.model, coords)
+    _, stored_labels, _ = predict(moecfile.from_bytes(data).model, coords)
     np.testing.assert_array_equal(trained_labels, stored_labels)
 
 
@@ -142,7 +141,7 @@ def test_the_final_stage_goes_on_from_the_joint_stage_without_a_drop(phantom):
     target = fitter.target[torch.arange(0, volume.data.size, 7)].numpy()
 
     def error() -> float:
-        return float(np.mean((evaluate_points(fitter.model, coords)[0] - target) ** 2))
+        return float(np.mean((predict(fitter.model, coords)[0] - target) ** 2))
 
     before = after = None
     for progress in fitter.fit():

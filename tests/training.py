@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from codec import pipeline
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.io.volume import Volume
+from codec.settings import TrainConfig
 
 
 def train(volume: Volume, settings: pipeline.Settings, config: TrainConfig):

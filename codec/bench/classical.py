@@ -50,6 +50,8 @@ _GRAY_FORMATS = {"gray": 8, "gray10le": 10, "gray12le": 12}
 
 @dataclass(frozen=True)
 class ClassicalResult:
+    """A classical codec's cell: the setting that reached the ratio, and its fidelity."""
+
     codec: str  # one of CODECS
     target: float  # the ratio asked for
     reached: bool  # False when even the coarsest setting gives too many bytes (or the tool is missing)

@@ -166,8 +166,8 @@ def verdict_lines(rows: list[dict], ratios: list[float]) -> list[str]:
                      f"{'yes' if holds else 'no'} | {partition} |")
     if claim:
         lines += ["", "The central claim at equal size and time, by PSNR: the learned partition above the blocks and "
-                  "the single SIREN (DESIGN; on the means, then on every seed: its worst seed above their best), "
-                  "and the whole order learned > blocks > single SIREN (the issue); last, what the partition itself "
+                  "the single SIREN (on the means, then on every seed: its worst seed above their best), "
+                  "and the whole order learned > blocks > single SIREN; last, what the partition itself "
                   "adds: the learned partition against one MLP on the same grid (dB):",
                   "", "| ratio | order | learned above both | on every seed | whole order | partition vs one MLP |",
                   "|---|---|---|---|---|---|", *claim]

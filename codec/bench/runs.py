@@ -1,6 +1,6 @@
 """`moec bench`: rate-distortion of MoEC against the classical codecs on a user's own volume.
 
-Every cell (one method at one ratio) is measured the same way (DESIGN section 5: ratio on the bytes
+Every cell (one method at one ratio) is measured the same way (docs/design.md, "Measures": ratio on the bytes
 actually produced, PSNR with peak = max - min, 3D SSIM), written to its own JSON file as soon as it
 is done, and skipped on a rerun, so a long benchmark survives interruption. The tables and the plot
 are regenerated from the cells at the end of every cell.
@@ -29,12 +29,10 @@ from codec.bench import classical
 from codec.bench.methods import ABLATIONS, CLAIM, SEEDED, Method
 from codec.bench.report import write_reports
 from codec.errors import RatioError
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.io.files import atomic_write_bytes
 from codec.io.volume import Volume
-
-DEFAULT_RATIOS = (128.0, 256.0, 512.0, 1024.0, 4096.0)
+from codec.settings import ABLATION_RATIO, BENCH_RATIOS, TrainConfig
 
 
 def slug(text: str) -> str:
@@ -78,6 +76,8 @@ def run_classical(volume: Volume, codec: str, ratio: float) -> dict:
 
 @dataclass(frozen=True)
 class Cell:
+    """One measurement of the benchmark: a method at a ratio (and seed), run on demand."""
+
     method: str
     ratio: float
     kind: str  # "moec", "classical", "ablation"
@@ -106,8 +106,8 @@ def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, c
                            partial(run_moec, volume, method, ablation_ratio, seeded), seed)
 
 
-def run(volume: Volume, out: Path, ratios: tuple[float, ...] = DEFAULT_RATIOS, config: TrainConfig = TrainConfig(),
-        codecs: tuple[str, ...] | None = None, ablations: bool = False, ablation_ratio: float = 256.0,
+def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, config: TrainConfig = TrainConfig(),
+        codecs: tuple[str, ...] | None = None, ablations: bool = False, ablation_ratio: float = ABLATION_RATIO,
         moec: bool = True, seeds: int = 1, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the benchmark into `out`; returns the collected results."""
     if seeds < 1:

@@ -18,13 +18,14 @@ from codec.cli.console import (
     region_text,
     to_json,
 )
+from codec.settings import Settings, TrainConfig
 
 
 def cmd_compress(args) -> int:
     import torch
 
     from codec import pipeline
-    from codec.fit.train import TrainConfig, resolve_device
+    from codec.fit.train import resolve_device
     from codec.format import moecfile
     from codec.io.volume import load_volume
 
@@ -43,14 +44,7 @@ def cmd_compress(args) -> int:
         from codec.io.roi import load_roi
 
         roi = load_roi(args.roi, volume.shape, volume.affine)
-    settings = pipeline.Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k,
-                                 partition=args.partition, bits=args.bits, granularity=args.granularity,
-                                 encoder=args.encoder, router_features=args.router_input == "features",
-                                 grid_channels=args.grid_channels, grid_spacing_power=args.grid_spacing)
-    train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                        balance_weight=args.balance, router_pretraining=args.pretrain != "none",
-                        pretrain_target="blocks" if args.pretrain == "blocks" else "clusters",
-                        seed=args.seed, device=args.device, roi_weight=args.roi_weight)
+    settings, train = _choices(args)
     session = pipeline.Compression(volume, settings, train, roi)
     plan = session.plan
     print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
@@ -91,6 +85,26 @@ def cmd_compress(args) -> int:
     # Every figure comes from decoding the bytes just written, as a reader of the file would.
     moec = moecfile.read(output)
     evaluation = session.evaluate(moec)
+    _report(args, output, source, volume, session, made, evaluation, stopped)
+    return 0
+
+
+def _choices(args) -> tuple[Settings, TrainConfig]:
+    """The file's settings and the training's, as the options ask."""
+    settings = Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k, partition=args.partition,
+                        bits=args.bits, granularity=args.granularity, encoder=args.encoder,
+                        router_features=args.router_input == "features", grid_channels=args.grid_channels,
+                        grid_spacing_power=args.grid_spacing)
+    train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                        balance_weight=args.balance, router_pretraining=args.pretrain != "none",
+                        pretrain_target=args.pretrain if args.pretrain != "none" else TrainConfig.pretrain_target,
+                        seed=args.seed, device=args.device, roi_weight=args.roi_weight)
+    return settings, train
+
+
+def _report(args, output: Path, source: Path, volume, session, made, evaluation, stopped: bool) -> None:
+    """What was written and how close it is, as JSON or as lines for a person."""
+    data = made.data
     q = evaluation.quality
     used = sum(1 for e in evaluation.experts if e.share > 0)
     report = {
@@ -102,7 +116,7 @@ def cmd_compress(args) -> int:
         report["roi"] = asdict(evaluation.roi)
     if args.json:
         print(to_json(report))
-        return 0
+        return
     print(f"wrote {output}: {nbytes(len(data))}")
     file_part = (f", {evaluation.file_ratio:.1f}x vs {_source_files(source, volume)} "
                  f"({nbytes(volume.source_bytes or 0)})" if evaluation.file_ratio else "")
@@ -114,7 +128,6 @@ def cmd_compress(args) -> int:
     stages = made.stages
     print(f"  training  {made.steps} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
           f"{used} of {session.plan.model.experts} experts in use")
-    return 0
 
 
 def _default_output(source: Path, series: str | None) -> Path:

@@ -7,7 +7,8 @@ import math
 
 from codec import __version__
 from codec import settings as choices
-from codec.cli.cohort import CODEC_KEYS, cmd_batch, cmd_bench
+from codec.cli.batch import cmd_batch
+from codec.cli.bench import CODEC_KEYS, cmd_bench
 from codec.cli.compress import cmd_compress, cmd_decompress
 from codec.cli.examine import cmd_eval, cmd_info, cmd_sample
 from codec.settings import Settings, TrainConfig
@@ -83,7 +84,7 @@ def _compress(sub: argparse._SubParsersAction, file_: Settings, train: TrainConf
                         f"learned router, 2+ experts and quantized weights, else SIREN (default {file_.encoder})")
     c.add_argument("--router-input", choices=choices.ROUTER_INPUTS,
                    default="features" if file_.router_features else "coordinates",
-                   help="what the router reads: the coordinates and the encoder features (DESIGN's router), or "
+                   help="what the router reads: the coordinates and the encoder features (the design's router), or "
                         "the coordinates alone (measured in docs/benchmarks.md) (default "
                         f"{'features' if file_.router_features else 'coordinates'})")
     c.add_argument("--grid-channels", type=_positive(int), default=file_.grid_channels, metavar="C",
@@ -159,7 +160,7 @@ def _bench(sub: argparse._SubParsersAction, train: TrainConfig) -> None:
     b = sub.add_parser("bench", help="rate-distortion of MoEC against JPEG 2000, HEVC and H.264 on a volume")
     b.add_argument("input", help=".nii, .nii.gz or .npy volume, or a DICOM series' folder")
     _series_option(b)
-    b.add_argument("--ratios", type=_positive(float), nargs="+", default=[128.0, 256.0, 512.0, 1024.0, 4096.0])
+    b.add_argument("--ratios", type=_positive(float), nargs="+", default=list(choices.BENCH_RATIOS))
     bench_budget = b.add_mutually_exclusive_group()
     bench_budget.add_argument("--minutes", type=_positive(float), default=train.minutes,
                               help=f"MoEC training time per cell (default {train.minutes:g})")
@@ -168,10 +169,10 @@ def _bench(sub: argparse._SubParsersAction, train: TrainConfig) -> None:
                    help="classical codecs to run (default: all that are installed)")
     b.add_argument("--ablations", action="store_true",
                    help="also the ablations (experts, top-2, balancing, pretraining) at --ablation-ratio")
-    b.add_argument("--ablation-ratio", type=_positive(float), default=256.0)
+    b.add_argument("--ablation-ratio", type=_positive(float), default=choices.ABLATION_RATIO)
     b.add_argument("--classical-only", action="store_true", help="skip the MoEC cells")
     b.add_argument("--out", default="moec-bench", help="folder for cells, results.json, results.md, rd.png")
-    b.add_argument("--seed", type=int, default=0, help="the (first) training seed of every MoEC cell")
+    b.add_argument("--seed", type=int, default=train.seed, help="the (first) training seed of every MoEC cell")
     b.add_argument("--seeds", type=_positive(int), default=1,
                    help="seeds per cell of the rows the verdict reads (the claim's three and the control) and of "
                         "the ablations, from --seed up; the tables show their mean, the verdict whether the order "

@@ -1,6 +1,6 @@
 """The spatial context model of a latent grid's symbols: prediction, context bins and coding order.
 
-Neighbouring latents of a trained grid are alike (DESIGN section 3 names a spatial context model as
+Neighbouring latents of a trained grid are alike (docs/design.md, "The network" names a spatial context model as
 the lever after the grid itself). Each symbol is predicted from its causal face neighbours, those
 one step back along each axis (their mean, 0 outside the grid), and only the residual is coded,
 with a model picked by how large those neighbours' residuals were (`BINS` bins: a large neighbour

@@ -2,7 +2,7 @@
 
 Each tensor's symbols get a parametric model that costs four numbers (family, scale, lowest and
 highest symbol) instead of a probability table: per-tensor 256-entry tables would cost more than a
-whole 1024x budget (DESIGN section 7). The family, Laplace or Gaussian, is chosen per tensor by the
+whole 1024x budget (docs/design.md, "Traps"). The family, Laplace or Gaussian, is chosen per tensor by the
 smaller ideal code length. A tensor whose symbols span a short range (a latent grid's, at a few bits
 per latent) may instead carry its own frequency table, 16 bits per symbol of the range, when that
 is cheaper table included: latents pile up at zero more than a Laplace says (measured on the brain

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from codec.coding import entropy
-from codec.settings import LATENT_BITS
+from codec.settings import GRANULARITIES, LATENT_BITS, RANGES, Settings
 
 FLOAT16_BITS = 16
-GRANULARITIES = ("tensor", "channel")
 MAX_SYMBOL = 32767  # symbols and their ranges are stored as int16
 
 
@@ -28,9 +27,9 @@ class QuantConfig:
     """How weights are quantized. `first_layer_extra_bits` goes to the omega_0-scaled layer that
     reads raw coordinates: an error there is multiplied by omega_0 (about 30) before the sine."""
 
-    bits: int = 8
-    first_layer_extra_bits: int = 2
-    granularity: str = "tensor"
+    bits: int = Settings.bits
+    first_layer_extra_bits: int = Settings.first_layer_extra_bits
+    granularity: str = Settings.granularity
     #: Coded bits per latent of a grid encoder: its quantization step is chosen for this rate (the
     #: latents' step is stored in the file, so decoding never needs this number).
     latent_bits: float = LATENT_BITS
@@ -38,8 +37,9 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if not 0.25 <= self.latent_bits <= 8:
             raise ValueError(f"latent_bits must be 0.25..8, not {self.latent_bits}")
-        if not 2 <= self.bits <= FLOAT16_BITS:
-            raise ValueError(f"bits must be 2..{FLOAT16_BITS}, not {self.bits}")
+        low, high = RANGES["bits"]
+        if not low <= self.bits <= high:
+            raise ValueError(f"bits must be {low}..{high}, not {self.bits}")
         if not 0 <= self.first_layer_extra_bits <= 6:
             raise ValueError("first_layer_extra_bits must be 0..6")
         if self.granularity not in GRANULARITIES:

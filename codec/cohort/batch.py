@@ -34,7 +34,7 @@ from pathlib import Path
 
 # OpenMP reads its wait policy when torch loads it: a worker process imports this module (to run
 # compress_one) before torch, so this reaches workers of a cluster that already runs. Busy-waiting
-# threads of several workers on the same cores steal each other's time (DESIGN section 3).
+# threads of several workers on the same cores steal each other's time (docs/design.md, "Traps").
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from codec.errors import MoecError, OutputError
@@ -142,7 +142,6 @@ def compress_one(job: VolumeJob, settings: BatchSettings, threads: int | None = 
         import torch
 
         from codec import pipeline
-        from codec.fit.train import TrainConfig
         from codec.format import moecfile
         from codec.io.volume import load_volume
 
@@ -351,6 +350,8 @@ def _task_key(job: VolumeJob, settings: BatchSettings) -> str:
 
 @dataclass(frozen=True)
 class BatchSummary:
+    """The outcome of one `moec batch` run over a cohort."""
+
     rows: tuple[VolumeResult, ...]  # every volume found, in the manifest's order
     compressed: int  # finished in this run
     skipped: int  # finished before it

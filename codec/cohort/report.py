@@ -46,6 +46,8 @@ def worst_first(rows: tuple[VolumeResult, ...]) -> list[VolumeResult]:
 
 @dataclass(frozen=True)
 class ModalityStat:
+    """One modality's line of the cohort report."""
+
     modality: str
     ok: int
     failed: int

@@ -46,6 +46,8 @@ TILE_WORKERS = 2
 
 @dataclass(frozen=True, eq=False)
 class Reconstruction:
+    """A decoded volume with the expert each voxel went to and the router's confidence."""
+
     volume: Volume
     labels: np.ndarray  # uint8, expert k as k + 1
     confidence: np.ndarray  # float32 in (0, 1]
@@ -95,7 +97,7 @@ class Tiling:
 
 
 @torch.no_grad()
-def evaluate(model: MoEC, coords: torch.Tensor,
+def predict(model: MoEC, coords: torch.Tensor,
              feats: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Network output on the [-1, 1] scale, expert labels (k+1) and gate confidence for coordinates
     (and their features, when computed already)."""
@@ -149,7 +151,7 @@ def _decode_tile(model: MoEC, meta: MoecMeta, shape: tuple[int, ...], box: tuple
     if isinstance(model.encoder, LatentGrid):
         device = next(model.parameters()).device
         feats = model.encoder.box_features([a.to(device) for a in selection_axes(shape, box)])
-    parts = [evaluate(model, coords[a:b], None if feats is None else feats[a:b])
+    parts = [predict(model, coords[a:b], None if feats is None else feats[a:b])
              for a, b in flat_chunks(coords.shape[0], chunk)]
     values = apply_floor(_as_stored(np.concatenate([p[0] for p in parts]), meta), meta.floor, meta.vmin)
     labels = np.concatenate([p[1] for p in parts])
@@ -236,7 +238,7 @@ def unfloored_values(moec: MoecFile, flat: torch.Tensor, chunk: int = DEFAULT_CH
     """The file's values at flat voxel indices as `reconstruct` computes them before the floor: what
     the encoder chooses the floor on."""
     model = moec.model.eval()
-    parts = [evaluate(model, coords_from_flat(part, moec.meta.shape))[0] for part in flat.split(chunk)]
+    parts = [predict(model, coords_from_flat(part, moec.meta.shape))[0] for part in flat.split(chunk)]
     return _as_stored(np.concatenate(parts), moec.meta)
 
 
@@ -250,7 +252,7 @@ def render(model: MoEC, shape: tuple[int, ...], vmin: float, vmax: float,
     """Decode part of the grid (a slice, a strided subsample) for previews: real units (unrounded),
     labels and confidence, shaped like the selection (integer axes kept as length 1)."""
     coords, picked = selection_coords(shape, selection)
-    parts = [evaluate(model, coords[a:b]) for a, b in flat_chunks(coords.shape[0], chunk)]
+    parts = [predict(model, coords[a:b]) for a, b in flat_chunks(coords.shape[0], chunk)]
     values = from_unit(np.concatenate([p[0] for p in parts]), vmin, vmax).reshape(picked)
     labels = np.concatenate([p[1] for p in parts]).reshape(picked)
     confidence = np.concatenate([p[2] for p in parts]).reshape(picked)

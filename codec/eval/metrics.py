@@ -1,4 +1,4 @@
-"""The measures of DESIGN section 5, the same for the CLI, the plugin, the benchmarks and the tests.
+"""The measures of docs/design.md ("Measures"), the same for the CLI, the plugin, the benchmarks and the tests.
 
 PSNR uses the original's own range (max - min, real units) as its peak, over the whole volume. SSIM is
 scikit-image's on the 3D volume with that range, computed in overlapping slabs so that its memory
@@ -90,6 +90,8 @@ def foreground(original: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Quality:
+    """How close a reconstruction is to its original, in the measures of docs/design.md."""
+
     psnr: float
     ssim: float
     ssim_method: str
@@ -121,7 +123,7 @@ def slice_psnr(original: np.ndarray, recon: np.ndarray, peak: float) -> np.ndarr
 
 
 def quality(original: np.ndarray, recon: np.ndarray, dtype: np.dtype | None = None, slope: float = 1.0) -> Quality:
-    """Every figure of DESIGN section 5 for a reconstruction of `original` (both in real units)."""
+    """Every figure of docs/design.md ("Measures") for a reconstruction of `original` (both in real units)."""
     if original.shape != recon.shape:
         raise ValueError(f"shapes differ: {original.shape} and {recon.shape}")
     peak = peak_of(original)
@@ -149,6 +151,8 @@ def quality(original: np.ndarray, recon: np.ndarray, dtype: np.dtype | None = No
 
 @dataclass(frozen=True)
 class ExpertStat:
+    """One expert's row of the per-expert table: its region's size and fidelity."""
+
     expert: int  # 0-based; its label in the assignment volume is expert + 1
     share: float  # fraction of the voxels routed to it
     psnr: float  # inside its region, peak of the whole volume

@@ -1,6 +1,6 @@
 """Target ratio -> network widths, and the final fit of the written file into its window.
 
-The contract (DESIGN section 3, issue 2): the written file, header included, is between R and 1.05 R
+The contract (docs/design.md, "Data flow"): the written file, header included, is between R and 1.05 R
 times smaller than the raw voxels. Before training, `plan_model` picks the widest network whose
 *estimated* file fits; after training, `fit_to_window` adjusts the quantization step of the experts
 and decoder until the *real* coded file lands inside the window. Float16 files have no such knob,
@@ -32,6 +32,8 @@ HEADER_SLACK = 24
 
 @dataclass(frozen=True)
 class Plan:
+    """The network and quantization a target ratio gets, and the file-size window it must land in."""
+
     model: ModelConfig
     quant: QuantConfig
     ratio: float

@@ -1,11 +1,12 @@
-"""Training: `Fitter.fit()` is a generator of Progress that the CLI, the plugin and the tests drive.
+"""Training: `Fitter.fit()` is a generator of Progress; `codec.pipeline.Compression.run` drives it
+for the CLI, the plugin, the benchmarks and the tests alike.
 
-A run's stages (DESIGN section 3):
+A run's stages (docs/design.md, "The network"):
 
     router  fresh learned models only, a few hundred cheap steps (no expert is evaluated): the
             router learns a balanced starting partition, the intensity clusters of partition.py
             by default, so joint training does not collapse onto one expert (it reads the
-            encoder's features but never trains them: model.py);
+            encoder's features but never trains them: codec.model.network);
     joint   everything, loss = MSE + balancing loss (Switch form, alpha N sum_i f_i P_i) + the
             latents' rate penalty (sparse and smooth grids code to fewer bits), until
             1 - final_fraction of the budget;
@@ -69,6 +70,8 @@ def fan_in_scale(param: torch.Tensor) -> float:
 
 @dataclass(frozen=True)
 class Progress:
+    """What a training step reports to whoever drives the run (CLI, plugin, tests)."""
+
     step: int  # steps run by this Fitter so far, all runs together
     stage: str
     loss: float  # reconstruction MSE on the [-1, 1] scale (the router stage: its cross-entropy)

@@ -1,4 +1,4 @@
-"""The .moec container: magic, version, deflated header, payload, CRC32 (DESIGN section 4).
+"""The .moec container: magic, version, deflated header, payload, CRC32 (docs/format.md).
 
     offset  size  field
     0       4     magic b"MOEC"
@@ -78,6 +78,8 @@ MIN_FILE_BYTES = _PREFIX.size + _U32.size + _U32.size
 
 @dataclass(frozen=True)
 class Container:
+    """A file's sections as read, before the header's meaning is checked."""
+
     version: int
     meta: dict
     nifti: bytes

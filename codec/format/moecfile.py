@@ -20,6 +20,8 @@ from codec.model import MoEC
 
 @dataclass(frozen=True, eq=False)
 class MoecFile:
+    """A decoded `.moec` file: what it describes, the network, and its size on disk."""
+
     meta: MoecMeta
     model: MoEC
     nbytes: int

@@ -192,6 +192,8 @@ class SeriesInfo:
 
 @dataclass(frozen=True)
 class FolderScan:
+    """What a folder holds: its DICOM series, the DICOM files pydicom cannot read, the rest."""
+
     series: tuple[SeriesInfo, ...]
     unreadable: tuple[tuple[Path, str], ...]  # DICOM files (by their magic) that pydicom cannot parse
     other_files: int  # files that are not DICOM, or DICOM without an image (DICOMDIR, reports)

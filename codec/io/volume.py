@@ -1,9 +1,9 @@
 """Volume: voxels in real units plus everything needed to write them back as the file they came from.
 
-The codec always works in the file's own voxel order with its original affine (DESIGN section 2).
+The codec always works in the file's own voxel order with its original affine (docs/design.md, "Data flow").
 NIfTI scaling (scl_slope / scl_inter) is applied on load so values are in real units (Hounsfield for
 CT), and undone by hand on save: nibabel would otherwise recompute the scaling from float data
-(DESIGN section 7).
+(docs/design.md, "Traps").
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from codec.settings import ENCODERS as CHOSEN_ENCODERS
-from codec.settings import PARTITIONS, Settings
+from codec.settings import PARTITIONS, RANGES, Settings
 
 #: The encoders a network can have (a user may also leave the choice to codec.settings: "auto").
 ENCODERS = tuple(e for e in CHOSEN_ENCODERS if e != "auto")
@@ -48,8 +48,9 @@ class ModelConfig:
         out = []
         if self.dims not in (3, 4):
             out.append(f"dims must be 3 or 4, not {self.dims}")
-        if not 1 <= self.experts <= 64:
-            out.append(f"experts must be 1..64, not {self.experts}")
+        low, high = RANGES["experts"]
+        if not low <= self.experts <= high:
+            out.append(f"experts must be {low}..{high}, not {self.experts}")
         if not 1 <= self.top_k <= min(2, self.experts):
             out.append(f"top_k must be 1..{min(2, self.experts)}, not {self.top_k}")
         if self.partition not in PARTITIONS:
@@ -83,8 +84,9 @@ class ModelConfig:
                 out.append("the grid encoder reads 3D coordinates only")
             if self.encoder_layers != 0:
                 out.append("the grid encoder has no SIREN layers (encoder_layers must be 0)")
-            if not (1 <= self.grid_channels <= 16 and 1 <= self.grid_levels <= 8):
-                out.append("grid_channels must be 1..16 and grid_levels 1..8")
+            low, high = RANGES["grid_channels"]
+            if not (low <= self.grid_channels <= high and 1 <= self.grid_levels <= 8):
+                out.append(f"grid_channels must be {low}..{high} and grid_levels 1..8")
             if len(self.grid_finest) != self.dims or not all(2 <= n <= 1024 for n in self.grid_finest):
                 out.append(f"grid_finest {self.grid_finest} must give 2..1024 nodes on each of {self.dims} axes")
             if self.grid_hold and (len(self.grid_hold) != self.dims
@@ -119,7 +121,7 @@ class ModelConfig:
 
     @property
     def router_inputs(self) -> int:
-        """The coordinates, and the encoder features unless `router_features` is off (DESIGN: the
+        """The coordinates, and the encoder features unless `router_features` is off (the design: the
         router is conditioned on them; the coordinates alone are measured in docs/benchmarks.md)."""
         return self.dims + (self.feature_width if self.router_features else 0)
 

@@ -8,7 +8,7 @@ only), and quantization treats each stacked tensor as one tensor. With `partitio
 is replaced by the fixed TINC-style block split and every expert sees its block's local coordinates:
 the baseline is an option of the same code, not a copy.
 
-The shared encoder is pluggable (DESIGN section 3): a SIREN layer on the coordinates, or a latent
+The shared encoder is pluggable (docs/design.md, "The network"): a SIREN layer on the coordinates, or a latent
 grid, a few dense 3D feature grids from fine to coarse (each level half the resolution of the one
 before), read by trilinear interpolation; its latents are stored quantized and entropy-coded like
 every other tensor, and they hold most of a grid model's bytes.
@@ -26,6 +26,7 @@ from codec.model.config import ModelConfig
 from codec.model.latents import LatentGrid
 from codec.model.layers import Decoder, FakeQuantizable, SirenStack
 from codec.model.router import Router
+from codec.settings import TrainConfig
 
 
 class Routing(NamedTuple):
@@ -45,10 +46,10 @@ class MoEC(nn.Module):
     def __init__(self, config: ModelConfig, seed: int = 0):
         super().__init__()
         self.config = config
-        #: Scale of the router's straight-through gradient at top-1 (a training knob; decoding never
-        #: differentiates). The full-strength gradient measured ~1 dB worse and undid the tissue-
-        #: aligned partition on the phantom; 0.1 keeps the router learning without that noise.
-        self.gate_gradient = 1.0
+        #: Scale of the router's straight-through gradient at top-1, set by the Fitter from
+        #: TrainConfig.gate_gradient (decoding never differentiates). The full-strength gradient
+        #: measured ~1 dB worse and undid the tissue-aligned partition on the phantom.
+        self.gate_gradient = TrainConfig.gate_gradient
         generator = torch.Generator().manual_seed(seed)
         width_in = config.feature_width
         self.encoder: SirenStack | LatentGrid | None = None

@@ -61,3 +61,20 @@ def test_every_choice_list_comes_from_the_settings_module():
     assert tuple(options["granularity"].choices) == settings.GRANULARITIES
     assert tuple(options["device"].choices) == settings.DEVICES
     assert options["roi_weight"].default == settings.TrainConfig().roi_weight == settings.ROI_WEIGHT
+
+
+def test_the_widget_and_the_checks_read_one_table_of_ranges(qtbot, monkeypatch):
+    from moec_napari.form import QT_INT_MAX, SettingsForm
+
+    monkeypatch.setitem(settings.RANGES, "experts", (1, 12))
+    monkeypatch.setitem(settings.RANGES, "roi_weight", (1.0, 50.0))
+    form = SettingsForm()
+    qtbot.addWidget(form)
+    assert (form.experts.minimum(), form.experts.maximum()) == (0, 12)  # 0: auto
+    assert form.roi_weight.maximum() == 50.0
+    assert form.seed.maximum() == min(settings.RANGES["seed"][1], QT_INT_MAX)
+    with pytest.raises(ValueError, match="roi_weight must be a number from 1 to 50"):
+        settings.TrainConfig(roi_weight=60.0)
+    from codec.model.config import ModelConfig
+    with pytest.raises(ValueError, match="experts must be 1..12"):
+        ModelConfig(experts=13)

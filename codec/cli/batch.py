@@ -1,4 +1,4 @@
-"""`moec bench` and `moec batch`: many runs, one report."""
+"""`moec batch`: every volume under a folder, on a dask cluster, resumable, with a cohort report."""
 
 from __future__ import annotations
 
@@ -7,32 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from codec.cli.console import EXIT_ERROR, to_json
-
-CODEC_KEYS = {"j2k": "JPEG 2000", "hevc": "HEVC (x265)", "h264": "H.264 (x264)"}
-
-
-def cmd_bench(args) -> int:
-    import torch
-
-    from codec.bench import runs as bench
-    from codec.fit.train import TrainConfig
-    from codec.io.volume import load_volume
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    volume = load_volume(args.input, args.series)
-    for line in bench.describe_missing():
-        print(f"note: {line}", file=sys.stderr)
-    config = TrainConfig(minutes=args.minutes, steps=args.steps, seed=args.seed)
-    out = Path(args.out)
-    codecs = tuple(CODEC_KEYS[c] for c in args.codecs)
-    results = bench.run(volume, out, tuple(args.ratios), config, codecs=codecs, ablations=args.ablations,
-                        ablation_ratio=args.ablation_ratio, moec=not args.classical_only, seeds=args.seeds,
-                        log=lambda text: print(text, file=sys.stderr, flush=True))
-    print((out / "results.md").read_text())
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'}"
-          + (f", {out / 'rd.png'}" if "plot" not in results else f" ({results['plot']})"))
-    return 0
 
 
 def cmd_batch(args) -> int:

@@ -10,11 +10,11 @@ import pytest
 from codec import pipeline
 from codec.errors import RatioError
 from codec.fit.sizing import fit_to_window
-from codec.fit.train import TrainConfig
 from codec.format import moecfile
 from codec.format.header import describe
 from codec.format.payload import finest_multiplier, scaled_steps, tensor_steps
 from codec.io.volume import from_array
+from codec.settings import TrainConfig
 
 from .training import train
 
