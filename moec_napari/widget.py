@@ -134,9 +134,10 @@ class MoecWidget(QWidget):
         self.load_button = QPushButton("Load .moec…")
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
-        self.decode_scale = spin(QDoubleSpinBox(), "decode_scale", 1.0, "Grid a loaded file is decoded on, as a factor per "
-                                 "axis (2: twice the voxels along each axis, e.g. thin slices; the network is "
-                                 "continuous). 1: the file's own grid, measured against an open volume of its shape",
+        self.decode_scale = spin(QDoubleSpinBox(), "decode_scale", 1.0,
+                                 "Grid a loaded file is decoded on, as a factor per axis (2: twice the voxels along "
+                                 "each axis, e.g. thin slices; the network is continuous). 1: the file's own grid, "
+                                 "measured against an open volume of its shape",
                                  decimals=2, step=0.25)
         self.decode_scale.setSuffix(" ×")
         files.addWidget(self.save_button)
