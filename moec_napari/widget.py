@@ -375,6 +375,10 @@ class MoecWidget(QWidget):
             layer.data = values
             suffix = "gate confidence" if role == "confidence" else role
             layer.name = name if role == "reconstruction" else f"{name} {suffix}"
+        # One network draws every voxel: there is no partition, so its layers would be one flat colour.
+        for role in ("experts", "confidence"):
+            if self.derived[role] in self.viewer.layers:
+                self.derived[role].visible = r.experts_count > 1
         recon_meta = self.derived["reconstruction"].metadata.setdefault(META, {})
         recon_meta.update(moec_bytes=r.data, ratio=r.ratio, role="reconstruction")
         self._set_error_limits(r.error_limit)

@@ -228,3 +228,17 @@ def test_the_compressions_notes_reach_the_widget(widget_on, phantom_nifti, qtbot
     note = next(n for n in widget.result.notes if n.startswith("tried 4 experts"))
     assert f"Note: {note}." in widget.status.text()
     assert widget.result.experts_count == (4 if note.endswith("kept 4 experts") else 1)
+
+
+def test_one_network_hides_the_partition_layers(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    _configure(widget, experts=1)
+    widget.train()
+    wait_for(widget, qtbot)
+    assert widget.result.experts_count == 1
+    assert widget.derived["reconstruction"].visible and widget.derived["error"].visible
+    assert not widget.derived["experts"].visible and not widget.derived["confidence"].visible
+    _configure(widget, experts=4)
+    widget.train()
+    wait_for(widget, qtbot)
+    assert widget.derived["experts"].visible and widget.derived["confidence"].visible
