@@ -274,9 +274,7 @@ def _trial_psnr(volume: Volume, candidate: Candidate, roi: np.ndarray | None, ro
     region of interest's weighted as in training)."""
     assert candidate.fitter is not None
     moec = moecfile.from_bytes(encode(candidate.fitter, candidate.plan))
-    total = volume.data.size
-    flat = (torch.arange(total) if total <= TRIAL_VOXELS
-            else torch.randint(0, total, (TRIAL_VOXELS,), generator=torch.Generator().manual_seed(1)))
+    flat = _sample_voxels(volume.data.size, TRIAL_VOXELS, seed=1)
     values = apply_floor(unfloored_values(moec, flat), moec.meta.floor, moec.meta.vmin)
     error = (values.astype(np.float64) - volume.data.reshape(-1)[flat.numpy()]) ** 2
     if roi is not None:
@@ -359,14 +357,18 @@ def _step_search(fitter: Fitter, plan_: Plan) -> StepSearch:
     return search
 
 
+def _sample_voxels(total: int, count: int, seed: int) -> torch.Tensor:
+    """Flat indices of a fixed random sample of `count` voxels of `total` (every voxel when there
+    are no more), the same for every file made from one volume."""
+    if total <= count:
+        return torch.arange(total)
+    return torch.randint(0, total, (count,), generator=torch.Generator().manual_seed(seed))
+
+
 def _floor_of(volume: Volume, meta: MoecMeta, payload: bytes) -> float | None:
     """The floor for these weights, chosen on their decoded values at a fixed sample of voxels."""
     moec = moecfile.from_bytes(moecfile.assemble(meta, payload))
-    total = volume.data.size
-    if total <= SAMPLE_VOXELS:
-        flat = torch.arange(total)
-    else:
-        flat = torch.randint(0, total, (SAMPLE_VOXELS,), generator=torch.Generator().manual_seed(0))
+    flat = _sample_voxels(volume.data.size, SAMPLE_VOXELS, seed=0)
     recon = unfloored_values(moec, flat)
     return choose_floor(volume.data.reshape(-1)[flat.numpy()], recon, meta.vmin, meta.vmax)
 

@@ -5,8 +5,6 @@ widget's."""
 
 from __future__ import annotations
 
-import math
-
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -22,18 +20,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from codec.eval import db_text
+
 from .curves import CurvesWidget
 from .job import Result
 from .layers import CT_WINDOWS
 
 METRICS = (("ratio", "Ratio"), ("file", "File"), ("psnr", "PSNR"), ("ssim", "SSIM"), ("max", "Max error"),
            ("p99", "99th pct error"), ("body", "PSNR in body"), ("roi", "ROI"), ("worst", "Worst slice"))
-
-
-def format_db(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "undefined"
-    return "exact" if math.isinf(value) else f"{value:.2f} dB"
 
 
 def metric_texts(r: Result) -> dict[str, str]:
@@ -43,15 +37,15 @@ def metric_texts(r: Result) -> dict[str, str]:
     return {
         "ratio": f"<b>{r.ratio:.1f}x</b> vs raw voxels{source_ratio}",
         "file": f"{len(r.data):,} bytes, {r.steps} steps{' (stopped early)' if r.stopped else ''}",
-        "psnr": f"<b>{format_db(q.psnr)}</b> (peak {q.peak:g})",
+        "psnr": f"<b>{db_text(q.psnr)}</b> (peak {q.peak:g})",
         "ssim": f"{q.ssim:.4f} ({q.ssim_method})",
         "max": f"{q.max_error:g}",
         "p99": f"{q.p99_error:g}",
-        "body": f"{format_db(q.psnr_body)} ({100 * q.body_share:.0f}% of voxels)",
+        "body": f"{db_text(q.psnr_body)} ({100 * q.body_share:.0f}% of voxels)",
         "roi": "–" if r.roi is None else (
-            f"{format_db(r.roi.psnr_inside)} inside (max error {r.roi.max_inside:g}); "
-            f"{format_db(r.roi.psnr_outside)} outside (max {r.roi.max_outside:g})"),
-        "worst": f"k = {q.worst_slice}, {format_db(q.worst_slice_psnr)}",
+            f"{db_text(r.roi.psnr_inside)} inside (max error {r.roi.max_inside:g}); "
+            f"{db_text(r.roi.psnr_outside)} outside (max {r.roi.max_outside:g})"),
+        "worst": f"k = {q.worst_slice}, {db_text(q.worst_slice_psnr)}",
     }
 
 
@@ -119,7 +113,7 @@ class ResultsPanel(QWidget):
             self.metrics[key].setText(text)
         self.table.setRowCount(len(r.experts))
         for row, e in enumerate(r.experts):
-            cells = (str(e.expert), f"{100 * e.share:.1f}%", format_db(e.psnr), f"{e.parameters:,}")
+            cells = (str(e.expert), f"{100 * e.share:.1f}%", db_text(e.psnr), f"{e.parameters:,}")
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from codec.errors import MoecError
+from codec.eval import db_text
 from codec.fit.train import Progress
 from codec.format import moecfile
 from codec.format.header import read_meta
@@ -50,7 +51,7 @@ from .layers import (
     volume_of_layer,
     window_limits,
 )
-from .results import ResultsPanel, format_db
+from .results import ResultsPanel
 
 
 def training_threads() -> int:
@@ -385,7 +386,7 @@ class MoecWidget(QWidget):
         self.progress.setValue(1000)
         self.results.show_result(r)
         q = r.quality
-        self.status.setText(f"Done: {r.ratio:.1f}x, PSNR {format_db(q.psnr)}, SSIM {q.ssim:.4f}"
+        self.status.setText(f"Done: {r.ratio:.1f}x, PSNR {db_text(q.psnr)}, SSIM {q.ssim:.4f}"
                             + (" (stopped; Continue trains further)" if r.stopped else "")
                             + "".join(f" Note: {note}." for note in r.notes))
         self._update_buttons()

@@ -12,12 +12,12 @@ from codec.cli.console import (
     check_output,
     check_volume_output,
     clock,
-    db,
     describe_model,
     nbytes,
     region_text,
     to_json,
 )
+from codec.eval import db_text
 from codec.settings import Settings, TrainConfig
 
 
@@ -121,7 +121,7 @@ def _report(args, output: Path, source: Path, volume, session, made, evaluation,
     file_part = (f", {evaluation.file_ratio:.1f}x vs {_source_files(source, volume)} "
                  f"({nbytes(volume.source_bytes or 0)})" if evaluation.file_ratio else "")
     print(f"  ratio     {evaluation.ratio:.1f}x vs raw voxels ({nbytes(volume.raw_bytes)}){file_part}")
-    print(f"  PSNR      {db(q.psnr)} (peak {q.peak:g}, decoded from the written file)")
+    print(f"  PSNR      {db_text(q.psnr)} (peak {q.peak:g}, decoded from the written file)")
     print(f"  SSIM      {q.ssim:.4f} ({q.ssim_method})")
     if evaluation.roi is not None:
         print(f"  ROI       {region_text(evaluation.roi)}")

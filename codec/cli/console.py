@@ -9,17 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from codec.eval import db_text
+
 EXIT_ERROR = 1
 
 
 def nbytes(n: int) -> str:
     return f"{n:,} bytes"
-
-
-def db(x: float) -> str:
-    if math.isnan(x):
-        return "undefined"
-    return "inf (exact)" if math.isinf(x) else f"{x:.2f} dB"
 
 
 def clock(seconds: float) -> str:
@@ -129,5 +125,5 @@ def describe_model(m) -> str:
 
 
 def region_text(r) -> str:
-    return (f"inside {db(r.psnr_inside)}, max error {r.max_inside:g} ({r.voxels:,} voxels, {100 * r.share:.2f}%); "
-            f"outside {db(r.psnr_outside)}, max error {r.max_outside:g}")
+    return (f"inside {db_text(r.psnr_inside)}, max error {r.max_inside:g} ({r.voxels:,} voxels, {100 * r.share:.2f}%); "
+            f"outside {db_text(r.psnr_outside)}, max error {r.max_outside:g}")

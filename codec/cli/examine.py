@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from codec.cli.console import check_distinct, check_volume_output, db, describe_model, nbytes, region_text, to_json
+from codec.cli.console import check_distinct, check_volume_output, describe_model, nbytes, region_text, to_json
+from codec.eval import db_text
 
 
 def cmd_info(args) -> int:
@@ -112,15 +113,15 @@ def cmd_eval(args) -> int:
         return 0
     print(f"ratio             {evaluation.ratio:.1f}x vs raw voxels"
           + (f", {evaluation.file_ratio:.1f}x vs {Path(args.original).name}" if evaluation.file_ratio else ""))
-    print(f"PSNR              {db(q.psnr)} (peak = max - min = {q.peak:g})")
+    print(f"PSNR              {db_text(q.psnr)} (peak = max - min = {q.peak:g})")
     if q.psnr_dtype_peak is not None:
-        print(f"PSNR, dtype peak  {db(q.psnr_dtype_peak)} (peak = {original.dtype.name} maximum, as SCI/TINC report; "
-              "not comparable with the line above)")
+        print(f"PSNR, dtype peak  {db_text(q.psnr_dtype_peak)} (peak = {original.dtype.name} maximum, as SCI/TINC "
+              "report; not comparable with the line above)")
     print(f"SSIM              {q.ssim:.4f} ({q.ssim_method})")
     print(f"max error         {q.max_error:g} (real units)")
     print(f"99th pct error    {q.p99_error:g}")
-    print(f"PSNR inside body  {db(q.psnr_body)} ({100 * q.body_share:.1f}% of voxels)")
-    print(f"worst slice       k = {q.worst_slice} (third axis), {db(q.worst_slice_psnr)}")
+    print(f"PSNR inside body  {db_text(q.psnr_body)} ({100 * q.body_share:.1f}% of voxels)")
+    print(f"worst slice       k = {q.worst_slice} (third axis), {db_text(q.worst_slice_psnr)}")
     if evaluation.roi is not None:
         print(f"ROI               {region_text(evaluation.roi)}")
     if trained:
@@ -129,7 +130,7 @@ def cmd_eval(args) -> int:
     print()
     print("expert  label  voxels   PSNR in region  parameters")
     for e in evaluation.experts:
-        print(f"{e.expert:>6}  {e.expert + 1:>5}  {100 * e.share:5.1f}%  {db(e.psnr):>14}  {e.parameters:>10,}")
+        print(f"{e.expert:>6}  {e.expert + 1:>5}  {100 * e.share:5.1f}%  {db_text(e.psnr):>14}  {e.parameters:>10,}")
     return 0
 
 
