@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -105,6 +106,9 @@ class Compression:
         self.chosen: Candidate | None = self.candidates[0] if len(self.candidates) == 1 else None
         self._current = self.candidates[0]  # the one training now (or last), before the choice
         self.notes: list[str] = []
+        # `fitter` makes a candidate's Fitter on first use, which the plugin's GUI thread (asking
+        # for progress) and its worker can reach at once: one lock, so both get the same Fitter.
+        self._fitter_lock = threading.Lock()
 
     @property
     def plan(self) -> Plan:
@@ -114,9 +118,10 @@ class Compression:
     def fitter(self) -> Fitter:
         """The model trained so far: the kept candidate's, or before the choice the one training."""
         candidate = self.chosen or self._current
-        if candidate.fitter is None:
-            candidate.fitter = new_fitter(self.volume, candidate.plan, self.train_config, self.roi)
-        return candidate.fitter
+        with self._fitter_lock:
+            if candidate.fitter is None:
+                candidate.fitter = new_fitter(self.volume, candidate.plan, self.train_config, self.roi)
+            return candidate.fitter
 
     def run(self, minutes: float | None = None, steps: int | None = None,
             should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, None]:

@@ -98,3 +98,24 @@ def test_a_ratio_only_one_network_reaches_needs_no_trial():
     with pytest.raises(RatioError) as refused:
         pipeline.Compression(volume, pipeline.Settings(ratio=highest[1] * 1.5), TrainConfig(steps=10))
     assert refused.value.highest == pytest.approx(highest[1], rel=0.03)  # the furthest any candidate reaches
+
+
+def test_threads_asking_for_the_model_at_once_get_the_same_fitter():
+    """The plugin's GUI thread reads a job's Fitter for progress while its worker starts training:
+    both must see the one that trains."""
+    import threading
+
+    volume, _ = make_phantom((32, 28, 16))
+    session = pipeline.Compression(volume, pipeline.Settings(ratio=12, experts=4), TrainConfig(steps=10))
+    barrier, seen = threading.Barrier(6), []
+
+    def ask():
+        barrier.wait()
+        seen.append(session.fitter)
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 6 and all(f is seen[0] for f in seen)
