@@ -29,6 +29,8 @@ AUTO_EXPERTS = (4, 1)
 #: The ratios `moec bench` measures unless told, and the one its ablations run at.
 BENCH_RATIOS = (128.0, 256.0, 512.0, 1024.0, 4096.0)
 ABLATION_RATIO = 256.0
+#: The MoEC rows `moec bench` may run: all of them, or those its verdicts read (codec.bench.methods.SEEDED).
+BENCH_ROWS = ("all", "verdict")
 #: The range of each number a user chooses. The checks refuse values outside those of `experts`,
 #: `bits`, `grid_channels`, `seed` and `roi_weight` (the model, the file or the sampling cannot
 #: hold them); the others bound the widget's boxes only, and the command line takes any positive

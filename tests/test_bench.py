@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from codec.bench import classical
@@ -196,3 +198,56 @@ def _check_verdicts(table: str, cells: list[dict], ratios: tuple[float, ...]) ->
         default = by[(DEFAULT, 8.0)]
         gap = default["psnr"] - j2k["psnr"]
         assert f"| 8x | {default['psnr']:.2f} | JPEG 2000 {j2k['psnr']:.2f} | {gap:+.2f} |" in table
+
+
+def test_several_volumes_get_a_folder_and_a_section_each(tmp_path, capsys):
+    """`moec bench A B`: each volume benchmarked in its own folder (cells, results.json, rd.png) and
+    one results.md with a section per volume, its voxel size and its own tables; `--rows verdict`
+    runs only the rows the verdicts read; a rerun skips every cell of both."""
+    from codec.bench.methods import SEEDED
+
+    paths = []
+    for name, shape, spacing in (("body", (40, 32, 16), (1.0, 1.0, 1.0)), ("thick", (48, 48, 12), (0.8, 0.8, 5.0))):
+        volume, _ = make_phantom(shape)
+        paths.append(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(volume.data.astype(np.int16), np.diag([*spacing, 1.0])), paths[-1])
+    out = tmp_path / "volumes"
+    args = ["bench", *map(str, paths), "--ratios", "16", "--steps", "20", "--codecs", "j2k", "--rows", "verdict",
+            "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    report = (out / "results.md").read_text()
+    assert printed.out.startswith(report)
+    sections = report.split("\n## ")[1:]
+    assert [s.split("\n")[0] for s in sections] == ["body", "thick"]
+    for section, name, voxel in zip(sections, ("body", "thick"), ("1 x 1 x 1", "0.8 x 0.8 x 5")):
+        cells = json.loads((out / name / "results.json").read_text())["cells"]
+        moec = {c["method"] for c in cells if c["kind"] == "moec"}
+        assert moec == set(SEEDED) and all(c["reached"] for c in cells if c["kind"] == "moec")
+        assert f"{name}.nii.gz: voxels of {voxel} mm." in section
+        table = (out / name / "results.md").read_text().rstrip()
+        assert table in section
+        learned = next(c for c in cells if c["method"] == SEEDED[0])
+        assert f"| {SEEDED[0]} | {learned['psnr']:.2f} |" in section
+    shapes = [json.loads((out / n / "results.json").read_text())["volume"]["shape"] for n in ("body", "thick")]
+    assert shapes == [[40, 32, 16], [48, 48, 12]]
+
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "volume 2/2: thick" in err and err.count("done before, skipped") == 2 * (len(SEEDED) + (
+        1 if classical.availability()["JPEG 2000"] is None else 0))
+
+
+def test_several_volumes_are_checked_before_any_work(phantom_file, tmp_path, capsys):
+    out = tmp_path / "none"
+    assert main(["bench", str(phantom_file), str(tmp_path / "missing.nii.gz"), "--out", str(out)]) != 0
+    assert "missing.nii.gz: no such file or folder" in capsys.readouterr().err and not out.exists()
+    assert main(["bench", str(phantom_file), str(phantom_file), "--series", "1.2.3", "--out", str(out)]) != 0
+    assert "--series" in capsys.readouterr().err and not out.exists()
+
+
+def test_two_volumes_of_one_name_get_numbered_folders(tmp_path):
+    from codec.cli.bench import volume_names
+
+    paths = [tmp_path / "a" / "ct.nii.gz", tmp_path / "b" / "ct.nii", tmp_path / "mr.npy", tmp_path / "dicom"]
+    assert volume_names(paths) == ["ct-1", "ct-2", "mr", "dicom"]

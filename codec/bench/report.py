@@ -126,6 +126,29 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def volumes_markdown(out: Path, names: list[str]) -> str:
+    """One report over several volumes' benchmarks (out/NAME/results.md each): a section per volume,
+    named and described, with its tables and verdicts; a volume not yet run says so."""
+    lines = [f"Benchmarks of {len(names)} volumes, one section each (cells, results.json and rd.png in the "
+             "folder of its name).", ""]
+    for name in names:
+        lines.append(f"## {name}")
+        lines.append("")
+        report = out / name / "results.md"
+        if not report.exists():
+            lines += ["Not run yet.", ""]
+            continue
+        describe = json.loads((out / name / "results.json").read_text())["volume"]
+        spacing = describe.get("spacing")
+        if spacing:
+            lines += [f"{Path(describe.get('source', '')).name or name}: voxels of "
+                      f"{' x '.join(f'{s:.3g}' for s in spacing)} mm.", ""]
+        lines += [report.read_text().rstrip(), ""]
+        if (out / name / "rd.png").exists():
+            lines += [f"![rate-distortion of {name}]({name}/rd.png)", ""]
+    return "\n".join(lines)
+
+
 def _every_seed(cells: list[dict]) -> str:
     """Whether the learned partition's worst seed is above the best seed of each other claim row."""
     runs = [c["psnrs"] for c in cells]

@@ -9,6 +9,12 @@ Methods: the learned MoEC partition, a single SIREN and the fixed block partitio
 size and training time (the paper's central claim), the classical codecs, and, at one ratio, the
 ablations (number of experts, top-2, balancing loss off, router pretraining off).
 
+Rows: every row of methods.CLAIM, or (`rows="verdict"`) only those the verdicts read: the claim's
+three, the control and the default, a third of the time on several volumes.
+
+Volumes: `run_volumes` runs the same benchmark on each of several volumes, each in its own folder,
+and writes one report with a table per volume.
+
 Seeds: the rows the verdict reads (the claim's three and the control) can run with several seeds,
 each seed its own cell; the tables show their mean and say how many, and the verdict says whether
 the order holds on every seed, not only on the means.
@@ -27,12 +33,12 @@ from pathlib import Path
 from codec import pipeline
 from codec.bench import classical
 from codec.bench.methods import ABLATIONS, CLAIM, SEEDED, Method
-from codec.bench.report import write_reports
+from codec.bench.report import volumes_markdown, write_reports
 from codec.errors import RatioError
 from codec.format import moecfile
 from codec.io.files import atomic_write_bytes
 from codec.io.volume import Volume
-from codec.settings import ABLATION_RATIO, BENCH_RATIOS, TrainConfig
+from codec.settings import ABLATION_RATIO, BENCH_RATIOS, BENCH_ROWS, TrainConfig
 
 
 def slug(text: str) -> str:
@@ -86,14 +92,18 @@ class Cell:
 
 
 def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, codecs: tuple[str, ...],
-               ablations: bool, ablation_ratio: float, moec: bool = True, seeds: int = 1) -> Iterator[Cell]:
+               ablations: bool, ablation_ratio: float, moec: bool = True, seeds: int = 1,
+               rows: str = "all") -> Iterator[Cell]:
     """Every cell of the run, in order: per ratio the classical codecs, then the MoEC rows (the
     SEEDED ones with seeds config.seed .. config.seed + seeds - 1, the rest with config.seed); last
     the ablations, each with every seed (they are read against the default's mean)."""
+    if rows not in BENCH_ROWS:
+        raise ValueError(f"rows must be one of {BENCH_ROWS}, not {rows!r}")
+    methods = CLAIM if rows == "all" else tuple(m for m in CLAIM if m.name in SEEDED)
     for ratio in ratios:
         for codec in codecs:
             yield Cell(codec, ratio, "classical", partial(run_classical, volume, codec, ratio))
-        for method in CLAIM if moec else ():
+        for method in methods if moec else ():
             for seed in range(config.seed, config.seed + (seeds if method.name in SEEDED else 1)):
                 seeded = replace(config, seed=seed)
                 yield Cell(method.name, ratio, "moec", partial(run_moec, volume, method, ratio, seeded), seed)
@@ -108,7 +118,7 @@ def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, c
 
 def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, config: TrainConfig = TrainConfig(),
         codecs: tuple[str, ...] | None = None, ablations: bool = False, ablation_ratio: float = ABLATION_RATIO,
-        moec: bool = True, seeds: int = 1, log: Callable[[str], None] = print) -> dict:
+        moec: bool = True, seeds: int = 1, rows: str = "all", log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the benchmark into `out`; returns the collected results."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, not {seeds}")
@@ -122,8 +132,9 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, con
             log(f"skipping {codec}: {reason}")
     usable = tuple(c for c in codecs if not available.get(c))
     describe = {"shape": list(volume.shape), "dtype": volume.dtype.name, "raw_bytes": volume.raw_bytes,
+                "spacing": [float(s) for s in volume.spacing],
                 "minutes": config.minutes, "steps": config.steps, "source": str(volume.source or "")}
-    cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio, moec, seeds))
+    cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio, moec, seeds, rows))
     for number, cell in enumerate(cells, 1):
         path = cell_path(out, cell.method, cell.ratio, cell.seed)  # a classical cell's seed is 0
         name = (f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x"
@@ -137,6 +148,23 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, con
         log("    " + _summary(row))
         write_reports(out, describe, ratios, skipped={c: r for c, r in available.items() if r and c in codecs})
     return write_reports(out, describe, ratios, skipped={c: r for c, r in available.items() if r and c in codecs})
+
+
+def run_volumes(volumes: list[tuple[str, Callable[[], Volume]]], out: Path, log: Callable[[str], None] = print,
+                **options) -> dict[str, dict]:
+    """`run` on each (name, loader) of `volumes` into out/NAME (a volume is loaded when its turn
+    comes, so one at a time is in memory), then out/results.md with one section per volume;
+    returns each volume's results by name. `options` are `run`'s."""
+    names = [name for name, _ in volumes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two volumes have the same name: {names}")
+    results = {}
+    for number, (name, load) in enumerate(volumes, 1):
+        log(f"volume {number}/{len(volumes)}: {name}")
+        results[name] = run(load(), out / name, log=log, **options)
+        # After every volume, so an interrupted run still has the report of those done.
+        atomic_write_bytes(out / "results.md", volumes_markdown(out, names).encode())
+    return results
 
 
 def _summary(row: dict) -> str:

@@ -157,8 +157,10 @@ def _eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(sub: argparse._SubParsersAction, train: TrainConfig) -> None:
-    b = sub.add_parser("bench", help="rate-distortion of MoEC against JPEG 2000, HEVC and H.264 on a volume")
-    b.add_argument("input", help=".nii, .nii.gz or .npy volume, or a DICOM series' folder")
+    b = sub.add_parser("bench", help="rate-distortion of MoEC against JPEG 2000, HEVC and H.264 on one volume or "
+                                     "several")
+    b.add_argument("input", nargs="+", help=".nii, .nii.gz or .npy volume, or a DICOM series' folder; with several, "
+                                            "each is benchmarked in --out/NAME and results.md has a table per volume")
     _series_option(b)
     b.add_argument("--ratios", type=_positive(float), nargs="+", default=list(choices.BENCH_RATIOS))
     bench_budget = b.add_mutually_exclusive_group()
@@ -171,6 +173,9 @@ def _bench(sub: argparse._SubParsersAction, train: TrainConfig) -> None:
                    help="also the ablations (experts, top-2, balancing, pretraining) at --ablation-ratio")
     b.add_argument("--ablation-ratio", type=_positive(float), default=choices.ABLATION_RATIO)
     b.add_argument("--classical-only", action="store_true", help="skip the MoEC cells")
+    b.add_argument("--rows", choices=choices.BENCH_ROWS, default=choices.BENCH_ROWS[0],
+                   help="the MoEC rows: all, or those the verdicts read (the claim's three, the control and the "
+                        "default)")
     b.add_argument("--out", default="moec-bench", help="folder for cells, results.json, results.md, rd.png")
     b.add_argument("--seed", type=int, default=train.seed, help="the (first) training seed of every MoEC cell")
     b.add_argument("--seeds", type=_positive(int), default=1,
