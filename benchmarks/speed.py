@@ -167,7 +167,8 @@ def decode_rows() -> list[dict]:
         shape = (256, 256, 256)
         volume = from_array(np.zeros(shape, np.float32) + np.arange(256, dtype=np.float32), dtype=dtype)
         plan = pipeline.plan(volume, pipeline.Settings(ratio=256, **({"encoder": encoder} | options)))
-        fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
+        # Read cubically from the first step, as the default's files are.
+        fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1, cubic_from=0.0))
         moec = moecfile.from_bytes(pipeline.encode(fitter, plan))
         start = time.perf_counter()
         recon = reconstruct(moec, chunk=chunk)
@@ -192,7 +193,8 @@ def ct_decode_rows() -> list[dict]:
     rows = []
     for ratio in (256, 1024, 4096):
         plan = pipeline.plan(volume, pipeline.Settings(ratio=ratio))
-        fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1))
+        # Read cubically from the first step, as the default's files are.
+        fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1, cubic_from=0.0))
         moec = moecfile.from_bytes(pipeline.encode(fitter, plan))
         reconstruct(moec)  # torch's first calls in the process are not the decoder's cost
         start = time.perf_counter()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 PARTITIONS = ("learned", "blocks")  # a learned router (MoEC), or the fixed block split (TINC-style baseline)
 ENCODERS = ("auto", "grid", "siren")  # auto: the latent grid wherever it applies (Settings.encoder_for)
 ROUTER_INPUTS = ("features", "coordinates")
+GRID_INTERPOLATIONS = ("linear", "cubic")  # how a latent grid is read between its nodes (codec.model.latents)
 GRANULARITIES = ("tensor", "channel")  # one quantization step per tensor, or per output channel
 TOP_K = (1, 2)
 PRETRAIN_TARGETS = ("clusters", "blocks")
@@ -125,6 +126,12 @@ class TrainConfig:
     #: through) at the step their rate asks for. From the start: float latents rounded later lose
     #: much at the switch, and an annealed soft rounding did worse still (docs/benchmarks.md).
     latent_qat_from: float = 0.0
+    #: From this fraction of the budget on, latent grids are read by cubic interpolation, trilinear
+    #: before (1: never). Cubic is better at equal steps but each step costs about twice as much, so
+    #: cubic from the start loses at equal time; trilinear first, then cubic, wins on all three
+    #: development volumes (docs/benchmarks.md, "Cubic reading of the latent grid"). The file
+    #: records the reading its latents were last trained with (ModelConfig.grid_interpolation).
+    cubic_from: float = 0.4
     seed: int = 0
     device: str = "auto"  # one of DEVICES
     #: How much more a voxel of the region of interest counts (codec.io.roi), when a Fitter has one.
@@ -148,8 +155,8 @@ class TrainConfig:
                              "latent_l1 and latent_tv finite and not negative")
         if not RANGES["seed"][0] <= self.seed <= RANGES["seed"][1]:
             raise ValueError(f"seed must be an integer in 0 .. {RANGES['seed'][1]}")
-        if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1:
-            raise ValueError("final_fraction must be in [0, 1) and latent_qat_from in [0, 1]")
+        if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1 or not 0 <= self.cubic_from <= 1:
+            raise ValueError("final_fraction must be in [0, 1), latent_qat_from and cubic_from in [0, 1]")
         if not 0.0 < self.trial_share <= 0.3:
             raise ValueError("trial_share must be in (0, 0.3]")
         low, high = RANGES["roi_weight"]

@@ -179,7 +179,7 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     assert "levels x 1 channel (" in capsys.readouterr().err
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "format version 6" in printed and "latent grid" in printed and "rate-set" in printed
+    assert "format version 7" in printed and "latent grid" in printed and "rate-set" in printed
     size, payload = out.stat().st_size, len(unpack_container(out.read_bytes()).payload)
     assert f"({size:,} bytes: weights {payload:,}, header and container {size - payload:,};" in printed
     assert "grids through the spatial context model" in printed

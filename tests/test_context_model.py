@@ -21,6 +21,7 @@ from codec.format.payload import _model_entry, read_table, stored_steps
 from codec.io.phantom import make_phantom
 from codec.settings import TrainConfig
 
+from .helpers import read_trilinearly
 from .test_format import assemble
 from .training import train
 
@@ -135,7 +136,7 @@ def _first_table_entry(container) -> tuple[bytes, bytes]:
 def test_a_context_model_in_a_version_2_file_is_refused(grid_file):
     c = unpack_container(grid_file[3])
     with pytest.raises(MoecFormatError, match="context model where none can be"):
-        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=2))
+        moecfile.from_bytes(assemble(json.dumps(read_trilinearly(c.meta)).encode(), c.nifti, c.payload, version=2))
 
 
 @pytest.mark.parametrize("bins,message", [

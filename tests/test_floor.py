@@ -19,6 +19,7 @@ from codec.io.phantom import phantom_affine, phantom_arrays
 from codec.io.volume import from_array
 from codec.settings import TrainConfig
 
+from .helpers import read_trilinearly
 from .test_format import assemble
 from .training import train
 
@@ -108,8 +109,8 @@ def test_a_floor_is_read_only_from_version_4_and_only_inside_the_range(air_file)
         with pytest.raises(MoecFormatError, match=message):
             moecfile.from_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
     with pytest.raises(MoecFormatError, match="version-3 file cannot hold a floor"):
-        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=3))
-    no_floor = {k: v for k, v in c.meta.items() if k != "floor"}
+        moecfile.from_bytes(assemble(json.dumps(read_trilinearly(c.meta)).encode(), c.nifti, c.payload, version=3))
+    no_floor = {k: v for k, v in read_trilinearly(c.meta).items() if k != "floor"}
     old = assemble(json.dumps(no_floor).encode(), c.nifti, c.payload, version=3)
     assert moecfile.from_bytes(old).meta.floor is None
 

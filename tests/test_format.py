@@ -86,10 +86,10 @@ def test_atomic_write_and_read(valid_files, tmp_path):
 def test_unknown_versions_name_both_versions(valid_files):
     _, files = valid_files
     c = unpack_container(files[8])
-    data = assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=7)
-    with pytest.raises(MoecFormatError, match=r"version 7; this program reads version 1, 2, 3, 4, 5, 6"):
+    data = assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=8)
+    with pytest.raises(MoecFormatError, match=r"version 8; this program reads version 1, 2, 3, 4, 5, 6, 7"):
         moecfile.from_bytes(data)
-    assert READABLE_VERSIONS == (1, 2, 3, 4, 5, 6)
+    assert READABLE_VERSIONS == (1, 2, 3, 4, 5, 6, 7)
 
 
 def test_the_header_dictionary_never_changes():
@@ -107,6 +107,8 @@ def test_headers_deflate_against_the_dictionary_and_version_4_files_still_decode
                        version=4)
         old_header_len = struct.unpack_from("<H", old, 5)[0]
         assert header_len < 0.5 * old_header_len
+        if "grid_interpolation" in c.meta["model"]:
+            continue  # a cubically read grid is newer than version 4 (tests/test_cubic_reading.py)
         assert moecfile.from_bytes(old).meta.version == 4
         np.testing.assert_array_equal(reconstruct(moecfile.from_bytes(old)).volume.data,
                                       reconstruct(moecfile.from_bytes(data)).volume.data)

@@ -98,7 +98,8 @@ def _choices(args) -> tuple[Settings, TrainConfig]:
     train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
                         balance_weight=args.balance, router_pretraining=args.pretrain != "none",
                         pretrain_target=args.pretrain if args.pretrain != "none" else TrainConfig.pretrain_target,
-                        seed=args.seed, device=args.device, roi_weight=args.roi_weight)
+                        seed=args.seed, device=args.device, roi_weight=args.roi_weight,
+                        cubic_from=args.cubic_from)
     return settings, train
 
 

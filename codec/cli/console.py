@@ -113,7 +113,8 @@ def describe_model(m) -> str:
         levels = (" > ".join("x".join(map(str, r)) for r in m.grid_resolutions()) if m.grid_hold
                   else "x".join(map(str, m.grid_finest)))
         channels = f"{m.grid_channels} channel{'s' if m.grid_channels != 1 else ''}"
-        encoder = f"latent grid {levels}, {m.grid_levels} levels x {channels} ({m.latent_count():,} latents)"
+        reading = ", read cubically" if m.grid_interpolation == "cubic" else ""
+        encoder = f"latent grid {levels}, {m.grid_levels} levels x {channels} ({m.latent_count():,} latents{reading})"
         if m.experts == 1:
             return f"{encoder}; one sine MLP {m.expert_layers}x{m.expert_width}"
         return (f"{encoder}; learned partition, {m.experts} experts, top-{m.top_k}; {router}, "

@@ -95,6 +95,9 @@ def _compress(sub: argparse._SubParsersAction, file_: Settings, train: TrainConf
                         "one axis than on another): nodes per axis in proportion to voxels x (voxel size / "
                         f"largest)^P; 0 the voxels' proportions, 1 equal millimetres (default "
                         f"{file_.grid_spacing_power:g})")
+    c.add_argument("--cubic-from", type=_unit_interval, default=train.cubic_from, metavar="F",
+                   help="the share of the budget after which the latent grid is read by cubic interpolation, "
+                        f"trilinear before; 1 = trilinear throughout (default {train.cubic_from:g})")
     c.add_argument("--bits", type=int, default=file_.bits,
                    help=f"weight bit width before entropy coding; 16 = float16 (default {file_.bits})")
     c.add_argument("--granularity", choices=choices.GRANULARITIES, default=file_.granularity,

@@ -273,6 +273,8 @@ class Fitter:
                 else:
                     wanted = "joint" if fraction < 1.0 - self.config.final_fraction else "final"
                     lr = lr0 * self.config.lr_decay ** ((fraction - decay_from) / (1.0 - decay_from))
+                if fraction >= self.config.cubic_from and self._reads_linearly():
+                    self.model.read_latents("cubic")
                 if wanted != stage or optimizer is None:
                     optimizer = self._enter(wanted, optimizer if stage == "joint" else None)
                     stage = wanted
@@ -289,6 +291,9 @@ class Fitter:
         finally:
             # A closed generator (cancel) leaves a consistent model: no fake quantization left on.
             self.model.set_fake_steps(None)
+
+    def _reads_linearly(self) -> bool:
+        return self.model.config.encoder == "grid" and self.model.config.grid_interpolation == "linear"
 
     def pause(self) -> None:
         """Stop the clock of the run under way (suspended at a yield: another model trains in the

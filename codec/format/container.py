@@ -35,9 +35,10 @@ MAGIC = b"MOEC"
 #: file is a SIREN-encoder model with parametric symbol models only. 3 added the context symbol
 #: model of latent grids (codec.coding.context). 4 added the decoder's floor (codec.decode.floor). 5 deflates the
 #: header against HEADER_DICTIONARY. 6 added the latent grid's held axes (model field grid_hold,
-#: optional; the same dictionary).
-VERSION = 6
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+#: optional; the same dictionary). 7 added cubic reading of the latent grid (model field
+#: grid_interpolation, optional; the same dictionary).
+VERSION = 7
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 MAX_INFLATED_HEADER = 1 << 16
 NIFTI_HEADER_BYTES = 348
 #: What every header repeats, given to zlib as its preset dictionary (version 5): a NIfTI-1 header

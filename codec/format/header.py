@@ -25,6 +25,7 @@ from codec.io.dicom import DicomIdentity, identity_from_json
 from codec.io.volume import SUPPORTED_DTYPES, Volume
 from codec.model import ENCODERS, PARTITIONS, ModelConfig
 from codec.model.coords import COORDINATE_CONVENTION
+from codec.settings import GRID_INTERPOLATIONS
 
 MAX_AXIS = 1 << 15
 
@@ -182,6 +183,7 @@ MODEL_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "block_grid": partial(_axes, lo=1, hi=64), "encoder": partial(_choice, options=ENCODERS),
     "grid_channels": _COUNT, "grid_levels": _COUNT, "grid_finest": partial(_axes, lo=1, hi=1024),
     "grid_hold": partial(_axes, lo=0, hi=8), "router_features": _flag,
+    "grid_interpolation": partial(_choice, options=GRID_INTERPOLATIONS),
 }
 
 
@@ -192,7 +194,11 @@ def _model_config(d: dict, ndim: int, version: int) -> ModelConfig:
         d = {**_ADDED_IN_2, **d}
     if "grid_hold" in d and version < 6:
         raise MoecFormatError(f"a version-{version} file cannot describe a grid whose axes hold")
-    d = {"grid_hold": [], **d}  # optional: a grid that halves every axis at every level leaves it out
+    if "grid_interpolation" in d and version < 7:
+        raise MoecFormatError(f"a version-{version} file cannot describe a grid read by cubic interpolation")
+    # Optional: a grid that halves every axis at every level leaves grid_hold out, a trilinear one
+    # grid_interpolation.
+    d = {"grid_hold": [], "grid_interpolation": "linear", **d}
     if set(d) != set(MODEL_FIELDS):
         raise MoecFormatError(f"the model description has unexpected fields: {sorted(set(d) ^ set(MODEL_FIELDS))}")
     values = {key: read(d[key], f"model.{key}") for key, read in MODEL_FIELDS.items()}

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from codec.settings import ENCODERS as CHOSEN_ENCODERS
-from codec.settings import PARTITIONS, RANGES, Settings
+from codec.settings import GRID_INTERPOLATIONS, PARTITIONS, RANGES, Settings
 
 #: The encoders a network can have (a user may also leave the choice to codec.settings: "auto").
 ENCODERS = tuple(e for e in CHOSEN_ENCODERS if e != "auto")
@@ -37,6 +37,7 @@ class ModelConfig:
     grid_levels: int = Settings.grid_levels
     grid_finest: tuple[int, ...] = field(default_factory=tuple)  # finest grid's nodes per axis
     grid_hold: tuple[int, ...] = field(default_factory=tuple)  # per axis, levels before it halves; () none
+    grid_interpolation: str = "linear"  # how the grid is read between nodes (GRID_INTERPOLATIONS)
     router_features: bool = Settings.router_features  # the router reads the encoder features beside the coordinates
 
     def __post_init__(self) -> None:
@@ -93,8 +94,10 @@ class ModelConfig:
                                    or not all(0 <= h < self.grid_levels for h in self.grid_hold)):
                 out.append(f"grid_hold {self.grid_hold} must give 0..{self.grid_levels - 1} levels on each of "
                            f"{self.dims} axes")
-        elif self.grid_finest or self.grid_hold:
-            out.append("grid_finest and grid_hold are only for the grid encoder")
+            if self.grid_interpolation not in GRID_INTERPOLATIONS:
+                out.append(f"grid_interpolation must be one of {GRID_INTERPOLATIONS}, not {self.grid_interpolation!r}")
+        elif self.grid_finest or self.grid_hold or self.grid_interpolation != "linear":
+            out.append("grid_finest, grid_hold and grid_interpolation are only for the grid encoder")
         return out
 
     @property
@@ -181,6 +184,8 @@ class ModelConfig:
             d["grid_hold"] = list(self.grid_hold)
         else:
             del d["grid_hold"]
+        if self.grid_interpolation == "linear":  # stored only where cubic (format version 7)
+            del d["grid_interpolation"]
         return d
 
     @classmethod

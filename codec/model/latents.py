@@ -1,5 +1,5 @@
-"""The latent grid: multi-resolution dense 3D feature grids read by trilinear interpolation, the
-shared encoder of 3D volumes (its latents hold most of a file's bytes)."""
+"""The latent grid: multi-resolution dense 3D feature grids read by trilinear or cubic interpolation,
+the shared encoder of 3D volumes (its latents hold most of a file's bytes)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from codec.model.layers import FakeQuantizable
+from codec.settings import GRID_INTERPOLATIONS
+
+#: How a grid is read between its nodes (codec.settings.GRID_INTERPOLATIONS): trilinear, or "cubic":
+#: each level first refined to 2 r - 1 nodes per axis of r by Catmull-Rom midpoints (4 taps,
+#: -1 9 9 -1 over 16; the ends extended linearly), then read trilinearly. Cubic draws smoother,
+#: sharper features from the same latents and still reads as three small matrix products per level
+#: (box_features).
+INTERPOLATIONS = GRID_INTERPOLATIONS
 
 
 class LatentGrid(FakeQuantizable):
-    """Multi-resolution dense 3D feature grids, read by trilinear interpolation.
+    """Multi-resolution dense 3D feature grids, read by trilinear or cubic interpolation.
 
     Node j of an axis with r nodes sits at -1 + 2 j / (r - 1) (grid_sample's align_corners=True),
     so the grid spans the volume's coordinate box and every voxel centre falls inside it.
     """
 
-    def __init__(self, channels: int, resolutions: list[tuple[int, ...]]):
+    def __init__(self, channels: int, resolutions: list[tuple[int, ...]], interpolation: str = "linear"):
         super().__init__()
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {interpolation!r}")
+        #: Set by MoEC.read_latents (the Fitter switches to cubic part way through a run).
+        self.interpolation = interpolation
         self.levels = len(resolutions)
         # Latents start at zero: the grids grow only where the volume needs detail. Random starting
         # latents are noise that the rate-set step then spends bits on, and their draw alone swung
@@ -32,6 +44,8 @@ class LatentGrid(FakeQuantizable):
         parts = []
         for level in range(self.levels):
             grid = self._param(f"grid{level}")
+            if self.interpolation == "cubic":
+                grid = refine_grid(grid)
             sampled = F.grid_sample(grid.unsqueeze(0), where, mode="bilinear", align_corners=True)
             parts.append(sampled.reshape(grid.shape[0], -1))
         # Rows contiguous: dispatch gathers whole rows (measured: 1.9 s of a 256^3 decode saved for
@@ -41,8 +55,8 @@ class LatentGrid(FakeQuantizable):
     @torch.no_grad()
     def box_features(self, axes: list[torch.Tensor]) -> torch.Tensor:
         """`forward` at every point of the product grid `axes` (one 1D tensor of positions per axis,
-        C order): trilinear interpolation is separable, so a box is three small matrix products per
-        level instead of a gather of eight nodes per point (a decoded tile's features in a sixth of
+        C order): both readings are separable, so a box is three small matrix products per level
+        instead of a gather of eight nodes per point (a decoded tile's features in a sixth of
         grid_sample's time). Equal to `forward` up to float rounding."""
         width = sum(getattr(self, f"grid{level}").shape[0] for level in range(self.levels))
         out = torch.empty(*(len(a) for a in axes), width, device=axes[0].device)
@@ -50,7 +64,7 @@ class LatentGrid(FakeQuantizable):
         for level in range(self.levels):
             part = self._param(f"grid{level}")
             channels = part.shape[0]
-            weights = [interpolation_matrix(a, n) for a, n in zip(axes, part.shape[1:])]
+            weights = [self._reading_matrix(a, n) for a, n in zip(axes, part.shape[1:])]
             # The axis that shrinks most first (a tile is often one slice thick): the intermediate
             # products stay small.
             for axis in sorted(range(3), key=lambda k: weights[k].shape[0] / weights[k].shape[1]):
@@ -58,6 +72,11 @@ class LatentGrid(FakeQuantizable):
             out[..., at:at + channels] = part.permute(1, 2, 3, 0)
             at += channels
         return out.reshape(-1, width)
+
+    def _reading_matrix(self, positions: torch.Tensor, nodes: int) -> torch.Tensor:
+        if self.interpolation == "cubic":
+            return interpolation_matrix(positions, 2 * nodes - 1) @ refinement_matrix(nodes, positions.device)
+        return interpolation_matrix(positions, nodes)
 
 
 #: Interpolating axis k of a (C, nodes, nodes, nodes) grid, the layout kept.
@@ -77,3 +96,33 @@ def interpolation_matrix(positions: torch.Tensor, nodes: int) -> torch.Tensor:
     weights.index_put_((rows, low_i), 1.0 - frac, accumulate=True)
     weights.index_put_((rows, high_i), frac, accumulate=True)
     return weights
+
+
+def refine_grid(grid: torch.Tensor) -> torch.Tensor:
+    """A (C, X, Y, Z) grid refined along its three axes (`refine`), as three matrix products: training
+    refines every level every step, and BLAS does it in about 40% of the time of `refine`'s slices
+    (forward and backward, the chest CT's levels at 256x: 36 against 85 ms, 2 threads)."""
+    channels, x, y, z = grid.shape
+    along = [refinement_matrix(n, grid.device).to(grid.dtype) for n in (x, y, z)]
+    grid = grid @ along[2].t()
+    grid = along[1] @ grid
+    return (along[0] @ grid.reshape(channels, x, -1)).reshape(channels, 2 * x - 1, 2 * y - 1, 2 * z - 1)
+
+
+def refine(grid: torch.Tensor, axis: int) -> torch.Tensor:
+    """`grid` with 2 n - 1 nodes on `axis` of n: its own nodes, and between each two the Catmull-Rom
+    midpoint (-a + 9 b + 9 c - d) / 16, the nodes beyond either end extended linearly (so a linear
+    ramp refines to itself)."""
+    n = grid.shape[axis]
+    before = 2 * grid.narrow(axis, 0, 1) - grid.narrow(axis, 1, 1)
+    after = 2 * grid.narrow(axis, n - 1, 1) - grid.narrow(axis, n - 2, 1)
+    padded = torch.cat([before, grid, after], dim=axis)
+    middle = (9.0 * (padded.narrow(axis, 1, n - 1) + padded.narrow(axis, 2, n - 1))
+              - padded.narrow(axis, 0, n - 1) - padded.narrow(axis, 3, n - 1)) / 16.0
+    pairs = torch.stack([grid.narrow(axis, 0, n - 1), middle], dim=axis + 1).flatten(axis, axis + 1)
+    return torch.cat([pairs, grid.narrow(axis, n - 1, 1)], dim=axis)
+
+
+def refinement_matrix(nodes: int, device: torch.device | None = None) -> torch.Tensor:
+    """(2 nodes - 1, nodes): `refine` along one axis as a matrix (decoding reads boxes by matrices)."""
+    return refine(torch.eye(nodes, device=device), 0)

@@ -16,6 +16,7 @@ every other tensor, and they hold most of a grid model's bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -55,7 +56,7 @@ class MoEC(nn.Module):
         self.encoder: SirenStack | LatentGrid | None = None
         self.router: Router | None = None
         if config.encoder == "grid":
-            self.encoder = LatentGrid(config.grid_channels, config.grid_resolutions())
+            self.encoder = LatentGrid(config.grid_channels, config.grid_resolutions(), config.grid_interpolation)
         elif config.uses_encoder:
             self.encoder = SirenStack(1, config.dims, config.encoder_width, config.encoder_layers, config.omega0,
                                       first_omega=True, generator=generator)
@@ -67,6 +68,14 @@ class MoEC(nn.Module):
         self.experts = SirenStack(config.experts, width_in, config.expert_width, config.expert_layers,
                                   config.omega0, first_omega=not config.uses_encoder, generator=generator)
         self.decoder = Decoder(config.expert_width, config.out_channels, config.omega0, generator)
+
+    def read_latents(self, interpolation: str) -> None:
+        """Read the latent grid by `interpolation` from now on; the configuration (and so a file
+        written from this model) says so. The latents stay as they are."""
+        if not isinstance(self.encoder, LatentGrid):
+            raise ValueError("only a latent grid has an interpolation")
+        self.config = dataclasses.replace(self.config, grid_interpolation=interpolation)
+        self.encoder.interpolation = interpolation
 
     # --- the two halves of a forward pass -------------------------------------------------------
     def features(self, coords: torch.Tensor) -> torch.Tensor:
