@@ -1,4 +1,4 @@
-"""Small helpers for tests: measures (kept here so no test needs scikit-learn) and header edits."""
+"""Small measuring helpers for tests (kept here so no test needs scikit-learn)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,3 @@ def normalized_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
     hb = -float((pb[pb > 0] * np.log(pb[pb > 0])).sum())
     return mi / max((ha + hb) / 2, 1e-12)
 
-
-def read_trilinearly(meta: dict) -> dict:
-    """A header dictionary with its grid read trilinearly, as files before version 7 describe it
-    (for tests that rewrite a fresh file as an older version to check what that version refuses)."""
-    return dict(meta, model={k: v for k, v in meta["model"].items() if k != "grid_interpolation"})

@@ -21,7 +21,6 @@ from codec.format.payload import _model_entry, read_table, stored_steps
 from codec.io.phantom import make_phantom
 from codec.settings import TrainConfig
 
-from .helpers import read_trilinearly
 from .test_format import assemble
 from .training import train
 
@@ -96,10 +95,11 @@ def test_garbage_context_streams_raise_moec_format_error_only():
 @pytest.fixture(scope="module")
 def grid_file():
     """A trained latent-grid file whose latents were then smoothed, so its grids take the context
-    model whatever 30 training steps left in them (stored at their frozen steps)."""
+    model whatever 30 training steps left in them (stored at their frozen steps). Read trilinearly
+    throughout: a test rewrites it as a version-2 file."""
     volume, _ = make_phantom((32, 24, 16))
     settings = pipeline.Settings(ratio=6, experts=4, encoder="grid")
-    fitter, plan = train(volume, settings, TrainConfig(steps=30, batch_size=1024))
+    fitter, plan = train(volume, settings, TrainConfig(steps=30, batch_size=1024, cubic_from=1.0))
     with torch.no_grad():
         for level in range(plan.model.grid_levels):
             grid = getattr(fitter.model.encoder, f"grid{level}")
@@ -136,7 +136,7 @@ def _first_table_entry(container) -> tuple[bytes, bytes]:
 def test_a_context_model_in_a_version_2_file_is_refused(grid_file):
     c = unpack_container(grid_file[3])
     with pytest.raises(MoecFormatError, match="context model where none can be"):
-        moecfile.from_bytes(assemble(json.dumps(read_trilinearly(c.meta)).encode(), c.nifti, c.payload, version=2))
+        moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=2))
 
 
 @pytest.mark.parametrize("bins,message", [

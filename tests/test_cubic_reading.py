@@ -1,5 +1,6 @@
-"""Cubic reading of the latent grid (codec.model.latents.refine and refine_grid, ModelConfig.grid_interpolation,
-TrainConfig.cubic_from, format 7): the refinement, the switch during training, the file."""
+"""Cubic reading of the latent grid (codec.model.latents: refine, refine_grid, the learned taps;
+ModelConfig.grid_interpolation, TrainConfig.cubic_from, format 7): the refinement, the switch during
+training, the file."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from codec.format import moecfile
 from codec.format.container import unpack_container
 from codec.io.volume import from_array, save_volume
 from codec.model import LatentGrid, ModelConfig, MoEC
-from codec.model.latents import refine, refine_grid, refinement_matrix
+from codec.model.latents import CATMULL_ROM, refine, refine_grid, refinement_matrix
 from codec.settings import TrainConfig
 
 from .test_format import assemble
@@ -39,9 +40,17 @@ def test_refinement_keeps_the_nodes_and_is_exact_on_ramps_and_inner_cubics():
     torch.testing.assert_close(refine(torch.tensor([[2.0, 4.0]]), 1), torch.tensor([[2.0, 3.0, 4.0]]))
     g = torch.randn(9, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(refinement_matrix(9) @ g, refine(g.reshape(9, 1), 0)[:, 0])
-    # Training refines a whole level by three matrix products: the same map on every axis.
+    # The outer tap sets the filter: 0 is the plain mean of the two nodes around a midpoint.
+    torch.testing.assert_close(refine((x ** 2).reshape(1, 7), 1, 0.0)[0, 1::2], (x[:-1] ** 2 + x[1:] ** 2) / 2)
+    # Training refines a whole level by three matrix products, each axis with its own taps.
     level = torch.randn(2, 5, 4, 3, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(refine_grid(level), refine(refine(refine(level, 1), 2), 3))
+    taps = torch.tensor([0.02, 1 / 16, 0.1])
+    torch.testing.assert_close(refine_grid(level, taps),
+                               refine(refine(refine(level, 1, 0.02), 2, 1 / 16), 3, 0.1))
+    # Its matrix is differentiable in the tap: the taps learn.
+    outer = torch.tensor(1 / 16, requires_grad=True)
+    (refinement_matrix(6, outer) @ torch.arange(6.0) ** 2).sum().backward()
+    assert outer.grad is not None and outer.grad.abs() > 0
 
 
 def test_a_cubically_read_grid_passes_through_its_nodes_and_reads_boxes_as_points():
@@ -114,6 +123,11 @@ def test_a_cubic_file_says_so_and_decodes_as_its_model_reads(cubic_file, tmp_pat
     assert session.plan.model.grid_interpolation == "linear"  # planned linear, read cubically from 40%
     moec = moecfile.from_bytes(data)
     assert moec.meta.model.grid_interpolation == "cubic" and moec.meta.version == 7
+    # The taps learned away from Catmull-Rom's, and the file holds them (8-bit, per axis).
+    trained = session.fitter.model.encoder.taps.detach()
+    assert (trained - CATMULL_ROM).abs().max() > 1e-4
+    torch.testing.assert_close(moec.model.encoder.taps.detach(), trained, rtol=0, atol=2e-3)
+    assert "encoder.taps" in dict(moec.model.config.tensor_shapes())
     assert unpack_container(data).meta["model"]["grid_interpolation"] == "cubic"
     # Decoding reads boxes by matrices, the encoder's floor search points one by one: the same values.
     decoded = reconstruct(moec).volume.data.reshape(-1)

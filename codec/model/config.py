@@ -143,6 +143,8 @@ class ModelConfig:
         if self.encoder == "grid":
             shapes += [(f"encoder.grid{level}", (self.grid_channels, *res))
                        for level, res in enumerate(self.grid_resolutions())]
+            if self.grid_interpolation == "cubic":  # the refinement's learned taps, per level and axis
+                shapes.append(("encoder.taps", (self.grid_levels, 3)))
             width_in = self.feature_width
         elif self.uses_encoder:
             for layer in range(self.encoder_layers):

@@ -11,11 +11,15 @@ from codec.model.layers import FakeQuantizable
 from codec.settings import GRID_INTERPOLATIONS
 
 #: How a grid is read between its nodes (codec.settings.GRID_INTERPOLATIONS): trilinear, or "cubic":
-#: each level first refined to 2 r - 1 nodes per axis of r by Catmull-Rom midpoints (4 taps,
-#: -1 9 9 -1 over 16; the ends extended linearly), then read trilinearly. Cubic draws smoother,
-#: sharper features from the same latents and still reads as three small matrix products per level
-#: (box_features).
+#: each level first refined to 2 r - 1 nodes per axis of r, each midpoint a symmetric 4-tap filter
+#: of its neighbours (`refine`; the ends extended linearly), then read trilinearly. The filter's
+#: outer tap is learned per level and axis (the tensor `taps`, stored with the grid), starting at
+#: Catmull-Rom's -1 9 9 -1 over 16. Cubic draws smoother, sharper features from the same latents
+#: and still reads as three small matrix products per level (box_features).
 INTERPOLATIONS = GRID_INTERPOLATIONS
+
+#: The outer tap of Catmull-Rom's midpoint filter (0 is linear interpolation).
+CATMULL_ROM = 1.0 / 16.0
 
 
 class LatentGrid(FakeQuantizable):
@@ -37,15 +41,19 @@ class LatentGrid(FakeQuantizable):
         # the result from seed to seed (docs/benchmarks.md, "The latent grid and its coding").
         for level, res in enumerate(resolutions):
             setattr(self, f"grid{level}", nn.Parameter(torch.zeros((channels, *res))))
+        # Always there, so that the optimizer made before the switch to cubic holds it (it gets no
+        # gradient until then); stored only with a cubic grid (ModelConfig.tensor_shapes).
+        self.taps = nn.Parameter(torch.full((self.levels, 3), CATMULL_ROM))
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         # grid_sample wants (x, y, z) = (last axis, ..., first axis) of the (C, D, H, W) grid.
         where = coords.flip(1).reshape(1, 1, 1, -1, 3)
         parts = []
+        taps = self._param("taps")
         for level in range(self.levels):
             grid = self._param(f"grid{level}")
             if self.interpolation == "cubic":
-                grid = refine_grid(grid)
+                grid = refine_grid(grid, taps[level])
             sampled = F.grid_sample(grid.unsqueeze(0), where, mode="bilinear", align_corners=True)
             parts.append(sampled.reshape(grid.shape[0], -1))
         # Rows contiguous: dispatch gathers whole rows (measured: 1.9 s of a 256^3 decode saved for
@@ -61,10 +69,11 @@ class LatentGrid(FakeQuantizable):
         width = sum(getattr(self, f"grid{level}").shape[0] for level in range(self.levels))
         out = torch.empty(*(len(a) for a in axes), width, device=axes[0].device)
         at = 0
+        taps = self._param("taps")
         for level in range(self.levels):
             part = self._param(f"grid{level}")
             channels = part.shape[0]
-            weights = [self._reading_matrix(a, n) for a, n in zip(axes, part.shape[1:])]
+            weights = [self._reading_matrix(a, n, taps[level, k]) for k, (a, n) in enumerate(zip(axes, part.shape[1:]))]
             # The axis that shrinks most first (a tile is often one slice thick): the intermediate
             # products stay small.
             for axis in sorted(range(3), key=lambda k: weights[k].shape[0] / weights[k].shape[1]):
@@ -73,9 +82,9 @@ class LatentGrid(FakeQuantizable):
             at += channels
         return out.reshape(-1, width)
 
-    def _reading_matrix(self, positions: torch.Tensor, nodes: int) -> torch.Tensor:
+    def _reading_matrix(self, positions: torch.Tensor, nodes: int, outer: torch.Tensor) -> torch.Tensor:
         if self.interpolation == "cubic":
-            return interpolation_matrix(positions, 2 * nodes - 1) @ refinement_matrix(nodes, positions.device)
+            return interpolation_matrix(positions, 2 * nodes - 1) @ refinement_matrix(nodes, outer)
         return interpolation_matrix(positions, nodes)
 
 
@@ -98,31 +107,36 @@ def interpolation_matrix(positions: torch.Tensor, nodes: int) -> torch.Tensor:
     return weights
 
 
-def refine_grid(grid: torch.Tensor) -> torch.Tensor:
-    """A (C, X, Y, Z) grid refined along its three axes (`refine`), as three matrix products: training
-    refines every level every step, and BLAS does it in about 40% of the time of `refine`'s slices
-    (forward and backward, the chest CT's levels at 256x: 36 against 85 ms, 2 threads)."""
+def refine_grid(grid: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
+    """A (C, X, Y, Z) grid refined along its three axes (`refine`, axis k with outer tap outer[k]),
+    as three matrix products: training refines every level every step, and BLAS does it in about
+    40% of the time of `refine`'s slices (forward and backward, the chest CT's levels at 256x: 36
+    against 85 ms, 2 threads)."""
     channels, x, y, z = grid.shape
-    along = [refinement_matrix(n, grid.device).to(grid.dtype) for n in (x, y, z)]
+    along = [refinement_matrix(n, outer[k]).to(grid.dtype) for k, n in enumerate((x, y, z))]
     grid = grid @ along[2].t()
     grid = along[1] @ grid
     return (along[0] @ grid.reshape(channels, x, -1)).reshape(channels, 2 * x - 1, 2 * y - 1, 2 * z - 1)
 
 
-def refine(grid: torch.Tensor, axis: int) -> torch.Tensor:
-    """`grid` with 2 n - 1 nodes on `axis` of n: its own nodes, and between each two the Catmull-Rom
-    midpoint (-a + 9 b + 9 c - d) / 16, the nodes beyond either end extended linearly (so a linear
-    ramp refines to itself)."""
+def refine(grid: torch.Tensor, axis: int, outer: float | torch.Tensor = CATMULL_ROM) -> torch.Tensor:
+    """`grid` with 2 n - 1 nodes on `axis` of n: its own nodes, and between each two, b and c with a
+    before and d after, the midpoint (1/2 + outer) (b + c) - outer (a + d) (Catmull-Rom's cubic for
+    outer = 1/16, linear for 0); the nodes beyond either end extended linearly, so a linear ramp
+    refines to itself whatever the taps."""
     n = grid.shape[axis]
     before = 2 * grid.narrow(axis, 0, 1) - grid.narrow(axis, 1, 1)
     after = 2 * grid.narrow(axis, n - 1, 1) - grid.narrow(axis, n - 2, 1)
     padded = torch.cat([before, grid, after], dim=axis)
-    middle = (9.0 * (padded.narrow(axis, 1, n - 1) + padded.narrow(axis, 2, n - 1))
-              - padded.narrow(axis, 0, n - 1) - padded.narrow(axis, 3, n - 1)) / 16.0
+    middle = ((0.5 + outer) * (padded.narrow(axis, 1, n - 1) + padded.narrow(axis, 2, n - 1))
+              - outer * (padded.narrow(axis, 0, n - 1) + padded.narrow(axis, 3, n - 1)))
     pairs = torch.stack([grid.narrow(axis, 0, n - 1), middle], dim=axis + 1).flatten(axis, axis + 1)
     return torch.cat([pairs, grid.narrow(axis, n - 1, 1)], dim=axis)
 
 
-def refinement_matrix(nodes: int, device: torch.device | None = None) -> torch.Tensor:
-    """(2 nodes - 1, nodes): `refine` along one axis as a matrix (decoding reads boxes by matrices)."""
-    return refine(torch.eye(nodes, device=device), 0)
+def refinement_matrix(nodes: int, outer: float | torch.Tensor = CATMULL_ROM,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """(2 nodes - 1, nodes): `refine` along one axis as a matrix (differentiable in `outer`)."""
+    if isinstance(outer, torch.Tensor):
+        device = outer.device
+    return refine(torch.eye(nodes, device=device), 0, outer)
