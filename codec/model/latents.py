@@ -126,8 +126,7 @@ class _RefineAxis(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grid: torch.Tensor, outer: torch.Tensor, axis: int) -> torch.Tensor:
-        eye = torch.eye(grid.shape[axis], dtype=grid.dtype, device=grid.device)
-        matrix = refine(eye, 0, outer.detach())
+        matrix = refinement_matrix(grid.shape[axis], outer.detach(), dtype=grid.dtype)
         ctx.save_for_backward(grid, matrix)
         ctx.axis = axis
         return _along(grid, matrix, axis)
@@ -191,8 +190,8 @@ def refine(grid: torch.Tensor, axis: int, outer: float | torch.Tensor = CATMULL_
 
 
 def refinement_matrix(nodes: int, outer: float | torch.Tensor = CATMULL_ROM,
-                      device: torch.device | None = None) -> torch.Tensor:
+                      device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """(2 nodes - 1, nodes): `refine` along one axis as a matrix (differentiable in `outer`)."""
     if isinstance(outer, torch.Tensor):
         device = outer.device
-    return refine(torch.eye(nodes, device=device), 0, outer)
+    return refine(torch.eye(nodes, device=device, dtype=dtype), 0, outer)
