@@ -171,3 +171,11 @@ def test_the_file_stores_the_experts_at_the_steps_the_final_stage_trained_them_a
             step = torch.from_numpy(fitter.trained_steps[name])
             seen_in_training = torch.round(weight.detach() / step) * step
             torch.testing.assert_close(decoded[name], seen_in_training, rtol=0, atol=1e-6)
+
+
+def test_a_batch_is_drawn_in_memory_order_with_its_own_coordinates_and_values(trained):
+    fitter, _, _ = trained
+    flat, coords, target = fitter.sample(5000)
+    assert torch.all(flat[1:] >= flat[:-1]) and flat.unique().numel() > 4000
+    assert torch.equal(coords, coords_from_flat(flat, fitter.shape))
+    assert torch.equal(target, fitter.target[flat])

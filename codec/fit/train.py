@@ -420,7 +420,10 @@ class Fitter:
             k = roi_batch(batch, self.roi.numel(), total, self.config.roi_weight)
             picks = self.roi[torch.randint(0, self.roi.numel(), (k,), generator=self.sampler)]
             flat = torch.cat([torch.randint(0, total, (batch - k,), generator=self.sampler), picks])
-        flat = flat.to(self.device)
+        # In memory order: the grids' reads and their gradients' scatter then walk the grids
+        # forward instead of jumping (the chest CT's finest grid at 256x: its read forward and
+        # backward 13 ms unsorted, 9.5 sorted, for a 1 ms sort); the loss is a mean, blind to order.
+        flat = flat.sort().values.to(self.device)
         return flat, coords_from_flat(flat, self.shape), self.target[flat]
 
     def _step(self, stage: str, optimizer: torch.optim.Optimizer,
