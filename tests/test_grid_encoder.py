@@ -10,7 +10,15 @@ import torch
 
 from codec import pipeline
 from codec.coding import entropy
-from codec.coding.quantize import dequantize, latent_steps, quantize, rate_step
+from codec.coding.quantize import (
+    WARM_HALVINGS,
+    WARM_RADIUS,
+    dequantize,
+    latent_steps,
+    latent_steps_near,
+    quantize,
+    rate_step,
+)
 from codec.errors import MoecError
 from codec.format import moecfile
 from codec.format.payload import stored_steps
@@ -96,6 +104,26 @@ def test_a_latent_stack_shares_one_rate_with_finer_steps_on_coarser_levels():
     bits = sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(stack, steps))
     assert abs(bits / sum(w.size for w in stack) - 1.5) < 0.05 * 1.5
     assert [float(s) for s in latent_steps([np.zeros_like(w) for w in stack], 1.5)] == [1.0, 1.0, 1.0]
+
+
+def test_a_warm_rate_search_lands_where_the_cold_one_does_and_a_bad_guess_falls_back():
+    rng = np.random.default_rng(2)
+    stack = [rng.laplace(0.0, 0.3, size=(1, 40, 40, 12)).astype(np.float32),
+             rng.laplace(0.0, 0.3, size=(1, 20, 20, 12)).astype(np.float32)]
+    cold, scale = latent_steps_near(stack, 1.5)
+    assert [float(s) for s in cold] == [float(s) for s in latent_steps(stack, 1.5)]
+    # The grids trained on a little: the warm search from the last multiplier lands within its
+    # precision of where a cold search would.
+    moved = [w * 1.03 for w in stack]
+    warm, warm_scale = latent_steps_near(moved, 1.5, scale)
+    again, again_scale = latent_steps_near(moved, 1.5)
+    assert abs(warm_scale - again_scale) <= WARM_RADIUS / 2**WARM_HALVINGS
+    bits = sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(moved, warm))
+    assert abs(bits / sum(w.size for w in moved) - 1.5) < 0.05 * 1.5
+    # A guess far off does not bracket the rate: the cold search, to the last bit.
+    far, far_scale = latent_steps_near(moved, 1.5, scale + 3.0)
+    assert far_scale == again_scale and [float(s) for s in far] == [float(s) for s in again]
+    assert latent_steps_near([np.zeros_like(w) for w in stack], 1.5, scale)[1] is None
 
 
 def test_choices_that_do_not_fit_the_grid_are_refused_in_words(phantom):

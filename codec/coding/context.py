@@ -65,14 +65,24 @@ def context(padded_abs_r: np.ndarray, at: np.ndarray, strides: tuple[int, ...]) 
 
 
 def residuals(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Residual symbols and context bins of a (channels, *spatial) symbol grid, both shaped like it."""
+    """Residual symbols and context bins of a (channels, *spatial) symbol grid, both shaped like it:
+    `predict` and `context` over the whole grid at once. The zero-bordered copy is kept in its
+    grid's shape and read by slices, not by `walk`'s indices: the rate search calls this about 60
+    times per refresh of the latents' steps, and slices are about 4 times faster than gathers."""
     q = np.asarray(q, dtype=np.int64)
-    w = walk(q.shape[1:])
-    channels = q.shape[0]
-    qp = np.zeros((channels, math.prod(w.padded)), dtype=np.int64)
-    qp[:, w.nodes] = q.reshape(channels, -1)
-    r = qp[:, w.nodes] - predict(qp, w.nodes, w.strides)
+    spatial = q.ndim - 1
+    body = (slice(None),) + (slice(1, None),) * spatial
+
+    def behind(padded: np.ndarray, axis: int) -> np.ndarray:
+        # The neighbour one step back along `axis` of every node (0 beyond the grid's start).
+        return padded[tuple(slice(None) if a == 0 else slice(0, -1) if a == axis else slice(1, None)
+                            for a in range(q.ndim))]
+
+    qp = np.zeros(tuple(n + (a > 0) for a, n in enumerate(q.shape)), dtype=np.int64)
+    qp[body] = q
+    total = sum(behind(qp, a) for a in range(1, q.ndim))
+    r = q - (total + spatial // 2) // spatial
     rp = np.zeros_like(qp)
-    rp[:, w.nodes] = np.abs(r)
-    bins = context(rp, w.nodes, w.strides)
-    return r.reshape(q.shape), bins.reshape(q.shape)
+    rp[body] = np.abs(r)
+    bins = np.minimum(sum(behind(rp, a) for a in range(1, q.ndim)), BINS - 1)
+    return r, bins

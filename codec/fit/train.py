@@ -32,7 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from codec.coding.quantize import QuantConfig, latent_steps, max_steps, max_steps_torch, round_in_place
+from codec.coding.quantize import (
+    QuantConfig,
+    latent_steps,
+    latent_steps_near,
+    max_steps,
+    max_steps_torch,
+    round_in_place,
+)
 from codec.errors import MoecError
 from codec.io.roi import check_roi, roi_batch
 from codec.io.volume import Volume, to_unit
@@ -180,15 +187,17 @@ class _Budget:
 
 class LatentRate:
     """The latent grids' rate-set steps while they train through their rounding (quantize.latent_steps):
-    refreshed every LATENT_STEP_EVERY steps, as the grids' spread changes slowly and the search
-    costs a few hundred milliseconds; steps set on zero grids (1, so the first updates round away)
-    last at most FLAT_SHARE of the budget, so a short run still gets its latents."""
+    refreshed every LATENT_STEP_EVERY steps, as the grids' spread changes slowly, each refresh a
+    warm search from the last one's multiplier (quantize.latent_steps_near); steps set on zero
+    grids (1, so the first updates round away) last at most FLAT_SHARE of the budget, so a short
+    run still gets its latents."""
 
     def __init__(self, grids: Mapping[str, torch.Tensor], bits_per_latent: float):
         self.grids = grids
         self.bits = bits_per_latent
         self._steps: dict[str, torch.Tensor] = {}
         self._flat_since: float | None = None  # budget fraction at which zero grids got their steps
+        self._scale: float | None = None  # the last refresh's multiplier (log2, relative to the RMS)
 
     def now(self) -> dict[str, np.ndarray]:
         """The steps that put the grids as they are now at the planned rate, by name."""
@@ -198,7 +207,9 @@ class LatentRate:
     def during_training(self, fraction: float, step: int) -> dict[str, torch.Tensor]:
         flat_over = self._flat_since is not None and fraction - self._flat_since >= FLAT_SHARE
         if not self._steps or step % LATENT_STEP_EVERY == 0 or flat_over:
-            self._steps = {name: torch.tensor(s, device=self.grids[name].device) for name, s in self.now().items()}
+            values = [p.detach().cpu().numpy() for p in self.grids.values()]
+            found, self._scale = latent_steps_near(values, self.bits, self._scale)
+            self._steps = {name: torch.tensor(s, device=self.grids[name].device) for name, s in zip(self.grids, found)}
             flat = not any(bool(p.detach().any()) for p in self.grids.values())
             self._flat_since = fraction if flat else None
         return self._steps
