@@ -101,7 +101,10 @@ class TrainConfig:
 
     minutes: float = 5.0
     steps: int | None = None  # a step budget overrides `minutes` and makes the run reproducible
-    batch_size: int = 1 << 15
+    #: Coordinates per step. 16,384 runs about 1.4-1.5 times the steps of 32,768 in the same time,
+    #: and on the latent grid those steps gained more than the noisier gradients cost on all three
+    #: development volumes (docs/benchmarks.md, "Training: learning rate and batch").
+    batch_size: int = 1 << 14
     lr: float = 2.5e-3
     lr_decay: float = 0.1  # learning rate at the end of a run / at its start (exponential)
     balance_weight: float = 0.01
