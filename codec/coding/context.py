@@ -55,13 +55,22 @@ def predict(padded_q: np.ndarray, at: np.ndarray, strides: tuple[int, ...]) -> n
     total = padded_q[..., at - strides[0]].copy()  # the array's own integer type, as sum() kept it
     for s in strides[1:]:
         total += padded_q[..., at - s]
-    d = len(strides)
-    return (total + d // 2) // d  # floor division: the same integers on every machine
+    return _rounded_mean(total, len(strides))
 
 
 def context(padded_abs_r: np.ndarray, at: np.ndarray, strides: tuple[int, ...]) -> np.ndarray:
     """The bin of the nodes `at`: the sum of their causal neighbours' |residual|, capped."""
-    return np.minimum(sum(padded_abs_r[..., at - s] for s in strides), BINS - 1)
+    return _bin(sum(padded_abs_r[..., at - s] for s in strides))
+
+
+# The two rules the encoder's whole-grid `residuals` and the decoder's plane-by-plane `predict`
+# and `context` share: kept in one place, so the two cannot drift apart.
+def _rounded_mean(total: np.ndarray, d: int) -> np.ndarray:
+    return (total + d // 2) // d  # floor division: the same integers on every machine
+
+
+def _bin(busy: np.ndarray) -> np.ndarray:
+    return np.minimum(busy, BINS - 1)
 
 
 def residuals(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +90,8 @@ def residuals(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     qp = np.zeros(tuple(n + (a > 0) for a, n in enumerate(q.shape)), dtype=np.int64)
     qp[body] = q
     total = sum(behind(qp, a) for a in range(1, q.ndim))
-    r = q - (total + spatial // 2) // spatial
+    r = q - _rounded_mean(total, spatial)
     rp = np.zeros_like(qp)
     rp[body] = np.abs(r)
-    bins = np.minimum(sum(behind(rp, a) for a in range(1, q.ndim)), BINS - 1)
+    bins = _bin(sum(behind(rp, a) for a in range(1, q.ndim)))
     return r, bins

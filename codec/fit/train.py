@@ -201,14 +201,15 @@ class LatentRate:
 
     def now(self) -> dict[str, np.ndarray]:
         """The steps that put the grids as they are now at the planned rate, by name."""
-        values = [p.detach().cpu().numpy() for p in self.grids.values()]
-        return dict(zip(self.grids, latent_steps(values, self.bits)))
+        return dict(zip(self.grids, latent_steps(self._values(), self.bits)))
+
+    def _values(self) -> list[np.ndarray]:
+        return [p.detach().cpu().numpy() for p in self.grids.values()]
 
     def during_training(self, fraction: float, step: int) -> dict[str, torch.Tensor]:
         flat_over = self._flat_since is not None and fraction - self._flat_since >= FLAT_SHARE
         if not self._steps or step % LATENT_STEP_EVERY == 0 or flat_over:
-            values = [p.detach().cpu().numpy() for p in self.grids.values()]
-            found, self._scale = latent_steps_near(values, self.bits, self._scale)
+            found, self._scale = latent_steps_near(self._values(), self.bits, self._scale)
             self._steps = {name: torch.tensor(s, device=self.grids[name].device) for name, s in zip(self.grids, found)}
             flat = not any(bool(p.detach().any()) for p in self.grids.values())
             self._flat_since = fraction if flat else None

@@ -138,7 +138,7 @@ class MoEC(nn.Module):
         mixed = torch.cat(outputs) * routing.weights.reshape(-1)[order].unsqueeze(1)
         if k == 1:
             # Each row once: copying it into place is the sum, and cheaper than index_add's scatter
-            # (a 4-expert joint step on the chest CT at 256x: 4% shorter).
+            # (with the byte sort above, a 4-expert joint step on the chest CT at 256x 4% shorter).
             return mixed.new_zeros(batch, mixed.shape[1]).index_copy(0, rows, mixed)
         return mixed.new_zeros(batch, mixed.shape[1]).index_add(0, rows, mixed)
 
