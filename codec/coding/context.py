@@ -65,11 +65,12 @@ def context(padded_abs_r: np.ndarray, at: np.ndarray, strides: tuple[int, ...]) 
 
 # The two rules the encoder's whole-grid `residuals` and the decoder's plane-by-plane `predict`
 # and `context` share: kept in one place, so the two cannot drift apart.
-def _rounded_mean(total: np.ndarray, d: int) -> np.ndarray:
-    return (total + d // 2) // d  # floor division: the same integers on every machine
+# (Sums of arrays: `sum()` types them as possibly its int start.)
+def _rounded_mean(total: np.ndarray | int, d: int) -> np.ndarray:
+    return np.floor_divide(total + d // 2, d)  # floor division: the same integers on every machine
 
 
-def _bin(busy: np.ndarray) -> np.ndarray:
+def _bin(busy: np.ndarray | int) -> np.ndarray:
     return np.minimum(busy, BINS - 1)
 
 
