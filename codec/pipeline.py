@@ -79,11 +79,15 @@ class Candidate:
     run: Generator[Progress, None, None] | None = None
     psnr: float | None = None  # of its file at the end of its trial, on a sample of voxels
     trial_steps: int = 0  # steps it trained in its trial
+    name: str = ""  # set by `_planned`: its number of experts, and its latent rate where the rates differ
 
     @property
-    def name(self) -> str:
-        n = self.plan.model.experts
-        return "one network" if n == 1 else f"{n} experts"
+    def experts(self) -> int:
+        return self.plan.model.experts
+
+    @property
+    def latent_bits(self) -> float:
+        return self.plan.quant.latent_bits
 
 
 class Compression:
@@ -91,10 +95,12 @@ class Compression:
     more runs (each a generator of Progress, so a caller shows progress, stops or continues), and
     the bytes with their notes. Measuring the file is `evaluate`, on the bytes as written.
 
-    Settings that leave the number of experts open (Settings.candidates) give several candidates:
-    the first run trains each for TrainConfig.trial_share of the budget, keeps the one whose file
-    is then better, and trains it on for the rest (its run goes on where it paused, as if the
-    others had not run), so the budget, in minutes or steps, includes the choice."""
+    Settings that leave the number of experts open (Settings.candidates) give several candidates,
+    tried in rounds by the first run: each number of experts at the first latent rate, then the
+    kept number at each other rate (`rounds`). Each candidate trains for TrainConfig.trial_share
+    of the budget; the one whose file is then the best trains on for the rest (its run goes on
+    where it paused, as if the others had not run), so the budget, in minutes or steps, includes
+    the choice."""
 
     def __init__(self, volume: Volume, settings: Settings = Settings(), train: TrainConfig = TrainConfig(),
                  roi: np.ndarray | None = None):
@@ -148,22 +154,49 @@ class Compression:
         finally:
             run.close()
 
+    def rounds(self, kept: Candidate | None = None) -> list[Candidate]:
+        """The candidates a trial round trains: the first round (`kept` None) each number of experts
+        at the first candidate's latent rate; the second the kept one's number at the other rates.
+        Numbers of experts are what the router earns and rates what the volume's detail needs:
+        tried one after the other, three models decide what the four combinations would."""
+        if kept is None:
+            first = self.candidates[0].latent_bits
+            return [c for c in self.candidates if c.latent_bits == first]
+        return [c for c in self.candidates if c.experts == kept.experts and c.latent_bits != kept.latent_bits]
+
+    def trial_text(self) -> str:
+        """What the trial tries, in a sentence for a user ("" where there is one candidate)."""
+        if len(self.candidates) == 1:
+            return ""
+        first = self.rounds()
+        text = "trying " + " and ".join("one network" if c.experts == 1 else f"{c.experts} experts" for c in first)
+        rates = sorted({c.latent_bits for c in self.candidates} - {first[0].latent_bits}, reverse=True)
+        if rates:
+            text += (f" at {first[0].latent_bits:g} bits per latent, then the kept number at "
+                     + " and ".join(f"{r:g}" for r in rates))
+        return text + f", for {100 * self.train_config.trial_share:g}% of the budget each; the best trains on"
+
     def _trial(self, minutes: float | None, steps: int | None, should_stop: Callable[[], bool] | None):
-        """Train each candidate until it has had TrainConfig.trial_share of the budget past its
-        router stage (the learned partition's first, cheap steps are not counted against it: the
-        candidates are compared on as much reconstruction training), keep the better, and give it
-        the budget less what the others spent: (the kept one's run, the budget the others spent),
-        or None when stopped first (`encode` then chooses among those that trained)."""
-        n, share = len(self.candidates), self.train_config.trial_share
+        """Train the candidates of each round (`rounds`) until each has had TrainConfig.trial_share
+        of the budget past its router stage (the learned partition's first, cheap steps are not
+        counted against it: the candidates are compared on as much reconstruction training), keep
+        the better of each round, and give the last kept the budget less what the others spent:
+        (its run, the budget the others spent), or None when stopped first (`encode` then
+        chooses among those that trained)."""
+        share = self.train_config.trial_share
         by_steps = steps is not None
         total = float(steps) if steps is not None else 60.0 * (minutes or 0.0)
         trial = share * total
         # Each run is created for the budget less the others' trials, then set to the budget less
         # what the others really spent once the choice is made (their router stages included).
-        guess = total - (n - 1) * trial
-        spent: dict[int, float] = {}
-        try:
-            for k, candidate in enumerate(self.candidates):
+        first = self.rounds()
+        tries = len(first) + len(self.rounds(first[0]))
+        guess = total - (tries - 1) * trial
+        spent: dict[int, float] = {}  # by candidate (its id)
+
+        def round_of(contenders: list[Candidate], kept: Candidate | None):
+            """Train each contender for its trial; the best of them and `kept`, or None when stopped."""
+            for candidate in contenders:
                 self._current = candidate
                 before = sum(spent.values())
                 candidate.run = self.fitter.fit(minutes=None if by_steps else guess / 60.0,
@@ -180,46 +213,61 @@ class Compression:
                     if started is not None and used - started >= trial:
                         break
                 candidate.trial_steps = self.fitter.steps_run
-                spent[k] = float(self.fitter.steps_run) if by_steps else self.fitter.run_seconds()
+                spent[id(candidate)] = float(self.fitter.steps_run) if by_steps else self.fitter.run_seconds()
                 self.fitter.pause()
+            return self._best(([] if kept is None else [kept]) + contenders)
+
+        try:
+            kept = yield from round_of(first, None)
+            if kept is not None and self.rounds(kept):
+                kept = yield from round_of(self.rounds(kept), kept)
+            if kept is None:
+                return None
         except GeneratorExit:  # closed during the trial (Ctrl-C, a cancelled worker): `encode` chooses
             for candidate in self.candidates:
                 if candidate.run is not None:
                     candidate.run.close()
                     candidate.run = None
             raise
-        kept = self._choose()
-        assert kept.fitter is not None and kept.run is not None
-        others = sum(v for k, v in spent.items() if self.candidates[k] is not kept)
+        assert kept is not None and kept.fitter is not None and kept.run is not None
+        self.chosen = kept
+        others = sum(v for k, v in spent.items() if k != id(kept))
         kept.fitter.resume()
         kept.fitter.rebudget(steps=max(1, round(total - others)) if by_steps else None,
                              minutes=None if by_steps else (total - others) / 60.0)
         return kept.run, others
 
     def _choose(self) -> Candidate:
-        """Keep the candidate whose file is better now (of those that trained), and say so."""
+        """Keep the best of the candidates that trained (a trial stopped part way), for good."""
         trained = [c for c in self.candidates if c.fitter is not None and c.fitter.steps_run > 0]
+        self.chosen = self._best(trained) if trained else self._current
+        return self.chosen
+
+    def _best(self, trained: list[Candidate]) -> Candidate:
+        """The candidate of `trained` whose file is better now (each measured once, after its
+        trial), said in a note; the others let go."""
         for candidate in trained:
-            try:
-                candidate.psnr = _trial_psnr(self.volume, candidate, self.roi, self.train_config.roi_weight)
-            except MoecError:  # diverged: it cannot be kept (and if none can, encode says why)
-                candidate.psnr = -np.inf
-        kept = max(trained, key=lambda c: c.psnr if c.psnr is not None else -np.inf, default=self._current)
+            if candidate.psnr is None:
+                try:
+                    candidate.psnr = _trial_psnr(self.volume, candidate, self.roi, self.train_config.roi_weight)
+                except MoecError:  # diverged: it cannot be kept (and if none can, encode says why)
+                    candidate.psnr = -np.inf
+        kept = max(trained, key=lambda c: c.psnr if c.psnr is not None else -np.inf)
         if len(trained) > 1:
             tried = ", ".join(f"{c.name} {c.psnr:.2f} dB" for c in trained)
             self.notes.append(f"tried {tried} after {100 * self.train_config.trial_share:g}% of the budget each "
                               f"(PSNR of the file on a sample of voxels); kept {kept.name}")
-        self.chosen = kept
-        self._close_trials(keep=kept)
+        for candidate in trained:
+            if candidate is not kept:
+                self._let_go(candidate)
         return kept
 
-    def _close_trials(self, keep: Candidate) -> None:
-        """Let the candidates not kept go, their models' memory with them."""
-        for candidate in self.candidates:
-            if candidate is not keep:
-                if candidate.run is not None:
-                    candidate.run.close()
-                candidate.run = candidate.fitter = None
+    @staticmethod
+    def _let_go(candidate: Candidate) -> None:
+        """A candidate not kept: its run closed, its model's memory freed."""
+        if candidate.run is not None:
+            candidate.run.close()
+        candidate.run = candidate.fitter = None
 
     def train(self) -> Compression:
         """Run the whole budget, without progress (scripts and tests)."""
@@ -265,6 +313,10 @@ def _planned(volume: Volume, options: tuple[Settings, ...], train: TrainConfig, 
             refused.append(exc)
     if not planned:
         raise max(refused, key=lambda e: e.highest or 0.0)
+    rates = len({c.latent_bits for c in planned}) > 1
+    for c in planned:
+        c.name = ("one network" if c.experts == 1 else f"{c.experts} experts") + (
+            f" at {c.latent_bits:g} bits per latent" if rates else "")
     return planned
 
 

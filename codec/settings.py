@@ -17,8 +17,14 @@ GRANULARITIES = ("tensor", "channel")  # one quantization step per tensor, or pe
 TOP_K = (1, 2)
 PRETRAIN_TARGETS = ("clusters", "blocks")
 DEVICES = ("auto", "cpu", "cuda")
-#: Coded bits per latent the size plan counts on: the sparse, smooth grids of codec.fit.train.latent_rate_penalty.
-LATENT_BITS = 1.5
+#: Coded bits per latent a size plan may count on (the sparse, smooth grids of
+#: codec.fit.train.latent_rate_penalty), where the rate is left to the compression (Settings.latent_bits
+#: None): fewer bits buy more, coarser latents. Which pays depends on the volume (the development CT
+#: gains 0.6 dB at 256x from the second, the MR loses 0.7: docs/benchmarks.md), so a compression that
+#: tries its numbers of experts also tries the kept number at the second rate (codec.pipeline); a
+#: fixed number of experts takes the first.
+AUTO_LATENT_BITS = (1.5, 0.75)
+LATENT_BITS = AUTO_LATENT_BITS[0]
 #: How much more a voxel of a region of interest counts (codec.io.roi).
 ROI_WEIGHT = 10.0
 #: The experts a compression tries when the number is left to it (Settings.experts None): the
@@ -71,7 +77,7 @@ class Settings:
     #: Latent nodes per axis ~ voxels x (voxel size / largest)^P on thick slices (codec.fit.sizing.grid_layout).
     grid_spacing_power: float = 0.5
     latent_share: float = 0.95
-    latent_bits: float = LATENT_BITS
+    latent_bits: float | None = None  # None: AUTO_LATENT_BITS, tried where the experts are
     router_features: bool = True  # False: the router reads the coordinates alone
 
     def encoder_for(self, dims: int) -> str:
@@ -85,14 +91,18 @@ class Settings:
         return "grid" if grid_fits else "siren"
 
     def candidates(self, dims: int) -> tuple[Settings, ...]:
-        """The settings a compression of a volume of `dims` axes tries: these, when they name the
-        number of experts; else each of AUTO_EXPERTS on the latent grid, where the grid applies and
-        a single network is possible (top-1), and otherwise the first of them."""
+        """The settings a compression of a volume of `dims` axes may try, each with its number of
+        experts and its latent rate set, the first planned where one plan is asked for: these, when
+        they name the number of experts (at the first of AUTO_LATENT_BITS unless they name a rate);
+        else each of AUTO_EXPERTS on the latent grid at each rate, where the grid applies and a
+        single network is possible (top-1), and otherwise the first of them. The compression
+        trains them in rounds (codec.pipeline.Compression), not all of them."""
+        bits = AUTO_LATENT_BITS if self.latent_bits is None else (self.latent_bits,)
         if self.experts is not None:
-            return (self,)
+            return (replace(self, latent_bits=bits[0]),)
         if self.encoder_for(dims) != "grid" or self.top_k > 1:
-            return (replace(self, experts=AUTO_EXPERTS[0]),)
-        return tuple(replace(self, experts=n, encoder="grid") for n in AUTO_EXPERTS)
+            return (replace(self, experts=AUTO_EXPERTS[0], latent_bits=bits[0]),)
+        return tuple(replace(self, experts=n, encoder="grid", latent_bits=b) for b in bits for n in AUTO_EXPERTS)
 
 
 @dataclass(frozen=True)

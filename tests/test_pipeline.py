@@ -9,7 +9,7 @@ from codec import pipeline
 from codec.errors import MoecError, RatioError
 from codec.format import moecfile
 from codec.io.phantom import make_phantom
-from codec.settings import AUTO_EXPERTS, TrainConfig
+from codec.settings import AUTO_EXPERTS, AUTO_LATENT_BITS, TrainConfig
 
 from .training import mean_prediction_psnr
 
@@ -40,8 +40,9 @@ def test_nothing_is_encoded_before_the_first_step_and_an_impossible_plan_fails_f
 
 
 def test_an_open_number_of_experts_tries_each_candidate_and_trains_the_better_on():
-    """Settings.experts None: a trial of settings.AUTO_EXPERTS on the latent grid, each for its share
-    of the steps past its router stage, the better kept (by its file's PSNR) and trained on where it
+    """Settings.experts None: a trial in two rounds on the latent grid, each model for its share of
+    the steps past its router stage: settings.AUTO_EXPERTS at the first of AUTO_LATENT_BITS, then
+    the kept number at the second rate; the best kept (by its file's PSNR) and trained on where it
     paused for the budget less the others' trials, reproducibly."""
     volume, _ = make_phantom((32, 28, 16))
     config = TrainConfig(steps=200, batch_size=2048, trial_share=0.15)
@@ -52,26 +53,50 @@ def test_an_open_number_of_experts_tries_each_candidate_and_trains_the_better_on
         return session, progress, session.encode()
 
     session, progress, made = compress()
-    assert [c.plan.model.experts for c in session.candidates] == list(AUTO_EXPERTS)
+    first = session.rounds()
+    assert [c.experts for c in first] == list(AUTO_EXPERTS) and {c.latent_bits for c in first} == {AUTO_LATENT_BITS[0]}
+    assert len(session.candidates) == len(AUTO_EXPERTS) * len(AUTO_LATENT_BITS)
     assert all(c.plan.model.encoder == "grid" for c in session.candidates)
-    assert session.chosen is not None and session.chosen in session.candidates
+    # A rate's plan holds as many more latents as it spends fewer bits on each.
+    one = {c.latent_bits: c.plan.model.latent_count() for c in session.candidates if c.experts == 1}
+    assert one[AUTO_LATENT_BITS[1]] > 1.5 * one[AUTO_LATENT_BITS[0]]
+    trained = [c for c in session.candidates if c.trial_steps > 0]
+    first_kept = max(first, key=lambda c: c.psnr)
+    assert trained == first + session.rounds(first_kept)  # three models decide, not four
+    assert [c.latent_bits for c in session.rounds(first_kept)] == [AUTO_LATENT_BITS[1]]
+    assert {c.experts for c in session.rounds(first_kept)} == {first_kept.experts}
     kept = session.chosen
-    others = [c for c in session.candidates if c is not kept]
+    assert kept is not None and kept in trained
+    others = [c for c in trained if c is not kept]
     # The trial: each candidate's own steps until its share, named; then the kept one goes on.
     trying = [p for p in progress if p.trying]
-    assert {p.trying for p in trying} == {c.name for c in session.candidates}
+    assert {p.trying for p in trying} == {c.name for c in trained}
     assert all(p.trying == "" for p in progress[len(trying):])
     # Each trial is 15% of the steps past the router's; the kept model gets what the others left.
     assert made.steps + sum(c.trial_steps for c in others) == 200 and kept.fitter.steps_run == made.steps
-    assert {c.plan.model.experts: c.trial_steps for c in session.candidates}[1] == 30  # no router stage
-    assert all(c.fitter is None for c in others)  # the others' models are let go
+    assert all(c.trial_steps == 30 for c in trained if c.experts == 1)  # no router stage
+    assert all(c.fitter is None for c in session.candidates if c is not kept)  # the others' models are let go
     assert progress[-1].fraction == pytest.approx(1.0)
     assert all(b.fraction >= a.fraction - 1e-9 for a, b in zip(progress, progress[1:]))  # the bar never goes back
-    assert kept.psnr == max(c.psnr for c in session.candidates)
-    assert any(note.startswith("tried ") and note.endswith(f"kept {kept.name}") for note in made.notes)
-    assert moecfile.from_bytes(made.data).meta.model.experts == kept.plan.model.experts
+    assert kept.psnr == max(c.psnr for c in trained)
+    tried = [note for note in made.notes if note.startswith("tried ")]
+    assert len(tried) == 2 and tried[1].endswith(f"kept {kept.name}")
+    assert session.trial_text().startswith("trying 4 experts and one network at 1.5 bits per latent, then the kept "
+                                           "number at 0.75")
+    stored = moecfile.from_bytes(made.data).meta.model
+    assert (stored.experts, stored.grid_finest) == (kept.experts, kept.plan.model.grid_finest)
     assert session.plan.lower_bytes <= len(made.data) <= session.plan.upper_bytes
     assert compress()[2].data == made.data  # a step budget makes the same file again
+
+
+def test_a_fixed_number_of_experts_or_a_named_rate_leaves_nothing_to_try():
+    volume, _ = make_phantom((32, 28, 16))
+    fixed = pipeline.Compression(volume, pipeline.Settings(ratio=12, experts=1, encoder="grid"), TrainConfig(steps=10))
+    assert [c.latent_bits for c in fixed.candidates] == [AUTO_LATENT_BITS[0]] and fixed.trial_text() == ""
+    named = pipeline.Compression(volume, pipeline.Settings(ratio=12, latent_bits=1.0), TrainConfig(steps=10))
+    assert {c.latent_bits for c in named.candidates} == {1.0}
+    assert [c.experts for c in named.candidates] == list(AUTO_EXPERTS)
+    assert named.trial_text().startswith("trying 4 experts and one network, for 15%")
 
 
 def test_a_trial_stopped_early_keeps_the_better_of_those_that_trained():
@@ -93,8 +118,13 @@ def test_a_ratio_only_one_network_reaches_needs_no_trial():
         highest[experts] = refused.value.highest
     assert highest[1] > highest[4]  # one network is smaller: it reaches further
     ratio = (highest[4] + highest[1]) / 2
-    session = pipeline.Compression(volume, pipeline.Settings(ratio=ratio), TrainConfig(steps=30, batch_size=1024))
+    session = pipeline.Compression(volume, pipeline.Settings(ratio=ratio, latent_bits=1.5),
+                                   TrainConfig(steps=30, batch_size=1024))
     assert [c.plan.model.experts for c in session.candidates] == [1] and session.chosen is not None
+    # With the rate left open too, only the rates are tried.
+    rates = pipeline.Compression(volume, pipeline.Settings(ratio=ratio), TrainConfig(steps=30, batch_size=1024))
+    assert [(c.experts, c.latent_bits) for c in rates.candidates] == [(1, b) for b in AUTO_LATENT_BITS]
+    assert rates.trial_text().startswith("trying one network at 1.5 bits per latent, then the kept number at 0.75")
     with pytest.raises(RatioError) as refused:
         pipeline.Compression(volume, pipeline.Settings(ratio=highest[1] * 1.5), TrainConfig(steps=10))
     assert refused.value.highest == pytest.approx(highest[1], rel=0.03)  # the furthest any candidate reaches

@@ -50,12 +50,12 @@ def cmd_compress(args) -> int:
     print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
           f"{nbytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {nbytes(plan.upper_bytes)}",
           file=sys.stderr)
-    if len(session.candidates) > 1:
-        print(f"trying {' and '.join(c.name for c in session.candidates)} for "
-              f"{100 * train.trial_share:g}% of the budget each, then the better for the rest", file=sys.stderr)
+    if session.trial_text():
+        print(session.trial_text(), file=sys.stderr)
     for candidate in session.candidates:
         m, quant = candidate.plan.model, candidate.plan.quant
-        print(f"model: {describe_model(m)}; {m.parameter_count():,} parameters, "
+        which = f" ({candidate.name})" if len(session.candidates) > 1 else ""
+        print(f"model{which}: {describe_model(m)}; {m.parameter_count():,} parameters, "
               f"{'float16' if quant.float16 else f'{quant.bits}-bit'} weights; device {device.type}", file=sys.stderr)
     if roi is not None:
         print(f"ROI: {Path(args.roi).name}, {int(roi.sum()):,} voxels ({100 * roi.mean():.2f}%) weighted "

@@ -18,7 +18,7 @@ from codec.errors import MoecError, RatioError
 from codec.format.container import pack_container
 from codec.model import ModelConfig, grid_levels, is_latent
 from codec.model.partition import block_grid
-from codec.settings import Settings
+from codec.settings import LATENT_BITS, Settings
 
 WINDOW = 1.05
 MIN_WIDTH = 8
@@ -79,8 +79,9 @@ def architecture(settings: Settings, dims: int = 3) -> Architecture:
 
 
 def quantization(settings: Settings) -> QuantConfig:
-    """How a file with these settings stores its weights."""
-    return QuantConfig(settings.bits, settings.first_layer_extra_bits, settings.granularity, settings.latent_bits)
+    """How a file with these settings stores its weights (an open latent rate: its first candidate's)."""
+    latent_bits = settings.latent_bits if settings.latent_bits is not None else LATENT_BITS
+    return QuantConfig(settings.bits, settings.first_layer_extra_bits, settings.granularity, latent_bits)
 
 
 def window(raw_bytes: int, ratio: float) -> tuple[int, int]:
