@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -192,6 +193,29 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     assert nib.load(str(tmp_path / "grid.nii.gz")).shape == (32, 28, 16)
 
 
+def test_the_latent_rate_from_the_command_line(phantom_file, tmp_path, capsys):
+    """--latent-bits B plans the grid at B coded bits per latent (fewer: a finer grid in the same
+    bytes); left to auto, a compression that tries its experts tries the rates too, and says so."""
+    finest = {}
+    for bits in ("1.5", "0.75"):
+        out = tmp_path / f"rate{bits}.moec"
+        assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "1",
+                     "--encoder", "grid", "--latent-bits", bits, *FAST]) == 0
+        assert "trying" not in capsys.readouterr().err
+        assert main(["info", str(out), "--json"]) == 0
+        finest[bits] = math.prod(json.loads(capsys.readouterr().out)["model"]["grid_finest"])
+    assert finest["0.75"] > 1.5 * finest["1.5"]
+    assert main(["compress", str(phantom_file), "-o", str(tmp_path / "auto.moec"), "--ratio", "12",
+                 "--steps", "40", "--batch", "1024", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "trying 4 experts and one network at 1.5 bits per latent, then the kept number at 0.75" in err
+    assert "model (one network at 0.75 bits per latent):" in err
+    for bad in ("0.1", "many"):
+        with pytest.raises(SystemExit):
+            main(["compress", str(phantom_file), "-o", str(tmp_path / "x.moec"), "--latent-bits", bad, *FAST])
+        assert "--latent-bits" in capsys.readouterr().err
+
+
 def test_a_run_stopped_before_the_grid_learns_writes_a_smaller_file_and_says_why(phantom_file, tmp_path, capsys):
     """A budget so short that training ends after the router's first step leaves the latent grid at
     zero, which codes to almost nothing: the file lands below the size window, the command says so
@@ -231,8 +255,8 @@ def test_the_command_lines_defaults_are_the_librarys():
     settings, train = pipeline.Settings(), TrainConfig()
     assert (args.ratio, args.experts, args.top_k, args.partition, args.bits, args.granularity) == (
         settings.ratio, settings.experts, settings.top_k, settings.partition, settings.bits, settings.granularity)
-    assert (args.encoder, args.grid_channels, args.router_input == "features") == (
-        settings.encoder, settings.grid_channels, settings.router_features)
+    assert (args.encoder, args.grid_channels, args.router_input == "features", args.latent_bits) == (
+        settings.encoder, settings.grid_channels, settings.router_features, settings.latent_bits)
     assert (args.minutes, args.lr, args.batch, args.balance, args.seed) == (
         train.minutes, train.lr, train.batch_size, train.balance_weight, train.seed)
     # The default is the latent grid under a learned router, and the baselines stay SIRENs.

@@ -94,7 +94,7 @@ def _choices(args) -> tuple[Settings, TrainConfig]:
     settings = Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k, partition=args.partition,
                         bits=args.bits, granularity=args.granularity, encoder=args.encoder,
                         router_features=args.router_input == "features", grid_channels=args.grid_channels,
-                        grid_spacing_power=args.grid_spacing)
+                        grid_spacing_power=args.grid_spacing, latent_bits=args.latent_bits)
     train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
                         balance_weight=args.balance, router_pretraining=args.pretrain != "none",
                         pretrain_target=args.pretrain if args.pretrain != "none" else TrainConfig.pretrain_target,

@@ -31,6 +31,16 @@ def _experts(text: str) -> int | None:
     return None if text == "auto" else _positive(int)(text)
 
 
+def _latent_bits(text: str) -> float | None:
+    """Coded bits per latent, or auto (None): the compression tries codec.settings.AUTO_LATENT_BITS."""
+    if text == "auto":
+        return None
+    value = _positive(float)(text)
+    if not 0.25 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"{text} must be auto or 0.25 to 8")
+    return value
+
+
 def _unit_interval(text: str) -> float:
     try:
         value = float(text)
@@ -57,9 +67,11 @@ def _volume_options(parser: argparse.ArgumentParser, file_, train, each: str) ->
                         help=f"training time {each} (default {train.minutes:g})")
     budget.add_argument("--steps", type=_positive(int), help=f"training steps {each} instead (reproducible)")
     auto = " or ".join(map(str, choices.AUTO_EXPERTS))
+    rates = " or ".join(f"{b:g}" for b in choices.AUTO_LATENT_BITS)
     parser.add_argument("--experts", type=_experts, default=file_.experts,
                         help=f"number of experts (default {'auto' if file_.experts is None else file_.experts}; "
-                             f"auto: a short trial of {auto} on the latent grid, the better kept; 1 = one SIREN)")
+                             f"auto: short trials of {auto} on the latent grid, then of the kept number at {rates} "
+                             "bits per latent, the best kept; 1 = one SIREN)")
 
 
 def _run_flags(parser: argparse.ArgumentParser, force: str, quiet: str, json: str) -> None:
@@ -90,6 +102,11 @@ def _compress(sub: argparse._SubParsersAction, file_: Settings, train: TrainConf
     c.add_argument("--grid-channels", type=_positive(int), default=file_.grid_channels, metavar="C",
                    help=f"latents per grid node and level, for the latent grid (default {file_.grid_channels}; "
                         "fewer channels buy a finer grid in the same bytes)")
+    rates = " or ".join(f"{b:g}" for b in choices.AUTO_LATENT_BITS)
+    c.add_argument("--latent-bits", type=_latent_bits, default=file_.latent_bits, metavar="B",
+                   help="coded bits per latent the latent grid is planned at: fewer buy more latents, each "
+                        f"coarser; auto: with --experts auto, a trial of {rates}, else {rates.split()[0]} "
+                        f"(default {'auto' if file_.latent_bits is None else file_.latent_bits})")
     c.add_argument("--grid-spacing", type=_unit_interval, default=file_.grid_spacing_power, metavar="P",
                    help="how the latent grid follows the voxel size on thick slices (voxels 2.5 times longer on "
                         "one axis than on another): nodes per axis in proportion to voxels x (voxel size / "
