@@ -17,14 +17,16 @@ GRANULARITIES = ("tensor", "channel")  # one quantization step per tensor, or pe
 TOP_K = (1, 2)
 PRETRAIN_TARGETS = ("clusters", "blocks")
 DEVICES = ("auto", "cpu", "cuda")
-#: Coded bits per latent a size plan may count on (the sparse, smooth grids of
-#: codec.fit.train.latent_rate_penalty), where the rate is left to the compression (Settings.latent_bits
-#: None): fewer bits buy more, coarser latents. Which pays depends on the volume (the development CT
-#: gains 0.6 dB at 256x from the second, the MR loses 0.7: docs/benchmarks.md), so a compression that
-#: tries its numbers of experts also tries the kept number at the second rate (codec.pipeline); a
-#: fixed number of experts takes the first.
-AUTO_LATENT_BITS = (1.5, 0.75)
-LATENT_BITS = AUTO_LATENT_BITS[0]
+#: Coded bits per latent the size plan counts on: the sparse, smooth grids of
+#: codec.fit.train.latent_rate_penalty. Fewer bits buy more, coarser latents.
+LATENT_BITS = 1.5
+#: The rates a compression tries when asked to choose (Settings.latent_bits None, `--latent-bits
+#: auto`): with the number of experts open, it tries the kept number at the second rate after the
+#: experts' trial (codec.pipeline); a fixed number of experts takes the first. Not the default:
+#: which rate pays depends on the volume (at 256x and 4,000 steps the second gains 0.6 dB on the
+#: development CT and loses 0.7 on the MR), but at 10 minutes the trial's third model cost about
+#: what the choice gained (docs/benchmarks.md, "The latent rate, chosen per volume").
+AUTO_LATENT_BITS = (LATENT_BITS, 0.75)
 #: How much more a voxel of a region of interest counts (codec.io.roi).
 ROI_WEIGHT = 10.0
 #: The experts a compression tries when the number is left to it (Settings.experts None): the
@@ -77,7 +79,7 @@ class Settings:
     #: Latent nodes per axis ~ voxels x (voxel size / largest)^P on thick slices (codec.fit.sizing.grid_layout).
     grid_spacing_power: float = 0.5
     latent_share: float = 0.95
-    latent_bits: float | None = None  # None: AUTO_LATENT_BITS, tried where the experts are
+    latent_bits: float | None = LATENT_BITS  # None: AUTO_LATENT_BITS, tried where the experts are
     router_features: bool = True  # False: the router reads the coordinates alone
 
     def encoder_for(self, dims: int) -> str:

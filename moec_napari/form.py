@@ -54,11 +54,9 @@ class SettingsForm(QWidget):
                           "between R and 1.05 R", decimals=1)
         form.addRow("Ratio", self.ratio)
         auto = " or ".join(map(str, choices.AUTO_EXPERTS))
-        rates = " or ".join(f"{b:g}" for b in choices.AUTO_LATENT_BITS)
         self.experts = spin(QSpinBox(), "experts", file_.experts or 0,
-                            f"Number of experts (1 = a single network); auto: short trials of {auto} on the "
-                            f"latent grid, then of the kept number at {rates} bits per latent, and the best "
-                            "trains on", zero=True)
+                            f"Number of experts (1 = a single network); auto: "
+                            f"a short trial of {auto} on the latent grid, and the better trains on", zero=True)
         self.experts.setSpecialValueText("auto")  # shown at 0
         form.addRow("Experts", self.experts)
         self.top_k = combo(choices.TOP_K, file_.top_k, "Experts evaluated per voxel")

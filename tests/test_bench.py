@@ -30,7 +30,7 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     first = capsys.readouterr()
     cells = sorted(p.name for p in (out / "cells").glob("*.json"))
     methods = {"jpeg-2000", "moec-learned-partition-latent-grid-4-experts-1-channel", "single-siren", "blocks-8-fixed",
-               "moec-default-experts-and-latent-rate-kept-after-a-trial", "moec-siren-encoder-8-experts",
+               "moec-default-4-experts-or-one-mlp-kept-after-a-trial", "moec-siren-encoder-8-experts",
                "moec-learned-partition-router-on-the-coordinates", "moec-sparse-latents-without-the-smoothness-penalty",
                "moec-2-bits-per-latent-no-rate-penalty", "control-one-mlp-on-the-grid-no-partition"}
     assert {c.split("@")[0] for c in cells} == methods and len(cells) == 20

@@ -195,7 +195,7 @@ def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
 
 def test_the_latent_rate_from_the_command_line(phantom_file, tmp_path, capsys):
     """--latent-bits B plans the grid at B coded bits per latent (fewer: a finer grid in the same
-    bytes); left to auto, a compression that tries its experts tries the rates too, and says so."""
+    bytes); auto: a compression that tries its experts tries the rates too, and says so."""
     finest = {}
     for bits in ("1.5", "0.75"):
         out = tmp_path / f"rate{bits}.moec"
@@ -206,7 +206,7 @@ def test_the_latent_rate_from_the_command_line(phantom_file, tmp_path, capsys):
         finest[bits] = math.prod(json.loads(capsys.readouterr().out)["model"]["grid_finest"])
     assert finest["0.75"] > 1.5 * finest["1.5"]
     assert main(["compress", str(phantom_file), "-o", str(tmp_path / "auto.moec"), "--ratio", "12",
-                 "--steps", "40", "--batch", "1024", "--quiet"]) == 0
+                 "--latent-bits", "auto", "--steps", "40", "--batch", "1024", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "trying 4 experts and one network at 1.5 bits per latent, then the kept number at 0.75" in err
     assert "model (one network at 0.75 bits per latent):" in err

@@ -40,15 +40,50 @@ def test_nothing_is_encoded_before_the_first_step_and_an_impossible_plan_fails_f
 
 
 def test_an_open_number_of_experts_tries_each_candidate_and_trains_the_better_on():
-    """Settings.experts None: a trial in two rounds on the latent grid, each model for its share of
-    the steps past its router stage: settings.AUTO_EXPERTS at the first of AUTO_LATENT_BITS, then
-    the kept number at the second rate; the best kept (by its file's PSNR) and trained on where it
+    """Settings.experts None: a trial of settings.AUTO_EXPERTS on the latent grid, each for its share
+    of the steps past its router stage, the better kept (by its file's PSNR) and trained on where it
     paused for the budget less the others' trials, reproducibly."""
     volume, _ = make_phantom((32, 28, 16))
     config = TrainConfig(steps=200, batch_size=2048, trial_share=0.15)
 
     def compress():
         session = pipeline.Compression(volume, pipeline.Settings(ratio=12), config)
+        progress = list(session.run())
+        return session, progress, session.encode()
+
+    session, progress, made = compress()
+    assert [c.plan.model.experts for c in session.candidates] == list(AUTO_EXPERTS)
+    assert all(c.plan.model.encoder == "grid" for c in session.candidates)
+    assert session.chosen is not None and session.chosen in session.candidates
+    kept = session.chosen
+    others = [c for c in session.candidates if c is not kept]
+    # The trial: each candidate's own steps until its share, named; then the kept one goes on.
+    trying = [p for p in progress if p.trying]
+    assert {p.trying for p in trying} == {c.name for c in session.candidates}
+    assert all(p.trying == "" for p in progress[len(trying):])
+    # Each trial is 15% of the steps past the router's; the kept model gets what the others left.
+    assert made.steps + sum(c.trial_steps for c in others) == 200 and kept.fitter.steps_run == made.steps
+    assert {c.plan.model.experts: c.trial_steps for c in session.candidates}[1] == 30  # no router stage
+    assert all(c.fitter is None for c in others)  # the others' models are let go
+    assert progress[-1].fraction == pytest.approx(1.0)
+    assert all(b.fraction >= a.fraction - 1e-9 for a, b in zip(progress, progress[1:]))  # the bar never goes back
+    assert kept.psnr == max(c.psnr for c in session.candidates)
+    assert any(note.startswith("tried ") and note.endswith(f"kept {kept.name}") for note in made.notes)
+    assert moecfile.from_bytes(made.data).meta.model.experts == kept.plan.model.experts
+    assert session.plan.lower_bytes <= len(made.data) <= session.plan.upper_bytes
+    assert compress()[2].data == made.data  # a step budget makes the same file again
+
+
+def test_an_open_rate_is_tried_for_the_kept_number_of_experts():
+    """Settings.experts and latent_bits None: a trial in two rounds on the latent grid, each model
+    for its share of the steps past its router stage: settings.AUTO_EXPERTS at the first of
+    AUTO_LATENT_BITS, then the kept number at the second rate; the best kept (by its file's PSNR)
+    and trained on where it paused for the budget less the others' trials, reproducibly."""
+    volume, _ = make_phantom((32, 28, 16))
+    config = TrainConfig(steps=200, batch_size=2048, trial_share=0.15)
+
+    def compress():
+        session = pipeline.Compression(volume, pipeline.Settings(ratio=12, latent_bits=None), config)
         progress = list(session.run())
         return session, progress, session.encode()
 
@@ -89,9 +124,10 @@ def test_an_open_number_of_experts_tries_each_candidate_and_trains_the_better_on
     assert compress()[2].data == made.data  # a step budget makes the same file again
 
 
-def test_a_fixed_number_of_experts_or_a_named_rate_leaves_nothing_to_try():
+def test_a_fixed_number_of_experts_or_a_named_rate_leaves_the_rate_untried():
     volume, _ = make_phantom((32, 28, 16))
-    fixed = pipeline.Compression(volume, pipeline.Settings(ratio=12, experts=1, encoder="grid"), TrainConfig(steps=10))
+    fixed = pipeline.Compression(volume, pipeline.Settings(ratio=12, experts=1, encoder="grid", latent_bits=None),
+                                 TrainConfig(steps=10))
     assert [c.latent_bits for c in fixed.candidates] == [AUTO_LATENT_BITS[0]] and fixed.trial_text() == ""
     named = pipeline.Compression(volume, pipeline.Settings(ratio=12, latent_bits=1.0), TrainConfig(steps=10))
     assert {c.latent_bits for c in named.candidates} == {1.0}
@@ -118,11 +154,11 @@ def test_a_ratio_only_one_network_reaches_needs_no_trial():
         highest[experts] = refused.value.highest
     assert highest[1] > highest[4]  # one network is smaller: it reaches further
     ratio = (highest[4] + highest[1]) / 2
-    session = pipeline.Compression(volume, pipeline.Settings(ratio=ratio, latent_bits=1.5),
-                                   TrainConfig(steps=30, batch_size=1024))
+    session = pipeline.Compression(volume, pipeline.Settings(ratio=ratio), TrainConfig(steps=30, batch_size=1024))
     assert [c.plan.model.experts for c in session.candidates] == [1] and session.chosen is not None
     # With the rate left open too, only the rates are tried.
-    rates = pipeline.Compression(volume, pipeline.Settings(ratio=ratio), TrainConfig(steps=30, batch_size=1024))
+    rates = pipeline.Compression(volume, pipeline.Settings(ratio=ratio, latent_bits=None),
+                                 TrainConfig(steps=30, batch_size=1024))
     assert [(c.experts, c.latent_bits) for c in rates.candidates] == [(1, b) for b in AUTO_LATENT_BITS]
     assert rates.trial_text().startswith("trying one network at 1.5 bits per latent, then the kept number at 0.75")
     with pytest.raises(RatioError) as refused:

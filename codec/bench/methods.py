@@ -31,10 +31,8 @@ CLAIM = (
     # The control that isolates the partition: the default's encoder with one MLP and no router.
     Method("control: one MLP on the grid, no partition", {**_DEFAULT, "experts": 1}, _RATE),
     # What `moec compress` does by default: a short trial of the learned partition and the control,
-    # then of the kept one at the second latent rate, and the best trained on
-    # (codec.settings.AUTO_EXPERTS, AUTO_LATENT_BITS).
-    Method("MoEC default (experts and latent rate kept after a trial)",
-           {**_DEFAULT, "experts": None, "latent_bits": None}, _RATE),
+    # and the better trained on (codec.settings.AUTO_EXPERTS).
+    Method("MoEC default (4 experts or one MLP, kept after a trial)", {**_DEFAULT, "experts": None}, _RATE),
     Method("MoEC, SIREN encoder, 8 experts", {"encoder": "siren", "experts": 8}),
     Method("MoEC, learned partition, router on the coordinates", {**_DEFAULT, "router_features": False}, _RATE),
     Method("MoEC, sparse latents without the smoothness penalty", _DEFAULT, _SPARSE),

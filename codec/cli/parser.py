@@ -67,11 +67,10 @@ def _volume_options(parser: argparse.ArgumentParser, file_, train, each: str) ->
                         help=f"training time {each} (default {train.minutes:g})")
     budget.add_argument("--steps", type=_positive(int), help=f"training steps {each} instead (reproducible)")
     auto = " or ".join(map(str, choices.AUTO_EXPERTS))
-    rates = " or ".join(f"{b:g}" for b in choices.AUTO_LATENT_BITS)
     parser.add_argument("--experts", type=_experts, default=file_.experts,
                         help=f"number of experts (default {'auto' if file_.experts is None else file_.experts}; "
-                             f"auto: short trials of {auto} on the latent grid, then of the kept number at {rates} "
-                             "bits per latent, the best kept; 1 = one SIREN)")
+                             f"auto: a short trial of {auto} on the latent grid, the better kept (and with "
+                             "--latent-bits auto, then of its rates); 1 = one SIREN)")
 
 
 def _run_flags(parser: argparse.ArgumentParser, force: str, quiet: str, json: str) -> None:
@@ -105,7 +104,8 @@ def _compress(sub: argparse._SubParsersAction, file_: Settings, train: TrainConf
     rates = " or ".join(f"{b:g}" for b in choices.AUTO_LATENT_BITS)
     c.add_argument("--latent-bits", type=_latent_bits, default=file_.latent_bits, metavar="B",
                    help="coded bits per latent the latent grid is planned at: fewer buy more latents, each "
-                        f"coarser; auto: with --experts auto, a trial of {rates}, else {rates.split()[0]} "
+                        f"coarser; auto: with --experts auto, a trial of {rates} for the kept number of "
+                        f"experts, else {rates.split()[0]} "
                         f"(default {'auto' if file_.latent_bits is None else file_.latent_bits})")
     c.add_argument("--grid-spacing", type=_unit_interval, default=file_.grid_spacing_power, metavar="P",
                    help="how the latent grid follows the voxel size on thick slices (voxels 2.5 times longer on "
