@@ -157,8 +157,8 @@ class Compression:
     def rounds(self, kept: Candidate | None = None) -> list[Candidate]:
         """The candidates a trial round trains: the first round (`kept` None) each number of experts
         at the first candidate's latent rate; the second the kept one's number at the other rates.
-        Numbers of experts are what the router earns and rates what the volume's detail needs:
-        tried one after the other, three models decide what the four combinations would."""
+        Three models trained instead of the four pairs, on the guess that the number of experts
+        chosen at one rate suits the other."""
         if kept is None:
             first = self.candidates[0].latent_bits
             return [c for c in self.candidates if c.latent_bits == first]
@@ -169,7 +169,7 @@ class Compression:
         if len(self.candidates) == 1:
             return ""
         first = self.rounds()
-        text = "trying " + " and ".join("one network" if c.experts == 1 else f"{c.experts} experts" for c in first)
+        text = "trying " + " and ".join(_experts_text(c.experts) for c in first)
         rates = sorted({c.latent_bits for c in self.candidates} - {first[0].latent_bits}, reverse=True)
         if rates:
             text += (f" at {first[0].latent_bits:g} bits per latent, then the kept number at "
@@ -219,8 +219,9 @@ class Compression:
 
         try:
             kept = yield from round_of(first, None)
-            if kept is not None and self.rounds(kept):
-                kept = yield from round_of(self.rounds(kept), kept)
+            second = self.rounds(kept) if kept is not None else []
+            if second:
+                kept = yield from round_of(second, kept)
             if kept is None:
                 return None
         except GeneratorExit:  # closed during the trial (Ctrl-C, a cancelled worker): `encode` chooses
@@ -302,6 +303,10 @@ class Compression:
         return evaluate(self.volume, moec, device, self.roi)
 
 
+def _experts_text(n: int) -> str:
+    return "one network" if n == 1 else f"{n} experts"
+
+
 def _planned(volume: Volume, options: tuple[Settings, ...], train: TrainConfig, roi: bool) -> list[Candidate]:
     """The candidates whose ratio can be met; RatioError (the one naming the highest reachable
     ratio) when none can."""
@@ -315,7 +320,7 @@ def _planned(volume: Volume, options: tuple[Settings, ...], train: TrainConfig, 
         raise max(refused, key=lambda e: e.highest or 0.0)
     rates = len({c.latent_bits for c in planned}) > 1
     for c in planned:
-        c.name = ("one network" if c.experts == 1 else f"{c.experts} experts") + (
+        c.name = _experts_text(c.experts) + (
             f" at {c.latent_bits:g} bits per latent" if rates else "")
     return planned
 
