@@ -131,6 +131,11 @@ class TrainConfig:
     #: at the same step and its rate-set step comes out finer (measured, with the weights tried:
     #: docs/benchmarks.md, "The latent grid and its coding").
     latent_tv: float = 1e-2
+    #: The share of each batch drawn by the volume's local activity rather than uniformly, each draw
+    #: weighted back so the objective is unchanged (codec.fit.sampling): the air and flat tissue
+    #: stop taking most of the batch, and the gradient's variance falls (docs/benchmarks.md,
+    #: "Training: where the batch is drawn"). 0: uniform draws.
+    sample_activity: float = 0.8
     gate_gradient: float = 0.1  # scale of the router's straight-through gradient at top-1
     router_pretraining: bool = True
     pretrain_target: str = "clusters"  # one of PRETRAIN_TARGETS
@@ -172,6 +177,8 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in 0 .. {RANGES['seed'][1]}")
         if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1 or not 0 <= self.cubic_from <= 1:
             raise ValueError("final_fraction must be in [0, 1), latent_qat_from and cubic_from in [0, 1]")
+        if not 0.0 <= self.sample_activity <= 1.0:
+            raise ValueError("sample_activity must be in [0, 1]")
         if not 0.0 < self.trial_share <= 0.3:
             raise ValueError("trial_share must be in (0, 0.3]")
         low, high = RANGES["roi_weight"]

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from codec.cli import main
+from codec.format import moecfile
 from codec.format.container import unpack_container
 from codec.io.phantom import make_phantom
 from codec.io.volume import save_volume
+from codec.settings import TrainConfig
 
 FAST = ["--steps", "150", "--batch", "2048", "--quiet"]
 
@@ -249,7 +251,6 @@ def test_the_command_lines_defaults_are_the_librarys():
     `moec --help` does not import torch."""
     from codec import pipeline
     from codec.cli import build_parser
-    from codec.settings import TrainConfig
 
     args = build_parser().parse_args(["compress", "volume.nii.gz"])
     settings, train = pipeline.Settings(), TrainConfig()
@@ -257,8 +258,8 @@ def test_the_command_lines_defaults_are_the_librarys():
         settings.ratio, settings.experts, settings.top_k, settings.partition, settings.bits, settings.granularity)
     assert (args.encoder, args.grid_channels, args.router_input == "features", args.latent_bits) == (
         settings.encoder, settings.grid_channels, settings.router_features, settings.latent_bits)
-    assert (args.minutes, args.lr, args.batch, args.balance, args.seed) == (
-        train.minutes, train.lr, train.batch_size, train.balance_weight, train.seed)
+    assert (args.minutes, args.lr, args.batch, args.balance, args.seed, args.sample_activity) == (
+        train.minutes, train.lr, train.batch_size, train.balance_weight, train.seed, train.sample_activity)
     # The default is the latent grid under a learned router, and the baselines stay SIRENs.
     assert settings.encoder_for(3) == "grid"
     assert pipeline.Settings(experts=1).encoder_for(3) == "siren"
@@ -357,3 +358,16 @@ def test_a_reader_that_leaves_ends_the_command_quietly(compressed):
         os.close(write_end)
     assert done.stderr == ""
     assert done.returncode == 128 + 13  # SIGPIPE's, as a shell reports a tool the pipe stopped
+
+
+def test_the_sampling_switch_reaches_the_training_and_its_record(phantom_file, compressed, tmp_path):
+    """`--sample-activity 0` trains on uniform draws; the file's training record says which, and the
+    default draws busy voxels more often."""
+    out = tmp_path / "uniform.moec"
+    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "1",
+                 "--sample-activity", "0", *FAST]) == 0
+    assert moecfile.read(out).meta.train["sample_activity"] == 0.0
+    assert moecfile.read(compressed).meta.train["sample_activity"] == TrainConfig().sample_activity > 0
+    with pytest.raises(SystemExit):
+        main(["compress", str(phantom_file), "-o", str(tmp_path / "bad.moec"), "--sample-activity", "1.5", *FAST])
+    assert not (tmp_path / "bad.moec").exists()

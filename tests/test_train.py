@@ -175,7 +175,8 @@ def test_the_file_stores_the_experts_at_the_steps_the_final_stage_trained_them_a
 
 def test_a_batch_is_drawn_in_memory_order_with_its_own_coordinates_and_values(trained):
     fitter, _, _ = trained
-    flat, coords, target = fitter.sample(5000)
-    assert torch.all(flat[1:] >= flat[:-1]) and flat.unique().numel() > 4000
+    flat, coords, target, weight = fitter.sample(5000)
+    assert torch.all(flat[1:] >= flat[:-1]) and flat.unique().numel() > 3000
+    assert weight is not None and weight.shape == flat.shape and torch.all(weight > 0)
     assert torch.equal(coords, coords_from_flat(flat, fitter.shape))
     assert torch.equal(target, fitter.target[flat])

@@ -99,7 +99,7 @@ def _choices(args) -> tuple[Settings, TrainConfig]:
                         balance_weight=args.balance, router_pretraining=args.pretrain != "none",
                         pretrain_target=args.pretrain if args.pretrain != "none" else TrainConfig.pretrain_target,
                         seed=args.seed, device=args.device, roi_weight=args.roi_weight,
-                        cubic_from=args.cubic_from)
+                        cubic_from=args.cubic_from, sample_activity=args.sample_activity)
     return settings, train
 
 

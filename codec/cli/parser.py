@@ -125,6 +125,10 @@ def _compress(sub: argparse._SubParsersAction, file_: Settings, train: TrainConf
     c.add_argument("--lr", type=_positive(float), default=train.lr, help=f"learning rate (default {train.lr:g})")
     c.add_argument("--batch", type=_positive(int), default=train.batch_size,
                    help=f"coordinates per step (default {train.batch_size})")
+    c.add_argument("--sample-activity", type=_unit_interval, default=train.sample_activity, metavar="A",
+                   help="the share of each batch drawn where the volume changes (edges, texture) rather than "
+                        "uniformly, each draw weighted back so the loss is unchanged; 0 = uniform "
+                        f"(default {train.sample_activity:g})")
     c.add_argument("--balance", type=float, default=train.balance_weight,
                    help=f"balancing loss weight (default {train.balance_weight:g})")
     c.add_argument("--roi", metavar="MASK",

@@ -41,7 +41,8 @@ from codec.coding.quantize import (
     round_in_place,
 )
 from codec.errors import MoecError
-from codec.io.roi import check_roi, roi_batch
+from codec.fit.sampling import VoxelSampler
+from codec.io.roi import check_roi
 from codec.io.volume import Volume, to_unit
 from codec.model import ModelConfig, MoEC, is_latent
 from codec.model.coords import coords_from_flat
@@ -148,6 +149,7 @@ def train_record(config: TrainConfig, steps: int, stage_steps: list[int], runs: 
     record = {"seed": config.seed, "steps": steps, "stages": stage_steps, "runs": runs,
               "minutes": None if config.steps is not None else config.minutes, "batch": config.batch_size,
               "lr": config.lr, "balance": config.balance_weight, "gate_gradient": config.gate_gradient,
+              "sample_activity": config.sample_activity,
               "pretrain": config.pretrain_target if config.router_pretraining else "none"}
     if roi_voxels is not None:
         record["roi"] = {"voxels": roi_voxels, "weight": config.roi_weight}
@@ -229,9 +231,9 @@ class Fitter:
                  config: TrainConfig = TrainConfig(), file_steps: FileSteps | None = None,
                  roi: np.ndarray | None = None):
         self.volume = volume
-        #: Flat indices of the region of interest's voxels (codec.io.roi), drawn config.roi_weight
-        #: times as often as the others; None without a region.
-        self.roi = None if roi is None else torch.from_numpy(np.flatnonzero(check_roi(roi, volume.shape)))
+        mask = None if roi is None else check_roi(roi, volume.shape)
+        #: The number of voxels in the region of interest (codec.io.roi), None without one.
+        self.roi_voxels = None if mask is None else int(mask.sum())
         self.quant = quant
         self.config = config
         self.device = resolve_device(config.device)
@@ -244,6 +246,9 @@ class Fitter:
         self.latents = {name: p for name, p in self.model.named_tensors() if is_latent(name)}
         self.latent_rate = LatentRate(self.latents, quant.latent_bits)
         self.sampler = torch.Generator().manual_seed(config.seed + 1)
+        #: Draws the batches: busy voxels and the region of interest more often, weighted back.
+        self.voxels = VoxelSampler(self.target.cpu().numpy().reshape(self.shape), config.sample_activity,
+                                   mask, config.roi_weight)
         self.steps_run = 0
         self.stage_steps = {stage: 0 for stage in STAGES}
         self.runs = 0
@@ -261,7 +266,7 @@ class Fitter:
 
     def record(self) -> dict:
         return train_record(self.config, self.steps_run, [self.stage_steps[s] for s in STAGES], self.runs,
-                            None if self.roi is None else int(self.roi.numel()))
+                            self.roi_voxels)
 
     # --- the generator --------------------------------------------------------------------------
     def fit(self, minutes: float | None = None, steps: int | None = None) -> Generator[Progress, None, None]:
@@ -421,29 +426,23 @@ class Fitter:
             self._pretrain_labels = torch.from_numpy(labels).to(self.device)
         return self._pretrain_labels[flat].long()
 
-    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Random voxels: flat indices, coordinates and target values (from the private generator);
-        with a region of interest, part of the batch drawn from it (codec.io.roi.roi_batch), so that the
-        batch's plain MSE is the ROI-weighted MSE in expectation."""
-        total = self.target.numel()
-        if self.roi is None:
-            flat = torch.randint(0, total, (batch,), generator=self.sampler)
-        else:
-            k = roi_batch(batch, self.roi.numel(), total, self.config.roi_weight)
-            picks = self.roi[torch.randint(0, self.roi.numel(), (k,), generator=self.sampler)]
-            flat = torch.cat([torch.randint(0, total, (batch - k,), generator=self.sampler), picks])
-        # In memory order: the grids' reads and their gradients' scatter then walk the grids
-        # forward instead of jumping (the chest CT's finest grid at 256x: its read forward and
-        # backward 13 ms unsorted, 9.5 sorted, for a 1 ms sort); the loss is a mean, blind to order.
-        flat = flat.sort().values.to(self.device)
-        return flat, coords_from_flat(flat, self.shape), self.target[flat]
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Voxels drawn by the sampler (codec.fit.sampling) from the private generator: flat
+        indices in memory order (the grids' reads and their gradients' scatter then walk the grids
+        forward instead of jumping: the chest CT's finest grid at 256x, its read forward and backward
+        13 ms unsorted, 9.5 sorted), coordinates, target values, and the draws' loss weights (None
+        where all are 1), so that the batch's weighted MSE is the objective's in expectation."""
+        draw = self.voxels.draw(batch, self.sampler)
+        flat = draw.flat.to(self.device)
+        weight = None if draw.weight is None else draw.weight.to(self.device)
+        return flat, coords_from_flat(flat, self.shape), self.target[flat], weight
 
     def _step(self, stage: str, optimizer: torch.optim.Optimizer,
               fraction: float) -> tuple[float, float, tuple[float, ...], float]:
         """One optimisation step: (loss as reported, MSE, expert shares, balancing loss)."""
         model = self.model
         n = model.config.experts
-        flat, coords, target = self.sample(self.config.batch_size)
+        flat, coords, target, weight = self.sample(self.config.batch_size)
         optimizer.zero_grad(set_to_none=True)
         if stage == "router":
             logits = model.router_logits(coords, model.features(coords))
@@ -457,7 +456,8 @@ class Fitter:
         elif model.config.encoder == "grid" and not self.quant.float16 and fraction >= self.config.latent_qat_from:
             model.set_fake_steps(self.latent_rate.during_training(fraction, self.steps_run))
         out = model(coords)
-        mse = F.mse_loss(out.values[:, 0], target)
+        error = (out.values[:, 0] - target).square()
+        mse = error.mean() if weight is None else (weight * error).mean()
         share = torch.bincount(out.routing.choice.reshape(-1), minlength=n).float() / out.routing.choice.numel()
         balance = torch.zeros(())
         if out.routing.probs is not None and stage == "joint" and self.config.balance_weight > 0:

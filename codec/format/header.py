@@ -120,7 +120,8 @@ def _short(value) -> str:
 #: informs (`moec info`, the plugin), but what reads it must be able to trust its types.
 _TRAIN_FIELDS: dict[str, type | tuple[type, ...]] = {
     "seed": int, "steps": int, "runs": int, "batch": int, "minutes": (int, float, type(None)),
-                 "lr": (int, float), "balance": (int, float), "gate_gradient": (int, float), "pretrain": str}
+                 "lr": (int, float), "balance": (int, float), "gate_gradient": (int, float), "pretrain": str,
+                 "sample_activity": (int, float)}
 
 
 def _train_record(d: dict) -> dict:

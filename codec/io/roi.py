@@ -2,7 +2,7 @@
 
 A radiologist cares about the lesion, not the air. The region is a mask in the volume's voxel order
 (a NIfTI label file on the command line, a Labels layer in the plugin); training draws its voxels
-that much more often (codec.fit.train), so the loss is the ROI-weighted MSE without a per-voxel weight
+that much more often (codec.fit.sampling), so the loss is the ROI-weighted MSE without a per-voxel weight
 in it, and the rate it buys goes where the weight says. The file records the region's size and
 weight in its training record; the mask itself is not stored (decoding does not need it).
 """
@@ -58,10 +58,3 @@ def load_roi(path: str | Path, shape: tuple[int, ...], affine: np.ndarray | None
             raise VolumeError(f"the ROI {path.name} has the volume's shape but another affine: it would mark "
                               "other anatomy (write the mask on the volume's grid)")
     return mask
-
-
-def roi_batch(batch: int, voxels: int, total: int, weight: float) -> int:
-    """How many of a batch's voxels are drawn from the region, the rest from the whole volume: a
-    region voxel is then drawn `weight` times as often as a voxel outside (q / (1 - q) = (w - 1) s)."""
-    extra = (weight - 1.0) * voxels / total
-    return int(round(batch * extra / (1.0 + extra)))
