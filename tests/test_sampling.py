@@ -76,6 +76,9 @@ def test_the_region_keeps_its_weight_with_busy_voxels_drawn_more_often():
     assert per_voxel_in / per_voxel_out == pytest.approx(10.0, rel=0.05)
 
 
-def test_the_share_must_be_a_fraction():
+def test_the_share_must_be_a_fraction_and_all_of_it_still_reaches_flat_voxels():
     with pytest.raises(ValueError, match="share"):
         VoxelSampler(edge_volume(), 1.5)
+    sampler = VoxelSampler(edge_volume(), 1.0)
+    assert torch.isfinite(sampler.weight).all()
+    assert float(sampler.cdf.diff().min()) > 0 and float(sampler.cdf[0]) > 0  # every stratum can be drawn

@@ -14,8 +14,8 @@ At a = 0 every weight is 1 and the draw is the objective's own.
 
 Voxels are grouped into strata of equal activity (its log2 rounded to half-steps, split by the
 region of interest): a draw picks a stratum by its mass, then a voxel of it uniformly, through one
-array of flat indices sorted by stratum. That costs about as much as a uniform draw, where a
-search of a per-voxel cumulative distribution costs about 7 ms per batch on a 16-million voxel CT.
+array of flat indices sorted by stratum. On a 16-million voxel CT a batch of 16,384 costs about
+1.4 ms more than a uniform one, where a search of a per-voxel cumulative distribution costs 7 ms.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from scipy import ndimage
 
 #: Activity strata per octave: within one, activity varies by at most 2^(1/2).
 STEPS_PER_OCTAVE = 2
-#: Activities below this (in the [-1, 1] scale's units) share the lowest stratum: a 12-bit CT's
-#: single level is 2 / 4096, so this is a quarter of a level.
+#: Activities below this (in the [-1, 1] scale's units) count as this, in the lowest stratum: a
+#: 12-bit CT's single level is 2 / 4096, so this is a quarter of a level. A constant volume is then
+#: drawn uniformly.
 FLOOR = 2.0**-13
 
 
@@ -76,8 +77,9 @@ class VoxelSampler:
         keys = np.zeros(total, dtype=np.uint8)
         busy = None
         if share > 0:
-            busy = activity(unit).reshape(-1)
-            levels = np.floor(np.log2(np.maximum(busy, FLOOR)) * STEPS_PER_OCTAVE).astype(np.int16)
+            # Floored, so that even a = 1 draws every voxel now and then.
+            busy = np.maximum(activity(unit).reshape(-1), np.float32(FLOOR))
+            levels = np.floor(np.log2(busy) * STEPS_PER_OCTAVE).astype(np.int16)
             keys = (levels - levels.min()).astype(np.uint8)  # at most 2 x 14 octaves: a byte
             del levels
         if inside is not None:
@@ -97,8 +99,7 @@ class VoxelSampler:
         mass = objective
         if busy is not None:
             activity_mass = np.bincount(stratum, weights=busy if q is None else q * busy, minlength=len(present))
-            if activity_mass.sum() > 0:  # a constant volume has no activity anywhere: draw by the objective
-                mass = (1.0 - share) * objective + share * activity_mass / activity_mass.sum()
+            mass = (1.0 - share) * objective + share * activity_mass / activity_mass.sum()
         # A voxel of stratum c: q_i = Q_c / n_c, p_i = m_c / n_c, so its draws weigh Q_c / m_c.
         weight = objective / mass
         self.order = torch.from_numpy(order.astype(np.int32 if total < 2**31 else np.int64))
