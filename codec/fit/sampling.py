@@ -105,17 +105,23 @@ class VoxelSampler:
         self.order = torch.from_numpy(order.astype(np.int32 if total < 2**31 else np.int64))
         self.start = torch.from_numpy(np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64))
         self.count = torch.from_numpy(count.astype(np.int64))
-        self.cdf = torch.from_numpy(np.cumsum(mass) / mass.sum())
+        cdf = np.cumsum(mass) / mass.sum()
+        self.cdf = torch.from_numpy(cdf)
+        self.low = torch.from_numpy(np.concatenate([[0.0], cdf[:-1]]))  # where each stratum's share starts
+        self.mass = torch.from_numpy(np.maximum(cdf - self.low.numpy(), 1e-300))
         self.weight = torch.from_numpy(weight.astype(np.float32))
         self.weighted = not np.allclose(weight, 1.0)
 
     def draw(self, batch: int, generator: torch.Generator) -> Draw:
         if self._uniform:
             return Draw(torch.randint(0, self.total, (batch,), generator=generator).sort().values, None)
+        # One uniform number per draw picks the stratum and, rescaled within the stratum's share
+        # of [0, 1), the voxel in it.
         u = torch.rand(batch, generator=generator, dtype=torch.float64)
         stratum = torch.searchsorted(self.cdf, u).clamp_(max=self.cdf.numel() - 1)
-        within = (torch.rand(batch, generator=generator, dtype=torch.float64) * self.count[stratum]).long()
-        flat = self.order[self.start[stratum] + torch.minimum(within, self.count[stratum] - 1)].long()
+        low, mass, count = self.low[stratum], self.mass[stratum], self.count[stratum]
+        within = torch.minimum(((u - low) / mass * count).long(), count - 1)
+        flat = self.order[self.start[stratum] + within].long()
         # In memory order: the grids' reads and their gradients' scatter then walk the grids forward
         # (codec.fit.train.Fitter.sample).
         flat, at = flat.sort()
