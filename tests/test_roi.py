@@ -23,13 +23,13 @@ from codec.io.roi import check_roi, load_roi
 from codec.io.volume import from_array, save_volume
 
 SHAPE = (40, 36, 20)
-STEPS = 250
+STEPS = 600  # at 250 steps the region's gain swung from 0 to +4 dB with the seed
 
 
 def lesion_volume():
     """The phantom with a small striped bright lesion (radius 3 voxels, +150..+450 HU in stripes two
     voxels apart) and its mask. Stripes, not noise: detail that more samples of the region teach the
-    network, so the region's weight shows on every seed (seeds 0-2: +3.0 to +4.3 dB inside), where
+    network, so the region's weight shows on every seed (seeds 0-2: +4.1 to +6.6 dB inside), where
     a random texture is out of reach at this ratio either way."""
     volume, _ = make_phantom(SHAPE)
     grid = np.indices(SHAPE).astype(np.float32)
@@ -59,10 +59,10 @@ def test_the_roi_comes_out_sharper_at_the_same_ratio(lesion):
     with_roi = pipeline.evaluate(volume, moecfile.from_bytes(weighted), roi=mask).roi
     assert with_roi.voxels == int(mask.sum()) == without.voxels
     gain = with_roi.psnr_inside - without.psnr_inside
-    assert gain > 1.5, f"the ROI's PSNR rose by only {gain:.2f} dB"  # measured: +3.0 dB
-    # The bytes it takes come from elsewhere, but the rest of the volume loses less than the region
-    # gains (seeds 0-2: -2.0, -0.2, +0.1 dB outside).
-    assert without.psnr_outside - with_roi.psnr_outside < gain
+    assert gain > 1.5, f"the ROI's PSNR rose by only {gain:.2f} dB"  # measured: +5.2 dB
+    # The bytes it takes come from elsewhere, but the rest of the volume is not given up (seeds 0-2:
+    # -0.2 to -0.4 dB outside).
+    assert with_roi.psnr_outside > without.psnr_outside - 1.0
 
 
 def test_the_file_records_the_region_and_a_plain_file_does_not(lesion):
