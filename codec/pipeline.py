@@ -22,6 +22,7 @@ from codec.decode.reconstruct import Reconstruction, reconstruct, unfloored_valu
 from codec.errors import MoecError, RatioError
 from codec.eval.metrics import ExpertStat, Quality, RegionQuality, expert_table, quality, region_quality
 from codec.fit import sizing
+from codec.fit.sampling import VoxelSampler
 from codec.fit.sizing import Plan
 from codec.fit.train import Fitter, Progress, TrainConfig, train_record
 from codec.format import moecfile
@@ -52,10 +53,12 @@ def plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConfig(),
                              spacing=volume.spacing)
 
 
-def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig, roi: np.ndarray | None = None) -> Fitter:
-    """A Fitter for the plan; `roi` (a mask of the volume's shape) weights its voxels (codec.io.roi)."""
+def new_fitter(volume: Volume, plan_: Plan, config: TrainConfig, roi: np.ndarray | None = None,
+               voxels: VoxelSampler | None = None) -> Fitter:
+    """A Fitter for the plan; `roi` (a mask of the volume's shape) weights its voxels (codec.io.roi);
+    `voxels`: another Fitter's sampler of the same volume, configuration and region, to reuse."""
     return Fitter(volume, plan_.model, plan_.quant, config, file_steps=lambda fitter: file_steps(fitter, plan_),
-                  roi=roi)
+                  roi=roi, voxels=voxels)
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,7 +129,9 @@ class Compression:
         candidate = self.chosen or self._current
         with self._fitter_lock:
             if candidate.fitter is None:
-                candidate.fitter = new_fitter(self.volume, candidate.plan, self.train_config, self.roi)
+                # The candidates train on one volume with one configuration: one sampler serves all.
+                shared = next((c.fitter.voxels for c in self.candidates if c.fitter is not None), None)
+                candidate.fitter = new_fitter(self.volume, candidate.plan, self.train_config, self.roi, shared)
             return candidate.fitter
 
     def run(self, minutes: float | None = None, steps: int | None = None,

@@ -185,3 +185,18 @@ def test_threads_asking_for_the_model_at_once_get_the_same_fitter():
     for thread in threads:
         thread.join()
     assert len(seen) == 6 and all(f is seen[0] for f in seen)
+
+
+def test_the_trials_candidates_draw_from_one_sampler():
+    """The candidates train on one volume with one configuration, so the second reuses the first's
+    voxel sampler instead of building its strata again."""
+    volume, _ = make_phantom((32, 28, 16))
+    session = pipeline.Compression(volume, pipeline.Settings(ratio=12), TrainConfig(steps=200, batch_size=2048))
+    run = session.run()
+    first, second = session.candidates
+    for progress in run:
+        if progress.trying == second.name:
+            break
+    run.close()
+    assert first.fitter is not None and second.fitter is not None
+    assert second.fitter.voxels is first.fitter.voxels

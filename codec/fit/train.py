@@ -229,7 +229,7 @@ class Fitter:
 
     def __init__(self, volume: Volume, model_config: ModelConfig, quant: QuantConfig,
                  config: TrainConfig = TrainConfig(), file_steps: FileSteps | None = None,
-                 roi: np.ndarray | None = None):
+                 roi: np.ndarray | None = None, voxels: VoxelSampler | None = None):
         self.volume = volume
         mask = None if roi is None else check_roi(roi, volume.shape)
         #: The number of voxels in the region of interest (codec.io.roi), None without one.
@@ -246,9 +246,11 @@ class Fitter:
         self.latents = {name: p for name, p in self.model.named_tensors() if is_latent(name)}
         self.latent_rate = LatentRate(self.latents, quant.latent_bits)
         self.sampler = torch.Generator().manual_seed(config.seed + 1)
-        #: Draws the batches: busy voxels and the region of interest more often, weighted back.
-        self.voxels = VoxelSampler(self.target.cpu().numpy().reshape(self.shape), config.sample_activity,
-                                   mask, config.roi_weight)
+        #: Draws the batches: busy voxels and the region of interest more often, weighted back. One
+        #: built for another Fitter of the same volume, configuration and region may be passed in
+        #: (`voxels`): the strata take about 1.6 s and 100 MB on the chest CT.
+        self.voxels = voxels or VoxelSampler(self.target.cpu().numpy().reshape(self.shape),
+                                             config.sample_activity, mask, config.roi_weight)
         self.steps_run = 0
         self.stage_steps = {stage: 0 for stage in STAGES}
         self.runs = 0

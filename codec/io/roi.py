@@ -2,8 +2,8 @@
 
 A radiologist cares about the lesion, not the air. The region is a mask in the volume's voxel order
 (a NIfTI label file on the command line, a Labels layer in the plugin); training draws its voxels
-that much more often (codec.fit.sampling), so the loss is the ROI-weighted MSE without a per-voxel weight
-in it, and the rate it buys goes where the weight says. The file records the region's size and
+that much more often (codec.fit.sampling), so the batch's loss is the ROI-weighted MSE in
+expectation, and the rate it buys goes where the weight says. The file records the region's size and
 weight in its training record; the mask itself is not stored (decoding does not need it).
 """
 
