@@ -68,6 +68,7 @@ def test_info_and_eval_describe_the_file(phantom_file, compressed, capsys):
     assert main(["info", str(compressed)]) == 0
     info = capsys.readouterr().out
     assert "32 x 28 x 16 int16" in info and "4 experts" in info and "steps" in info and "torch" in info
+    assert f"{TrainConfig().sample_activity:.0%} of each batch drawn by activity" in info
     assert main(["eval", str(phantom_file), str(compressed), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert 12 <= report["ratio"] <= 12.6

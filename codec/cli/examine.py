@@ -48,7 +48,9 @@ def cmd_info(args) -> int:
         print(f"floor     decoded values at or below {meta.floor:g} become {meta.vmin:g} (the background's noise)")
     print(f"made      seed {t.get('seed')}, {t.get('steps')} steps (router {stages[0]}, joint {stages[1]}, "
           f"final {stages[2]}) in {t.get('runs')} run(s), {budget}, batch {t.get('batch')}, lr {t.get('lr')}, "
-          f"balance {t.get('balance')}")
+          f"balance {t.get('balance')}"
+          # Files from before the sampler was recorded drew every voxel alike.
+          + (f", {t['sample_activity']:.0%} of each batch drawn by activity" if t.get("sample_activity") is not None else ""))
     if t.get("roi"):
         print(f"roi       trained with a region of interest of {t['roi']['voxels']:,} voxels weighted "
               f"{t['roi']['weight']:g}x (moec eval --roi MASK measures inside and outside it)")
