@@ -50,7 +50,8 @@ def cmd_info(args) -> int:
           f"final {stages[2]}) in {t.get('runs')} run(s), {budget}, batch {t.get('batch')}, lr {t.get('lr')}, "
           f"balance {t.get('balance')}"
           # Files from before the sampler was recorded drew every voxel alike.
-          + (f", {t['sample_activity']:.0%} of each batch drawn by activity" if t.get("sample_activity") is not None else ""))
+          + (f", {t['sample_activity']:.0%} of each batch drawn by activity"
+             if t.get("sample_activity") is not None else ""))
     if t.get("roi"):
         print(f"roi       trained with a region of interest of {t['roi']['voxels']:,} voxels weighted "
               f"{t['roi']['weight']:g}x (moec eval --roi MASK measures inside and outside it)")
