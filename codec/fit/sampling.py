@@ -106,9 +106,10 @@ class VoxelSampler:
         self.start = torch.from_numpy(np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64))
         self.count = torch.from_numpy(count.astype(np.int64))
         cdf = np.cumsum(mass) / mass.sum()
+        low = np.concatenate([[0.0], cdf[:-1]])  # where each stratum's share of [0, 1) starts
         self.cdf = torch.from_numpy(cdf)
-        self.low = torch.from_numpy(np.concatenate([[0.0], cdf[:-1]]))  # where each stratum's share starts
-        self.mass = torch.from_numpy(np.maximum(cdf - self.low.numpy(), 1e-300))
+        self.low = torch.from_numpy(low)
+        self.mass = torch.from_numpy(np.maximum(cdf - low, 1e-300))
         self.weight = torch.from_numpy(weight.astype(np.float32))
         self.weighted = not np.allclose(weight, 1.0)
 
