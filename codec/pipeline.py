@@ -82,6 +82,7 @@ class Candidate:
     run: Generator[Progress, None, None] | None = None
     psnr: float | None = None  # of its file at the end of its trial, on a sample of voxels
     trial_steps: int = 0  # steps it trained in its trial
+    trial_seconds: float = 0.0  # seconds it trained in its trial, pauses left out
     name: str = ""  # set by `_planned`: its number of experts, and its latent rate where the rates differ
 
     @property
@@ -143,17 +144,22 @@ class Compression:
             steps, minutes = self.train_config.steps, self.train_config.minutes
         total = float(steps) if steps is not None else 60.0 * (minutes or 0.0)
         spent = 0.0  # of the budget (steps or seconds), by the candidates not kept
+        # Progress.seconds counts this call's training, the trials of the models not kept included,
+        # so that the clock a user reads ends near the budget asked for.
+        others_seconds = 0.0
         if self.chosen is None:
             trial = yield from self._trial(minutes, steps, should_stop)
             if trial is None:
                 return
             run, spent = trial
+            others_seconds = sum(c.trial_seconds for c in self.candidates if c is not self.chosen)
         else:
             run = self.fitter.fit(minutes=minutes, steps=steps)
         scale = (total - spent) / total if total > 0 else 1.0
         try:
             for progress in run:
-                yield dataclasses.replace(progress, fraction=min(1.0, spent / total + scale * progress.fraction))
+                yield dataclasses.replace(progress, fraction=min(1.0, spent / total + scale * progress.fraction),
+                                          seconds=others_seconds + progress.seconds)
                 if should_stop is not None and should_stop():
                     break
         finally:
@@ -204,13 +210,14 @@ class Compression:
             for candidate in contenders:
                 self._current = candidate
                 before = sum(spent.values())
+                before_seconds = sum(c.trial_seconds for c in self.candidates)
                 candidate.run = self.fitter.fit(minutes=None if by_steps else guess / 60.0,
                                                 steps=max(1, round(guess)) if by_steps else None)
                 started: float | None = None  # where its reconstruction training began
                 for progress in candidate.run:
                     used = float(progress.step) if by_steps else progress.seconds
                     yield dataclasses.replace(progress, fraction=min(1.0, (before + used) / total),
-                                              trying=candidate.name)
+                                              seconds=before_seconds + progress.seconds, trying=candidate.name)
                     if should_stop is not None and should_stop():
                         return None
                     if progress.stage != "router" and started is None:
@@ -218,6 +225,7 @@ class Compression:
                     if started is not None and used - started >= trial:
                         break
                 candidate.trial_steps = self.fitter.steps_run
+                candidate.trial_seconds = self.fitter.run_seconds()
                 spent[id(candidate)] = float(self.fitter.steps_run) if by_steps else self.fitter.run_seconds()
                 self.fitter.pause()
             return self._best(([] if kept is None else [kept]) + contenders)

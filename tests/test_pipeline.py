@@ -67,6 +67,10 @@ def test_an_open_number_of_experts_tries_each_candidate_and_trains_the_better_on
     assert all(c.fitter is None for c in others)  # the others' models are let go
     assert progress[-1].fraction == pytest.approx(1.0)
     assert all(b.fraction >= a.fraction - 1e-9 for a, b in zip(progress, progress[1:]))  # the bar never goes back
+    # The clock counts the whole compression's training: it never goes back when another model
+    # takes over, and it ends past the time the models not kept trained.
+    assert all(b.seconds >= a.seconds for a, b in zip(progress, progress[1:]))
+    assert progress[-1].seconds > sum(c.trial_seconds for c in others) > 0
     assert kept.psnr == max(c.psnr for c in session.candidates)
     assert any(note.startswith("tried ") and note.endswith(f"kept {kept.name}") for note in made.notes)
     assert moecfile.from_bytes(made.data).meta.model.experts == kept.plan.model.experts

@@ -84,7 +84,7 @@ class Progress:
     stage: str
     loss: float  # reconstruction MSE on the [-1, 1] scale (the router stage: its cross-entropy)
     psnr: float  # on the training batch, dB, peak = max - min of the volume (nan in the router stage)
-    seconds: float  # since this run started
+    seconds: float  # since this run started (a Compression's: its trials' included, pauses left out)
     fraction: float  # of this run's budget used
     lr: float
     expert_share: tuple[float, ...]  # share of the batch routed to each expert
