@@ -226,7 +226,7 @@ class Compression:
                         break
                 candidate.trial_steps = self.fitter.steps_run
                 candidate.trial_seconds = self.fitter.run_seconds()
-                spent[id(candidate)] = float(self.fitter.steps_run) if by_steps else self.fitter.run_seconds()
+                spent[id(candidate)] = float(candidate.trial_steps) if by_steps else candidate.trial_seconds
                 self.fitter.pause()
             return self._best(([] if kept is None else [kept]) + contenders)
 
