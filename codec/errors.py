@@ -43,3 +43,8 @@ class SeriesChoiceError(DicomError):
     def __init__(self, message: str, series: tuple = ()):
         super().__init__(message)
         self.series = tuple(series)
+
+
+class ResourceLimitError(MoecError, ValueError):
+    """A load or a decode would need more memory or time than the limit allows (codec.io.limits);
+    the message gives the estimate, the limit and the option that raises it."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 
 from codec.cli.console import EXIT_ERROR
 from codec.cli.parser import build_parser
@@ -22,10 +23,24 @@ __all__ = ["build_parser", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from codec.errors import MoecError
-
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line in the command's own words, not Python's file-and-line form."""
+    from codec.io.files import terminal_safe
+
+    print(f"moec: warning: {terminal_safe(' '.join(str(message).split()))}", file=sys.stderr)
+
+
+def _run(args) -> int:
+    from codec.errors import MoecError
+    from codec.io.files import terminal_safe
+
     try:
         code = args.run(args)
         sys.stdout.flush()  # so that a reader gone away shows here, not as a warning at exit
@@ -36,12 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
     except MoecError as exc:
         for info in getattr(exc, "series", ()):  # a folder of several series: the choices, one a line
-            print(f"  {info.describe()}", file=sys.stderr)
-        print(f"moec: error: {exc}", file=sys.stderr)
+            print(f"  {terminal_safe(info.describe())}", file=sys.stderr)
+        # Messages quote paths and values read from files: nothing in them may act on the terminal.
+        print(f"moec: error: {terminal_safe(exc)}", file=sys.stderr)
     except (OSError, ValueError) as exc:
         if os.environ.get("MOEC_DEBUG"):
             raise
-        print(f"moec: error: {exc}", file=sys.stderr)
+        print(f"moec: error: {terminal_safe(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("moec: interrupted", file=sys.stderr)
         return 130
@@ -50,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the promise is one line, never a traceback
         if os.environ.get("MOEC_DEBUG"):
             raise
-        print(f"moec: error: unexpected {type(exc).__name__}: {exc} (MOEC_DEBUG=1 shows the traceback)",
+        print(f"moec: error: unexpected {type(exc).__name__}: {terminal_safe(exc)} (MOEC_DEBUG=1 shows the traceback)",
               file=sys.stderr)
     return EXIT_ERROR
 

@@ -128,3 +128,13 @@ def describe_model(m) -> str:
 def region_text(r) -> str:
     return (f"inside {db_text(r.psnr_inside)}, max error {r.max_inside:g} ({r.voxels:,} voxels, {100 * r.share:.2f}%); "
             f"outside {db_text(r.psnr_outside)}, max error {r.max_outside:g}")
+
+
+def memory_limit(args):
+    """The memory limit a command's --max-memory sets (codec.io.limits.MemoryLimit): the default
+    share of this machine's memory when the option is not given, none when it is 0."""
+    from codec.io.limits import MemoryLimit
+
+    value = getattr(args, "max_memory", None)
+    return MemoryLimit.default() if value is None else MemoryLimit(int(value))
+

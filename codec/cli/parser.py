@@ -51,6 +51,34 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    from codec.io.limits import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _limit_options(parser: argparse.ArgumentParser, decode: bool = False) -> None:
+    """The bounds a command checks against what a file declares, before it reads or allocates."""
+    parser.add_argument("--max-memory", type=_size, metavar="SIZE",
+                        help="the most memory the command may plan to hold, estimated from the file's header before "
+                             "anything is loaded or decoded (8G, 512M; 0: no limit; default: half of this "
+                             "machine's memory)")
+    if decode:
+        parser.add_argument("--max-decode-minutes", type=float, metavar="M",
+                            help="refuse a decode estimated from the file's network and grid to take longer than "
+                                 "this on this machine (0: no limit; default 10)")
+
+
+def _identity_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-identity", action="store_true",
+                        help="keep the patient's name, ID and birth date and the study of a DICOM input in the .moec "
+                             "file, so that decompress --dicom files the reconstruction under them (default: the "
+                             "file holds no patient identity, and decompress --dicom makes a pseudonymous patient)")
+
+
 def _series_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series", metavar="UID",
                         help="the SeriesInstanceUID to read where a DICOM folder holds several (moec info FOLDER "
@@ -140,6 +168,8 @@ def _compress(sub: argparse._SubParsersAction, file_: Settings, train: TrainConf
     c.add_argument("--pretrain", choices=(*choices.PRETRAIN_TARGETS, "none"), default=pretrain,
                    help=f"the router's starting partition: intensity clusters, blocks, or none (an ablation) "
                         f"(default {pretrain})")
+    _identity_option(c)
+    _limit_options(c)
     _run_flags(c, force="replace an existing output file", quiet="no progress bar", json="print the result as JSON")
     c.set_defaults(run=cmd_compress)
 
@@ -160,6 +190,7 @@ def _decompress(sub: argparse._SubParsersAction) -> None:
     grid.add_argument("--shape", type=int, nargs="+", metavar="N", help="decode on a grid of these voxels per axis")
     d.add_argument("--device", choices=choices.DEVICES, default="cpu")
     d.add_argument("--force", action="store_true", help="replace existing output files")
+    _limit_options(d, decode=True)
     d.set_defaults(run=cmd_decompress)
 
 
@@ -167,6 +198,7 @@ def _info(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("info", help="describe a .moec file, or list the DICOM series of a folder")
     i.add_argument("input")
     i.add_argument("--json", action="store_true")
+    _limit_options(i, decode=True)
     i.set_defaults(run=cmd_info)
 
 
@@ -177,6 +209,7 @@ def _eval(sub: argparse._SubParsersAction) -> None:
     _series_option(e)
     e.add_argument("--roi", metavar="MASK", help="also measure inside and outside this NIfTI mask (non-zero = inside)")
     e.add_argument("--json", action="store_true")
+    _limit_options(e, decode=True)
     e.set_defaults(run=cmd_eval)
 
 
@@ -226,13 +259,16 @@ def _batch(sub: argparse._SubParsersAction, file_: Settings, train: TrainConfig)
     a.add_argument("--device", choices=choices.DEVICES, default=train.device,
                    help=f"where each task trains (auto: a worker's GPU when it has one; default {train.device})")
     a.add_argument("--scheduler", metavar="ADDRESS",
-                   help="a running dask scheduler (tcp://host:8786) to send the volumes to; the workers must see "
+                   help="a running dask scheduler (tcp://host:8786, or tls://host:8786 with the certificates set in "
+                        "dask's own configuration, see the README) to send the volumes to; the workers must see "
                         "INPUT_DIR and OUT_DIR at the same paths (default: a local cluster on this machine)")
     a.add_argument("--workers", type=_positive(int),
                    help="local worker processes (default: one per core, as far as volumes and memory allow)")
     a.add_argument("--threads", type=_positive(int),
                    help="torch threads per volume (default: the cores shared out among the workers)")
     a.add_argument("--report", metavar="DIR", help="also write DIR/report.md and DIR/cohort.png (needs matplotlib)")
+    _identity_option(a)
+    _limit_options(a)
     _run_flags(a, force="compress again volumes that were finished with other settings",
                quiet="no progress bar or per-volume lines",
                json="print the manifest's rows as JSON instead of the table")

@@ -1,9 +1,12 @@
-"""Atomic writes and the rule that no command overwrites its own input."""
+"""Atomic writes, the rule that no command overwrites its own input, and names made from what a
+file says (a DICOM series' number and description) made safe to put in a path."""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +20,42 @@ def suffixes_of(path: Path) -> str:
         if name.lower().endswith(known):
             return name[-len(known):]
     return path.suffix
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+|\.{2,}")
+
+
+def safe_name(text: str, *, max_length: int = 48, fallback: str = "unnamed") -> str:
+    """`text` as one path component that cannot leave its folder or hide: Unicode folded to its
+    compatible form, every run of characters other than ASCII letters, digits, '.' and '-' made
+    one '_', no leading '.', '-' or '_' (no '..', no hidden file, no option), at most `max_length`
+    characters; `fallback` when nothing is left. Every name built from a file's contents goes
+    through here: a hospital archive's headers are not under the user's control."""
+    folded = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
+    slug = _UNSAFE.sub("_", folded).lstrip("._-")[:max_length].rstrip("._-")
+    return slug or fallback
+
+
+def terminal_safe(text: object) -> str:
+    """`text` from a file (a header's strings, a path) with control characters shown as escapes,
+    so that no escape sequence a file carries reaches a terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+
+
+def name_key(name: str) -> str:
+    """What two names share when a file system may take them for one (case folded, Unicode
+    normalised): outputs whose keys are equal must be told apart."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def check_inside(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """`path` resolved, or OutputError when it resolves outside `folder` (links followed): checked
+    before every write whose name came, even in part, from a file's contents."""
+    root = Path(folder).resolve()
+    target = Path(path).resolve()
+    if target != root and root not in target.parents:
+        raise OutputError(f"refusing to write {path}: it resolves to {target}, outside the output folder {root}")
+    return target
 
 
 def refuse_overwrite(output: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
