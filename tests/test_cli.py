@@ -110,7 +110,7 @@ def test_errors_are_one_line_and_a_nonzero_exit(phantom_file, compressed, tmp_pa
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(phantom_file.read_bytes()[:700])
     assert main(["compress", str(cut), "-o", str(tmp_path / "cut.moec")]) != 0
-    assert "not a readable NIfTI file" in _one_line_error(capsys)
+    assert "is damaged" in _one_line_error(capsys)
 
 
 def test_no_command_overwrites_its_input_or_an_existing_file(phantom_file, compressed, capsys):

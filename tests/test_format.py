@@ -345,3 +345,24 @@ def test_hostile_frequency_tables_are_refused_in_words(valid_files, entry, messa
     c = unpack_container(valid_files[1]["grid"])
     with pytest.raises(MoecFormatError, match=message):
         moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, entry))
+
+
+@pytest.mark.parametrize("made_by", [
+    {"moec": "0.1.0\x1b]0;pwned\x07"},
+    {"moec\x1b[2J": "0.1.0"},
+    {"moec": "x" * 41},
+    {"moec": 1},
+    {f"p{i}": "1" for i in range(17)},
+])
+def test_made_by_entries_a_terminal_would_act_on_are_refused(valid_files, tmp_path, capsys, made_by):
+    """`moec info` prints the software that made a file: a forged entry with escape sequences (a
+    terminal title, a cleared screen) is refused in words and never reaches the terminal."""
+    c = unpack_container(valid_files[1][8])
+    meta = json.loads(json.dumps(c.meta))
+    meta["made_by"] = made_by
+    path = tmp_path / "forged.moec"
+    path.write_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
+    assert main(["info", str(path)]) == 1
+    out = capsys.readouterr()
+    assert "\x1b" not in out.out + out.err
+    assert "made_by entry" in out.err and len(out.err.strip().splitlines()) == 1

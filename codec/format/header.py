@@ -8,6 +8,7 @@ sane limits before anything is allocated; any problem is a MoecFormatError.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +23,7 @@ from codec.coding.quantize import QuantConfig
 from codec.errors import MoecFormatError
 from codec.format.container import VERSION, Container, unpack_container
 from codec.io.dicom import DicomIdentity, identity_from_json
-from codec.io.volume import SUPPORTED_DTYPES, Volume
+from codec.io.volume import SUPPORTED_DTYPES, Volume, scaling_fits
 from codec.model import ENCODERS, PARTITIONS, ModelConfig
 from codec.model.coords import COORDINATE_CONVENTION
 from codec.settings import GRID_INTERPOLATIONS
@@ -144,6 +145,18 @@ def _train_record(d: dict) -> dict:
     return d
 
 
+#: What a `made_by` entry may be: a package name and its version, printed by `moec info` and the
+#: plugin, so never anything a terminal would act on (escape sequences) and never long.
+_MADE_BY_TEXT = re.compile(r"[A-Za-z0-9_.+-]{1,40}")
+
+
+def _made_by(d: dict) -> dict:
+    if len(d) > 16 or not all(isinstance(k, str) and isinstance(v, str) and _MADE_BY_TEXT.fullmatch(k)
+                              and _MADE_BY_TEXT.fullmatch(v) for k, v in d.items()):
+        raise MoecFormatError("the header's made_by entry must name at most 16 packages and versions in plain text")
+    return d
+
+
 def _field(d: dict, key: str, kind: type, where: str = "header"):
     if key not in d:
         raise MoecFormatError(f"the {where} lacks the field {key!r}")
@@ -233,14 +246,9 @@ def parse_meta(container: Container) -> MoecMeta:
     vmin, vmax = (_float(v, "range") for v in rng)
     if slope == 0 or vmin > vmax:
         raise MoecFormatError("scaling slope is zero or the intensity range is reversed")
-    with np.errstate(all="ignore"):
-        # Decoding computes in float32: the span of the range and the stored values of its ends must
-        # stay finite and the slope a normal number there (a float32 holds about 1e-38 .. 3e38).
-        as32 = np.array([vmin, vmax, slope, inter], dtype=np.float32)
-        span = as32[1] - as32[0]
-        ends = (as32[:2] - as32[3]) / as32[2]
-    if not (np.isfinite(as32).all() and np.isfinite(span) and np.isfinite(ends).all()
-            and abs(slope) >= np.finfo(np.float32).tiny):
+    # Decoding computes in float32; loading refuses a volume by the same rule, so that every volume
+    # that loads makes a file that reads back.
+    if not scaling_fits(slope, inter, vmin, vmax):
         raise MoecFormatError(f"the intensity range {vmin:g} .. {vmax:g} or the scaling (slope {slope:g}, "
                               f"intercept {inter:g}) is beyond what a NIfTI volume can hold")
     if _field(j, "coords", str) != COORDINATE_CONVENTION:
@@ -253,7 +261,7 @@ def parse_meta(container: Container) -> MoecMeta:
     except ValueError as exc:
         raise MoecFormatError(str(exc)) from None
     train = _train_record(_field(j, "train", dict))
-    made = _field(j, "made_by", dict)
+    made = _made_by(_field(j, "made_by", dict))
     try:
         hdr = nib.Nifti1Header(binaryblock=container.nifti, check=True)
         dims = tuple(int(d) for d in hdr.get_data_shape())
