@@ -108,6 +108,9 @@ class Compression:
 
     def __init__(self, volume: Volume, settings: Settings = Settings(), train: TrainConfig = TrainConfig(),
                  roi: np.ndarray | None = None):
+        if volume.dicom is not None and not settings.keep_identity:
+            # The header is planned and written from this volume: without the patient, the file never holds it.
+            volume = dataclasses.replace(volume, dicom=volume.dicom.deidentified())
         self.volume = volume
         self.roi = roi
         self.train_config = train
@@ -467,6 +470,7 @@ def evaluate(original: Volume, moec: MoecFile, device: str = "cpu", roi: np.ndar
     if original.shape != moec.meta.shape:
         raise ValueError(f"the .moec file holds a {moec.meta.shape} volume, the original is {original.shape}")
     recon = reconstruct(moec, device=device)
+    assert recon.labels is not None  # reconstruct keeps them unless told not to
     q = quality(original.data, recon.volume.data, original.dtype, original.slope)
     table = expert_table(original.data, recon.volume.data, recon.labels, moec.meta.model.experts,
                          moec.meta.model.expert_parameter_count())

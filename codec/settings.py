@@ -81,6 +81,9 @@ class Settings:
     latent_share: float = 0.95
     latent_bits: float | None = LATENT_BITS  # None: AUTO_LATENT_BITS, tried where the experts are
     router_features: bool = True  # False: the router reads the coordinates alone
+    #: Whether a file compressed from DICOM keeps the patient's identity and the study (name, ID,
+    #: birth date, UIDs): off, so that a file shared is anonymous unless its maker asked otherwise.
+    keep_identity: bool = False
 
     def encoder_for(self, dims: int) -> str:
         """The encoder these settings give a volume of `dims` axes."""

@@ -51,8 +51,7 @@ def read_dicom_folder(path: str) -> list[tuple]:
         except DicomError as exc:
             problems.append(str(exc))
             continue
-        stem = series_stem(info, scan.series)
-        name = stem if stem == folder.name else f"{folder.name} {stem}"
+        name = folder.name if len(scan.series) == 1 else f"{folder.name} {series_stem(info, scan.series)}"
         layers.append(image_layer(volume, name, dicom=volume.dicom.to_json()))
     if not layers:
         raise DicomError(problems[0])

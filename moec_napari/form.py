@@ -5,7 +5,7 @@ back into `Settings` and `TrainConfig`."""
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from codec import settings as choices
@@ -93,17 +93,24 @@ class SettingsForm(QWidget):
                                   "grid in the same bytes")
         self.roi_weight = spin(QDoubleSpinBox(), "roi_weight", train.roi_weight,
                                "How much more a voxel of the ROI counts in training", decimals=1)
+        self.keep_identity = QCheckBox()
+        self.keep_identity.setChecked(file_.keep_identity)
+        self.keep_identity.setToolTip("Keep the patient's name, ID and birth date and the study of a DICOM volume in "
+                                      "the .moec file (off: the file holds no patient identity, and a DICOM "
+                                      "series decoded from it is filed under a new pseudonymous patient)")
         for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
                               ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),
                               ("Encoder", self.encoder), ("Router input", self.router_input),
-                              ("Grid channels", self.grid_channels), ("ROI weight", self.roi_weight)):
+                              ("Grid channels", self.grid_channels), ("ROI weight", self.roi_weight),
+                              ("Keep patient identity", self.keep_identity)):
             adv_form.addRow(label, widget)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
         #: Everything a running job must not see change.
         self.inputs: list[QWidget] = [self.layer_box, self.ratio, self.experts, self.top_k, self.minutes, self.lr,
                                       self.seed, self.balance, self.bits, self.steps, self.partition, self.encoder,
-                                      self.router_input, self.grid_channels, self.roi_box, self.roi_weight]
+                                      self.router_input, self.grid_channels, self.roi_box, self.roi_weight,
+                                      self.keep_identity]
 
     def set_choices(self, box: QComboBox, names: list[str], fallback: str | None = None) -> None:
         """Refill a combo box, keeping its choice when it is still there (else `fallback`), silently."""
@@ -122,7 +129,8 @@ class SettingsForm(QWidget):
                                 top_k=int(self.top_k.currentText()), partition=self.partition.currentText(),
                                 bits=self.bits.value(), encoder=self.encoder.currentText(),
                                 router_features=self.router_input.currentText() == "features",
-                                grid_channels=self.grid_channels.value())
+                                grid_channels=self.grid_channels.value(),
+                                keep_identity=self.keep_identity.isChecked())
 
     def train_config(self) -> choices.TrainConfig:
         return choices.TrainConfig(minutes=self.minutes.value(), steps=self.steps.value() or None, lr=self.lr.value(),

@@ -134,10 +134,19 @@ def test_bad_dicom_input_is_one_clear_line(tmp_path, capsys, how, words):
 
 @pytest.fixture(scope="module")
 def compressed_ct(ct_series):
+    """The CT series compressed with its patient and study kept (--keep-identity)."""
     folder = ct_series[0]
     out = folder.with_name("ct.moec")
-    assert main(["compress", str(folder), "--ratio", "10", *FAST]) == 0  # default output: beside the folder
+    assert main(["compress", str(folder), "--ratio", "10", "--keep-identity", *FAST]) == 0  # default output: beside
     assert out.is_file()
+    return out
+
+
+@pytest.fixture(scope="module")
+def deidentified_ct(ct_series, tmp_path_factory):
+    """The CT series compressed as by default: the file holds no patient and no study."""
+    out = tmp_path_factory.mktemp("deidentified") / "ct.moec"
+    assert main(["compress", str(ct_series[0]), "-o", str(out), "--ratio", "10", *FAST]) == 0
     return out
 
 
@@ -179,6 +188,28 @@ def test_decompress_writes_a_derived_lossy_series_under_the_same_patient_and_stu
     assert main(["decompress", str(compressed_ct), "--dicom", str(folder), "--force"]) == 1  # the original's folder
     assert "MoEC did not write" in capsys.readouterr().err
     assert len(list(folder.iterdir())) == SHAPE[2]
+
+
+def test_a_file_compressed_by_default_decompresses_under_a_pseudonymous_patient(ct_series, deidentified_ct,
+                                                                                 tmp_path, capsys):
+    folder, files, _, _, affine = ct_series
+    original = pydicom.dcmread(files[0], stop_before_pixels=True)
+    entry = unpack_container(deidentified_ct.read_bytes()).meta["dicom"]
+    assert entry == {"Modality": "CT", "SeriesNumber": "3", "SeriesDescription": "Thorax"}
+    assert not moecfile.read(deidentified_ct).meta.dicom.keeps_identity
+    out = tmp_path / "derived"
+    assert main(["decompress", str(deidentified_ct), "--dicom", str(out)]) == 0
+    assert "under a new pseudonymous patient and study" in capsys.readouterr().out
+    derived = [pydicom.dcmread(p) for p in sorted(out.iterdir())]
+    first = derived[0]
+    assert first.PatientName == "MOEC^PSEUDONYM" and re.fullmatch(r"MOEC-[0-9a-f]{12}", first.PatientID)
+    assert not first.get("PatientBirthDate") and not first.get("AccessionNumber") and not first.get("StudyDate")
+    assert first.StudyInstanceUID != original.StudyInstanceUID
+    assert first.FrameOfReferenceUID != original.FrameOfReferenceUID
+    assert original.SeriesInstanceUID not in first.DerivationDescription
+    assert {d.StudyInstanceUID for d in derived} == {first.StudyInstanceUID}
+    series = load_volume(out)
+    np.testing.assert_allclose(series.affine, affine, atol=1e-4)
 
 
 def test_a_file_not_from_dicom_refuses_dicom_output_in_one_line(ct_series, tmp_path, capsys):
@@ -225,3 +256,12 @@ def test_the_dicom_entry_holds_only_the_identity_and_round_trips_unicode():
     assert entry == {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.4", "Modality": "MR",
                      "PatientName": "Müller^Zoë", "SeriesNumber": "7"}
     assert identity_from_json(json.loads(json.dumps(entry))) == identity
+
+
+def test_info_says_whether_a_file_holds_the_patient(compressed_ct, deidentified_ct, capsys):
+    assert main(["info", str(deidentified_ct)]) == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("dicom"))
+    assert "no patient or study in the file (de-identified)" in line and PATIENT["PatientID"] not in line
+    assert main(["info", str(compressed_ct)]) == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("dicom"))
+    assert "holds the patient's identity" in line and PATIENT["PatientID"] in line and STUDY_UID in line

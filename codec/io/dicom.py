@@ -20,9 +20,16 @@ Volume keeps the pixels' own dtype and that scaling, exactly like a NIfTI with s
 when slices differ (some PET and MR exports), the stored dtype is the narrowest that holds the real
 values (int16, int32, else float32) without scaling.
 
-Identity. A Volume read here carries a DicomIdentity (patient, study, series); the .moec header
-keeps it (the `dicom` entry, codec.format.header) so that `moec decompress --dicom` can file the
-reconstruction as a new, derived, lossy series under the same patient and study.
+Identity. A Volume read here carries a DicomIdentity (patient, study, series). The .moec header
+(the `dicom` entry, codec.format.header) keeps all of it only when asked (--keep-identity), so that
+`moec decompress --dicom` files the reconstruction as a new, derived, lossy series under the same
+patient and study; by default it keeps DicomIdentity.deidentified(), and the derived series goes
+under a pseudonymous patient and a new study (derived_identity).
+
+Hostile input. A header is not trusted: a file whose size elements cannot describe an image is
+listed as unreadable, never raised for; slices without a SeriesInstanceUID form series under a
+synthetic UID; names made from header values go through codec.io.files.safe_name; a series'
+memory is estimated from its headers and checked (codec.io.limits) before any pixel is decoded.
 
 pydicom is imported by the functions that need it, so that reading a .moec header never pays for it.
 """
@@ -44,6 +51,8 @@ import numpy as np
 
 from codec import __version__
 from codec.errors import DicomError, MoecFormatError, OutputError, SeriesChoiceError
+from codec.io.files import safe_name
+from codec.io.limits import MemoryLimit, compress_bytes, load_bytes
 from codec.io.volume import SUPPORTED_DTYPES, Volume, check_voxels, from_array, to_stored
 
 #: Every file of a DICOM Part 10 file set has "DICM" after a 128-byte preamble.
@@ -60,11 +69,12 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 @dataclass(frozen=True)
 class DicomIdentity:
-    """What a derived series needs to be filed under its original's patient and study."""
+    """What a derived series needs to be filed under its original's patient and study. Every field
+    but the modality may be empty: a de-identified file keeps only what describes the series."""
 
-    study_uid: str
-    series_uid: str  # the original series', which the derived series names as its source
-    modality: str
+    study_uid: str = ""
+    series_uid: str = ""  # the original series', which the derived series names as its source
+    modality: str = "OT"  # "other", DICOM's own word for an unknown modality
     patient_name: str = ""
     patient_id: str = ""
     patient_birth_date: str = ""
@@ -86,6 +96,20 @@ class DicomIdentity:
     def has_non_ascii(self) -> bool:
         return any(not getattr(self, f.name).isascii() for f in fields(self))
 
+    @property
+    def keeps_identity(self) -> bool:
+        """Whether any patient or study value is present (a de-identified identity has none)."""
+        return any(getattr(self, name) for name in _PATIENT_FIELDS + _STUDY_FIELDS)
+
+    def deidentified(self) -> DicomIdentity:
+        """Only what describes the series (modality, number, description): no patient, no study and
+        no UID that would lead back to the original in an archive."""
+        return DicomIdentity(modality=self.modality, series_number=self.series_number,
+                             series_description=self.series_description)
+
+
+_PATIENT_FIELDS = ("patient_name", "patient_id", "patient_birth_date", "patient_sex")
+_STUDY_FIELDS = ("study_uid", "study_date", "study_time", "study_description", "study_id", "accession_number")
 
 #: field -> (DICOM keyword, value representation). The VR bounds what the header may hold.
 _KEYWORDS = {
@@ -98,7 +122,8 @@ _KEYWORDS = {
     "series_description": ("SeriesDescription", "LO"), "frame_of_reference_uid": ("FrameOfReferenceUID", "UI"),
 }
 _FIELD_OF = {keyword: name for name, (keyword, _) in _KEYWORDS.items()}
-_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "Modality")
+#: A de-identified file keeps no study and no original series; the modality chooses the storage class.
+_REQUIRED = ("Modality",)
 #: PS3.5 table 6.2-1: the longest value of each representation (PN: three groups of 64).
 _MAX_LENGTH = {"UI": 64, "CS": 16, "PN": 194, "LO": 64, "SH": 16, "DA": 8, "TM": 16, "IS": 12}
 _PATTERN = {
@@ -141,24 +166,31 @@ def identity_from_json(entry) -> DicomIdentity:
 
 
 def identity_of(ds) -> DicomIdentity:
-    """The identity of a pydicom dataset; a value its VR does not allow is dropped, not refused,
-    so that a real archive's small liberties never stop a compression."""
+    """The identity of a pydicom dataset; a value its VR does not allow (or that pydicom cannot even
+    convert) is dropped, not refused, so that a real archive's small liberties never stop a
+    compression. The study and series UIDs may be missing: only `decompress --dicom` needs a study,
+    and it makes a new one where there is none."""
     values = {}
     for name, (keyword, vr) in _KEYWORDS.items():
-        raw = ds.get(keyword)
-        text = "" if raw is None else str(raw).strip()
+        try:
+            raw = ds.get(keyword)
+            text = "" if raw is None else str(raw).strip()
+        except Exception:  # pydicom converts values when they are read, and fails in many ways
+            continue
         if vr == "CS":
             text = text.upper()
         if text and _valid(text, vr):
             values[name] = text
-    values.setdefault("modality", "OT")  # "other", DICOM's own word for an unknown modality
-    for name in ("study_uid", "series_uid"):
-        if name not in values:
-            raise DicomError(f"a slice has no valid {_KEYWORDS[name][0]}; it cannot be filed under a study")
     return DicomIdentity(**values)
 
 
 # --- finding series ---------------------------------------------------------------------------------
+
+#: Rows and Columns are 16-bit (US): a larger or non-positive value is a damaged or hostile header.
+_MAX_SIDE = 65535
+#: A folder's name may be longer than a name made from a header's values; both stay one component.
+_FOLDER_NAME_LENGTH = 128
+
 
 def is_dicom_file(path: Path) -> bool:
     """Whether `path` is a DICOM Part 10 file (preamble and "DICM"), whatever its name."""
@@ -172,16 +204,27 @@ def is_dicom_file(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class SeriesInfo:
-    """One series of a folder, as its headers describe it (no pixels read)."""
+    """One series of a folder, as its headers describe it (no pixels read). `uid` is its
+    SeriesInstanceUID, or a synthetic one (synthetic_uid) where its slices have none."""
 
     uid: str
     folder: Path
     files: tuple[Path, ...]
     modality: str
-    number: str
-    description: str
+    number: str  # a valid IS value, else ""
+    description: str  # one printable line
     rows: int
     columns: int
+    bits_allocated: int = 16  # the first slice's, when it is one DICOM allows; what a load estimate uses
+
+    @property
+    def voxels(self) -> int:
+        return self.rows * self.columns * len(self.files)
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per stored value the pixels will be decoded to (pydicom unpacks 1-bit data to bytes)."""
+        return max(1, self.bits_allocated // 8)
 
     def describe(self) -> str:
         """One line: what a user needs to tell the series of a folder apart and choose one."""
@@ -192,19 +235,107 @@ class SeriesInfo:
 
 @dataclass(frozen=True)
 class FolderScan:
-    """What a folder holds: its DICOM series, the DICOM files pydicom cannot read, the rest."""
+    """What a folder holds: its DICOM series, the DICOM files that cannot be read, the rest."""
 
     series: tuple[SeriesInfo, ...]
-    unreadable: tuple[tuple[Path, str], ...]  # DICOM files (by their magic) that pydicom cannot parse
+    #: DICOM files (by their magic) that pydicom cannot parse or whose header cannot describe an
+    #: image (an empty Rows, a size out of range), each with a one-line reason.
+    unreadable: tuple[tuple[Path, str], ...]
     other_files: int  # files that are not DICOM, or DICOM without an image (DICOMDIR, reports)
 
 
+class _Invalid(Exception):
+    """A header value that makes a file unusable; the message is the reason, in words."""
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What scan_folder needs of one file's header, every value checked."""
+
+    uid: str
+    synthetic: bool  # no valid SeriesInstanceUID: grouped by folder and series number
+    modality: str
+    number: str
+    description: str
+    rows: int
+    columns: int
+    bits_allocated: int
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _side(ds, keyword: str) -> int:
+    """Rows or Columns, checked: an image side of 1 to _MAX_SIDE, else _Invalid naming the element."""
+    if keyword not in ds:
+        raise _Invalid(f"{keyword} is missing")
+    value = ds.get(keyword)
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        raise _Invalid(f"{keyword} is empty")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise _Invalid(f"{keyword} is not one whole number ({_shown(value)})")
+    if not 1 <= value <= _MAX_SIDE:
+        raise _Invalid(f"{keyword} is {int(value)}; an image has 1 to {_MAX_SIDE} {keyword.lower()}")
+    return int(value)
+
+
+def _text(ds, keyword: str) -> str:
+    """An element as one printable line ("" where absent or unconvertible): values from a header
+    are shown in terminals and listings, never with control characters."""
+    try:
+        raw = ds.get(keyword)
+        text = "" if raw is None else str(raw)
+    except Exception:  # pydicom converts values when they are read, and fails in many ways
+        return ""
+    return " ".join("".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text).split())[:64]
+
+
+def _bits_allocated(ds) -> int:
+    try:
+        bits = ds.get("BitsAllocated")
+    except Exception:
+        return 16
+    return int(bits) if isinstance(bits, int) and bits in (1, 8, 16, 32, 64) else 16
+
+
+def _folder_name(folder: Path) -> str:
+    """The folder's own name, also for "." or a path ending in ".." (absolute, not resolved: a link
+    keeps the name the user gave it)."""
+    return Path(os.path.abspath(folder)).name
+
+
+def synthetic_uid(folder: Path, number: str, found: str = "") -> str:
+    """The UID that names a group of slices without a valid SeriesInstanceUID: derived from the
+    folder's name, the series number and whatever invalid UID the slices hold, so the same folder
+    always gives the same UID (for --series, a batch manifest, a later load). A UUID-derived UID
+    (root 2.25, PS3.5 B.2) of 128 bits: at most 44 characters, a valid DICOM UI."""
+    seed = "\0".join((_folder_name(folder), number, found)).encode("utf-8", "backslashreplace")
+    return "2.25." + str(int.from_bytes(hashlib.sha256(seed).digest()[:16], "big"))
+
+
+def _header_of(ds, folder: Path) -> _Header:
+    """One image file's header, checked; _Invalid (or pydicom's own exception) when it describes no image."""
+    rows, columns = _side(ds, "Rows"), _side(ds, "Columns")
+    number = _text(ds, "SeriesNumber")
+    found = _text(ds, "SeriesInstanceUID")
+    synthetic = not _valid(found, "UI")
+    uid = synthetic_uid(folder, number, found) if synthetic else found
+    modality = _text(ds, "Modality").upper()
+    return _Header(uid, synthetic, modality if _valid(modality, "CS") else "", number if _valid(number, "IS") else "",
+                   _text(ds, "SeriesDescription"), rows, columns, _bits_allocated(ds))
+
+
 def scan_folder(folder: Path) -> FolderScan:
-    """The DICOM series among the files of `folder` (not its subfolders), grouped by SeriesInstanceUID."""
+    """The DICOM series among the files of `folder` (not its subfolders), grouped by
+    SeriesInstanceUID; slices without a valid one are grouped by series number under a synthetic
+    UID, with a warning. Never raises for one bad file: it is listed in `unreadable` with its reason."""
     import pydicom
 
-    groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
-    unreadable, other = [], 0
+    groups: dict[str, list[tuple[Path, _Header]]] = {}
+    unreadable: list[tuple[Path, str]] = []
+    other = 0
     try:
         entries = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
     except OSError as exc:
@@ -217,24 +348,28 @@ def scan_folder(folder: Path) -> FolderScan:
             with warnings.catch_warnings():  # a damaged file is reported in its row, not as warnings
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
+                if "Rows" not in ds and "Columns" not in ds:
+                    other += 1  # no image: a DICOMDIR, a structured report, a presentation state
+                    continue
+                header = _header_of(ds, Path(folder))
+        except _Invalid as exc:
+            unreadable.append((path, str(exc)))
+            continue
         except Exception as exc:  # pydicom reports a damaged file with many exception types
             unreadable.append((path, _why(exc)))
             continue
-        uid = str(ds.get("SeriesInstanceUID", "")).strip()
-        if "Rows" not in ds or "Columns" not in ds or not uid:
-            other += 1
-            continue
-        groups.setdefault(uid, []).append((path, ds))
+        groups.setdefault(header.uid, []).append((path, header))
     series = []
     for uid, members in groups.items():
         first = members[0][1]
-
-        def text(key: str, ds=first) -> str:
-            return str(ds.get(key, "") or "").strip()
-
-        series.append(SeriesInfo(uid, Path(folder), tuple(p for p, _ in members), text("Modality"),
-                                 text("SeriesNumber"), text("SeriesDescription"), int(first.Rows), int(first.Columns)))
+        series.append(SeriesInfo(uid, Path(folder), tuple(p for p, _ in members), first.modality, first.number,
+                                 first.description, first.rows, first.columns, first.bits_allocated))
     series.sort(key=lambda s: (_number_key(s.number), s.uid))
+    anonymous = sum(header.synthetic for members in groups.values() for _, header in members)
+    if anonymous:
+        slices = "1 slice" if anonymous == 1 else f"{anonymous} slices"
+        warnings.warn(f"{slices} in {folder} {'has' if anonymous == 1 else 'have'} no valid SeriesInstanceUID; "
+                      "grouped by folder and series number", stacklevel=2)
     return FolderScan(tuple(series), tuple(unreadable), other)
 
 
@@ -248,6 +383,21 @@ def _number_key(number: str) -> tuple[int, int]:
 def _why(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def series_uid_of(path: Path) -> str:
+    """The UID that names the series of the DICOM file `path` in its folder (its SeriesInstanceUID,
+    else the synthetic one scan_folder gives its group); DicomError naming the file when it is no
+    readable DICOM image."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _header_of(pydicom.dcmread(path, stop_before_pixels=True), path.parent).uid
+    except Exception as exc:  # pydicom reports a damaged file with many exception types
+        raise DicomError(f"{path} is not a readable DICOM image: {_why(exc)}") from None
 
 
 def choose_series(folder: Path, series: str | None = None) -> tuple[SeriesInfo, FolderScan]:
@@ -264,7 +414,8 @@ def choose_series(folder: Path, series: str | None = None) -> tuple[SeriesInfo, 
             if info.uid == series:
                 return info, scan
         held = ", ".join(info.uid for info in scan.series)
-        raise DicomError(f"{folder} holds no series {series} (it holds {held})")
+        shown = series if len(series) <= 64 else series[:61] + "..."
+        raise DicomError(f"{folder} holds no series {shown} (it holds {held})")
     if len(scan.series) > 1:
         raise SeriesChoiceError(f"{folder} holds {len(scan.series)} DICOM series; choose one with --series UID",
                                 scan.series)
@@ -273,39 +424,48 @@ def choose_series(folder: Path, series: str | None = None) -> tuple[SeriesInfo, 
 
 def series_stem(info: SeriesInfo, siblings: tuple[SeriesInfo, ...]) -> str:
     """A file-name stem for a series: the folder's name when it is the folder's only series, else
-    the series number and description (the UID's tail where the number does not tell them apart)."""
+    the series number and description (the UID's tail where the number does not tell them apart).
+    Always one safe path component: a header's values are not the user's."""
     if len(siblings) <= 1:
-        return info.folder.name
+        return _component(_folder_name(info.folder), _FOLDER_NAME_LENGTH, "series")
     numbers = [s.number for s in siblings]
     if info.number and numbers.count(info.number) == 1:
-        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", info.description).strip("_")[:32]
-        return f"S{info.number}" + (f"_{slug}" if slug else "")
-    return f"series_{info.uid.rsplit('.', 1)[-1][-16:]}"
+        description = _component(info.description, 32, "")
+        return _component(f"S{info.number}", 17, "S") + (f"_{description}" if description else "")
+    return "series_" + _component(info.uid.rsplit(".", 1)[-1][-16:], 16, "0")
+
+
+def _component(text: str, max_length: int, fallback: str) -> str:
+    """codec.io.files.safe_name, with runs of dots made one '_' too: such a name is one component
+    either way, but one that reads like '..' invites a mistake wherever it is joined to a path."""
+    return safe_name(re.sub(r"\.{2,}", "_", text), max_length=max_length, fallback=fallback)
 
 
 # --- reading ----------------------------------------------------------------------------------------
 
-def load_series(path: str | os.PathLike, series: str | None = None) -> Volume:
+def load_series(path: str | os.PathLike, series: str | None = None, *, limit: MemoryLimit | None = None,
+                compressing: bool = False) -> Volume:
     """A DICOM series as a Volume: `path` is its folder, or one of its files (its series is then
-    the one read unless `series` names another). DicomError on anything that is not one volume."""
-    import pydicom
-
+    the one read unless `series` names another). DicomError on anything that is not one volume,
+    ResourceLimitError (before any pixel is read) when it would need more memory than `limit`
+    (the machine's default limit where None) allows for a load, or a compression if `compressing`."""
     path = Path(path)
     if path.is_file():
         if series is None:
-            try:
-                header = pydicom.dcmread(path, stop_before_pixels=True)
-                series = str(header.get("SeriesInstanceUID", "")).strip() or None
-            except Exception as exc:
-                raise DicomError(f"{path} is not a readable DICOM file: {_why(exc)}") from None
+            series = series_uid_of(path)
         path = path.parent
     info, _ = choose_series(path, series)
-    return read_series(info)
+    return read_series(info, limit=limit, compressing=compressing)
 
 
-def read_series(info: SeriesInfo) -> Volume:
-    """The Volume of a series found by `scan_folder` (DicomError when its slices are not one volume)."""
-    return _assemble(info, [_read_slice(f) for f in info.files])
+def read_series(info: SeriesInfo, *, limit: MemoryLimit | None = None, compressing: bool = False) -> Volume:
+    """The Volume of a series found by `scan_folder` (DicomError when its slices are not one volume).
+    The memory it needs is estimated from the headers and checked against `limit` first."""
+    need = (compress_bytes if compressing else load_bytes)(info.voxels, info.itemsize)
+    what = "compressing" if compressing else "loading"
+    (limit if limit is not None else MemoryLimit.default()).check(
+        need, f"{what} the DICOM series {info.uid} in {info.folder} ({info.columns} x {info.rows} x {len(info.files)})")
+    return _assemble(info, [_read_slice(f, (info.rows, info.columns)) for f in info.files])
 
 
 @dataclass(frozen=True)
@@ -317,14 +477,16 @@ class _Slice:
     spacing: tuple[float, float]  # (between rows, between columns)
     slope: float
     inter: float
-    dataset: object
+    identity: DicomIdentity  # not the dataset: it would keep the slice's pixel bytes alive a second time
 
 
 def _numbers(ds, keyword: str, count: int, path: Path) -> np.ndarray:
     value = ds.get(keyword)
     try:
-        numbers = np.array([float(v) for v in value], dtype=np.float64) if value is not None else None
-    except (TypeError, ValueError):
+        # A string is an invalid value pydicom could not split: its characters are no coordinates.
+        numbers = (np.array([float(v) for v in value], dtype=np.float64)
+                   if value is not None and not isinstance(value, (str, bytes)) else None)
+    except (TypeError, ValueError, OverflowError):
         numbers = None
     if numbers is None or numbers.shape != (count,) or not np.isfinite(numbers).all():
         raise DicomError(f"{path} has no valid {keyword}: the slices cannot be placed in space "
@@ -345,7 +507,21 @@ def _scaling(ds, keyword: str, default: float, path: Path) -> float:
     return number
 
 
-def _read_slice(path: Path) -> _Slice:
+def _read_slice(path: Path, shape: tuple[int, int] | None = None) -> _Slice:
+    """One slice, checked; DicomError naming the file on anything else (pydicom raises many
+    exception types for a damaged or hostile file). `shape` (rows, columns) is the series' size,
+    which its memory estimate assumed: a slice that declares another is refused before decoding."""
+    try:
+        with warnings.catch_warnings():  # pydicom warns of each odd value it reads: the error, if any, says enough
+            warnings.simplefilter("ignore")
+            return _read_checked_slice(path, shape)
+    except DicomError:
+        raise
+    except Exception as exc:
+        raise DicomError(f"{path} is not a readable DICOM image: {_why(exc)}") from None
+
+
+def _read_checked_slice(path: Path, shape: tuple[int, int] | None) -> _Slice:
     import pydicom
     from pydicom.pixels import get_decoder
 
@@ -361,6 +537,13 @@ def _read_slice(path: Path) -> _Slice:
                          "MoEC compresses grey-level volumes")
     if "PixelData" not in ds:
         raise DicomError(f"{path} has no pixel data")
+    try:
+        size = (_side(ds, "Rows"), _side(ds, "Columns"))
+    except _Invalid as exc:
+        raise DicomError(f"{path} is not a readable DICOM image: {exc}") from None
+    if shape is not None and size != shape:
+        raise DicomError(f"{path} is {size[1]} x {size[0]} where its series' first slice is {shape[1]} x {shape[0]}: "
+                         "the series mixes image sizes; a volume needs one size for every slice")
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and syntax.is_compressed:
@@ -390,7 +573,7 @@ def _read_slice(path: Path) -> _Slice:
         raise DicomError(f"{path} has a PixelSpacing that is not positive")
     return _Slice(path, pixels, _numbers(ds, "ImagePositionPatient", 3, path), orientation,
                   (float(spacing[0]), float(spacing[1])), _scaling(ds, "RescaleSlope", 1.0, path),
-                  _scaling(ds, "RescaleIntercept", 0.0, path), ds)
+                  _scaling(ds, "RescaleIntercept", 0.0, path), identity_of(ds))
 
 
 def _assemble(info: SeriesInfo, slices: list[_Slice]) -> Volume:
@@ -453,7 +636,10 @@ def _assemble(info: SeriesInfo, slices: list[_Slice]) -> Volume:
     size = sum(s.path.stat().st_size for s in slices)
     volume = from_array(real, affine=affine, header=header, dtype=stored, slope=slope, inter=inter,
                         source=info.folder, source_bytes=size)
-    return replace(volume, dicom=identity_of(slices[0].dataset))
+    identity = slices[0].identity
+    if not identity.series_uid:  # a group scan_folder named: the name --series and the manifest know it by
+        identity = replace(identity, series_uid=info.uid)
+    return replace(volume, dicom=identity)
 
 
 def _holding_dtype(real: np.ndarray) -> np.dtype:
@@ -522,13 +708,35 @@ _SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
+#: The patient a derived series of a de-identified file is filed under (PatientID: "MOEC-" and the
+#: start of the .moec file's digest, so the series of one file stay together and apart from others').
+PSEUDONYM = "MOEC^PSEUDONYM"
+
+
+def derived_identity(identity: DicomIdentity, source_digest: str) -> DicomIdentity:
+    """The patient and study a derived series is filed under: the identity's own where it has a
+    study; else (a de-identified file) a new study, and a pseudonymous patient unless the identity
+    names one. Derived from `source_digest` (the .moec file's), so the same file always gives the
+    same study and patient, and nothing in them leads back to the original."""
+    from pydicom.uid import generate_uid
+
+    if identity.study_uid:
+        return identity
+    filed = replace(identity, study_uid=generate_uid(entropy_srcs=["MoEC study", source_digest]))
+    if not any(getattr(identity, name) for name in _PATIENT_FIELDS):
+        filed = replace(filed, patient_name=PSEUDONYM, patient_id=f"MOEC-{source_digest[:12]}")
+    return filed
+
+
 def write_series(volume: Volume, identity: DicomIdentity, folder: str | os.PathLike, ratio: float,
                  source_digest: str, force: bool = False) -> list[Path]:
     """Write a reconstruction as a new DICOM series in `folder`: marked lossy (LossyImageCompression
     01, a DERIVED image type, the ratio), new series and instance UIDs, the original's patient,
-    study and frame of reference kept. UIDs derive from the original series and `source_digest`
-    (the .moec file's), so the same file always gives the same series. The series appears whole or
-    not at all: it is written in a temporary folder beside `folder`, then renamed into place."""
+    study and frame of reference kept where the identity has them (a de-identified one gets a
+    pseudonymous patient and a new study: derived_identity; `identity.keeps_identity` tells the two
+    apart). UIDs derive from the original series and `source_digest` (the .moec file's), so the
+    same file always gives the same series. The series appears whole or not at all: it is written
+    in a temporary folder beside `folder`, then renamed into place."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
@@ -554,9 +762,11 @@ def write_series(volume: Volume, identity: DicomIdentity, folder: str | os.PathL
     frame_uid = identity.frame_of_reference_uid or uid_of("frame")
     description = f" MoEC {ratio:.0f}x"
     description = (identity.series_description[: 64 - len(description)] + description).strip()
-    number = str(int(identity.series_number) + 1000) if identity.series_number else "1000"
-    derivation = (f"{MARK} compression ({ratio:.1f}x, a mixture-of-experts neural representation) of the "
-                  f"series {identity.series_uid}")
+    shifted = int(identity.series_number) + 1000 if identity.series_number else 0
+    number = str(shifted) if 0 < shifted < 2**31 else "1000"  # IS holds a signed 32-bit number
+    source = f"the series {identity.series_uid}" if identity.series_uid else "a de-identified series"
+    derivation = f"{MARK} compression ({ratio:.1f}x, a mixture-of-experts neural representation) of {source}"
+    filed = derived_identity(identity, source_digest)
     digits = max(4, len(str(volume.shape[2])))
     parent = folder.parent if str(folder.parent) else Path(".")
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=".part"))
@@ -570,14 +780,14 @@ def write_series(volume: Volume, identity: DicomIdentity, folder: str | os.PathL
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
             ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-            if identity.has_non_ascii:
+            if filed.has_non_ascii:
                 ds.SpecificCharacterSet = "ISO_IR 192"
             ds.ImageType = ["DERIVED", "SECONDARY"]
             ds.SOPClassUID = sop_class
             ds.SOPInstanceUID = instance_uid
             for name, (keyword, _) in _KEYWORDS.items():
                 if name not in ("series_uid", "series_number", "series_description"):
-                    setattr(ds, keyword, getattr(identity, name))
+                    setattr(ds, keyword, getattr(filed, name))
             ds.FrameOfReferenceUID = frame_uid
             ds.ReferringPhysicianName = ""
             ds.SeriesInstanceUID = series_uid
