@@ -6,6 +6,11 @@ chunks are `codec.decode.reconstruct`'s tiles (slabs of whole slices along the a
 in our display order). One TileCache behind the three decodes each tile once for all of them and
 keeps the most recently shown tiles within a memory bound, so scrolling back costs nothing.
 Values equal `reconstruct`'s bit for bit (decode_region decodes whole tiles).
+
+Opening a file is refused, in one line the reader's caller shows as a notification, when its
+decode is estimated (codec.decode.cost, from the header) to need more memory than the limit or to
+take longer than the command line's default on the whole grid: a file whose every slice takes a
+minute would freeze the viewer one slice at a time.
 """
 
 from __future__ import annotations
@@ -16,14 +21,21 @@ from collections import OrderedDict
 import dask.array as da
 import numpy as np
 
+from codec.decode import cost
 from codec.decode.reconstruct import RegionDecode, Tiling, box_of, decode_region, gather, output_volume, tiling
 from codec.format.moecfile import MoecFile
+from codec.io.limits import MemoryLimit
 from codec.io.volume import Volume
 
 #: Decoded tiles kept for scrolling back: values, labels and confidence take 9 bytes a voxel, so
 #: 512 MiB hold a 512 x 512 x 200 CT whole.
 CACHE_BYTES = 512 << 20
 _PARTS = {"values": np.float32, "labels": np.uint8, "confidence": np.float32}
+#: Bytes a decoded voxel takes in the cache: its value, label and confidence.
+VOXEL_BYTES = sum(np.dtype(kind).itemsize for kind in _PARTS.values())
+#: What a refusal tells the user to do instead, where a viewer has no options to raise.
+MEMORY_OPTION = "decode it with moec decompress --max-memory"
+TIME_OPTION = "decode it with moec decompress --max-decode-minutes"
 
 
 class TileCache:
@@ -37,8 +49,8 @@ class TileCache:
         self.grid: Tiling = tiling(moec.meta, shape)
         self.device = device
         plane = int(np.prod(self.grid.shape[:3])) // self.grid.shape[self.grid.axis]
-        tile_bytes = 9 * plane * self.grid.depth
-        self.max_tiles = max(2, max_bytes // max(1, tile_bytes))
+        self.tile_bytes = VOXEL_BYTES * plane * self.grid.depth
+        self.max_tiles = max(2, max_bytes // max(1, self.tile_bytes))
         self._tiles: OrderedDict[tuple[int, int], RegionDecode] = OrderedDict()
         self._lock = threading.Lock()
         #: Every tile decoded so far, in order (a tile dropped and decoded again is listed again).
@@ -100,10 +112,25 @@ def lazy_arrays(cache: TileCache) -> dict[str, da.Array]:
             for part in _PARTS}
 
 
-def lazy_decode(moec: MoecFile, shape: tuple[int, ...] | None = None,
-                max_bytes: int = CACHE_BYTES) -> tuple[Volume, da.Array, da.Array, TileCache]:
+def lazy_decode(moec: MoecFile, shape: tuple[int, ...] | None = None, max_bytes: int = CACHE_BYTES, *,
+                memory: MemoryLimit | None = None,
+                max_seconds: float | None = 60.0 * cost.DEFAULT_DECODE_MINUTES,
+                ) -> tuple[Volume, da.Array, da.Array, TileCache]:
     """The reconstruction as a Volume holding a dask array (with the resampled affine and header
-    where `shape` is another grid), the labels and confidence as dask arrays, and their cache."""
+    where `shape` is another grid), the labels and confidence as dask arrays, and their cache.
+
+    ResourceLimitError when decoding would need more than `memory` (None: half this machine's)
+    or take longer than `max_seconds` on the whole grid (None: no limit), before any decoding."""
     cache = TileCache(moec, shape, max_bytes)
+    check_lazy(moec, cache, memory, max_seconds)
     arrays = lazy_arrays(cache)
     return output_volume(moec.meta, arrays["values"]), arrays["labels"], arrays["confidence"], cache
+
+
+def check_lazy(moec: MoecFile, cache: TileCache, memory: MemoryLimit | None, max_seconds: float | None) -> None:
+    """Refuse a lazy decode above the limits: the cost of the whole grid (codec.decode.cost), its
+    outputs held as the cache holds them (at most `max_tiles` tiles, not the grid)."""
+    limit = memory if memory is not None else MemoryLimit.default()
+    estimate = cost.decode_cost(moec.meta, cache.grid.shape, held=cache.max_tiles * cache.tile_bytes)
+    cost.check(estimate, MemoryLimit(limit.bytes, MEMORY_OPTION), max_seconds, time_option=TIME_OPTION,
+               what=f"viewing this file on a {cost.grid_text(estimate.shape)} grid")

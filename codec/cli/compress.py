@@ -6,6 +6,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from codec.cli.console import (
     ProgressBar,
     check_distinct,
@@ -13,6 +15,7 @@ from codec.cli.console import (
     check_volume_output,
     clock,
     describe_model,
+    memory_limit,
     nbytes,
     region_text,
     to_json,
@@ -38,7 +41,7 @@ def cmd_compress(args) -> int:
     if output.name.lower().endswith((".nii", ".nii.gz", ".npy")):
         from codec.errors import OutputError
         raise OutputError(f"{output} would be a .moec file under a volume's name; name it {_stem(output)}.moec")
-    volume = load_volume(source, args.series)
+    volume = load_volume(source, args.series, limit=memory_limit(args), compressing=True)
     roi = None
     if args.roi:
         from codec.io.roi import load_roi
@@ -94,7 +97,8 @@ def _choices(args) -> tuple[Settings, TrainConfig]:
     settings = Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k, partition=args.partition,
                         bits=args.bits, granularity=args.granularity, encoder=args.encoder,
                         router_features=args.router_input == "features", grid_channels=args.grid_channels,
-                        grid_spacing_power=args.grid_spacing, latent_bits=args.latent_bits)
+                        grid_spacing_power=args.grid_spacing, latent_bits=args.latent_bits,
+                        keep_identity=args.keep_identity)
     train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
                         balance_weight=args.balance, router_pretraining=args.pretrain != "none",
                         pretrain_target=args.pretrain if args.pretrain != "none" else TrainConfig.pretrain_target,
@@ -142,17 +146,18 @@ def _default_output(source: Path, series: str | None) -> Path:
             info, scan = dicom.choose_series(folder, series if series or source.is_dir() else _series_of(source))
         except dicom.DicomError:
             return folder.with_name(folder.name + ".moec")  # the load says what is wrong, in its own words
-        stem = dicom.series_stem(info, scan.series)
-        return folder.with_name(stem + ".moec" if stem == folder.name else f"{folder.name}_{stem}.moec")
+        if len(scan.series) == 1:
+            return folder.with_name(folder.name + ".moec")
+        return folder.with_name(f"{folder.name}_{dicom.series_stem(info, scan.series)}.moec")
     return source.with_name(_stem(source) + ".moec")
 
 
 def _series_of(path: Path) -> str | None:
-    import pydicom
+    from codec.io import dicom
 
     try:
-        return str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", "")).strip() or None
-    except Exception:
+        return dicom.series_uid_of(path)
+    except dicom.DicomError:
         return None
 
 
@@ -179,12 +184,21 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+#: What writing a DICOM series holds per voxel beside the decoded values: its stored pixels and
+#: the float64 temporaries of computing them (codec.io.dicom.write_series).
+DICOM_BYTES_PER_VOXEL = 24
+
+
 def cmd_decompress(args) -> int:
-    from codec.decode.reconstruct import reconstruct
+    import torch
+
+    from codec.decode import cost
+    from codec.decode.reconstruct import decode_stored, reconstruct
     from codec.errors import MoecError
     from codec.fit.train import resolve_device
-    from codec.format import moecfile
-    from codec.io.volume import save_labels, save_nifti, save_volume
+    from codec.format.header import MoecMeta
+    from codec.io.streaming import WRITE_BYTES, write_volume
+    from codec.io.volume import to_stored
 
     source = Path(args.input)
     output = Path(args.output) if args.output else None
@@ -202,36 +216,75 @@ def cmd_decompress(args) -> int:
         check_series_output(args.dicom, args.force)
     # auto decodes on the CPU, as compress measured the file; a missing CUDA device is reported first.
     device = "cpu" if args.device == "auto" else resolve_device(args.device)
-    moec = moecfile.read(source)
-    if args.dicom and moec.meta.dicom is None:
-        raise MoecError(f"{source} was not compressed from a DICOM series, so it holds no patient and study to file "
-                        "a series under; write it as NIfTI with -o")
-    shape = _output_grid(moec.meta.shape, args.scale, args.shape)
-    recon = reconstruct(moec, device=device, shape=shape)
+    limit = memory_limit(args)
+    # The time estimate is the CPU's: a GPU decodes far faster than it says.
+    seconds = cost.max_seconds(args.max_decode_minutes) if torch.device(device).type == "cpu" else None
+    grid: dict[str, tuple[int, ...] | None] = {}
+
+    def admit(meta: MoecMeta) -> None:
+        """Refuse before the weights are decoded: a file that cannot be written as asked, or whose
+        decode would take more memory or time than allowed."""
+        if args.dicom and meta.dicom is None:
+            raise MoecError(f"{source} was not compressed from a DICOM series, so there is no series to write a "
+                            "derived one of; write it as NIfTI with -o")
+        shape = grid["shape"] = _output_grid(meta.shape, args.scale, args.shape)
+        # With --dicom the values stay in real units (the series' pixels are made from them, with
+        # their own copies); otherwise they go straight into the stored dtype.
+        estimate = cost.decode_cost(meta, shape, values=np.float32 if args.dicom else meta.dtype,
+                                    labels=bool(args.labels), confidence=bool(args.confidence),
+                                    beside=DICOM_BYTES_PER_VOXEL if args.dicom else 0, fixed=WRITE_BYTES)
+        cost.check(estimate, limit, seconds, what=f"decoding {source.name} on a {cost.grid_text(estimate.shape)} grid")
+
+    moec = cost.read_checked(source, admit)
+    meta, shape = moec.meta, grid["shape"]
     tag = f"MoEC lossy {moec.ratio:.0f}x"
     if shape is not None:
         from codec.io.resample import resampled_descrip
 
         tag = resampled_descrip(tag, shape)
+    labels = confidence = None
+    if args.dicom:
+        recon = reconstruct(moec, device=device, shape=shape, labels=bool(args.labels),
+                            confidence=bool(args.confidence))
+        volume, header, labels, confidence = recon.volume, recon.volume.header, recon.labels, recon.confidence
+        if output is not None:
+            write_volume(output, volume.data, header, dtype=meta.dtype, descrip=tag, slope=meta.slope,
+                         inter=meta.inter, convert=lambda part: to_stored(part, meta.dtype, meta.slope, meta.inter))
+    else:
+        stored = decode_stored(moec, shape, labels=bool(args.labels), confidence=bool(args.confidence), device=device)
+        header, labels, confidence = stored.header, stored.labels, stored.confidence
+        if output is not None:
+            write_volume(output, stored.values, header, dtype=meta.dtype, descrip=tag, slope=meta.slope,
+                         inter=meta.inter)
+        del stored
+    grid_shape = shape if shape is not None else meta.shape
     if output is not None:
-        save_volume(recon.volume, output, descrip=tag)
-        spacing = " x ".join(f"{z:g}" for z in recon.volume.spacing[:3])
-        print(f"wrote {output} ({' x '.join(map(str, recon.volume.shape))} {moec.meta.dtype.name}, {spacing} mm, "
-              f"{tag})")
-    if args.dicom and moec.meta.dicom is not None:  # checked above: a file from DICOM
+        spacing = " x ".join(f"{z:g}" for z in nifti_zooms(header)[:3])
+        print(f"wrote {output} ({' x '.join(map(str, grid_shape))} {meta.dtype.name}, {spacing} mm, {tag})")
+    if args.dicom and meta.dicom is not None:  # checked above: a file from DICOM
         from codec.io.dicom import digest, write_series
 
-        files = write_series(recon.volume, moec.meta.dicom, args.dicom, moec.ratio, digest(source.read_bytes()),
+        files = write_series(volume, meta.dicom, args.dicom, moec.ratio, digest(source.read_bytes()),
                              force=args.force)
-        print(f"wrote {args.dicom} ({len(files)} DICOM slices: a derived {moec.meta.dicom.modality} series marked "
-              f"lossy, {tag}, under the original's patient and study)")
-    if args.labels:
-        save_labels(recon.volume, recon.labels, args.labels, f"MoEC experts (label k+1 = expert k), {tag}")
-        print(f"wrote {args.labels} (expert assignment, labels 1..{moec.meta.model.experts})")
-    if args.confidence:
-        save_nifti(recon.volume, recon.confidence.astype("float32"), args.confidence, f"MoEC gate confidence, {tag}")
+        under = ("under the original's patient and study" if meta.dicom.keeps_identity
+                 else "under a new pseudonymous patient and study")
+        print(f"wrote {args.dicom} ({len(files)} DICOM slices: a derived {meta.dicom.modality} series marked "
+              f"lossy, {tag}, {under})")
+    if args.labels and labels is not None:
+        write_volume(Path(args.labels), labels, header, dtype=np.dtype(np.uint8),
+                     descrip=f"MoEC experts (label k+1 = expert k), {tag}", intent="label")
+        print(f"wrote {args.labels} (expert assignment, labels 1..{meta.model.experts})")
+    if args.confidence and confidence is not None:
+        write_volume(Path(args.confidence), confidence, header, dtype=np.dtype(np.float32),
+                     descrip=f"MoEC gate confidence, {tag}")
         print(f"wrote {args.confidence} (gate confidence, 0..1)")
     return 0
+
+
+def nifti_zooms(header: bytes) -> tuple[float, ...]:
+    from codec.io.volume import nifti_header
+
+    return tuple(float(z) for z in nifti_header(header).get_zooms())
 
 
 def _output_grid(shape: tuple[int, ...], scale: list[float] | None, size: list[int] | None) -> tuple[int, ...] | None:

@@ -5,11 +5,20 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from codec.cli.console import check_distinct, check_volume_output, describe_model, nbytes, region_text, to_json
+from codec.cli.console import (
+    check_distinct,
+    check_volume_output,
+    describe_model,
+    memory_limit,
+    nbytes,
+    region_text,
+    to_json,
+)
 from codec.eval import db_text
 
 
 def cmd_info(args) -> int:
+    from codec.decode import cost
     from codec.format import moecfile
     from codec.format.container import unpack_container
     from codec.io.volume import nifti_header
@@ -21,8 +30,12 @@ def cmd_info(args) -> int:
     data = source.read_bytes()  # once, for the two byte-level summaries below
     meta = moec.meta
     m = meta.model
+    # What `moec decompress -o` of the file's own grid would hold and take, and whether it would refuse.
+    estimate = cost.decode_cost(meta, values=meta.dtype, labels=False, confidence=False)
+    refusal = _refusal(estimate, args, source)
     if args.json:
-        print(to_json({"bytes": moec.nbytes, "ratio": moec.ratio, **meta.to_json()}))
+        print(to_json({"bytes": moec.nbytes, "ratio": moec.ratio, **meta.to_json(),
+                       "decode": {**estimate.to_json(), "within_limits": refusal is None}}))
         return 0
     spacing = nifti_header(meta.nifti).get_zooms()[: len(meta.shape)]
     params = m.parameter_count()
@@ -43,6 +56,7 @@ def cmd_info(args) -> int:
              if (meta.slope, meta.inter) != (1, 0) else ""))
     print(f"ratio     {moec.ratio:.1f}x vs raw voxels ({nbytes(meta.raw_bytes)})")
     print(f"model     {describe_model(m)}; {params:,} parameters")
+    print(f"decode    {estimate.text()}" + ("" if refusal is None else f"; refused as it stands: {refusal}"))
     print(f"weights   {weights}; {8 * moec.nbytes / params:.2f} bits per parameter (whole file)")
     if meta.floor is not None:
         print(f"floor     decoded values at or below {meta.floor:g} become {meta.vmin:g} (the background's noise)")
@@ -58,11 +72,29 @@ def cmd_info(args) -> int:
     print("software  " + ", ".join(f"{k} {v}" for k, v in sorted(meta.made_by.items())))
     if meta.dicom is not None:
         d = meta.dicom
-        print(f"dicom     {d.modality} series {d.series_number or '-'}"
-              + (f' "{d.series_description}"' if d.series_description else "")
-              + f" ({d.series_uid}) of study {d.study_uid}, patient {d.patient_id or '-'}"
-              "; moec decompress --dicom writes it back as a derived series")
+        series = f"{d.modality} series {d.series_number or '-'}" + (
+            f' "{d.series_description}"' if d.series_description else "")
+        if d.keeps_identity:
+            print(f"dicom     {series} ({d.series_uid or 'no series UID'}) of study {d.study_uid or '-'}, "
+                  f"patient {d.patient_id or '-'}: the file holds the patient's identity (made with "
+                  "--keep-identity); moec decompress --dicom files it back under them")
+        else:
+            print(f"dicom     {series}: no patient or study in the file (de-identified); moec decompress "
+                  "--dicom files it under a new pseudonymous patient and study")
     return 0
+
+
+def _refusal(estimate, args, source: Path) -> str | None:
+    """Why `moec decompress` under these limits would refuse the decode `estimate` (None: it would not)."""
+    from codec.decode import cost
+    from codec.errors import ResourceLimitError
+
+    try:
+        cost.check(estimate, memory_limit(args), cost.max_seconds(getattr(args, "max_decode_minutes", None)),
+                   what=f"decoding {source.name}")
+    except ResourceLimitError as exc:
+        return str(exc)
+    return None
 
 
 def _list_series(folder: Path, as_json: bool) -> int:
@@ -96,11 +128,23 @@ def _latent_coding(data: bytes) -> str:
 
 def cmd_eval(args) -> int:
     from codec import pipeline
-    from codec.format import moecfile
+    from codec.decode import cost
+    from codec.format.header import MoecMeta
     from codec.io.volume import load_volume
 
-    original = load_volume(args.original, args.series)
-    moec = moecfile.read(args.input)
+    limit = memory_limit(args)
+    source = Path(args.input)
+
+    def admit(meta: MoecMeta) -> None:
+        # pipeline.evaluate decodes values, labels and confidence in real units beside the original
+        # (loaded in float32, checked by load_volume itself) and the metrics' temporaries.
+        estimate = cost.decode_cost(meta, beside=EVAL_BYTES_PER_VOXEL)
+        cost.check(estimate, limit, cost.max_seconds(args.max_decode_minutes),
+                   what=f"decoding and measuring {source.name} ({cost.grid_text(estimate.shape)} voxels)")
+
+    # The file's header first: a file that cannot be measured is refused before the original is read.
+    moec = cost.read_checked(source, admit)
+    original = load_volume(args.original, args.series, limit=limit)
     roi = None
     if args.roi:
         from codec.io.roi import load_roi
@@ -135,6 +179,11 @@ def cmd_eval(args) -> int:
     for e in evaluation.experts:
         print(f"{e.expert:>6}  {e.expert + 1:>5}  {100 * e.share:5.1f}%  {db_text(e.psnr):>14}  {e.parameters:>10,}")
     return 0
+
+
+#: What measuring holds per voxel beside the decode: the original in float32 and the metrics'
+#: float64 differences and masks (codec.eval.metrics).
+EVAL_BYTES_PER_VOXEL = 24
 
 
 def cmd_sample(args) -> int:

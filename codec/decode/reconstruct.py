@@ -4,14 +4,18 @@ file's grid or on another one over the same box (codec.io.resample).
 
 Besides the reconstruction it yields what a researcher inspects: the expert assignment (uint8,
 expert k stored as label k+1, 0 never used) and the gate confidence (the largest gate probability;
-1 where the partition is fixed). Values are returned in real units *as the output file holds them*:
-rounded through the stored dtype, so every figure computed from them is the file's figure.
+1 where the partition is fixed), each held only when asked for. Values are returned in real units
+*as the output file holds them*: rounded through the stored dtype, so every figure computed from
+them is the file's figure; or, for writing (`decode_stored`), as the stored values themselves, two
+bytes a voxel for an int16 CT where real units take four. What a decode will hold and how long it
+will take is estimated from the header alone by codec.decode.cost.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,7 +27,7 @@ from codec.decode.floor import apply_floor
 from codec.format.header import MoecMeta
 from codec.format.moecfile import MoecFile
 from codec.io.resample import check_shape, resampled_affine, resampled_header
-from codec.io.volume import Volume, from_unit, through_stored
+from codec.io.volume import Volume, from_unit, through_stored, to_stored
 from codec.model import LatentGrid, MoEC
 from codec.model.coords import coords_from_flat, flat_chunks, selection_axes, selection_coords
 
@@ -42,15 +46,35 @@ TILE_SLICES = 8
 #: Tiles `reconstruct` decodes side by side on the CPU. A tile is many small operations that torch
 #: spreads poorly over cores; two tiles at once keep two cores busy (benchmarks/speed.py).
 TILE_WORKERS = 2
+#: Decoded tiles waiting to be placed, beyond those being decoded: enough to keep the workers busy
+#: while one is copied, and a bound on what a whole-grid decode holds beside its output.
+TILES_AHEAD = 1
 
 
 @dataclass(frozen=True, eq=False)
 class Reconstruction:
-    """A decoded volume with the expert each voxel went to and the router's confidence."""
+    """A decoded volume with the expert each voxel went to and the router's confidence (each None
+    where the decode was not asked for it)."""
 
     volume: Volume
-    labels: np.ndarray  # uint8, expert k as k + 1
-    confidence: np.ndarray  # float32 in (0, 1]
+    labels: np.ndarray | None  # uint8, expert k as k + 1
+    confidence: np.ndarray | None  # float32 in (0, 1]
+
+
+@dataclass(frozen=True, eq=False)
+class StoredReconstruction:
+    """A decoded grid as a file holds it: the values in the file's stored dtype (what `save_volume`
+    writes for `reconstruct`'s volume: rounded, clipped, the NIfTI scaling undone), with the affine
+    and NIfTI header of the output grid, and the labels and confidence where asked for."""
+
+    values: np.ndarray  # the stored dtype, output grid's shape, file voxel order
+    affine: np.ndarray
+    header: bytes  # NIfTI-1, of the output grid (resampled where it is not the file's)
+    dtype: np.dtype
+    slope: float
+    inter: float
+    labels: np.ndarray | None  # uint8, expert k as k + 1
+    confidence: np.ndarray | None  # float32 in (0, 1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,39 +223,94 @@ def gather(grid: Tiling, box: tuple[slice, ...], tile: Callable[[int, int], Sequ
 
 def reconstruct(moec: MoecFile, chunk: int = DEFAULT_CHUNK, device: str | torch.device = "cpu",
                 on_chunk: Callable[[int, int], None] | None = None,
-                shape: tuple[int, ...] | None = None) -> Reconstruction:
+                shape: tuple[int, ...] | None = None, *, labels: bool = True,
+                confidence: bool = True) -> Reconstruction:
     """Decode every voxel of a .moec file tile by tile (bounded memory), on the file's grid or, with
     `shape`, on another one covering the same box (the volume then carries the resampled affine
-    and header). `chunk` is the most voxels the network sees at once."""
+    and header). `chunk` is the most voxels the network sees at once; the labels and the
+    confidence are held only when asked for (None otherwise)."""
     meta = moec.meta
     grid = tiling(meta, shape)
     values = np.empty(grid.shape, dtype=np.float32)
-    labels = np.empty(grid.shape, dtype=np.uint8)
-    confidence = np.empty(grid.shape, dtype=np.float32)
+    outs = _optional_outs(grid.shape, labels, confidence)
+    for tile, parts in _decoded_tiles(moec, grid, device, chunk, on_chunk):
+        values[tile] = parts[0]
+        _place_optional(outs, tile, parts)
+    return Reconstruction(output_volume(meta, values), outs[0], outs[1])
+
+
+def decode_stored(moec: MoecFile, shape: tuple[int, ...] | None = None, *, labels: bool = False,
+                  confidence: bool = False, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK,
+                  on_chunk: Callable[[int, int], None] | None = None) -> StoredReconstruction:
+    """`reconstruct` for writing: the values go straight into an array of the file's stored dtype,
+    tile by tile, so nothing of the grid's size is held beside it (an int16 grid takes 2 bytes a
+    voxel, not real units' 4 and their copies). Bit for bit what `save_volume` writes of
+    `reconstruct(moec, shape=shape).volume`: the same per-voxel conversion, one tile at a time."""
+    meta = moec.meta
+    grid = tiling(meta, shape)
+    values = np.empty(grid.shape, dtype=meta.dtype)
+    outs = _optional_outs(grid.shape, labels, confidence)
+    for tile, parts in _decoded_tiles(moec, grid, device, chunk, on_chunk):
+        values[tile] = to_stored(parts[0], meta.dtype, meta.slope, meta.inter)
+        _place_optional(outs, tile, parts)
+    affine, header = grid_geometry(meta, grid.shape)
+    return StoredReconstruction(values, affine, header, meta.dtype, meta.slope, meta.inter, outs[0], outs[1])
+
+
+def _optional_outs(shape: tuple[int, ...], labels: bool, confidence: bool) -> tuple[np.ndarray | None, ...]:
+    return (np.empty(shape, dtype=np.uint8) if labels else None,
+            np.empty(shape, dtype=np.float32) if confidence else None)
+
+
+def _place_optional(outs: tuple[np.ndarray | None, ...], tile: tuple[slice, ...], parts: Sequence[np.ndarray]) -> None:
+    for out, part in zip(outs, parts[1:]):
+        if out is not None:
+            out[tile] = part
+
+
+def _decoded_tiles(moec: MoecFile, grid: Tiling, device: str | torch.device, chunk: int,
+                   on_chunk: Callable[[int, int], None] | None
+                   ) -> Iterator[tuple[tuple[slice, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Every tile of `grid` with its decoded (values, labels, confidence), in order, decoded
+    TILE_WORKERS at a time with at most TILES_AHEAD more waiting: what a decode holds beside its
+    output stays a few tiles whatever the grid (codec.decode.cost counts it)."""
+    meta = moec.meta
     model = moec.model.to(device).eval()
-    tiles = [grid.box(slab, time) for time in range(grid.times) for slab in range(len(grid.slabs))]
+    tiles = iter([grid.box(slab, time) for time in range(grid.times) for slab in range(len(grid.slabs))])
     workers = TILE_WORKERS if torch.device(device).type == "cpu" else 1
-    total, done = values.size, 0
+    total, done = math.prod(grid.shape), 0
     with ThreadPoolExecutor(workers) as pool:
-        decoded = pool.map(lambda tile: _decode_tile(model, meta, grid.shape, tile, chunk), tiles)
-        outs: tuple[np.ndarray, ...] = (values, labels, confidence)
-        for tile, parts in zip(tiles, decoded):
-            for out, part in zip(outs, parts):
-                out[tile] = part
+        pending: deque = deque()
+
+        def submit() -> None:
+            tile = next(tiles, None)
+            if tile is not None:
+                pending.append((tile, pool.submit(_decode_tile, model, meta, grid.shape, tile, chunk)))
+
+        for _ in range(workers + TILES_AHEAD):
+            submit()
+        while pending:
+            tile, future = pending.popleft()
+            parts = future.result()
+            submit()
+            yield tile, parts
             done += math.prod(s.stop - s.start for s in tile)
             if on_chunk is not None:
                 on_chunk(done, total)
-    return Reconstruction(output_volume(meta, values), labels, confidence)
 
 
 def output_volume(meta: MoecMeta, values) -> Volume:
     """A Volume of decoded `values` (numpy, or a lazy array of their shape) on the file's grid or on
     a resampled one (the affine and header follow the shape of `values`)."""
-    shape = tuple(int(n) for n in values.shape)
-    if shape == tuple(meta.shape):
-        return Volume(values, meta.affine, meta.nifti, meta.dtype, meta.slope, meta.inter)
-    return Volume(values, resampled_affine(meta.affine, meta.shape, shape),
-                  resampled_header(meta.nifti, meta.shape, shape), meta.dtype, meta.slope, meta.inter)
+    affine, header = grid_geometry(meta, tuple(int(n) for n in values.shape))
+    return Volume(values, affine, header, meta.dtype, meta.slope, meta.inter)
+
+
+def grid_geometry(meta: MoecMeta, shape: tuple[int, ...]) -> tuple[np.ndarray, bytes]:
+    """The affine and NIfTI-1 header of an output grid: the file's own, or resampled to `shape`."""
+    if tuple(shape) == tuple(meta.shape):
+        return meta.affine, meta.nifti
+    return resampled_affine(meta.affine, meta.shape, shape), resampled_header(meta.nifti, meta.shape, shape)
 
 
 def unfloored_values(moec: MoecFile, flat: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
