@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,7 +96,10 @@ def test_a_batch_killed_after_its_first_volume_finishes_the_rest_on_a_rerun(tmp_
     for row in rows:
         assert 6 <= float(row["ratio"]) <= 6.3 and int(row["bytes"]) == (out / row["output"]).stat().st_size
     dicom = moecfile.read(out / expected["site_b/exam 1.2.3.9.2"])
-    assert dicom.meta.dicom.series_uid == "1.2.3.9.2" and dicom.meta.shape == (20, 18, 12)
+    # De-identified by default: no UID that leads back to the original, but the series is the MR one.
+    identity = dicom.meta.dicom
+    assert (identity.series_uid, identity.modality, identity.series_number) == ("", "MR", "5")
+    assert not identity.keeps_identity and dicom.meta.shape == (20, 18, 12)
 
 
 def test_a_corrupt_file_is_reported_in_the_manifest_and_the_rest_finish(tmp_path, capsys):
@@ -115,9 +119,9 @@ def test_a_corrupt_file_is_reported_in_the_manifest_and_the_rest_finish(tmp_path
     assert set(rows) == {"ok/one.nii.gz", "ok/ct", "bad/cut.nii.gz", "bad/IM0001.dcm"}
     assert rows["ok/one.nii.gz"]["status"] == rows["ok/ct"]["status"] == "ok"
     assert (out / "ok" / "one.moec").is_file() and (out / "ok" / "ct.moec").is_file()
-    for name, words in (("bad/cut.nii.gz", "not a readable NIfTI file"),
+    for name, words in (("bad/cut.nii.gz", "not a readable NIfTI file|is damaged"),
                         ("bad/IM0001.dcm", "not a readable DICOM file")):
-        assert rows[name]["status"] == "failed" and words in rows[name]["error"]
+        assert rows[name]["status"] == "failed" and re.search(words, rows[name]["error"])
     assert not (out / "bad").exists() or not list((out / "bad").iterdir())
     # The summary lists the failures first, then the volumes by PSNR; the report says the same.
     lines = [line for line in printed.splitlines() if line.startswith(("FAIL", "ok", "low"))]
@@ -145,7 +149,7 @@ def test_the_manifest_survives_a_cut_last_line_and_is_never_someone_elses(tmp_pa
         Manifest(tmp_path / "other.csv")
 
 
-def test_outputs_mirror_the_tree_and_a_collision_is_refused_before_any_work(tmp_path):
+def test_outputs_mirror_the_tree_and_colliding_outputs_are_told_apart(tmp_path):
     volume, _ = make_phantom(SMALL)
     (tmp_path / "in" / "p1").mkdir(parents=True)
     save_volume(volume, tmp_path / "in" / "p1" / "ct.nii.gz")
@@ -153,9 +157,14 @@ def test_outputs_mirror_the_tree_and_a_collision_is_refused_before_any_work(tmp_
     jobs, broken = discover(tmp_path / "in", tmp_path / "in" / "out")
     assert [(j.input, j.output) for j in jobs] == [("p1/ct.nii.gz", "p1/ct.moec"), ("scan", "scan.moec")]
     assert not broken and jobs[1].voxels == int(np.prod(SMALL))
+    # A DICOM folder p1/ct beside p1/ct.nii.gz: both would be p1/ct.moec; each gets a suffix of its own,
+    # the same on every run.
     write_dicom_series(tmp_path / "in" / "p1" / "ct", ct_raw(SMALL), **oblique_geometry())
-    with pytest.raises(OutputError, match="would both be written to p1/ct.moec"):
-        discover(tmp_path / "in", tmp_path / "out")
+    jobs, broken = discover(tmp_path / "in", tmp_path / "out")
+    outputs = {j.input: j.output for j in jobs}
+    assert not broken and len(set(outputs.values())) == 3 and outputs["scan"] == "scan.moec"
+    assert all(re.fullmatch(r"p1/ct_[0-9a-f]{8}\.moec", outputs[name]) for name in ("p1/ct", "p1/ct.nii.gz"))
+    assert {j.input: j.output for j in discover(tmp_path / "in", tmp_path / "out")[0]} == outputs
 
 
 def test_local_workers_times_threads_fit_the_cores_and_the_memory():

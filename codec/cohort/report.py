@@ -3,6 +3,10 @@
 The volumes are listed worst first (failures, then by PSNR), and a volume more than LOW_DB below
 the median PSNR of its modality is flagged, so that a series that compressed badly stands out of a
 cohort of hundreds. matplotlib (the `bench` extra) is imported only to draw the PNG.
+
+Names, modalities and errors come from the files (a DICOM header, a file name): every cell is
+escaped for where it goes, the terminal (no escape sequence), Markdown (no `|` or line break that
+ends a cell or a row, no HTML) or matplotlib (no `$` that starts mathematics).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 
 from codec.cohort.batch import VolumeResult
 from codec.errors import MoecError
-from codec.io.files import atomic_write, atomic_write_bytes
+from codec.io.files import atomic_write, atomic_write_bytes, check_inside, terminal_safe
 
 #: A volume this far below its modality's median PSNR is flagged "low". A few dB is what separates
 #: a series with an unusual content or noise level from the cohort's ordinary spread at one ratio.
@@ -73,24 +77,56 @@ def _num(value: float | None, form: str) -> str:
     return "-" if value is None else format(value, form)
 
 
+def _one_line(text: str) -> str:
+    """`text` with every control character (line breaks, tabs, escapes) a space."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(text))
+
+
+def md_text(text: str) -> str:
+    """`text` as the content of a Markdown table cell: on one line, its `|` escaped (GitHub's table
+    rule, which holds inside code spans too) and no HTML."""
+    return _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def md_code(text: str) -> str:
+    """`text` as a code span in a Markdown table cell: fenced by more backticks than it holds in a
+    row (CommonMark), on one line, its `|` escaped. HTML is not read inside a code span."""
+    flat = _one_line(text).replace("|", "\\|")
+    run = longest = 0
+    for ch in flat:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * (longest + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
+
+
+def _plot_text(text: str) -> str:
+    """`text` as matplotlib shows it literally: `$` would start mathematics (and a bad formula fails the draw)."""
+    return _one_line(text).replace("$", r"\$")
+
+
 def table(rows: tuple[VolumeResult, ...], width: int = 150) -> str:
     """The volumes, worst first, then one line per modality."""
     low = low_rows(rows)
-    name_width = min(48, max([6] + [len(r.name) for r in rows]))
+    names = {r.key: terminal_safe(r.name) for r in rows}
+    name_width = min(48, max([6] + [len(name) for name in names.values()]))
     lines = [f"{'':4}  {'volume':<{name_width}}  {'modality':<8}  {'shape':<13}  {'ratio':>8}  {'PSNR':>8}  "
              f"{'SSIM':>6}  {'seconds':>7}"]
     for r in worst_first(rows):
-        name = r.name if len(r.name) <= name_width else "..." + r.name[-(name_width - 3):]
+        name = names[r.key]
+        name = name if len(name) <= name_width else "..." + name[-(name_width - 3):]
+        modality = terminal_safe(modality_of(r))
         if not r.ok:
-            text = f"FAIL  {name:<{name_width}}  {modality_of(r):<8}  {r.error}"
+            text = f"FAIL  {name:<{name_width}}  {modality:<8}  {terminal_safe(r.error)}"
             lines.append(text if len(text) <= width else text[: width - 3] + "...")
             continue
         mark = "low " if r.key in low else "ok  "
-        lines.append(f"{mark}  {name:<{name_width}}  {modality_of(r):<8}  {r.shape:<13}  {r.ratio:>7.1f}x  "
+        lines.append(f"{mark}  {name:<{name_width}}  {modality:<8}  {terminal_safe(r.shape):<13}  {r.ratio:>7.1f}x  "
                      f"{_num(r.psnr, '.2f'):>8}  {_num(r.ssim, '.4f'):>6}  {r.seconds:>7.0f}")
     lines.append("")
     for s in by_modality(rows):
-        lines.append(f"{s.modality}: {s.ok} compressed" + (f", {s.failed} failed" if s.failed else "")
+        lines.append(f"{terminal_safe(s.modality)}: {s.ok} compressed" + (f", {s.failed} failed" if s.failed else "")
                      + (f"; mean {s.mean_ratio:.1f}x, mean PSNR {_num(s.mean_psnr, '.2f')} dB, worst "
                         f"{_num(s.worst_psnr, '.2f')} dB" if s.ok else ""))
     if low:
@@ -112,14 +148,16 @@ def write_report(rows: tuple[VolumeResult, ...], folder: str | Path, title: str)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     png, md = folder / "cohort.png", folder / "report.md"
+    check_inside(folder, png)
+    check_inside(folder, md)
     _plot(rows, png, title)
     low = low_rows(rows)
     stats = by_modality(rows)
-    text = [f"# {title}", "", f"![PSNR and ratio per volume, by modality]({png.name})", "",
+    text = [f"# {md_text(title)}", "", f"![PSNR and ratio per volume, by modality]({png.name})", "",
             "| modality | compressed | failed | mean ratio | mean PSNR (dB) | worst PSNR (dB) |",
             "|---|---:|---:|---:|---:|---:|"]
     for s in stats:
-        text.append(f"| {s.modality} | {s.ok} | {s.failed} | {_num(s.mean_ratio, '.1f')} | "
+        text.append(f"| {md_text(s.modality)} | {s.ok} | {s.failed} | {_num(s.mean_ratio, '.1f')} | "
                     f"{_num(s.mean_psnr, '.2f')} | {_num(s.worst_psnr, '.2f')} |")
     text += ["", f"Worst first; *low*: more than {LOW_DB:g} dB below the median PSNR of its modality.", "",
              "| | volume | modality | shape | ratio | PSNR (dB) | SSIM | seconds |",
@@ -127,11 +165,10 @@ def write_report(rows: tuple[VolumeResult, ...], folder: str | Path, title: str)
     for r in worst_first(rows):
         if r.ok:
             mark = "**low**" if r.key in low else "ok"
-            text.append(f"| {mark} | `{r.name}` | {modality_of(r)} | {r.shape} | {r.ratio:.1f}x | "
-                        f"{_num(r.psnr, '.2f')} | {_num(r.ssim, '.4f')} | {r.seconds:.0f} |")
+            text.append(f"| {mark} | {md_code(r.name)} | {md_text(modality_of(r))} | {md_text(r.shape)} | "
+                        f"{r.ratio:.1f}x | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.4f')} | {r.seconds:.0f} |")
         else:
-            error = r.error.replace("|", "\\|")
-            text.append(f"| **failed** | `{r.name}` | {modality_of(r)} | | | | | {error} |")
+            text.append(f"| **failed** | {md_code(r.name)} | {md_text(modality_of(r))} | | | | | {md_text(r.error)} |")
     atomic_write_bytes(md, ("\n".join(text) + "\n").encode("utf-8"))
     return md, png
 
@@ -155,12 +192,13 @@ def _plot(rows: tuple[VolumeResult, ...], path: Path, title: str) -> None:
     bottom.bar(x, [r.ratio for r in ok], color=[colours[modality_of(r)] for r in ok])
     bottom.set_ylabel("ratio (raw voxels / file)")
     if modalities:
-        top.legend(handles=[Patch(color=colours[m], label=m) for m in modalities], loc="lower right", fontsize=8)
+        top.legend(handles=[Patch(color=colours[m], label=_plot_text(m)) for m in modalities], loc="lower right",
+                   fontsize=8)
     failed = sum(1 for r in rows if not r.ok)
-    top.set_title(title + (f" ({failed} failed, not shown)" if failed else ""), fontsize=10)
+    top.set_title(_plot_text(title) + (f" ({failed} failed, not shown)" if failed else ""), fontsize=10)
     if len(ok) <= 60:
         bottom.set_xticks(x)
-        bottom.set_xticklabels([r.name for r in ok], rotation=60, ha="right", fontsize=7)
+        bottom.set_xticklabels([_plot_text(r.name) for r in ok], rotation=60, ha="right", fontsize=7)
     else:
         bottom.set_xlabel(f"{len(ok)} volumes, by modality, worst PSNR first")
     for ax in (top, bottom):
