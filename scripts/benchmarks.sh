@@ -28,7 +28,8 @@ COMMANDS=(
     "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/responsiveness.py"
     ".venv/bin/python benchmarks/batch.py"
     "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/lazy_decoding.py --viewer"
-    ".venv/bin/python benchmarks/roi.py"
+    ".venv/bin/python benchmarks/roi.py --steps 1000 --seeds 2"
+    ".venv/bin/python benchmarks/hostile_inputs.py"
 )
 
 if ((dry_run)); then

@@ -38,7 +38,7 @@ CLAIM = (
     Method("MoEC, sparse latents without the smoothness penalty", _DEFAULT, _SPARSE),
     Method("MoEC, 2 bits per latent, no rate penalty", _TWO_BITS, _DENSE),
 )
-#: The paper's central claim (docs/design.md, "Targets"): at equal size and time, this order from best down.
+#: MoEC's claim (arXiv 2312.01361): at equal size and time, this order from best down.
 CLAIM_ORDER = (CLAIM[0].name, CLAIM[2].name, CLAIM[1].name)
 CLAIM_SHORT = {CLAIM[0].name: "learned", CLAIM[2].name: "blocks", CLAIM[1].name: "single SIREN"}
 CONTROL = CLAIM[3].name

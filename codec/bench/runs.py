@@ -6,8 +6,9 @@ is done, and skipped on a rerun, so a long benchmark survives interruption. The 
 are regenerated from the cells at the end of every cell.
 
 Methods: the learned MoEC partition, a single SIREN and the fixed block partition at the same file
-size and training time (the paper's central claim), the classical codecs, and, at one ratio, the
-ablations (number of experts, top-2, balancing loss off, router pretraining off).
+size and training time (MoEC's claim: the learned partition beats fixed blocks, which beat one
+SIREN), the classical codecs, and, at one ratio, the ablations (number of experts, top-2,
+balancing loss off, router pretraining off).
 
 Rows: every row of methods.CLAIM, or (`rows="verdict"`) only those the verdicts read: the claim's
 three, the control and the default, a third of the time on several volumes.
@@ -131,7 +132,7 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, con
         if codec in codecs and reason:
             log(f"skipping {codec}: {reason}")
     usable = tuple(c for c in codecs if not available.get(c))
-    describe = {"shape": list(volume.shape), "dtype": volume.dtype.name, "raw_bytes": volume.raw_bytes,
+    describe = {"shape": list(volume.shape), "dtype": volume.stored_dtype.name, "raw_bytes": volume.raw_bytes,
                 "spacing": [float(s) for s in volume.spacing],
                 "minutes": config.minutes, "steps": config.steps, "source": str(volume.source or "")}
     cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio, moec, seeds, rows))
