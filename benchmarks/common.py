@@ -16,7 +16,8 @@ import torch
 from codec import pipeline
 from codec.format import moecfile
 from codec.io.files import atomic_write_bytes
-from codec.io.volume import Volume, load_volume
+from codec.io.load import load_volume
+from codec.io.volume import Volume
 from codec.settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from common import CT, machine, save, table
 
 from codec import pipeline
 from codec.format import moecfile
-from codec.io.volume import load_volume
+from codec.io.load import load_volume
 from codec.settings import TrainConfig
 
 RADIUS_MM = 15.0

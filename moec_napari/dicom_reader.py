@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from codec.errors import DicomError
+from codec.format.dicom_entry import identity_to_json
 from codec.io.dicom import choose_series, is_dicom_file, read_series, scan_folder, series_stem
 
 from .layers import image_layer
@@ -52,7 +53,7 @@ def read_dicom_folder(path: str) -> list[tuple]:
             problems.append(str(exc))
             continue
         name = folder.name if len(scan.series) == 1 else f"{folder.name} {series_stem(info, scan.series)}"
-        layers.append(image_layer(volume, name, dicom=volume.dicom.to_json()))
+        layers.append(image_layer(volume, name, dicom=identity_to_json(volume.dicom)))
     if not layers:
         raise DicomError(problems[0])
     for problem in problems:

@@ -56,7 +56,7 @@ def metadata_for(volume: Volume, orientation: Orientation | None, role: str, **e
         "role": role,
         "orientation": orientation.to_dict() if orientation is not None else None,
         "header": volume.header,
-        "dtype": np.dtype(volume.dtype).name,
+        "dtype": np.dtype(volume.stored_dtype).name,
         "slope": volume.slope,
         "inter": volume.inter,
         "source": str(volume.source) if volume.source else None,

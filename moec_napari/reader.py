@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from codec.format import moecfile
-from codec.io.volume import load_volume
+from codec.io.load import load_volume
 
 from .layers import file_stem, image_layer, moec_layers
 from .lazy import lazy_decode

@@ -10,7 +10,9 @@ import numpy as np
 from codec.errors import MoecError
 from codec.format import moecfile
 from codec.io.files import refuse_overwrite
-from codec.io.volume import from_array, save_labels, save_volume
+from codec.io.load import save_volume
+from codec.io.nifti import save_labels
+from codec.io.volume import from_array
 
 from .layers import META
 from .orientation import Orientation

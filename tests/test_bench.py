@@ -11,8 +11,8 @@ import pytest
 from codec.bench import classical
 from codec.cli import main
 from codec.format.container import VERSION
+from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
-from codec.io.volume import save_volume
 
 
 @pytest.fixture(scope="module")

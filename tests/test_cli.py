@@ -17,8 +17,8 @@ import torch
 from codec.cli import main
 from codec.format import moecfile
 from codec.format.container import unpack_container
+from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
-from codec.io.volume import save_volume
 from codec.settings import TrainConfig
 
 FAST = ["--steps", "150", "--batch", "2048", "--quiet"]

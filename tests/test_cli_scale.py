@@ -10,8 +10,8 @@ import pytest
 from codec.cli import main
 from codec.decode.reconstruct import reconstruct
 from codec.format import moecfile
+from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
-from codec.io.volume import save_volume
 
 FAST = ["--steps", "60", "--batch", "1024", "--quiet"]
 

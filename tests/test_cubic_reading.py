@@ -18,7 +18,8 @@ from codec.errors import MoecFormatError
 from codec.fit.train import Fitter
 from codec.format import moecfile
 from codec.format.container import unpack_container
-from codec.io.volume import from_array, save_volume
+from codec.io.load import save_volume
+from codec.io.volume import from_array
 from codec.model import LatentGrid, ModelConfig, MoEC
 from codec.model.latents import CATMULL_ROM, refine, refine_grid, refinement_matrix
 from codec.settings import TrainConfig

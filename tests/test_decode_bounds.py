@@ -26,8 +26,10 @@ from codec.format.header import MAX_PARAMETERS, read_meta
 from codec.format.payload import encode_payload
 from codec.io import streaming
 from codec.io.limits import MemoryLimit
+from codec.io.load import save_volume
+from codec.io.nifti import save_labels, save_nifti
 from codec.io.phantom import make_phantom
-from codec.io.volume import from_array, save_labels, save_nifti, save_volume
+from codec.io.volume import from_array
 from codec.model import ModelConfig, MoEC
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,9 @@ from codec.cli import main
 from codec.errors import DicomError, MoecFormatError, SeriesChoiceError
 from codec.format import moecfile
 from codec.format.container import pack_container, unpack_container
-from codec.io.dicom import DicomIdentity, identity_from_json
-from codec.io.volume import load_volume
+from codec.format.dicom_entry import identity_from_json, identity_to_json
+from codec.io.dicom_identity import DicomIdentity
+from codec.io.load import load_volume
 
 from .conftest import PATIENT, STUDY_UID, dicom_affine, oblique_geometry, write_dicom_series, write_nifti
 
@@ -50,7 +51,7 @@ def test_a_series_reads_like_the_nifti_of_its_voxels(ct_series):
     folder, files, nifti, raw, affine = ct_series
     assert sorted(p.name for p in files) != [p.name for p in files]  # names do not sort like the slices
     volume, reference = load_volume(folder), load_volume(nifti)
-    assert volume.shape == SHAPE and volume.dtype == np.int16 and (volume.slope, volume.inter) == (2.0, -1024.0)
+    assert volume.shape == SHAPE and volume.stored_dtype == np.int16 and (volume.slope, volume.inter) == (2.0, -1024.0)
     np.testing.assert_array_equal(volume.data, reference.data)  # real units (HU), voxel for voxel
     np.testing.assert_allclose(volume.affine, reference.affine, atol=1e-5)
     np.testing.assert_allclose(volume.spacing, (0.7, 0.8, 2.5), atol=1e-6)  # from positions, not SliceThickness (5)
@@ -78,7 +79,7 @@ def test_two_series_in_one_folder_are_listed_and_chosen_by_uid(tmp_path, capsys)
         load_volume(tmp_path)
     assert [s.uid for s in choice.value.series] == ["1.2.3.4.1", "1.2.3.4.2"]
     chosen = load_volume(tmp_path, "1.2.3.4.2")
-    assert chosen.shape == (16, 14, 10) and chosen.dtype == np.uint16 and chosen.dicom.modality == "MR"
+    assert chosen.shape == (16, 14, 10) and chosen.stored_dtype == np.uint16 and chosen.dicom.modality == "MR"
     np.testing.assert_array_equal(chosen.data, mr)
 
     assert main(["info", str(tmp_path)]) == 0
@@ -252,7 +253,7 @@ def test_a_malformed_dicom_entry_is_a_format_error(compressed_ct, entry):
 
 def test_the_dicom_entry_holds_only_the_identity_and_round_trips_unicode():
     identity = DicomIdentity("1.2.3", "1.2.4", "MR", patient_name="Müller^Zoë", series_number="7")
-    entry = identity.to_json()
+    entry = identity_to_json(identity)
     assert entry == {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.4", "Modality": "MR",
                      "PatientName": "Müller^Zoë", "SeriesNumber": "7"}
     assert identity_from_json(json.loads(json.dumps(entry))) == identity

@@ -19,17 +19,17 @@ from pydicom.tag import Tag
 
 from codec.cli import main
 from codec.errors import DicomError, MoecError, MoecFormatError, ResourceLimitError
+from codec.format.dicom_entry import identity_from_json, identity_to_json
 from codec.io.dicom import (
     PSEUDONYM,
-    DicomIdentity,
     digest,
-    identity_from_json,
     load_series,
     read_series,
     scan_folder,
     series_stem,
     write_series,
 )
+from codec.io.dicom_identity import DicomIdentity
 from codec.io.files import check_inside
 from codec.io.limits import MemoryLimit, compress_bytes, load_bytes
 
@@ -167,7 +167,7 @@ def test_a_series_without_a_study_uid_loads(tmp_path):
     series(tmp_path, edit=lambda k, ds: delattr(ds, "StudyInstanceUID"))
     volume = load_series(tmp_path)
     assert volume.dicom.study_uid == "" and volume.dicom.series_uid == "1.2.3.4.1"
-    assert identity_from_json(volume.dicom.to_json()) == volume.dicom
+    assert identity_from_json(identity_to_json(volume.dicom)) == volume.dicom
 
 
 # --- privacy ----------------------------------------------------------------------------------------
@@ -179,8 +179,8 @@ def test_deidentified_keeps_only_what_describes_the_series(tmp_path):
     anonymous = identity.deidentified()
     assert not anonymous.keeps_identity
     assert anonymous == DicomIdentity(modality="CT", series_number="3", series_description="Thorax")
-    assert anonymous.to_json() == {"Modality": "CT", "SeriesNumber": "3", "SeriesDescription": "Thorax"}
-    assert identity_from_json(anonymous.to_json()) == anonymous
+    assert identity_to_json(anonymous) == {"Modality": "CT", "SeriesNumber": "3", "SeriesDescription": "Thorax"}
+    assert identity_from_json(identity_to_json(anonymous)) == anonymous
 
 
 @pytest.mark.parametrize("entry", [
@@ -297,7 +297,7 @@ def test_garbage_headers_never_raise_anything_but_a_moec_error(mutations, where)
             except MoecError:
                 continue
             assert volume.shape == (info.columns, info.rows, len(info.files)) and volume.dicom is not None
-            assert identity_from_json(volume.dicom.to_json()) == volume.dicom
+            assert identity_from_json(identity_to_json(volume.dicom)) == volume.dicom
         try:
             load_series(folder, limit=MemoryLimit(2**26))
         except MoecError:

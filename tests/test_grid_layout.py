@@ -16,7 +16,8 @@ from codec.errors import MoecFormatError
 from codec.fit.sizing import grid_layout
 from codec.format import moecfile
 from codec.format.container import unpack_container
-from codec.io.volume import from_array, save_volume
+from codec.io.load import save_volume
+from codec.io.volume import from_array
 from codec.model import ModelConfig
 from codec.settings import TrainConfig
 

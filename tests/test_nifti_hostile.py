@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from codec.errors import MoecError, ResourceLimitError, VolumeError
 from codec.io.limits import MemoryLimit, compress_bytes
-from codec.io.volume import load_volume
+from codec.io.load import load_volume
 
 from .conftest import write_nifti
 
@@ -86,7 +86,7 @@ def peak_rss_of_loading(path: Path, limit_bytes: int) -> tuple[str, int]:
     script = (
         "import resource, sys\n"
         "from codec.io.limits import MemoryLimit\n"
-        "from codec.io.volume import load_volume\n"
+        "from codec.io.load import load_volume\n"
         "try:\n"
         f"    load_volume(sys.argv[1], limit=MemoryLimit({limit_bytes}))\n"
         "    outcome = 'loaded'\n"
@@ -101,7 +101,7 @@ def peak_rss_of_loading(path: Path, limit_bytes: int) -> tuple[str, int]:
 
 
 def baseline_rss() -> int:
-    script = "import resource, codec.io.volume; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    script = "import resource, codec.io.load; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=True)
     return int(done.stdout) * 1024

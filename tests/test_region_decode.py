@@ -24,7 +24,7 @@ from .training import train
 def _compress(volume, **settings) -> moecfile.MoecFile:
     config = TrainConfig(steps=40, batch_size=1024)
     fitter, plan = train(volume, pipeline.Settings(ratio=6, experts=4, **settings), config)
-    return moecfile.from_bytes(pipeline.encode(fitter, plan))
+    return moecfile.from_bytes(pipeline.file_bytes(fitter, plan))
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_a_resampled_volume_carries_the_adjusted_affine_and_header(files):
     np.testing.assert_allclose(hdr.get_best_affine(), volume.affine, atol=1e-5)
     np.testing.assert_allclose(hdr.get_zooms(), np.asarray(volume.spacing))
     assert volume.spacing[2] == pytest.approx(nib.Nifti1Header(binaryblock=meta.nifti).get_zooms()[2] / 2.5, rel=1e-3)
-    assert volume.dtype == meta.dtype and (volume.slope, volume.inter) == (meta.slope, meta.inter)
+    assert volume.stored_dtype == meta.dtype and (volume.slope, volume.inter) == (meta.slope, meta.inter)
     same = reconstruct(moec, shape=meta.shape).volume
     np.testing.assert_array_equal(same.affine, meta.affine)
 

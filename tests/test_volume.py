@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from codec.errors import OutputError, VolumeError
-from codec.io.volume import from_array, load_volume, save_labels, save_volume
+from codec.io.load import load_volume, save_volume
+from codec.io.nifti import save_labels
+from codec.io.volume import from_array
 
 from .conftest import permuted_affine, write_nifti
 
@@ -18,7 +20,7 @@ def test_scaled_int16_loads_in_real_units(scaled_ct):
     path, raw, affine = scaled_ct
     vol = load_volume(path)
     assert vol.shape == raw.shape
-    assert vol.dtype == np.int16
+    assert vol.stored_dtype == np.int16
     assert (vol.slope, vol.inter) == (2.0, -1024.0)
     np.testing.assert_array_equal(vol.data, raw.astype(np.float32) * 2 - 1024)
     np.testing.assert_allclose(vol.affine, affine)
@@ -83,7 +85,7 @@ def test_npy_volume_loads_with_identity_affine_and_writes_nifti(tmp_path):
     array = np.random.default_rng(0).random((10, 9, 8)).astype(np.float32)
     np.save(tmp_path / "v.npy", array)
     vol = load_volume(tmp_path / "v.npy")
-    assert vol.dtype == np.float32
+    assert vol.stored_dtype == np.float32
     np.testing.assert_array_equal(vol.affine, np.eye(4))
     save_volume(vol, tmp_path / "v.nii.gz")
     img = nib.load(str(tmp_path / "v.nii.gz"))

@@ -376,7 +376,7 @@ def compress(volume: Volume, codec: str, ratio: float) -> ClassicalResult:
         return _missing(codec, ratio, reason)
 
     shape = volume.shape
-    stored = to_stored(volume.data, volume.dtype, volume.slope, volume.inter)
+    stored = to_stored(volume.data, volume.stored_dtype, volume.slope, volume.inter)
     # Time frames become more slices (frame k = z * T + t), so both codecs see a 3D stack.
     stored = stored.reshape(shape[0], shape[1], -1)
     raw = volume.raw_bytes
@@ -404,7 +404,7 @@ def compress(volume: Volume, codec: str, ratio: float) -> ClassicalResult:
         note += f"; {100 * (reached / ratio - 1):.1f}% above the target, no setting tried landed closer"
     real = gray.decode(codes).reshape(shape) * volume.slope + volume.inter
     # Our decoder writes the file's dtype, so the classical reconstruction is rounded the same way.
-    recon = through_stored(real, volume.dtype, volume.slope, volume.inter)
+    recon = through_stored(real, volume.stored_dtype, volume.slope, volume.inter)
     return ClassicalResult(
         codec=codec,
         target=ratio,

@@ -16,7 +16,7 @@ def cmd_bench(args) -> int:
 
     from codec.bench import runs
     from codec.errors import VolumeError
-    from codec.io.volume import load_volume
+    from codec.io.load import load_volume
     from codec.settings import TrainConfig
 
     if args.threads:

@@ -30,7 +30,7 @@ def cmd_compress(args) -> int:
     from codec import pipeline
     from codec.fit.train import resolve_device
     from codec.format import moecfile
-    from codec.io.volume import load_volume
+    from codec.io.load import load_volume
 
     device = resolve_device(args.device)  # a missing CUDA device is reported before any work
     if args.threads:
@@ -50,7 +50,7 @@ def cmd_compress(args) -> int:
     settings, train = _choices(args)
     session = pipeline.Compression(volume, settings, train, roi)
     plan = session.plan
-    print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.dtype.name}, "
+    print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.stored_dtype.name}, "
           f"{nbytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {nbytes(plan.upper_bytes)}",
           file=sys.stderr)
     if session.trial_text():

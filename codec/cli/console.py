@@ -85,7 +85,7 @@ def check_output(path: Path, force: bool, *inputs) -> None:
 
 
 def check_volume_output(path, force: bool, *inputs, npy: bool = True) -> None:
-    from codec.io.volume import check_volume_name
+    from codec.io.load import check_volume_name
 
     check_output(Path(path), force, *inputs)
     check_volume_name(path, npy=npy)

@@ -130,7 +130,7 @@ def cmd_eval(args) -> int:
     from codec import pipeline
     from codec.decode import cost
     from codec.format.header import MoecMeta
-    from codec.io.volume import load_volume
+    from codec.io.load import load_volume
 
     limit = memory_limit(args)
     source = Path(args.input)
@@ -162,8 +162,8 @@ def cmd_eval(args) -> int:
           + (f", {evaluation.file_ratio:.1f}x vs {Path(args.original).name}" if evaluation.file_ratio else ""))
     print(f"PSNR              {db_text(q.psnr)} (peak = max - min = {q.peak:g})")
     if q.psnr_dtype_peak is not None:
-        print(f"PSNR, dtype peak  {db_text(q.psnr_dtype_peak)} (peak = {original.dtype.name} maximum, as SCI/TINC "
-              "report; not comparable with the line above)")
+        print(f"PSNR, dtype peak  {db_text(q.psnr_dtype_peak)} (peak = {original.stored_dtype.name} maximum, "
+              "as SCI/TINC report; not comparable with the line above)")
     print(f"SSIM              {q.ssim:.4f} ({q.ssim_method})")
     print(f"max error         {q.max_error:g} (real units)")
     print(f"99th pct error    {q.p99_error:g}")
@@ -187,8 +187,9 @@ EVAL_BYTES_PER_VOXEL = 24
 
 
 def cmd_sample(args) -> int:
+    from codec.io.load import save_volume
+    from codec.io.nifti import save_labels
     from codec.io.phantom import make_phantom
-    from codec.io.volume import save_labels, save_volume
 
     output = Path(args.output)
     check_volume_output(output, args.force)

@@ -27,9 +27,10 @@ from codec.decode.floor import apply_floor
 from codec.format.header import MoecMeta
 from codec.format.moecfile import MoecFile
 from codec.io.resample import check_shape, resampled_affine, resampled_header
-from codec.io.volume import Volume, from_unit, through_stored, to_stored
+from codec.io.volume import Volume, through_stored, to_stored
 from codec.model import LatentGrid, MoEC
 from codec.model.coords import coords_from_flat, flat_chunks, selection_axes, selection_coords
+from codec.model.units import from_unit
 
 DEFAULT_CHUNK = 1 << 17  # measured (benchmarks/speed.py): 1 << 14 decodes 256^3 ~25% slower (per-chunk overhead)
 

@@ -22,7 +22,8 @@ from codec import __version__
 from codec.coding.quantize import QuantConfig
 from codec.errors import MoecFormatError
 from codec.format.container import VERSION, Container, unpack_container
-from codec.io.dicom import DicomIdentity, identity_from_json
+from codec.format.dicom_entry import identity_from_json, identity_to_json
+from codec.io.dicom_identity import DicomIdentity
 from codec.io.volume import SUPPORTED_DTYPES, Volume, scaling_fits
 from codec.model import ENCODERS, PARTITIONS, ModelConfig
 from codec.model.coords import COORDINATE_CONVENTION
@@ -77,7 +78,7 @@ class MoecMeta:
             "train": self.train,
             "made_by": self.made_by,
         } | ({} if self.floor is None else {"floor": self.floor}) | (
-            {} if self.dicom is None else {"dicom": self.dicom.to_json()})
+            {} if self.dicom is None else {"dicom": identity_to_json(self.dicom)})
 
 
 def made_by() -> dict:
@@ -90,7 +91,7 @@ def describe(volume: Volume, model: ModelConfig, quant: QuantConfig, train: dict
     if not np.allclose(hdr.get_best_affine(), volume.affine, atol=1e-6):
         hdr.set_sform(volume.affine, code=int(hdr["sform_code"]) or 2)
     vmin, vmax = volume.value_range
-    return MoecMeta(volume.shape, np.dtype(volume.dtype), volume.slope, volume.inter, vmin, vmax,
+    return MoecMeta(volume.shape, np.dtype(volume.stored_dtype), volume.slope, volume.inter, vmin, vmax,
                     bytes(hdr.binaryblock), model, quant, dict(train), made_by(), dicom=volume.dicom)
 
 

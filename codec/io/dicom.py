@@ -21,7 +21,7 @@ when slices differ (some PET and MR exports), the stored dtype is the narrowest 
 values (int16, int32, else float32) without scaling.
 
 Identity. A Volume read here carries a DicomIdentity (patient, study, series). The .moec header
-(the `dicom` entry, codec.format.header) keeps all of it only when asked (--keep-identity), so that
+(the `dicom` entry, codec.format.dicom_entry) keeps all of it only when asked (--keep-identity), so that
 `moec decompress --dicom` files the reconstruction as a new, derived, lossy series under the same
 patient and study; by default it keeps DicomIdentity.deidentified(), and the derived series goes
 under a pseudonymous patient and a new study (derived_identity).
@@ -43,15 +43,16 @@ import re
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from codec import __version__
-from codec.errors import DicomError, MoecFormatError, OutputError, SeriesChoiceError
-from codec.io.files import safe_name
+from codec.errors import DicomError, OutputError, SeriesChoiceError
+from codec.io.dicom_identity import KEYWORDS, PATIENT_FIELDS, DicomIdentity, valid_value
+from codec.io.files import check_writable_folder, new_folder_mode, parent_of, safe_name
 from codec.io.limits import MemoryLimit, compress_bytes, load_bytes
 from codec.io.volume import SUPPORTED_DTYPES, Volume, check_voxels, from_array, to_stored
 
@@ -67,111 +68,13 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # --- identity ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DicomIdentity:
-    """What a derived series needs to be filed under its original's patient and study. Every field
-    but the modality may be empty: a de-identified file keeps only what describes the series."""
-
-    study_uid: str = ""
-    series_uid: str = ""  # the original series', which the derived series names as its source
-    modality: str = "OT"  # "other", DICOM's own word for an unknown modality
-    patient_name: str = ""
-    patient_id: str = ""
-    patient_birth_date: str = ""
-    patient_sex: str = ""
-    study_date: str = ""
-    study_time: str = ""
-    study_description: str = ""
-    study_id: str = ""
-    accession_number: str = ""
-    series_number: str = ""
-    series_description: str = ""
-    frame_of_reference_uid: str = ""
-
-    def to_json(self) -> dict:
-        """DICOM keyword -> value, only the values present (the header is small at 4096x)."""
-        return {_KEYWORDS[f.name][0]: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
-
-    @property
-    def has_non_ascii(self) -> bool:
-        return any(not getattr(self, f.name).isascii() for f in fields(self))
-
-    @property
-    def keeps_identity(self) -> bool:
-        """Whether any patient or study value is present (a de-identified identity has none)."""
-        return any(getattr(self, name) for name in _PATIENT_FIELDS + _STUDY_FIELDS)
-
-    def deidentified(self) -> DicomIdentity:
-        """Only what describes the series (modality, number, description): no patient, no study and
-        no UID that would lead back to the original in an archive."""
-        return DicomIdentity(modality=self.modality, series_number=self.series_number,
-                             series_description=self.series_description)
-
-
-_PATIENT_FIELDS = ("patient_name", "patient_id", "patient_birth_date", "patient_sex")
-_STUDY_FIELDS = ("study_uid", "study_date", "study_time", "study_description", "study_id", "accession_number")
-
-#: field -> (DICOM keyword, value representation). The VR bounds what the header may hold.
-_KEYWORDS = {
-    "study_uid": ("StudyInstanceUID", "UI"), "series_uid": ("SeriesInstanceUID", "UI"),
-    "modality": ("Modality", "CS"), "patient_name": ("PatientName", "PN"), "patient_id": ("PatientID", "LO"),
-    "patient_birth_date": ("PatientBirthDate", "DA"), "patient_sex": ("PatientSex", "CS"),
-    "study_date": ("StudyDate", "DA"), "study_time": ("StudyTime", "TM"),
-    "study_description": ("StudyDescription", "LO"), "study_id": ("StudyID", "SH"),
-    "accession_number": ("AccessionNumber", "SH"), "series_number": ("SeriesNumber", "IS"),
-    "series_description": ("SeriesDescription", "LO"), "frame_of_reference_uid": ("FrameOfReferenceUID", "UI"),
-}
-_FIELD_OF = {keyword: name for name, (keyword, _) in _KEYWORDS.items()}
-#: A de-identified file keeps no study and no original series; the modality chooses the storage class.
-_REQUIRED = ("Modality",)
-#: PS3.5 table 6.2-1: the longest value of each representation (PN: three groups of 64).
-_MAX_LENGTH = {"UI": 64, "CS": 16, "PN": 194, "LO": 64, "SH": 16, "DA": 8, "TM": 16, "IS": 12}
-_PATTERN = {
-    "UI": re.compile(r"[0-9]+(\.[0-9]+)*"),
-    "CS": re.compile(r"[A-Z0-9 _]*"),
-    "DA": re.compile(r"[0-9]{8}"),
-    "TM": re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?"),
-    "IS": re.compile(r"[+-]?[0-9]{1,11}"),
-}
-
-
-def _valid(value: str, vr: str) -> bool:
-    if len(value) > _MAX_LENGTH[vr]:
-        return False
-    if vr in _PATTERN:
-        return _PATTERN[vr].fullmatch(value) is not None
-    # Text (PN, LO, SH): printable, one value (a backslash separates values), no control characters.
-    return all(ch >= " " and ch not in "\\\x7f" for ch in value)
-
-
-def identity_from_json(entry) -> DicomIdentity:
-    """The header's `dicom` entry, validated; MoecFormatError on anything a DICOM value cannot be."""
-    if not isinstance(entry, dict):
-        raise MoecFormatError("the header's dicom entry must be a record")
-    unknown = sorted(set(entry) - set(_FIELD_OF))
-    if unknown:
-        shown = ", ".join(repr(k)[:40] for k in unknown[:3])
-        raise MoecFormatError(f"the header's dicom entry has unknown fields: {shown}")
-    values = {}
-    for keyword, value in entry.items():
-        vr = _KEYWORDS[_FIELD_OF[keyword]][1]
-        if not isinstance(value, str) or not value or not _valid(value, vr):
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            raise MoecFormatError(f"the header's dicom field {keyword} is not a valid DICOM {vr} value: {shown}")
-        values[_FIELD_OF[keyword]] = value
-    missing = [k for k in _REQUIRED if k not in entry]
-    if missing:
-        raise MoecFormatError(f"the header's dicom entry lacks {', '.join(missing)}")
-    return DicomIdentity(**values)
-
-
 def identity_of(ds) -> DicomIdentity:
     """The identity of a pydicom dataset; a value its VR does not allow (or that pydicom cannot even
     convert) is dropped, not refused, so that a real archive's small liberties never stop a
     compression. The study and series UIDs may be missing: only `decompress --dicom` needs a study,
     and it makes a new one where there is none."""
     values = {}
-    for name, (keyword, vr) in _KEYWORDS.items():
+    for name, (keyword, vr) in KEYWORDS.items():
         try:
             raw = ds.get(keyword)
             text = "" if raw is None else str(raw).strip()
@@ -179,7 +82,7 @@ def identity_of(ds) -> DicomIdentity:
             continue
         if vr == "CS":
             text = text.upper()
-        if text and _valid(text, vr):
+        if text and valid_value(text, vr):
             values[name] = text
     return DicomIdentity(**values)
 
@@ -320,11 +223,12 @@ def _header_of(ds, folder: Path) -> _Header:
     rows, columns = _side(ds, "Rows"), _side(ds, "Columns")
     number = _text(ds, "SeriesNumber")
     found = _text(ds, "SeriesInstanceUID")
-    synthetic = not _valid(found, "UI")
+    synthetic = not valid_value(found, "UI")
     uid = synthetic_uid(folder, number, found) if synthetic else found
     modality = _text(ds, "Modality").upper()
-    return _Header(uid, synthetic, modality if _valid(modality, "CS") else "", number if _valid(number, "IS") else "",
-                   _text(ds, "SeriesDescription"), rows, columns, _bits_allocated(ds))
+    return _Header(uid, synthetic, modality if valid_value(modality, "CS") else "",
+                   number if valid_value(number, "IS") else "", _text(ds, "SeriesDescription"), rows, columns,
+                   _bits_allocated(ds))
 
 
 def scan_folder(folder: Path) -> FolderScan:
@@ -674,13 +578,9 @@ MARK = "MoEC lossy"
 def check_series_output(folder: str | os.PathLike, force: bool) -> None:
     """OutputError unless a series can be written as `folder` (said before any work)."""
     folder = Path(folder)
-    parent = folder.parent if str(folder.parent) else Path(".")
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder} is a file, not a folder for a DICOM series")
-    if not parent.is_dir():
-        raise OutputError(f"the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write in the folder {parent} (permission denied)")
+    check_writable_folder(parent_of(folder))
     if folder.is_dir() and any(folder.iterdir()):
         if not force:
             raise OutputError(f"{folder} exists and is not empty; use --force to replace the series MoEC wrote there")
@@ -723,7 +623,7 @@ def derived_identity(identity: DicomIdentity, source_digest: str) -> DicomIdenti
     if identity.study_uid:
         return identity
     filed = replace(identity, study_uid=generate_uid(entropy_srcs=["MoEC study", source_digest]))
-    if not any(getattr(identity, name) for name in _PATIENT_FIELDS):
+    if not any(getattr(identity, name) for name in PATIENT_FIELDS):
         filed = replace(filed, patient_name=PSEUDONYM, patient_id=f"MOEC-{source_digest[:12]}")
     return filed
 
@@ -768,8 +668,7 @@ def write_series(volume: Volume, identity: DicomIdentity, folder: str | os.PathL
     derivation = f"{MARK} compression ({ratio:.1f}x, a mixture-of-experts neural representation) of {source}"
     filed = derived_identity(identity, source_digest)
     digits = max(4, len(str(volume.shape[2])))
-    parent = folder.parent if str(folder.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=".part"))
+    tmp = Path(tempfile.mkdtemp(dir=parent_of(folder), prefix=f".{folder.name}.", suffix=".part"))
     written = []
     try:
         for k in range(volume.shape[2]):
@@ -785,7 +684,7 @@ def write_series(volume: Volume, identity: DicomIdentity, folder: str | os.PathL
             ds.ImageType = ["DERIVED", "SECONDARY"]
             ds.SOPClassUID = sop_class
             ds.SOPInstanceUID = instance_uid
-            for name, (keyword, _) in _KEYWORDS.items():
+            for name, (keyword, _) in KEYWORDS.items():
                 if name not in ("series_uid", "series_number", "series_description"):
                     setattr(ds, keyword, getattr(filed, name))
             ds.FrameOfReferenceUID = frame_uid
@@ -829,18 +728,12 @@ def write_series(volume: Volume, identity: DicomIdentity, folder: str | os.PathL
             with open(path, "rb+") as handle:
                 os.fsync(handle.fileno())
             written.append(folder / path.name)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, new_folder_mode())
         _replace_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return written
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 #: The .moec file keeps the affine in its NIfTI header, in float32: positions come back a few
@@ -863,7 +756,7 @@ def _pixels_for_dicom(volume: Volume, modality: str) -> tuple[np.ndarray, float,
     """Stored pixels and their rescale slope and intercept. Integer dtypes of up to 16 bits are kept
     with the volume's scaling (CT images are 16-bit, so 8-bit values widen); anything wider or
     floating becomes int16 under a slope and intercept that span the volume's range."""
-    dtype = np.dtype(volume.dtype)
+    dtype = np.dtype(volume.stored_dtype)
     if dtype.kind in "iu" and dtype.itemsize <= 2:
         stored = to_stored(volume.data, dtype, volume.slope, volume.inter)
         if modality == "CT" and dtype.itemsize == 1:

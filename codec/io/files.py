@@ -10,7 +10,7 @@ import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
-from codec.errors import OutputError
+from codec.errors import OutputError, VolumeError
 
 
 def suffixes_of(path: Path) -> str:
@@ -66,16 +66,34 @@ def refuse_overwrite(output: str | os.PathLike, *inputs: str | os.PathLike | Non
             raise OutputError(f"refusing to overwrite the input file {source}; choose another output name")
 
 
+def parent_of(path: str | os.PathLike) -> Path:
+    """The folder `path` would be written in ("." for a bare name)."""
+    target = Path(path)
+    return target.parent if str(target.parent) else Path(".")
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """OutputError unless new entries can be made in `folder` (a file, or a DICOM series' folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OutputError(f"the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in the folder {folder} (permission denied)")
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """OutputError unless a file can be written at `path`: said before any long work, not after."""
     target = Path(path)
     if target.is_dir():
         raise OutputError(f"{target} is a folder, not a file name")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write in the folder {parent} (permission denied)")
+    check_writable_folder(parent_of(target))
+
+
+def check_suffix(path: str | os.PathLike, kinds: tuple[str, ...]) -> None:
+    """VolumeError unless `path`'s name ends in one of `kinds` (the suffixes a format is written
+    under): said before any work is done, so that no long compression ends in a name nothing writes."""
+    if not Path(path).name.lower().endswith(kinds):
+        raise VolumeError(f"cannot write {path}: the name must end in {', '.join(kinds[:-1])} or {kinds[-1]}")
 
 
 def _new_file_mode(target: Path) -> int:
@@ -93,7 +111,15 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
+# Read once, at import: os.umask can only be read by setting it, and setting it while another
+# thread (the plugin's jobs) creates files would give those files the wrong permissions.
+_UMASK = _read_umask()
+
+
+def new_folder_mode() -> int:
+    """The permissions a folder made by mkdtemp (private, 0700) would have had without it: the usual
+    ones under the process's umask."""
+    return 0o777 & ~_UMASK
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -105,7 +131,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     """
     target = Path(path)
     check_writable(target)
-    parent = target.parent if str(target.parent) else Path(".")
+    parent = parent_of(target)
     fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.",
                                     suffix=f".part{suffixes_of(target).lower()}")
     os.close(fd)

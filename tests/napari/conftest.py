@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
-from codec.io.volume import save_volume
 
 from ..conftest import write_nifti
 

@@ -10,8 +10,8 @@ import pytest
 from codec import settings
 from codec.cli import build_parser, main
 from codec.format import moecfile
+from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
-from codec.io.volume import save_volume
 
 from .conftest import wait_for
 

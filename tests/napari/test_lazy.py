@@ -9,8 +9,9 @@ import pytest
 from codec.cli import main as moec
 from codec.decode.reconstruct import reconstruct
 from codec.format import moecfile
+from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
-from codec.io.volume import from_array, save_volume
+from codec.io.volume import from_array
 from moec_napari.lazy import TileCache, lazy_decode
 from moec_napari.orientation import Orientation
 from moec_napari.reader import get_reader
