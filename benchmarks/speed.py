@@ -34,8 +34,9 @@ from common import CT, ROOT, brain, save, table
 from codec import pipeline
 from codec.decode.reconstruct import DEFAULT_CHUNK, reconstruct
 from codec.format import moecfile
+from codec.io.load import load_volume, save_volume
 from codec.io.phantom import phantom_arrays
-from codec.io.volume import from_array, load_volume, save_volume
+from codec.io.volume import from_array
 from codec.model import MoEC
 from codec.settings import TrainConfig
 
@@ -104,7 +105,7 @@ def throughput(model: MoEC, form: str, batch: int = BATCH, steps: int = 12) -> f
 
 def brain_model(volume, experts: int, encoder: str = "siren") -> tuple[MoEC, pipeline.Plan]:
     """The model the brain gets at 256x; the SIREN encoder unless asked (the default before the latent grid)."""
-    plan = pipeline.plan(volume, pipeline.Settings(ratio=256, experts=experts, encoder=encoder))
+    plan = pipeline.make_plan(volume, pipeline.Settings(ratio=256, experts=experts, encoder=encoder))
     return MoEC(plan.model, seed=0), plan
 
 
@@ -166,10 +167,10 @@ def decode_rows() -> list[dict]:
     for dtype, chunk, encoder, options in cases:
         shape = (256, 256, 256)
         volume = from_array(np.zeros(shape, np.float32) + np.arange(256, dtype=np.float32), dtype=dtype)
-        plan = pipeline.plan(volume, pipeline.Settings(ratio=256, **({"encoder": encoder} | options)))
+        plan = pipeline.make_plan(volume, pipeline.Settings(ratio=256, **({"encoder": encoder} | options)))
         # Read cubically from the first step, as the default's files are.
         fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1, cubic_from=0.0))
-        moec = moecfile.from_bytes(pipeline.encode(fitter, plan))
+        moec = moecfile.from_bytes(pipeline.file_bytes(fitter, plan))
         start = time.perf_counter()
         recon = reconstruct(moec, chunk=chunk)
         seconds = time.perf_counter() - start
@@ -192,10 +193,10 @@ def ct_decode_rows() -> list[dict]:
     volume = load_volume(source)
     rows = []
     for ratio in (256, 1024, 4096):
-        plan = pipeline.plan(volume, pipeline.Settings(ratio=ratio))
+        plan = pipeline.make_plan(volume, pipeline.Settings(ratio=ratio))
         # Read cubically from the first step, as the default's files are.
         fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1, cubic_from=0.0))
-        moec = moecfile.from_bytes(pipeline.encode(fitter, plan))
+        moec = moecfile.from_bytes(pipeline.file_bytes(fitter, plan))
         reconstruct(moec)  # torch's first calls in the process are not the decoder's cost
         start = time.perf_counter()
         recon = reconstruct(moec)

@@ -3,7 +3,8 @@
 `TrainingJob.run` is a generator over `codec.pipeline.Compression.run`: it yields Progress (at most every
 0.1 s) and Preview (the displayed slice decoded at most every `preview_every` seconds), and
 returns a Result once training ends or is stopped. Everything heavy (previews, encoding, the full
-decode, the measurements) happens here, in the worker thread; the GUI thread only assigns arrays.
+decode, the measurements) happens here, in the worker thread; the GUI thread only assigns arrays,
+and reads how far training is from `TrainingJob.snapshot` (the last Progress), never the Fitter.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Result:
 
 def error_limit(error: np.ndarray) -> float:
     """The error layer's symmetric window: the 99.5th percentile of |error| (a few outliers would
-    otherwise wash the map out). A percentile of a whole volume takes ~0.1 s: workers compute it."""
+    otherwise wash the map out). A percentile of a whole volume is slow for the GUI thread: workers compute it."""
     if not error.size:
         return 1.0
     return max(float(np.percentile(np.abs(error), 99.5)), 1e-6)
@@ -105,12 +106,20 @@ class TrainingJob:
         self.stop_requested = False
         #: (display axis, index) of the slice on screen; the GUI thread replaces the tuple whole.
         self.view: tuple[int, int] | None = None
+        #: The last Progress of training, replaced whole by the worker: what the GUI thread reads.
+        self.snapshot: Progress | None = None
         self.result: Result | None = None
 
     @property
     def fitter(self) -> Fitter:
-        """The model training now (during a trial of several, the one being tried)."""
+        """The model training now (during a trial of several, the one being tried); the worker's
+        alone: the GUI thread reads `snapshot`."""
         return self.session.fitter
+
+    @property
+    def steps_done(self) -> int:
+        """Training steps run so far, all runs together, as of the last snapshot."""
+        return 0 if self.snapshot is None else self.snapshot.step
 
     @property
     def max_experts(self) -> int:
@@ -129,6 +138,7 @@ class TrainingJob:
         run = self.session.run(minutes=minutes, steps=steps)
         try:
             for progress in run:
+                self.snapshot = progress
                 now = time.monotonic()
                 if now - last_progress >= PROGRESS_EVERY:
                     last_progress = now

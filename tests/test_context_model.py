@@ -105,7 +105,7 @@ def grid_file():
             grid = getattr(fitter.model.encoder, f"grid{level}")
             smooth = [gaussian_filter(g, 1.0) for g in grid.detach().cpu().numpy()]
             grid.copy_(torch.from_numpy(np.stack(smooth)))
-    return volume, plan, fitter.model, pipeline.encode(fitter, plan)
+    return volume, plan, fitter.model, pipeline.file_bytes(fitter, plan)
 
 
 def test_a_grid_file_stores_its_finest_grid_with_the_context_model_and_decodes_exactly(grid_file):

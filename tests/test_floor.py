@@ -81,7 +81,7 @@ def air_file():
     # Read trilinearly throughout: a test rewrites it as a version-3 file.
     fitter, plan = train(volume, pipeline.Settings(ratio=6, experts=2),
                          TrainConfig(steps=150, batch_size=1024, cubic_from=1.0))
-    return volume, plan, pipeline.encode(fitter, plan)
+    return volume, plan, pipeline.file_bytes(fitter, plan)
 
 
 def test_a_compressed_file_carries_its_floor_and_the_decoder_applies_it(air_file):

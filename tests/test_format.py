@@ -53,7 +53,7 @@ def valid_files():
         settings_ = pipeline.Settings(ratio=6, experts=4, bits=16 if kind == 16 else 8,
                                       encoder="grid" if kind == "grid" else "siren")
         fitter, plan = train(volume, settings_, TrainConfig(steps=20, batch_size=1024))
-        files[kind] = pipeline.encode(fitter, plan)
+        files[kind] = pipeline.file_bytes(fitter, plan)
     return volume, files
 
 

@@ -131,7 +131,7 @@ def test_choices_that_do_not_fit_the_grid_are_refused_in_words(phantom):
     for settings, message in [(pipeline.Settings(encoder="grid", bits=16), "stored quantized only"),
                               (pipeline.Settings(encoder="grid", partition="blocks"), "block partition")]:
         with pytest.raises(MoecError, match=message):
-            pipeline.plan(volume, settings)
+            pipeline.make_plan(volume, settings)
     assert pipeline.Settings(encoder="auto").encoder_for(4) == "siren"
     assert pipeline.Settings(encoder="auto", bits=16).encoder_for(3) == "siren"
     assert pipeline.Settings(encoder="auto").encoder_for(3) == "grid"
@@ -142,8 +142,8 @@ def test_a_grid_file_meets_its_ratio_learns_and_decodes_its_stored_latents(phant
     settings = pipeline.Settings(ratio=20, experts=4, encoder="grid")
     fitter, plan = train(volume, settings, TrainConfig(steps=400, batch_size=2048))
     assert plan.model.encoder == "grid" and plan.model.latent_count() > 0
-    data = pipeline.encode(fitter, plan)
-    raw = math.prod(volume.shape) * volume.dtype.itemsize
+    data = pipeline.file_bytes(fitter, plan)
+    raw = math.prod(volume.shape) * volume.stored_dtype.itemsize
     assert 20 <= raw / len(data) <= 20 * 1.05
     assert file_psnr(volume, data) > mean_prediction_psnr(volume) + 6
     # The latents frozen in the final stage are exactly the ones stored.
@@ -165,8 +165,8 @@ def _written_grids(volume, config: TrainConfig) -> tuple[dict[str, np.ndarray], 
     """Train a 4-expert grid model of `volume` at 20x, write it, and return its grids as stored
     (dequantized, by name) and the file's PSNR, checking that the file meets its ratio."""
     fitter, plan = train(volume, pipeline.Settings(ratio=20, experts=4, encoder="grid"), config)
-    data = pipeline.encode(fitter, plan)
-    assert 20 <= math.prod(volume.shape) * volume.dtype.itemsize / len(data) <= 20 * 1.05
+    data = pipeline.file_bytes(fitter, plan)
+    assert 20 <= math.prod(volume.shape) * volume.stored_dtype.itemsize / len(data) <= 20 * 1.05
     steps = stored_steps(data)
     grids = {name: dequantize(quantize(p.detach().cpu().numpy(), steps[name]), steps[name])
              for name, p in fitter.model.named_tensors() if name.startswith("encoder.grid")}

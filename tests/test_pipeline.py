@@ -154,7 +154,7 @@ def test_a_ratio_only_one_network_reaches_needs_no_trial():
     highest = {}
     for experts in AUTO_EXPERTS:
         with pytest.raises(RatioError) as refused:
-            pipeline.plan(volume, pipeline.Settings(ratio=1e6, experts=experts, encoder="grid"))
+            pipeline.make_plan(volume, pipeline.Settings(ratio=1e6, experts=experts, encoder="grid"))
         highest[experts] = refused.value.highest
     assert highest[1] > highest[4]  # one network is smaller: it reaches further
     ratio = (highest[4] + highest[1]) / 2
@@ -170,27 +170,6 @@ def test_a_ratio_only_one_network_reaches_needs_no_trial():
     assert refused.value.highest == pytest.approx(highest[1], rel=0.03)  # the furthest any candidate reaches
 
 
-def test_threads_asking_for_the_model_at_once_get_the_same_fitter():
-    """The plugin's GUI thread reads a job's Fitter for progress while its worker starts training:
-    both must see the one that trains."""
-    import threading
-
-    volume, _ = make_phantom((32, 28, 16))
-    session = pipeline.Compression(volume, pipeline.Settings(ratio=12, experts=4), TrainConfig(steps=10))
-    barrier, seen = threading.Barrier(6), []
-
-    def ask():
-        barrier.wait()
-        seen.append(session.fitter)
-
-    threads = [threading.Thread(target=ask) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(seen) == 6 and all(f is seen[0] for f in seen)
-
-
 def test_the_trials_candidates_draw_from_one_sampler():
     """The candidates train on one volume with one configuration, so the second reuses the first's
     voxel sampler instead of building its strata again."""
@@ -203,4 +182,26 @@ def test_the_trials_candidates_draw_from_one_sampler():
             break
     run.close()
     assert first.fitter is not None and second.fitter is not None
-    assert second.fitter.voxels is first.fitter.voxels
+    assert second.fitter.sampler is first.fitter.sampler
+
+
+def test_a_file_whose_floor_never_fits_says_so(monkeypatch):
+    """Rate control makes room for the floor's header bytes a few times; a file it never fits in
+    is written without a floor, and told (Compressed.notes), not left silent."""
+    from codec.pipeline import rate
+
+    volume, _ = make_phantom((32, 28, 16))
+    session = pipeline.Compression(volume, pipeline.Settings(ratio=12, experts=1), TrainConfig(steps=20))
+    session.train()
+    assemble = moecfile.assemble
+
+    def floor_too_big(meta, payload):  # a floor's header field that never fits below the window's top
+        return assemble(meta, payload) + (b"\0" * session.plan.upper_bytes if meta.floor is not None else b"")
+
+    monkeypatch.setattr(rate, "FLOOR_TRIES", 1)
+    monkeypatch.setattr(rate, "_floor_of", lambda volume, meta, payload: float(meta.vmin) + 1.0)
+    monkeypatch.setattr(rate.moecfile, "assemble", floor_too_big)
+    made = session.encode()
+    monkeypatch.undo()
+    assert moecfile.from_bytes(made.data).meta.floor is None and len(made.data) <= session.plan.upper_bytes
+    assert any("no floor" in note for note in made.notes)

@@ -18,9 +18,10 @@ from codec.eval.metrics import region_quality
 from codec.fit.train import Fitter, TrainConfig
 from codec.format import moecfile
 from codec.format.container import unpack_container
+from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
 from codec.io.roi import check_roi, load_roi
-from codec.io.volume import from_array, save_volume
+from codec.io.volume import from_array
 
 SHAPE = (40, 36, 20)
 STEPS = 600  # at 250 steps the region's gain swung from 0 to +4 dB with the seed
@@ -84,7 +85,7 @@ def test_a_malformed_roi_record_is_refused_by_the_reader(lesion, bad):
 
 def test_the_sampler_draws_the_region_weight_times_as_often():
     volume, mask = lesion_volume()
-    plan = pipeline.plan(volume, pipeline.Settings(ratio=20), TrainConfig(steps=1), roi=True)
+    plan = pipeline.make_plan(volume, pipeline.Settings(ratio=20), TrainConfig(steps=1), roi=True)
     # Uniform draws otherwise (sample_activity 0), so the draws themselves carry the weight.
     fitter = Fitter(volume, plan.model, plan.quant, TrainConfig(steps=1, roi_weight=10.0, sample_activity=0.0),
                     roi=mask)

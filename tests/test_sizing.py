@@ -33,7 +33,7 @@ QUICK = TrainConfig(steps=30, batch_size=2048)
 def test_the_written_file_meets_the_ratio_within_5_percent(phantom, settings):
     volume, _ = phantom
     fitter, plan = train(volume, settings, QUICK)
-    data = pipeline.encode(fitter, plan)
+    data = pipeline.file_bytes(fitter, plan)
     ratio = volume.raw_bytes / len(data)
     assert settings.ratio <= ratio <= 1.05 * settings.ratio
 
@@ -41,24 +41,24 @@ def test_the_written_file_meets_the_ratio_within_5_percent(phantom, settings):
 def test_an_unreachable_ratio_is_refused_with_the_highest_reachable_one(phantom):
     volume, _ = phantom
     with pytest.raises(RatioError, match="highest reachable ratio is about") as error:
-        pipeline.plan(volume, pipeline.Settings(ratio=5000))
+        pipeline.make_plan(volume, pipeline.Settings(ratio=5000))
     highest = error.value.highest
     assert 20 < highest < 5000
-    plan = pipeline.plan(volume, pipeline.Settings(ratio=highest * 0.97))
+    plan = pipeline.make_plan(volume, pipeline.Settings(ratio=highest * 0.97))
     assert plan.upper_bytes >= plan.estimated_bytes
 
 
 def test_a_volume_too_small_for_any_file_is_told_so_not_offered_a_ratio_below_one():
     tiny = from_array(np.arange(8, dtype=np.int16).reshape(2, 2, 2))
     with pytest.raises(RatioError, match="too small to compress") as error:
-        pipeline.plan(tiny, pipeline.Settings(ratio=8))
+        pipeline.make_plan(tiny, pipeline.Settings(ratio=8))
     assert error.value.highest < 1 and "about 0x" not in str(error.value)
 
 
 def test_a_ratio_below_what_any_network_needs_is_refused(phantom):
     volume, _ = phantom
     with pytest.raises(RatioError, match="lowest reachable"):
-        pipeline.plan(volume, pipeline.Settings(ratio=0.001))
+        pipeline.make_plan(volume, pipeline.Settings(ratio=0.001))
 
 
 def test_fit_to_window_takes_the_largest_size_that_fits():
@@ -82,16 +82,16 @@ def test_the_finest_multiplier_is_where_the_largest_weights_stop_fitting_a_symbo
     volume, _ = phantom
     fitter, plan = train(volume, pipeline.Settings(ratio=16, experts=4), QUICK)
     model = fitter.model
-    base = tensor_steps(model, plan.quant, fitter.frozen_steps)
-    finest = finest_multiplier(model, base, fitter.frozen_steps)
+    base = tensor_steps(model, plan.quant, fitter.frozen_qsteps)
+    finest = finest_multiplier(model, base, fitter.frozen_qsteps)
     assert 0 < finest < 1  # the 8-bit steps themselves are far from the symbol limit
     for multiplier, clips in [(finest, False), (finest / 4, True)]:
-        steps = scaled_steps(base, multiplier, fitter.frozen_steps)
+        steps = scaled_steps(base, multiplier, fitter.frozen_qsteps)
         meta = describe(volume, model.config, plan.quant, fitter.record())
-        stored = moecfile.from_bytes(moecfile.encode(model, meta, steps))
+        stored = moecfile.from_bytes(moecfile.model_bytes(model, meta, steps))
         worst = max(float(np.max(np.abs(p.detach().numpy() - q.detach().numpy()) / steps[name]))
                     for (name, p), (_, q) in zip(model.named_tensors(), stored.model.named_tensors())
-                    if name not in fitter.frozen_steps)
+                    if name not in fitter.frozen_qsteps)
         assert (worst > 1) == clips  # rounding moves a weight by half a step at most; clipping by more
 
 
@@ -103,7 +103,7 @@ def test_a_grid_networks_decoding_cost_is_bounded_and_its_bytes_go_to_the_latent
 
     volume = from_array(np.random.default_rng(0).integers(0, 255, size=(96, 96, 64)).astype(np.uint8))
     # Half the payload offered to the network: uncapped it would be far wider than the limit.
-    plan = pipeline.plan(volume, pipeline.Settings(ratio=64, experts=1, encoder="grid", latent_share=0.5))
+    plan = pipeline.make_plan(volume, pipeline.Settings(ratio=64, experts=1, encoder="grid", latent_share=0.5))
     m, limit = plan.model, synthesis_width_limit(plan.model)
     assert m.expert_width == limit
     assert m.feature_width * limit + limit * limit + limit <= MAX_SYNTHESIS_MACS

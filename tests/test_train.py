@@ -27,7 +27,7 @@ CONFIG = TrainConfig(steps=500, batch_size=4096, seed=0)
 def trained(phantom):
     volume, _ = phantom
     fitter, plan = train(volume, SETTINGS, CONFIG)
-    data = pipeline.encode(fitter, plan)
+    data = pipeline.file_bytes(fitter, plan)
     return fitter, plan, data
 
 
@@ -54,7 +54,7 @@ def test_a_wide_single_siren_learns(phantom):
     fitter, plan = train(volume, pipeline.Settings(ratio=2, experts=1, encoder="siren"),
                          TrainConfig(steps=150, batch_size=4096, seed=0))
     assert plan.model.expert_width > WIDE_FAN_IN
-    assert file_psnr(volume, pipeline.encode(fitter, plan)) >= mean_prediction_psnr(volume) + 12
+    assert file_psnr(volume, pipeline.file_bytes(fitter, plan)) >= mean_prediction_psnr(volume) + 12
     assert fan_in_scale(torch.zeros(plan.model.expert_width, 7)) == WIDE_FAN_IN / plan.model.expert_width
     assert fan_in_scale(torch.zeros(1, 3, 129)) == 1.0  # the coordinate layer: 3 inputs
     assert fan_in_scale(torch.zeros(129)) == 1.0  # biases
@@ -71,20 +71,20 @@ def test_the_stored_router_computes_the_partition_the_experts_were_trained_on(ph
 
 def test_a_stopped_run_keeps_its_model_and_continuing_improves_it(phantom):
     volume, _ = phantom
-    plan = pipeline.plan(volume, SETTINGS, CONFIG)
+    plan = pipeline.make_plan(volume, SETTINGS, CONFIG)
     fitter = pipeline.new_fitter(volume, plan, CONFIG)
-    initial = file_psnr(volume, pipeline.encode(fitter, plan))
+    initial = file_psnr(volume, pipeline.file_bytes(fitter, plan))
     run = fitter.fit(steps=4000)  # 300 router steps, then joint training
     for progress in run:
         if progress.step == 450:
             run.close()  # what a cancel in the plugin or Ctrl-C in the CLI does
     assert fitter.steps_run == 450 and progress.stage == "joint"
-    stopped = file_psnr(volume, pipeline.encode(fitter, plan))
+    stopped = file_psnr(volume, pipeline.file_bytes(fitter, plan))
     assert stopped > initial + 5
     for _ in fitter.fit(steps=200):
         pass
     assert fitter.steps_run == 650
-    continued = file_psnr(volume, pipeline.encode(fitter, plan))
+    continued = file_psnr(volume, pipeline.file_bytes(fitter, plan))
     assert continued > stopped
     assert fitter.record()["runs"] == 2
 
@@ -94,14 +94,14 @@ def test_the_same_seed_and_steps_give_the_same_file(phantom):
     files = []
     for seed in (7, 7, 8):
         fitter, plan = train(volume, SETTINGS, TrainConfig(steps=40, batch_size=2048, seed=seed))
-        files.append(pipeline.encode(fitter, plan))
+        files.append(pipeline.file_bytes(fitter, plan))
     assert files[0] == files[1]
     assert files[0] != files[2]
 
 
 def test_progress_reports_stages_in_order_and_a_time_budget_ends(phantom):
     volume, _ = phantom
-    plan = pipeline.plan(volume, SETTINGS, CONFIG)
+    plan = pipeline.make_plan(volume, SETTINGS, CONFIG)
     fitter = pipeline.new_fitter(volume, plan, TrainConfig(minutes=0.05, batch_size=2048))
     stages = [p.stage for p in fitter.fit()]
     assert stages[0] == "router" and stages[-1] == "final"
@@ -115,13 +115,13 @@ def test_a_timed_run_starts_with_the_router_however_late_the_clock_is_first_read
     """A budget about one step long whose first clock reading already falls past the router's time
     share (a busy machine) still trains the router first: the clock here advances a fixed 40% of the
     budget per reading, so the first reading says 40% and the readings after one step end the run."""
-    import codec.fit.train as train_module
+    import codec.fit.budget as budget_module
 
     volume, _ = phantom
-    plan = pipeline.plan(volume, SETTINGS, CONFIG)
+    plan = pipeline.make_plan(volume, SETTINGS, CONFIG)
     fitter = pipeline.new_fitter(volume, plan, TrainConfig(minutes=1.0, batch_size=1024))
     ticks = iter(range(10**6))
-    monkeypatch.setattr(train_module.time, "perf_counter", lambda: 24.0 * next(ticks))  # 40% of 60 s a read
+    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: 24.0 * next(ticks))  # 40% of 60 s a read
     stages = [p.stage for p in fitter.fit()]
     monkeypatch.undo()
     assert stages[0] == "router" and fitter.stage_steps["joint"] == 0 and fitter.stage_steps["router"] >= 1
@@ -135,7 +135,7 @@ def test_the_final_stage_goes_on_from_the_joint_stage_without_a_drop(phantom):
     # step set anew by rate) costs this small phantom 1.9x at the switch by itself, which would
     # hide what is tested here (on the brain the final stage still gains: docs/benchmarks.md).
     settings = dataclasses.replace(SETTINGS, latent_bits=2.0)
-    plan = pipeline.plan(volume, settings, CONFIG)
+    plan = pipeline.make_plan(volume, settings, CONFIG)
     fitter = pipeline.new_fitter(volume, plan, CONFIG)
     coords = coords_from_flat(torch.arange(0, volume.data.size, 7), volume.shape)
     target = fitter.target[torch.arange(0, volume.data.size, 7)].numpy()
@@ -159,16 +159,16 @@ def test_the_file_stores_the_experts_at_the_steps_the_final_stage_trained_them_a
     decoded experts are the weights training saw, not a re-rounding of them at other steps."""
     volume, _ = phantom
     fitter, plan, data = trained
-    assert fitter.trained_steps, "the final stage was not told the file's steps"
-    assert all(name.startswith(("experts.", "decoder.")) for name in fitter.trained_steps)
+    assert fitter.trained_qsteps, "the final stage was not told the file's steps"
+    assert all(name.startswith(("experts.", "decoder.")) for name in fitter.trained_qsteps)
     stored = stored_steps(data)
-    for name, step in fitter.trained_steps.items():
+    for name, step in fitter.trained_qsteps.items():
         np.testing.assert_array_equal(stored[name], step, err_msg=name)
     assert plan.lower_bytes <= len(data) <= plan.upper_bytes
     decoded = dict(moecfile.from_bytes(data).model.named_tensors())
     for name, weight in fitter.model.named_tensors():
-        if name in fitter.trained_steps:
-            step = torch.from_numpy(fitter.trained_steps[name])
+        if name in fitter.trained_qsteps:
+            step = torch.from_numpy(fitter.trained_qsteps[name])
             seen_in_training = torch.round(weight.detach() / step) * step
             torch.testing.assert_close(decoded[name], seen_in_training, rtol=0, atol=1e-6)
 

@@ -111,7 +111,7 @@ def latent_steps_near(grids: Sequence[np.ndarray], bits_per_value: float,
                       guess: float | None = None) -> tuple[list[np.ndarray], float | None]:
     """`latent_steps`, and the multiplier found (log2, relative to the stack's RMS; None for a zero
     stack). With the `guess` of a previous search, a warm search first: training refreshes the
-    steps every LATENT_STEP_EVERY steps, the multiplier barely moves in between, and a cold search
+    steps every LATENT_QSTEP_EVERY steps, the multiplier barely moves in between, and a cold search
     takes 0.75 s of every 100 steps (about 9 s) on the chest CT's grids at 256x, a warm one 0.3 s
     (6 evaluations instead of 15, to WARM_RADIUS / 2^WARM_HALVINGS). A guess that does not bracket
     the rate falls back to the cold search."""

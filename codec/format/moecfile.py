@@ -31,7 +31,7 @@ class MoecFile:
         return self.meta.raw_bytes / self.nbytes
 
 
-def encode(model: MoEC, meta: MoecMeta, steps: dict[str, np.ndarray] | None) -> bytes:
+def model_bytes(model: MoEC, meta: MoecMeta, steps: dict[str, np.ndarray] | None) -> bytes:
     """The complete .moec bytes for `model` (steps: from scaled_steps, None for float16)."""
     return assemble(meta, encode_payload(model, meta.quant, steps))
 

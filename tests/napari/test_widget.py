@@ -96,7 +96,7 @@ def test_stop_keeps_a_usable_model_and_continue_improves_it(widget_on, phantom_n
     viewer, widget = widget_on(phantom_nifti)
     _configure(widget, steps=100_000)
     widget.train()
-    qtbot.waitUntil(lambda: widget.job.fitter.steps_run > 600, timeout=60_000)  # 300 router steps, then joint
+    qtbot.waitUntil(lambda: widget.job.steps_done > 600, timeout=60_000)  # 300 router steps, then joint
     widget.stop()
     wait_for(widget, qtbot)
     first = widget.result

@@ -1,0 +1,41 @@
+"""A decoded file measured against its original, on the bytes as written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from codec.decode.reconstruct import Reconstruction, reconstruct
+from codec.eval.metrics import ExpertStat, Quality, RegionQuality, expert_table, quality, region_quality
+from codec.format.moecfile import MoecFile
+from codec.io.roi import check_roi
+from codec.io.volume import Volume
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """A decoded file measured against its original."""
+
+    moec: MoecFile
+    reconstruction: Reconstruction
+    quality: Quality
+    experts: list[ExpertStat]
+    ratio: float  # raw voxel bytes / file bytes
+    file_ratio: float | None  # source file bytes / file bytes
+    roi: RegionQuality | None = None  # inside and outside the region of interest, when one was given
+
+
+def evaluate(original: Volume, moec: MoecFile, device: str = "cpu", roi: np.ndarray | None = None) -> Evaluation:
+    """Decode `moec` and measure it against `original` (same shape, file voxel order), and inside
+    and outside `roi` (a mask of that shape) when given."""
+    if original.shape != moec.meta.shape:
+        raise ValueError(f"the .moec file holds a {moec.meta.shape} volume, the original is {original.shape}")
+    recon = reconstruct(moec, device=device)
+    assert recon.labels is not None  # reconstruct keeps them unless told not to
+    q = quality(original.data, recon.volume.data, original.stored_dtype, original.slope)
+    table = expert_table(original.data, recon.volume.data, recon.labels, moec.meta.model.experts,
+                         moec.meta.model.expert_parameter_count())
+    file_ratio = original.source_bytes / moec.nbytes if original.source_bytes else None
+    region = None if roi is None else region_quality(original.data, recon.volume.data, check_roi(roi, original.shape))
+    return Evaluation(moec, recon, q, table, moec.ratio, file_ratio, region)
