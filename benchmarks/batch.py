@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from common import CT, ROOT, save, table
 
-from codec.io.volume import load_volume, to_stored
+from codec.io.load import load_volume
+from codec.io.volume import to_stored
 
 WORK = ROOT / "benchmarks" / "results" / "tmp" / "batch"
 MOEC = str(Path(sys.executable).with_name("moec"))
@@ -41,7 +42,7 @@ def write_series(volume, folder: Path, series_uid: str, number: int) -> None:
     folder.mkdir(parents=True)
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    stored = to_stored(volume.data, volume.dtype, volume.slope, volume.inter)
+    stored = to_stored(volume.data, volume.stored_dtype, volume.slope, volume.inter)
     for k in range(volume.shape[2]):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"

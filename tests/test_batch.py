@@ -15,18 +15,21 @@ import numpy as np
 import pytest
 
 from codec.cli import main
-from codec.cohort.batch import MANIFEST, BatchSettings, Engine, Manifest, VolumeJob, discover, local_layout
+from codec.cohort.discover import discover
+from codec.cohort.engine import Engine, local_layout
+from codec.cohort.jobs import CohortSettings, VolumeJob, VolumeResult
+from codec.cohort.manifest import MANIFEST, Manifest
 from codec.errors import OutputError
 from codec.format import moecfile
+from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
-from codec.io.volume import save_volume
 
 from .conftest import oblique_geometry, write_dicom_series
 from .test_dicom import ct_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = (24, 20, 12)
-#: A few seconds per volume on two cores; the workers' start (torch's import) is most of a run.
+#: Short trainings on two local workers: the workers' start (torch's import) is most of a run.
 FAST = ["--ratio", "6", "--steps", "20", "--batch", "2048", "--workers", "2"]
 
 
@@ -136,11 +139,9 @@ def test_the_manifest_survives_a_cut_last_line_and_is_never_someone_elses(tmp_pa
     path = tmp_path / MANIFEST
     manifest = Manifest(path)
     job = VolumeJob("a.nii.gz", "", "a.moec", "", tmp_path / "a.nii.gz", tmp_path / "a.moec", 10)
-    from codec.cohort.batch import VolumeResult
-
     for name in ("a.nii.gz", "b.nii.gz"):
         manifest.record(VolumeResult(name, "", name.replace(".nii.gz", ".moec"), "", "4x4x4", 100, 6.2, 30.5, 0.9,
-                                     1.0, "ok", "", BatchSettings().key))
+                                     1.0, "ok", "", CohortSettings().key))
     text = path.read_text()
     path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 12])  # the last row cut mid-way
     assert set(Manifest(path).rows) == {(job.input, "")}
@@ -173,9 +174,10 @@ def test_local_workers_times_threads_fit_the_cores_and_the_memory():
                 for i in range(n)]
 
     gib = 2**30
-    assert local_layout(jobs(8), Engine(), 2, 24 * gib) == (2, 1)  # one thread per worker, one worker per core
-    assert local_layout(jobs(1), Engine(), 16, 64 * gib) == (1, 1)  # no more workers than volumes
-    assert local_layout(jobs(8), Engine(threads=4), 16, 64 * gib) == (4, 4)
-    assert local_layout(jobs(8), Engine(workers=3), 12, 64 * gib) == (3, 4)
+    # One thread per worker, one worker per core.
+    assert local_layout(jobs(8), Engine(), n_cores=2, memory=24 * gib) == (2, 1)
+    assert local_layout(jobs(1), Engine(), n_cores=16, memory=64 * gib) == (1, 1)  # no more workers than volumes
+    assert local_layout(jobs(8), Engine(threads=4), n_cores=16, memory=64 * gib) == (4, 4)
+    assert local_layout(jobs(8), Engine(workers=3), n_cores=12, memory=64 * gib) == (3, 4)
     # 512^3 volumes at 8 GiB: one at a time, whatever the cores.
-    assert local_layout(jobs(8, 512**3), Engine(), 64, 8 * gib) == (1, 1)
+    assert local_layout(jobs(8, 512**3), Engine(), n_cores=64, memory=8 * gib) == (1, 1)

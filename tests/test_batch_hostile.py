@@ -17,27 +17,20 @@ import numpy as np
 import pytest
 from pydicom.dataelem import DataElement
 
-from codec.cohort import batch
-from codec.cohort.batch import (
-    MANIFEST,
-    BatchSettings,
-    Engine,
-    Manifest,
-    VolumeJob,
-    VolumeResult,
-    compress_one,
-    discover,
-    is_finished,
-    remove_stale_parts,
-    run,
-)
+from codec.cohort import engine
+from codec.cohort.discover import discover
+from codec.cohort.engine import Engine
+from codec.cohort.jobs import CohortSettings, VolumeJob, VolumeResult
+from codec.cohort.manifest import MANIFEST, Manifest, is_finished, remove_stale_parts
 from codec.cohort.report import table, write_report
+from codec.cohort.run import CohortSummary, Done, Finished, Started, run
+from codec.cohort.task import compress_one
 from codec.errors import MoecError
 from codec.format.container import pack_container, unpack_container
 from codec.io.files import name_key
 from codec.io.limits import MemoryLimit
+from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
-from codec.io.volume import save_volume
 
 from .conftest import oblique_geometry, write_dicom_series
 from .test_dicom import ct_raw
@@ -85,9 +78,24 @@ def moec_bytes(payload: bytes = b"weights") -> bytes:
 def row(name: str, **fields) -> VolumeResult:
     values = dict(input=name, series="", output=name.replace(".nii.gz", ".moec"), modality="", shape="4x4x4",
                   bytes=100, ratio=6.2, psnr=30.5, ssim=0.9, seconds=1.0, status="ok", error="",
-                  settings=BatchSettings().key)
+                  settings=CohortSettings().key)
     values.update(fields)
     return VolumeResult(**values)
+
+
+def run_to_end(source: Path, out: Path, settings: CohortSettings, engine: Engine) -> CohortSummary:
+    """A run driven to its end, its events in their order: refused volumes, then the engine's start
+    and one Finished per volume to run (if any), then Done; its summary."""
+    events = list(run(source, out, settings, engine=engine))
+    done = events.pop()
+    assert isinstance(done, Done)
+    finished = [event for event in events if isinstance(event, Finished)]
+    started = [i for i, event in enumerate(events) if isinstance(event, Started)]
+    if finished:
+        assert len(started) == 1 and events[started[0] + 1:] == finished
+        assert [event.done for event in finished] == list(range(1, len(finished) + 1))
+        assert {event.total for event in finished} == {len(finished)} == {events[started[0]].todo}
+    return done.summary
 
 
 # --- no write outside the output folder ----------------------------------------------------------
@@ -148,7 +156,7 @@ def test_a_target_outside_the_output_folder_is_refused_before_any_work(tmp_path)
     out = tmp_path / "out"
     job = VolumeJob("a.nii.gz", "", "../escaped.moec", "", tmp_path / "in" / "a.nii.gz", out / ".." / "escaped.moec",
                     10)
-    result = compress_one(job, BatchSettings(steps=2), threads=1)
+    result = compress_one(job, CohortSettings(steps=2), threads=1)
     assert result.status == "failed" and "outside the output folder" in result.error
     assert not (tmp_path / "escaped.moec").exists() and not out.exists()
 
@@ -156,14 +164,14 @@ def test_a_target_outside_the_output_folder_is_refused_before_any_work(tmp_path)
 def test_a_volume_above_the_memory_limit_is_a_failed_row_that_says_so(tmp_path):
     small_nifti(tmp_path / "in" / "a.nii.gz")
     (job,), _ = discover(tmp_path / "in", tmp_path / "out")
-    result = compress_one(job, BatchSettings(steps=2), threads=1, limit=MemoryLimit(1000))
+    result = compress_one(job, CohortSettings(steps=2), threads=1, limit=MemoryLimit(1000))
     assert result.status == "failed" and "--max-memory" in result.error and "\n" not in result.error
     assert not job.target.exists()
 
 
 def test_keeping_the_identity_is_part_of_the_settings_key_and_old_keys_still_match():
-    assert "identity" not in BatchSettings().key  # what manifests written before the option hold
-    assert BatchSettings(keep_identity=True).key == BatchSettings().key + " identity=kept"
+    assert "identity" not in CohortSettings().key  # what manifests written before the option hold
+    assert CohortSettings(keep_identity=True).key == CohortSettings().key + " identity=kept"
 
 
 # --- the manifest ----------------------------------------------------------------------------------
@@ -212,7 +220,7 @@ def test_a_damaged_output_of_the_right_size_is_not_finished(tmp_path):
     job = VolumeJob("a.nii.gz", "", "a.moec", "", tmp_path / "a.nii.gz", out / "a.moec", 10)
     data = moec_bytes()
     job.target.write_bytes(data)
-    settings = BatchSettings()
+    settings = CohortSettings()
     done = row("a.nii.gz", bytes=len(data))
     assert is_finished(job, done, settings)
     damaged = bytearray(data)
@@ -221,7 +229,7 @@ def test_a_damaged_output_of_the_right_size_is_not_finished(tmp_path):
     assert job.target.stat().st_size == done.bytes and not is_finished(job, done, settings)
     job.target.write_bytes(data)
     assert not is_finished(job, row("a.nii.gz", bytes=len(data), output="b.moec"), settings)  # another output
-    assert not is_finished(job, done, BatchSettings(keep_identity=True))
+    assert not is_finished(job, done, CohortSettings(keep_identity=True))
 
 
 def test_only_the_batchs_own_temporary_files_are_removed(tmp_path):
@@ -279,12 +287,12 @@ def test_a_tls_scheduler_without_certificates_is_one_clear_error(tmp_path):
     none = {"distributed.comm.tls.ca-file": None, "distributed.comm.tls.client.cert": None,
             "distributed.comm.tls.client.key": None, "distributed.client.security-loader": None}
     with dask.config.set(none), pytest.raises(MoecError, match="certificate") as refused:
-        batch.connect("tls://127.0.0.1:1")
+        engine.connect("tls://127.0.0.1:1")
     assert "\n" not in str(refused.value) and "distributed.comm.tls.ca-file" in str(refused.value)
     missing = {**none, "distributed.comm.tls.ca-file": str(tmp_path / "ca.pem"),
                "distributed.comm.tls.client.cert": str(tmp_path / "client.pem")}
     with dask.config.set(missing), pytest.raises(MoecError, match="certificate") as refused:
-        batch.connect("tls://127.0.0.1:1")
+        engine.connect("tls://127.0.0.1:1")
     assert "\n" not in str(refused.value)
 
 
@@ -296,8 +304,8 @@ def test_a_hostile_cohort_runs_inside_its_folder_and_a_damaged_output_is_made_ag
     small_nifti(source / "a" / "Scan.nii.gz", seed=1)
     small_nifti(source / "a" / "scan.nii.gz", seed=2)
     before = files_under(tmp_path)
-    settings = BatchSettings(ratio=6, steps=20, batch_size=2048)
-    first = run(source, out, settings, Engine(workers=2), progress=False)
+    settings = CohortSettings(ratio=6, steps=20, batch_size=2048)
+    first = run_to_end(source, out, settings, Engine(workers=2))
     # Nothing written outside OUT: the rest of the tree (OUT's parent included) is as it was.
     assert files_under(tmp_path, leaving=out) == {**before, "nest": -1}
     assert sorted(p.name for p in (tmp_path / "nest").iterdir()) == ["out"]
@@ -316,7 +324,7 @@ def test_a_hostile_cohort_runs_inside_its_folder_and_a_damaged_output_is_made_ag
     for path in stale:
         path.write_bytes(b"left by a killed run")
 
-    again = run(source, out, settings, Engine(workers=1), progress=False)
+    again = run_to_end(source, out, settings, Engine(workers=1))
     assert again.compressed == 1 and again.skipped == len(ok) - 1
     unpack_container(target.read_bytes(), str(target))  # whole again
     assert not any(path.exists() for path in stale)

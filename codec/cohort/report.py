@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from codec.cohort.batch import VolumeResult
+from codec.cohort.jobs import VolumeResult
 from codec.errors import MoecError
 from codec.io.files import atomic_write, atomic_write_bytes, check_inside, terminal_safe
 
