@@ -13,9 +13,7 @@ import io
 import unicodedata
 from pathlib import Path
 
-import numpy as np
 import pytest
-from pydicom.dataelem import DataElement
 
 from codec.cohort import engine
 from codec.cohort.discover import discover
@@ -33,35 +31,11 @@ from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
 
 from .conftest import oblique_geometry, write_dicom_series
+from .hostile import TRAVERSAL, files_under, traversal_exam
 from .test_dicom import ct_raw
 
 SMALL = (24, 20, 12)
-#: A traversal in a header: from OUT/exam/S<number>_<description>.moec it climbs to OUT's parent.
-TRAVERSAL = "/../../../pwned/x"
 TEXT_FIELDS = ("input", "series", "output", "modality", "shape", "status", "error", "settings")
-
-
-def files_under(root: Path, *, leaving: Path | None = None) -> dict[str, int]:
-    """Every file and folder under `root` (`leaving` out), with its size (folders -1)."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        if leaving is not None and (path == leaving or leaving in path.parents):
-            continue
-        found[path.relative_to(root).as_posix()] = -1 if path.is_dir() else path.stat().st_size
-    return found
-
-
-def traversal_exam(folder: Path) -> None:
-    """A folder of two DICOM series; the slices of the first say their SeriesNumber is TRAVERSAL."""
-    def climb(k: int, ds) -> None:  # as text, past pydicom's check of an integer string, as a hostile writer would
-        ds[0x00200011] = DataElement(0x00200011, "LO", TRAVERSAL)
-
-    geometry = oblique_geometry()
-    write_dicom_series(folder, ct_raw(SMALL), slope=1.0, inter=-1024.0, series_uid="1.2.3.9.1", series_number=2,
-                       description="Lung", edit=climb, **geometry)
-    mr = (ct_raw((20, 18, 12), seed=4) * 2).astype(np.uint16)
-    write_dicom_series(folder, mr, series_uid="1.2.3.9.2", series_number=5, modality="MR", description="T2 ax",
-                       seed=7, **geometry)
 
 
 def small_nifti(path: Path, seed: int = 0) -> None:

@@ -16,21 +16,20 @@ import numpy as np
 import pytest
 
 from codec.cli import main
-from codec.coding.quantize import QuantConfig
 from codec.decode import cost
 from codec.decode.reconstruct import decode_stored, reconstruct
 from codec.errors import MoecFormatError, ResourceLimitError
 from codec.format import moecfile
 from codec.format.container import pack_container, unpack_container
-from codec.format.header import MAX_PARAMETERS, read_meta
-from codec.format.payload import encode_payload
+from codec.format.header import read_meta
 from codec.io import streaming
 from codec.io.limits import MemoryLimit
 from codec.io.load import save_volume
 from codec.io.nifti import save_labels, save_nifti
 from codec.io.phantom import make_phantom
 from codec.io.volume import from_array
-from codec.model import ModelConfig, MoEC
+
+from .hostile import forged_moec, wide_network
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "40", "--batch", "1024", "--quiet"]
@@ -58,44 +57,16 @@ def files(tmp_path_factory):
     return {"ct": moec, "four": _compress(source4, folder / "four.moec", ratio=4)}
 
 
-def _forged(path: Path, out: Path, *, shape: tuple[int, ...] | None = None, model: ModelConfig | None = None) -> Path:
-    """A real file with another shape (and NIfTI dims to match) or another network, the CRC
-    recomputed: a valid container whose header declares it. Another network gets float16 weights
-    of its own, so the file decodes."""
-    container = unpack_container(path.read_bytes())
-    meta = json.loads(json.dumps(container.meta))
-    nifti, payload = container.nifti, container.payload
-    if shape is not None:
-        meta["shape"] = list(shape)
-        hdr = nib.Nifti1Header(binaryblock=nifti).copy()
-        hdr.set_data_shape(shape)
-        nifti = bytes(hdr.binaryblock)
-    if model is not None:
-        meta["model"] = model.to_dict()
-        meta["weights"] = {"bits": 16, "extra": 0, "granularity": "tensor"}
-        payload = encode_payload(MoEC(model), QuantConfig(16, 0, "tensor"), None)
-    out.write_bytes(pack_container(meta, nifti, payload))
-    return out
-
-
-def _wide_network() -> ModelConfig:
-    """One sine MLP as wide and deep as the header's parameter limit allows a sixteenth of: about a
-    million multiply-adds a voxel, in a file of two megabytes."""
-    config = ModelConfig(experts=1, encoder_layers=0, expert_width=512, expert_layers=5)
-    assert config.parameter_count() <= MAX_PARAMETERS
-    return config
-
-
 @pytest.fixture(scope="module")
 def bomb(files, tmp_path_factory):
-    return _forged(files["ct"], tmp_path_factory.mktemp("bomb") / "bomb.moec", shape=BOMB_SHAPE)
+    return forged_moec(files["ct"], tmp_path_factory.mktemp("bomb") / "bomb.moec", shape=BOMB_SHAPE)
 
 
 @pytest.fixture(scope="module")
 def time_bomb(files, tmp_path_factory):
     """A decodable file whose network takes hours over its declared 512^3 grid."""
-    return _forged(files["ct"], tmp_path_factory.mktemp("slow") / "slow.moec", shape=(512, 512, 512),
-                   model=_wide_network())
+    return forged_moec(files["ct"], tmp_path_factory.mktemp("slow") / "slow.moec", shape=(512, 512, 512),
+                       model=wide_network())
 
 
 def _run_measured(*args: str) -> tuple[subprocess.CompletedProcess, int]:

@@ -8,7 +8,6 @@ its limit, or load it exactly.
 from __future__ import annotations
 
 import gzip
-import struct
 import subprocess
 import sys
 import time
@@ -25,36 +24,26 @@ from codec.io.limits import MemoryLimit, compress_bytes
 from codec.io.load import load_volume
 
 from .conftest import write_nifti
+from .hostile import (
+    BITPIX,
+    DATATYPE,
+    DIM,
+    MIB,
+    PIXDIM,
+    QFORM_CODE,
+    SCL_INTER,
+    SCL_SLOPE,
+    SFORM_CODE,
+    VOX_OFFSET,
+    patched,
+    write_gzip_bomb,
+    write_small_gz,
+    write_small_nii,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-MIB = 2**20
 #: The side of the bomb's cube: 1 GiB of uint8 zeros.
 BOMB_SIDE = 1024
-#: Byte offsets of NIfTI-1 header fields (the NIfTI-1 standard's nifti1.h).
-DIM, DATATYPE, BITPIX, PIXDIM, VOX_OFFSET, SCL_SLOPE, SCL_INTER = 40, 70, 72, 76, 108, 112, 116
-QFORM_CODE, SFORM_CODE = 252, 254
-
-
-def nifti_header(shape: tuple[int, ...], dtype=np.uint8) -> bytes:
-    """A valid single-file NIfTI-1 header and its empty extension flag: the 352 bytes before the voxels."""
-    hdr = nib.Nifti1Header()
-    hdr.set_data_dtype(dtype)
-    hdr.set_data_shape(shape)
-    hdr.set_sform(np.eye(4), code=1)
-    hdr["vox_offset"] = 352
-    return bytes(hdr.binaryblock) + b"\0" * 4
-
-
-def write_gzip_bomb(path: Path, declared: tuple[int, ...], zeros_mib: int) -> None:
-    """A .nii.gz whose header declares `declared` uint8 voxels, followed by `zeros_mib` MiB of zeros.
-
-    The zeros are gzip members of 1 MiB each, compressed once and repeated (a gzip file may hold
-    several members, RFC 1952), so the file stays near 1 KiB per MiB and is written at once."""
-    member = gzip.compress(bytes(MIB), compresslevel=9)
-    with open(path, "wb") as handle:
-        handle.write(gzip.compress(nifti_header(declared)))
-        for _ in range(zeros_mib):
-            handle.write(member)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +122,8 @@ def test_a_stream_longer_than_its_header_declares_is_refused_as_damaged(tmp_path
 
 @pytest.fixture
 def small_gz(tmp_path) -> tuple[Path, np.ndarray]:
-    rng = np.random.default_rng(3)
-    raw = rng.integers(0, 2000, size=(12, 10, 8)).astype(np.int16)
     path = tmp_path / "small.nii.gz"
-    write_nifti(path, raw, np.diag([0.8, 0.8, 2.0, 1.0]))
-    return path, raw
+    return path, write_small_gz(path)
 
 
 def test_bit_flips_in_the_deflate_data_are_refused_as_damage(small_gz, tmp_path):
@@ -217,22 +203,9 @@ def test_thin_but_3d_volumes_and_trailing_singletons_load(tmp_path, shape):
     np.testing.assert_array_equal(volume.data, expected.astype(np.float32))
 
 
-def patched(path: Path, out: Path, **fields: tuple[int, str, object]) -> Path:
-    """A copy of the uncompressed NIfTI file `path` with header fields overwritten: name=(offset, struct
-    format, value); written by hand because nibabel refuses to write such headers."""
-    raw = bytearray(path.read_bytes())
-    for offset, fmt, value in fields.values():
-        values = value if isinstance(value, (list, tuple)) else (value,)
-        struct.pack_into("<" + fmt, raw, offset, *values)
-    out.write_bytes(bytes(raw))
-    return out
-
-
 @pytest.fixture
 def small_nii(tmp_path) -> Path:
-    path = tmp_path / "small.nii"
-    write_nifti(path, np.arange(8 * 7 * 6, dtype=np.int16).reshape(8, 7, 6), np.eye(4))
-    return path
+    return write_small_nii(tmp_path / "small.nii")
 
 
 @pytest.mark.parametrize("dim,message", [
