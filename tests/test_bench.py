@@ -23,6 +23,7 @@ def phantom_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # trains every MoEC row of a run
 def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, capsys):
     out = tmp_path / "bench"
     args = ["bench", str(phantom_file), "--ratios", "8", "40", "--steps", "60", "--codecs", "j2k", "--out", str(out)]
@@ -83,6 +84,7 @@ def test_a_classical_only_run_names_no_training_budget(phantom_file, tmp_path):
     assert "| JPEG 2000 |" in text and "MoEC" not in text.splitlines()[0]
 
 
+@pytest.mark.slow  # trains every MoEC row of a run
 def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_path):
     """`--ablations` trains every variant at the ablation ratio, each with what it says it changes
     (experts in use, top-2) and the default's row beside them in the table."""
@@ -105,6 +107,7 @@ def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_p
         assert line.endswith(f"| {row['psnr'] - default['psnr']:+.2f} |")  # one seed: no seed count
 
 
+@pytest.mark.slow  # trains every MoEC row of a run
 def test_seeds_repeat_the_ablations_and_their_table_compares_paired_seeds(phantom_file, tmp_path, capsys):
     """With `--seeds 2` every ablation gets a cell per seed, run seed by seed; its row shows the mean
     and, against the default's mean, the difference and on how many seeds (paired) it is ahead."""
@@ -131,6 +134,7 @@ def test_seeds_repeat_the_ablations_and_their_table_compares_paired_seeds(phanto
         assert line.endswith(f"| {difference:+.2f} (ahead on {ahead} of 2 seeds) |")
 
 
+@pytest.mark.slow  # trains every MoEC row of a run
 def test_seeds_repeat_the_verdicts_rows_and_the_tables_show_their_means(phantom_file, tmp_path, capsys):
     """`--seeds 2`: the claim's rows and the control get a cell per seed, the context rows one; the
     tables show the means, the seeds table every seed, and the verdict whether the order holds on
@@ -200,6 +204,7 @@ def _check_verdicts(table: str, cells: list[dict], ratios: tuple[float, ...]) ->
         assert f"| 8x | {default['psnr']:.2f} | JPEG 2000 {j2k['psnr']:.2f} | {gap:+.2f} |" in table
 
 
+@pytest.mark.slow  # trains every MoEC row of a run
 def test_several_volumes_get_a_folder_and_a_section_each(tmp_path, capsys):
     """`moec bench A B`: each volume benchmarked in its own folder (cells, results.json, rd.png) and
     one results.md with a section per volume, its voxel size and its own tables; `--rows verdict`

@@ -1,4 +1,5 @@
-"""The classical baselines: real encodes with imagecodecs and ffmpeg on small volumes.
+"""The classical baselines: real encodes with imagecodecs and ffmpeg on small volumes, one class per
+codec behind the `ClassicalCodec` seam.
 
 Codecs whose tool is missing here are skipped with the reason `availability()` gives.
 """
@@ -48,7 +49,7 @@ def mean_psnr(volume) -> float:
 
 def test_availability_names_every_codec():
     table = classical.availability()
-    assert tuple(table) == classical.CODECS
+    assert tuple(table) == classical.CODECS == tuple(c.name for c in classical.CLASSICAL)
     for reason in table.values():
         assert reason is None or (isinstance(reason, str) and reason and "\n" not in reason)
 
@@ -58,7 +59,7 @@ def test_availability_names_every_codec():
 def test_reaches_a_modest_ratio(codec, which, request):
     usable(codec)
     volume = request.getfixturevalue(which)
-    result = classical.compress(volume, codec, TARGET)
+    result = classical.codec_named(codec).compress(volume, TARGET)
     assert result.reached, result.note
     assert result.codec == codec and result.target == TARGET
     assert TARGET <= result.ratio <= 1.1 * TARGET
@@ -70,6 +71,29 @@ def test_reaches_a_modest_ratio(codec, which, request):
     assert 0.5 < result.ssim <= 1
     assert result.setting
     assert result.note.startswith(("8-bit", "10-bit", "12-bit")), result.note
+
+
+def test_the_command_line_names_every_class():
+    from codec.cli.bench import CODEC_KEYS
+
+    assert CODEC_KEYS == {c.key: c.name for c in classical.CLASSICAL}
+    assert {type(c) for c in classical.CLASSICAL} == {classical.Jpeg2000Codec, classical.HevcCodec,
+                                                      classical.H264Codec}
+
+
+@pytest.mark.parametrize("codec", classical.CODECS)
+def test_one_encode_and_decode_at_a_setting(codec, gray8):
+    """The seam below the search: bytes and seconds out of an encode, codes and seconds out of a decode."""
+    usable(codec)
+    coder = classical.codec_named(codec)
+    codes = gray8.data.astype(np.uint8)
+    fine, coarse = (coder.encode(codes, 8, setting) for setting in (coder.finest, coder.coarsest))
+    (payload, seconds), (small, _) = fine, coarse
+    assert isinstance(payload, bytes) and seconds >= 0 and len(small) < len(payload) < codes.nbytes
+    decoded, seconds = coder.decode(payload, 8, codes.shape)
+    assert decoded.shape == codes.shape and seconds >= 0
+    assert np.abs(decoded.astype(np.int64) - codes).mean() < 2
+    assert coder.describe(coder.finest)
 
 
 def test_gray_depth_follows_the_range(ct, gray8):
@@ -124,6 +148,8 @@ def test_wide_ranges_are_rescaled_to_12_bits():
 def test_bad_arguments_raise(ct):
     with pytest.raises(ValueError, match="unknown codec"):
         classical.compress(ct, "JPEG XL", TARGET)
+    with pytest.raises(ValueError, match="unknown codec"):
+        classical.codec_named("JPEG XL")
     for ratio in (0, -5.0, math.nan, math.inf, "many"):
         with pytest.raises(ValueError, match="ratio"):
             classical.compress(ct, classical.JPEG2000, ratio)
@@ -145,9 +171,10 @@ def test_missing_tools_are_reasons_not_errors(ct, monkeypatch, fresh_tool_cache)
     table = classical.availability()
     assert table[classical.HEVC] == table[classical.H264] == "ffmpeg not found"
     assert "imagecodecs" in table[classical.JPEG2000]
-    for codec in classical.CODECS:
-        result = classical.compress(ct, codec, TARGET)
-        assert not result.reached and result.note == table[codec]
+    for coder in classical.CLASSICAL:
+        assert coder.unavailable() == table[coder.name]
+        result = coder.compress(ct, TARGET)
+        assert not result.reached and result.note == table[coder.name] and result.setting == ""
 
 
 def test_imports_no_optional_dependency():

@@ -9,6 +9,11 @@ Each codec is driven by its own continuous quality knob (OpenJPEG's fixed-qualit
 fractional CRF) until the file is just inside the size the ratio allows. A ratio the coarsest setting cannot
 reach is reported as not reached, never extrapolated.
 
+Each codec is one class (the seam of compressai's utils/bench/codecs.py): `ClassicalCodec` holds the
+search, the measures and the notes, and a subclass (`Jpeg2000Codec`, and `HevcCodec` and `H264Codec`
+on `VideoCodec`) says whether it runs here and how to encode and decode. `CLASSICAL` lists them,
+`compress(volume, name, ratio)` and `availability()` are the entry points the benchmark uses.
+
 Only the standard library, numpy and codec modules are imported here; imagecodecs (an optional
 "bench" dependency) and ffmpeg are looked up when used, and their absence is a reason, not an error.
 """
@@ -20,9 +25,12 @@ import math
 import shutil
 import subprocess
 import tempfile
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -214,13 +222,116 @@ def _video_tool(encoder: str, decoder: str) -> tuple[str | None, int]:
     return None, max(depths)
 
 
-def availability() -> dict[str, str | None]:
-    """Codec name -> None if usable here, else a one-line reason."""
-    return {
-        JPEG2000: _jpeg2k_reason(),
-        HEVC: _video_tool(_VIDEO[HEVC].encoder, _VIDEO[HEVC].stream)[0],
-        H264: _video_tool(_VIDEO[H264].encoder, _VIDEO[H264].stream)[0],
-    }
+# ---------------------------------------------------------------------------------------------------
+# The seam: one class per codec (after compressai's utils/bench/codecs.py), the search and the
+# result in the base class.
+
+
+def _target(ratio: float) -> float:
+    """The target ratio as a positive finite float, or ValueError (callers pass what users typed)."""
+    try:
+        target = float(ratio)
+    except (TypeError, ValueError):
+        raise ValueError(f"the target ratio must be a positive number, not {ratio!r}") from None
+    if not (math.isfinite(target) and target > 0):
+        raise ValueError(f"the target ratio must be a positive number, not {ratio!r}")
+    return target
+
+
+class ClassicalCodec(ABC):
+    """One classical codec: its names, whether it runs here (and why not), one encode and one decode
+    of a stack of gray codes at one setting of its quality knob, and (`compress`) the search for the
+    setting that reaches a target ratio, with "not reached, and why" as a result rather than an error.
+
+    A subclass says how to encode and decode; the gray mapping, the search, the measures and the
+    notes are the same for every codec, so that the table compares like with like.
+    """
+
+    #: The name in tables, cells and logs (one of CODECS).
+    name: ClassVar[str]
+    #: The command line's name (codec.cli.bench.CODEC_KEYS, written there so `moec --help` stays light).
+    key: ClassVar[str]
+    #: The quality knob's ends: the coarsest setting (smallest output) and the finest.
+    coarsest: ClassVar[float]
+    finest: ClassVar[float]
+
+    @abstractmethod
+    def unavailable(self) -> str | None:
+        """None if the codec can be used here, else a one-line reason."""
+
+    @abstractmethod
+    def max_bits(self) -> int:
+        """The deepest gray the encoder takes (at most MAX_BITS); call only when available."""
+
+    @property
+    @abstractmethod
+    def tool(self) -> str:
+        """Who is named when a range is rescaled for want of deeper gray."""
+
+    @abstractmethod
+    def encode(self, codes: np.ndarray, bits: int, setting: float) -> tuple[bytes, float]:
+        """(the bytes the codec produces for (X, Y, Z) unsigned gray `codes` of `bits` bits at `setting`,
+        the seconds the encode took)."""
+
+    @abstractmethod
+    def decode(self, payload: bytes, bits: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, float]:
+        """(the (X, Y, Z) gray codes `payload` holds, the seconds the decode took)."""
+
+    @abstractmethod
+    def describe(self, setting: float) -> str:
+        """The setting as the table shows it, e.g. "crf=31.25"."""
+
+    def not_reached(self, ratio: float, note: str, setting: str = "") -> ClassicalResult:
+        """The cell of a ratio the codec does not reach here, with the reason."""
+        return ClassicalResult(codec=self.name, target=ratio, reached=False, ratio=None, nbytes=None, psnr=None,
+                               ssim=None, setting=setting, note=note)
+
+    def compress(self, volume: Volume, ratio: float) -> ClassicalResult:
+        """Compress `volume` at the target ratio (raw bytes / produced bytes): the finest setting
+        whose output is within the bytes the ratio allows, measured in real units."""
+        ratio = _target(ratio)
+        reason = self.unavailable()
+        if reason is not None:
+            return self.not_reached(ratio, reason)
+
+        shape = volume.shape
+        stored = to_stored(volume.data, volume.stored_dtype, volume.slope, volume.inter)
+        # Time frames become more slices (frame k = z * T + t), so every codec sees a 3D stack.
+        stored = stored.reshape(shape[0], shape[1], -1)
+        raw = volume.raw_bytes
+        max_bytes = math.floor(raw / ratio)
+
+        gray = _gray_map(stored, self.max_bits(), self.tool)
+        codes = gray.encode(stored)
+        best, coarsest = _search(lambda setting: self.encode(codes, gray.bits, setting)[0], self.coarsest,
+                                 self.finest, max_bytes)
+        if best is None:
+            note = (f"cannot reach {ratio:g}x: the coarsest setting gives {coarsest.nbytes:,} bytes "
+                    f"({raw / coarsest.nbytes:.0f}x); {gray.note}")
+            return self.not_reached(ratio, note, self.describe(coarsest.setting))
+        decoded, _ = self.decode(best.payload, gray.bits, (codes.shape[0], codes.shape[1], codes.shape[2]))
+
+        note = gray.note
+        reached = raw / best.nbytes
+        if best.setting == self.finest:
+            note += f"; the finest setting already gives {reached:.3g}x"
+        elif reached > ratio * (1 + TOLERANCE):
+            # Sizes jump between neighbouring settings (small volumes, the coarse end); say so, not hide it.
+            note += f"; {100 * (reached / ratio - 1):.1f}% above the target, no setting tried landed closer"
+        real = gray.decode(decoded).reshape(shape) * volume.slope + volume.inter
+        # Our decoder writes the file's dtype, so the classical reconstruction is rounded the same way.
+        recon = through_stored(real, volume.stored_dtype, volume.slope, volume.inter)
+        return ClassicalResult(
+            codec=self.name,
+            target=ratio,
+            reached=True,
+            ratio=reached,
+            nbytes=best.nbytes,
+            psnr=psnr(volume.data, recon),
+            ssim=ssim(volume.data, recon)[0],
+            setting=self.describe(best.setting),
+            note=note,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,46 +359,53 @@ def _untile(image: np.ndarray, shape: tuple[int, int, int], cols: int) -> np.nda
     return out
 
 
-def _jpeg2k(codes: np.ndarray, gray: _GrayMap, max_bytes: int) -> tuple[_Trial | None, _Trial, np.ndarray | None]:
-    import imagecodecs
+class Jpeg2000Codec(ClassicalCodec):
+    """JPEG 2000 (OpenJPEG through imagecodecs): the slices tiled into one image, one J2K codestream,
+    driven by OpenJPEG's fixed-quality level."""
 
-    image, cols = _tile(codes)
+    name = JPEG2000
+    key = "j2k"
+    coarsest, finest = J2K_COARSEST, J2K_FINEST
 
-    def encode(level: float) -> bytes:
+    def unavailable(self) -> str | None:
+        return _jpeg2k_reason()
+
+    def max_bits(self) -> int:
+        return MAX_BITS
+
+    @property
+    def tool(self) -> str:
+        return "JPEG 2000"
+
+    def encode(self, codes: np.ndarray, bits: int, setting: float) -> tuple[bytes, float]:
+        import imagecodecs
+
+        start = time.perf_counter()
+        image, _ = _tile(codes)
         # In this imagecodecs `level` is OpenJPEG's fixed-quality target (a PSNR in dB against the
         # declared bit depth), so declaring the true depth keeps the knob's scale meaningful.
-        return bytes(imagecodecs.jpeg2k_encode(image, level=level, codecformat="J2K", bitspersample=gray.bits,
-                                               numthreads=1))
+        payload = bytes(imagecodecs.jpeg2k_encode(image, level=setting, codecformat="J2K", bitspersample=bits,
+                                                  numthreads=1))
+        return payload, time.perf_counter() - start
 
-    best, coarsest = _search(encode, J2K_COARSEST, J2K_FINEST, max_bytes)
-    if best is None:
-        return None, coarsest, None
-    decoded = np.asarray(imagecodecs.jpeg2k_decode(best.payload))
-    if decoded.shape != image.shape:
-        raise RuntimeError(f"JPEG 2000 decoded a {decoded.shape} image, {image.shape} was encoded")
-    return best, coarsest, _untile(decoded, codes.shape, cols)
+    def decode(self, payload: bytes, bits: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, float]:
+        import imagecodecs
+
+        start = time.perf_counter()
+        nx, ny, nz = shape
+        cols = math.ceil(math.sqrt(nz))
+        expected = (math.ceil(nz / cols) * nx, cols * ny)
+        decoded = np.asarray(imagecodecs.jpeg2k_decode(payload))
+        if decoded.shape != expected:
+            raise RuntimeError(f"JPEG 2000 decoded a {decoded.shape} image, {expected} was encoded")
+        return _untile(decoded, shape, cols), time.perf_counter() - start
+
+    def describe(self, setting: float) -> str:
+        return f"level={setting:.2f} (OpenJPEG PSNR target, dB)"
 
 
 # ---------------------------------------------------------------------------------------------------
 # HEVC / H.264: the slices are the frames of a video.
-
-
-@dataclass(frozen=True)
-class _Video:
-    encoder: str
-    stream: str  # ffmpeg's name for the raw Annex-B elementary stream (muxer and decoder)
-    options: tuple[str, ...]
-    min_side: int  # frames are padded up to at least this many pixels per side
-
-
-# Both encoders write an SEI message holding their version and full settings string (about 2.3 kB
-# for x265, 0.7 kB for x264); no decoder needs it, and at high ratios it would be a sizeable part of
-# the file, so x265 is told not to write it and x264's SEI units are filtered out of the stream.
-_VIDEO = {
-    # x265 3.5 corrupts its heap on frames narrower than one 64-pixel CTU when single-threaded.
-    HEVC: _Video("libx265", "hevc", ("-x265-params", "log-level=error:info=0:pools=1:frame-threads=1"), 64),
-    H264: _Video("libx264", "h264", ("-threads", "1", "-bsf:v", "filter_units=remove_types=6"), 2),
-}
 
 
 def _gray_format(bits: int) -> str:
@@ -304,115 +422,130 @@ def _run(command: list[str], what: str) -> None:
 def _padded(frames: np.ndarray, min_side: int) -> np.ndarray:
     """Pad (N, H, W) frames to even sides of at least `min_side`, repeating the edge (cheap to code)."""
     _, h, w = frames.shape
-    ph = max(h + h % 2, min_side + min_side % 2)
-    pw = max(w + w % 2, min_side + min_side % 2)
+    ph, pw = _padded_side(h, min_side), _padded_side(w, min_side)
     if (ph, pw) == (h, w):
         return frames
     return np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w)), mode="edge")
 
 
-def _video(codes: np.ndarray, gray: _GrayMap, max_bytes: int, spec: _Video) -> tuple[_Trial | None, _Trial,
-                                                                                  np.ndarray | None]:
-    ffmpeg = shutil.which("ffmpeg")
-    assert ffmpeg is not None  # availability() was checked by the caller
-    nx, ny, nz = codes.shape
-    frames = _padded(np.ascontiguousarray(np.moveaxis(codes, 2, 0)), spec.min_side)
-    height, width = frames.shape[1:]
-    pix_fmt = _gray_format(gray.bits)
-    base = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-    with tempfile.TemporaryDirectory(prefix="moec-classical-") as tmp:
-        raw_in, stream, raw_out = Path(tmp) / "in.raw", Path(tmp) / f"out.{spec.stream}", Path(tmp) / "out.raw"
-        raw_in.write_bytes(frames.tobytes())
+def _padded_side(side: int, min_side: int) -> int:
+    return max(side + side % 2, min_side + min_side % 2)
 
-        def encode(crf: float) -> bytes:
-            _run(base + ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-framerate", "25",
-                         "-i", str(raw_in), "-c:v", spec.encoder, "-preset", "medium", "-crf", f"{crf:.4f}",
-                         *spec.options, "-pix_fmt", pix_fmt, "-f", spec.stream, str(stream)], f"encode {spec.encoder}")
-            return stream.read_bytes()
 
-        best, coarsest = _search(encode, CRF_COARSEST, CRF_FINEST, max_bytes)
-        if best is None:
-            return None, coarsest, None
-        stream.write_bytes(best.payload)
-        # The H.264 decoder returns monochrome as YUV 4:2:0 and a format conversion to gray would
-        # rescale it as limited range; taking the luma plane as it is keeps the values exact.
-        _run(base + ["-f", spec.stream, "-i", str(stream), "-vf", "extractplanes=y", "-f", "rawvideo",
-                     "-pix_fmt", pix_fmt, str(raw_out)], f"decode {spec.stream}")
-        decoded = np.frombuffer(raw_out.read_bytes(), dtype=gray.dtype)
-    if decoded.size != frames.size:
-        got = decoded.size / (height * width)
-        raise RuntimeError(f"{spec.stream} decoded {got:g} frames of {width}x{height}, {nz} were encoded")
-    recon = decoded.reshape(frames.shape)[:, :nx, :ny]
-    return best, coarsest, np.moveaxis(recon, 0, 2)
+class VideoCodec(ClassicalCodec):
+    """A video encoder of ffmpeg's (the model's BinaryCodec): the slices are the frames, the output a
+    raw Annex-B elementary stream (no container), driven by a fractional CRF."""
+
+    encoder: ClassVar[str]
+    stream: ClassVar[str]  # ffmpeg's name for the raw Annex-B elementary stream (muxer and decoder)
+    options: ClassVar[tuple[str, ...]]
+    min_side: ClassVar[int]  # frames are padded up to at least this many pixels per side
+    coarsest, finest = CRF_COARSEST, CRF_FINEST
+
+    def unavailable(self) -> str | None:
+        return _video_tool(self.encoder, self.stream)[0]
+
+    def max_bits(self) -> int:
+        return _video_tool(self.encoder, self.stream)[1]
+
+    @property
+    def tool(self) -> str:
+        return self.encoder
+
+    @staticmethod
+    def _ffmpeg() -> list[str]:
+        ffmpeg = shutil.which("ffmpeg")
+        if ffmpeg is None:  # unavailable() says so before any encode
+            raise RuntimeError("ffmpeg not found")
+        return [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+
+    def encode(self, codes: np.ndarray, bits: int, setting: float) -> tuple[bytes, float]:
+        start = time.perf_counter()
+        frames = _padded(np.ascontiguousarray(np.moveaxis(codes, 2, 0)), self.min_side)
+        height, width = frames.shape[1:]
+        pix_fmt = _gray_format(bits)
+        with tempfile.TemporaryDirectory(prefix="moec-classical-") as tmp:
+            raw_in, stream = Path(tmp) / "in.raw", Path(tmp) / f"out.{self.stream}"
+            raw_in.write_bytes(frames.tobytes())
+            _run(self._ffmpeg() + ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-framerate",
+                                   "25", "-i", str(raw_in), "-c:v", self.encoder, "-preset", "medium", "-crf",
+                                   f"{setting:.4f}", *self.options, "-pix_fmt", pix_fmt, "-f", self.stream,
+                                   str(stream)], f"encode {self.encoder}")
+            payload = stream.read_bytes()
+        return payload, time.perf_counter() - start
+
+    def decode(self, payload: bytes, bits: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        nx, ny, nz = shape
+        height, width = _padded_side(nx, self.min_side), _padded_side(ny, self.min_side)
+        pix_fmt = _gray_format(bits)
+        with tempfile.TemporaryDirectory(prefix="moec-classical-") as tmp:
+            stream, raw_out = Path(tmp) / f"out.{self.stream}", Path(tmp) / "out.raw"
+            stream.write_bytes(payload)
+            # The H.264 decoder returns monochrome as YUV 4:2:0 and a format conversion to gray would
+            # rescale it as limited range; taking the luma plane as it is keeps the values exact.
+            _run(self._ffmpeg() + ["-f", self.stream, "-i", str(stream), "-vf", "extractplanes=y", "-f", "rawvideo",
+                                   "-pix_fmt", pix_fmt, str(raw_out)], f"decode {self.stream}")
+            decoded = np.frombuffer(raw_out.read_bytes(), dtype=np.dtype(np.uint8 if bits <= 8 else "<u2"))
+        if decoded.size != nz * height * width:
+            got = decoded.size / (height * width)
+            raise RuntimeError(f"{self.stream} decoded {got:g} frames of {width}x{height}, {nz} were encoded")
+        recon = decoded.reshape(nz, height, width)[:, :nx, :ny]
+        return np.moveaxis(recon, 0, 2), time.perf_counter() - start
+
+    def describe(self, setting: float) -> str:
+        return f"crf={setting:.2f}"
+
+
+# Both encoders write an SEI message holding their version and full settings string (about 2.3 kB
+# for x265, 0.7 kB for x264); no decoder needs it, and at high ratios it would be a sizeable part of
+# the file, so x265 is told not to write it and x264's SEI units are filtered out of the stream.
+
+
+class HevcCodec(VideoCodec):
+    """HEVC with x265."""
+
+    name = HEVC
+    key = "hevc"
+    encoder = "libx265"
+    stream = "hevc"
+    options = ("-x265-params", "log-level=error:info=0:pools=1:frame-threads=1")
+    # x265 3.5 corrupts its heap on frames narrower than one 64-pixel CTU when single-threaded.
+    min_side = 64
+
+
+class H264Codec(VideoCodec):
+    """H.264 with x264."""
+
+    name = H264
+    key = "h264"
+    encoder = "libx264"
+    stream = "h264"
+    options = ("-threads", "1", "-bsf:v", "filter_units=remove_types=6")
+    min_side = 2
 
 
 # ---------------------------------------------------------------------------------------------------
-# The entry point.
+# The registry and the entry points.
+
+#: Every classical codec, in the tables' order (CODECS holds their names).
+CLASSICAL: tuple[ClassicalCodec, ...] = (Jpeg2000Codec(), HevcCodec(), H264Codec())
+_BY_NAME = {codec.name: codec for codec in CLASSICAL}
 
 
-def _describe(codec: str, setting: float) -> str:
-    if codec == JPEG2000:
-        return f"level={setting:.2f} (OpenJPEG PSNR target, dB)"
-    return f"crf={setting:.2f}"
+def codec_named(name: str) -> ClassicalCodec:
+    """The codec called `name` (one of CODECS), or ValueError."""
+    try:
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}") from None
 
 
-def _missing(codec: str, ratio: float, reason: str) -> ClassicalResult:
-    return ClassicalResult(codec, ratio, False, None, None, None, None, "", reason)
+def availability() -> dict[str, str | None]:
+    """Codec name -> None if usable here, else a one-line reason."""
+    return {codec.name: codec.unavailable() for codec in CLASSICAL}
 
 
 def compress(volume: Volume, codec: str, ratio: float) -> ClassicalResult:
     """Compress `volume` with one classical codec at the target ratio (raw bytes / produced bytes)."""
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-    try:
-        target = float(ratio)
-    except (TypeError, ValueError):
-        raise ValueError(f"the target ratio must be a positive number, not {ratio!r}") from None
-    if not (math.isfinite(target) and target > 0):
-        raise ValueError(f"the target ratio must be a positive number, not {ratio!r}")
-    ratio = target
-    reason = availability()[codec]
-    if reason is not None:
-        return _missing(codec, ratio, reason)
-
-    shape = volume.shape
-    stored = to_stored(volume.data, volume.stored_dtype, volume.slope, volume.inter)
-    # Time frames become more slices (frame k = z * T + t), so both codecs see a 3D stack.
-    stored = stored.reshape(shape[0], shape[1], -1)
-    raw = volume.raw_bytes
-    max_bytes = math.floor(raw / ratio)
-
-    if codec == JPEG2000:
-        gray = _gray_map(stored, MAX_BITS, "JPEG 2000")
-        best, coarsest, codes = _jpeg2k(gray.encode(stored), gray, max_bytes)
-    else:
-        spec = _VIDEO[codec]
-        gray = _gray_map(stored, _video_tool(spec.encoder, spec.stream)[1], spec.encoder)
-        best, coarsest, codes = _video(gray.encode(stored), gray, max_bytes, spec)
-
-    if best is None or codes is None:
-        note = (f"cannot reach {ratio:g}x: the coarsest setting gives {coarsest.nbytes:,} bytes "
-                f"({raw / coarsest.nbytes:.0f}x); {gray.note}")
-        return ClassicalResult(codec, ratio, False, None, None, None, None, _describe(codec, coarsest.setting), note)
-
-    note = gray.note
-    reached = raw / best.nbytes
-    if best.setting == (J2K_FINEST if codec == JPEG2000 else CRF_FINEST):
-        note += f"; the finest setting already gives {reached:.3g}x"
-    elif reached > ratio * (1 + TOLERANCE):
-        # Sizes jump between neighbouring settings (small volumes, the coarse end); say so, not hide it.
-        note += f"; {100 * (reached / ratio - 1):.1f}% above the target, no setting tried landed closer"
-    real = gray.decode(codes).reshape(shape) * volume.slope + volume.inter
-    # Our decoder writes the file's dtype, so the classical reconstruction is rounded the same way.
-    recon = through_stored(real, volume.stored_dtype, volume.slope, volume.inter)
-    return ClassicalResult(
-        codec=codec,
-        target=ratio,
-        reached=True,
-        ratio=reached,
-        nbytes=best.nbytes,
-        psnr=psnr(volume.data, recon),
-        ssim=ssim(volume.data, recon)[0],
-        setting=_describe(codec, best.setting),
-        note=note,
-    )
+    return codec_named(codec).compress(volume, ratio)

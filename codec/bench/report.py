@@ -118,7 +118,7 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
                                and r.get("format", 4) < SMALL_HEADER_VERSION))
     if older:
         # Cached cells keep the file format they were measured with; a header before version 5 is
-        # larger (version 4: ~370 bytes more on the brain template, which matters from ~1024x up).
+        # larger, which matters at high ratios (docs/benchmarks.md, "Quantization and entropy coding").
         lines += ["", f"Measured with a .moec format before version {SMALL_HEADER_VERSION} (a larger header) "
                   f"than this program's version {VERSION}: " + "; ".join(older) + "."]
     if skipped:

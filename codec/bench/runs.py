@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from codec import pipeline
 from codec.bench import classical
@@ -73,7 +74,7 @@ def run_moec(volume: Volume, method: Method, ratio: float, config: TrainConfig) 
 
 def run_classical(volume: Volume, codec: str, ratio: float) -> dict:
     start = time.perf_counter()
-    result = classical.compress(volume, codec, ratio)
+    result = classical.codec_named(codec).compress(volume, ratio)
     row = asdict(result)
     row.pop("codec", None)
     row.pop("target", None)
@@ -127,7 +128,7 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, con
     (out / "cells").mkdir(exist_ok=True)
     available = classical.availability()
     if codecs is None:
-        codecs = tuple(classical.CODECS)
+        codecs = tuple(c.name for c in classical.CLASSICAL)
     for codec, reason in available.items():
         if codec in codecs and reason:
             log(f"skipping {codec}: {reason}")
@@ -152,7 +153,7 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, con
 
 
 def run_volumes(volumes: list[tuple[str, Callable[[], Volume]]], out: Path, log: Callable[[str], None] = print,
-                **options) -> dict[str, dict]:
+                **options: Any) -> dict[str, dict]:
     """`run` on each (name, loader) of `volumes` into out/NAME (a volume is loaded when its turn
     comes, so one at a time is in memory), then out/results.md with one section per volume;
     returns each volume's results by name. `options` are `run`'s."""
