@@ -40,12 +40,12 @@ def machine() -> dict:
 def compress(volume: Volume, settings: pipeline.Settings, config: TrainConfig) -> dict:
     """Train, write the bytes, decode them, measure: one row of a benchmark table."""
     start = time.perf_counter()
-    session = pipeline.Compression(volume, settings, config)
-    made = session.train().encode()
+    compression = pipeline.Compression(volume, settings, config)
+    made = compression.train().encode()
     data = made.data
     seconds = time.perf_counter() - start
-    evaluation = session.evaluate(moecfile.from_bytes(data))
-    params = session.plan.model.parameter_count()
+    evaluation = compression.evaluate(moecfile.from_bytes(data))
+    params = compression.plan.model.parameter_count()
     return {
         "settings": asdict(settings), "minutes": config.minutes, "steps": made.steps, "bytes": len(data),
         "ratio": evaluation.ratio, "psnr": evaluation.quality.psnr, "ssim": evaluation.quality.ssim,

@@ -19,7 +19,7 @@ from common import save, table
 from codec.coding import entropy
 from codec.coding.quantize import quantize
 from codec.format import moecfile
-from codec.format.payload import stored_steps
+from codec.format.payload import stored_qsteps
 from codec.model import is_latent
 
 
@@ -48,21 +48,21 @@ def measure(path: str) -> dict:
     moec = moecfile.from_bytes(data)
     if moec.meta.quant.float16:
         raise SystemExit(f"{path} holds float16 weights; compress it with --bits 8 (the default)")
-    steps = stored_steps(data)
+    qsteps = stored_qsteps(data)
     tensors = [(n, p.detach().numpy()) for n, p in moec.model.named_tensors()]
-    symbols = [quantize(w, steps[n]) for n, w in tensors]
+    symbols = [quantize(w, qsteps[n]) for n, w in tensors]
     models = [entropy.fit_model(s, spatial=is_latent(n)) for (n, _), s in zip(tensors, symbols)]
-    table_bytes = sum(7 + 2 * steps[n].size + m.overhead_bits // 8 for (n, _), m in zip(tensors, models))
+    table_bytes = sum(7 + 2 * qsteps[n].size + m.overhead_bits // 8 for (n, _), m in zip(tensors, models))
     range_coded = len(entropy.encode(symbols, models)) + table_bytes
     raw = b"".join(s.astype("<i2").tobytes() for s in symbols)
-    steps_only = sum(2 * steps[n].size for n, _ in tensors)
-    zstd = len(zstandard.ZstdCompressor(level=22).compress(raw)) + steps_only
-    huffman = sum(huffman_bytes(s) for s in symbols) + steps_only
+    qsteps_only = sum(2 * qsteps[n].size for n, _ in tensors)
+    zstd = len(zstandard.ZstdCompressor(level=22).compress(raw)) + qsteps_only
+    huffman = sum(huffman_bytes(s) for s in symbols) + qsteps_only
     ideal = sum(entropy.ideal_bits(s, m) for s, m in zip(symbols, models)) / 8 + table_bytes
     n = sum(s.size for s in symbols)
     return {"file": path, "weights": n, "range coder (.moec models)": range_coded, "zstd -22 of int16 symbols": zstd,
             "Huffman per tensor (+ tables)": huffman, "ideal for those models": round(ideal),
-            "int16 raw": len(raw) + steps_only, "bits_per_weight": 8 * range_coded / n}
+            "int16 raw": len(raw) + qsteps_only, "bits_per_weight": 8 * range_coded / n}
 
 
 def main() -> None:

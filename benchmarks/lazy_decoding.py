@@ -100,8 +100,8 @@ def through_viewer(path: Path) -> dict:
     from moec_napari.reader import read_moec  # imported before the clock, as a running plugin is
 
     viewer = napari.Viewer(show=True)
-    # A viewer's first image and labels layers compile their shaders (about a second, whatever the
-    # data): a user drops a file on a viewer that already runs, so that is paid before the clock.
+    # A viewer's first image and labels layers compile their shaders (whatever the data): a user
+    # drops a file on a viewer that already runs, so that is paid before the clock.
     viewer.add_image(np.zeros((4, 8, 8), np.float32))
     viewer.add_labels(np.zeros((4, 8, 8), np.uint8))
     QApplication.processEvents()

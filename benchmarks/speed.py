@@ -155,7 +155,7 @@ def tuning_rows(volume) -> list[dict]:
 def decode_rows() -> list[dict]:
     """256^3 volumes at 256x: uint8 (a 65 KB model, like the brain template's bytes per voxel) and
     int16 (a 131 KB model, about twice the multiply-adds per voxel), at the default chunk size and,
-    for comparison, at 1 << 14 (faster per coordinate in the network alone, slower overall); then
+    for comparison, at 1 << 14 (the per-chunk overhead against the network's own speed); then
     the same two volumes with the latent-grid encoder, whose experts are narrower, and with the grid
     model that made the best files (4 experts, 1 latent channel, router on the coordinates)."""
     rows = []

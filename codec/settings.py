@@ -23,9 +23,9 @@ LATENT_BITS = 1.5
 #: The rates a compression tries when asked to choose (Settings.latent_bits None, `--latent-bits
 #: auto`): with the number of experts open, it tries the kept number at the second rate after the
 #: experts' trial (codec.pipeline); a fixed number of experts takes the first. Not the default:
-#: which rate pays depends on the volume (at 256x and 4,000 steps the second gains 0.6 dB on the
-#: development CT and loses 0.7 on the MR), but at 10 minutes the trial's third model cost about
-#: what the choice gained (docs/benchmarks.md, "The latent rate, chosen per volume").
+#: which rate pays depends on the volume (the second gains on the development CT and loses on the
+#: MR), but at the targets' budgets the trial's third model cost about what the choice gained
+#: (docs/benchmarks.md, "The latent rate, chosen per volume").
 AUTO_LATENT_BITS = (LATENT_BITS, 0.75)
 #: How much more a voxel of a region of interest counts (codec.io.roi).
 ROI_WEIGHT = 10.0
@@ -116,7 +116,7 @@ class TrainConfig:
 
     minutes: float = 5.0
     steps: int | None = None  # a step budget overrides `minutes` and makes the run reproducible
-    #: Coordinates per step. 16,384 runs about 1.4-1.5 times the steps of 32,768 in the same time,
+    #: Coordinates per step. 16,384 runs more steps than 32,768 in the same time,
     #: and on the latent grid those steps gained more than the noisier gradients cost on all three
     #: development volumes (docs/benchmarks.md, "Training: learning rate and batch").
     batch_size: int = 1 << 14
@@ -124,7 +124,7 @@ class TrainConfig:
     lr_decay: float = 0.1  # learning rate at the end of a run / at its start (exponential)
     balance_weight: float = 0.01
     #: Weight of an L1 penalty on the latent grids (mean |latent|, joint stage), against the MSE on
-    #: the [-1, 1] scale. It makes the grids sparse (about 70% zeros once rounded, against 10%), so
+    #: the [-1, 1] scale. It makes the grids sparse (most latents zero once rounded), so
     #: that a plan at fewer bits per latent (Settings.latent_bits 1.5) holds more latents in the
     #: same bytes (measured against 2 bits without it: docs/benchmarks.md, "The latent grid and its coding").
     latent_l1: float = 3e-3
@@ -150,7 +150,7 @@ class TrainConfig:
     #: much at the switch, and an annealed soft rounding did worse still (docs/benchmarks.md).
     latent_qat_from: float = 0.0
     #: From this fraction of the budget on, latent grids are read by cubic interpolation, trilinear
-    #: before (1: never). Cubic is better at equal steps but each step costs about twice as much, so
+    #: before (1: never). Cubic is better at equal steps but each step costs much more, so
     #: cubic from the start loses at equal time; trilinear first, then cubic, wins on all three
     #: development volumes (docs/benchmarks.md, "Cubic reading of the latent grid"). The file
     #: records the reading its latents were last trained with (ModelConfig.grid_interpolation).

@@ -53,7 +53,7 @@ def read_dicom_folder(path: str) -> list[tuple]:
             problems.append(str(exc))
             continue
         name = folder.name if len(scan.series) == 1 else f"{folder.name} {series_stem(info, scan.series)}"
-        layers.append(image_layer(volume, name, dicom=identity_to_json(volume.dicom)))
+        layers.append(image_layer(volume, name, dicom=identity_to_json(volume.dicom)))  # type: ignore[arg-type]  # read from DICOM
     if not layers:
         raise DicomError(problems[0])
     for problem in problems:

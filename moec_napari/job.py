@@ -86,7 +86,8 @@ def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: 
     original = _display(orientation, volume.data)
     model = moec.meta.model
     error = values - original
-    return Result(data, values, _display(orientation, recon.labels), _display(orientation, recon.confidence),
+    return Result(data, values, _display(orientation, recon.labels),  # type: ignore[arg-type]  # labels were asked for
+                  _display(orientation, recon.confidence),  # type: ignore[arg-type]  # and the confidence
                   error, error_limit(error), evaluation.quality, evaluation.experts, evaluation.ratio,
                   evaluation.file_ratio, steps, model.experts, model.expert_parameter_count(), stopped,
                   evaluation.roi, notes)
@@ -101,7 +102,7 @@ class TrainingJob:
         self.volume = volume
         self.orientation = orientation
         #: RatioError here, before any thread starts.
-        self.session = pipeline.Compression(volume, settings, config, roi)
+        self.compression = pipeline.Compression(volume, settings, config, roi)
         self.preview_every = preview_every
         self.stop_requested = False
         #: (display axis, index) of the slice on screen; the GUI thread replaces the tuple whole.
@@ -114,7 +115,7 @@ class TrainingJob:
     def fitter(self) -> Fitter:
         """The model training now (during a trial of several, the one being tried); the worker's
         alone: the GUI thread reads `snapshot`."""
-        return self.session.fitter
+        return self.compression.fitter
 
     @property
     def steps_done(self) -> int:
@@ -124,7 +125,7 @@ class TrainingJob:
     @property
     def max_experts(self) -> int:
         """The most experts any model of this job can have (the expert layer's colours)."""
-        return max(c.plan.model.experts for c in self.session.candidates)
+        return max(c.plan.model.experts for c in self.compression.candidates)
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -135,7 +136,7 @@ class TrainingJob:
         self.stop_requested = False
         last_progress = last_preview = 0.0
         progress = None
-        run = self.session.run(minutes=minutes, steps=steps)
+        run = self.compression.run(minutes=minutes, steps=steps)
         try:
             for progress in run:
                 self.snapshot = progress
@@ -152,9 +153,9 @@ class TrainingJob:
             run.close()
         if progress is not None:
             yield progress
-        made = self.session.encode()
+        made = self.compression.encode()
         self.result = finish(self.volume, self.orientation, made.data, made.steps, self.stop_requested,
-                             roi=self.session.roi, notes=made.notes)
+                             roi=self.compression.roi, notes=made.notes)
         return self.result
 
     def preview(self, axis: int, index: int) -> Preview:

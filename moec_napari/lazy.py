@@ -66,7 +66,7 @@ class TileCache:
             if key in self._tiles:
                 self._tiles.move_to_end(key)
                 return self._tiles[key]
-            part = decode_region(self.moec, self.grid.box(slab, time), self.grid.shape, device=self.device)
+            part = decode_region(self.moec, self.grid.box(slab, time), shape=self.grid.shape, device=self.device)
             self._tiles[key] = part
             self.decoded.append(key)
             while len(self._tiles) > self.max_tiles:

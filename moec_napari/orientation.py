@@ -43,7 +43,8 @@ class Orientation:
 
     @classmethod
     def from_dict(cls, d: dict) -> Orientation:
-        return cls(tuple(tuple(int(v) for v in r) for r in d["ornt"]), tuple(int(n) for n in d["file_shape"]),
+        return cls(tuple(tuple(int(v) for v in r) for r in d["ornt"]),  # type: ignore[misc]  # rows are pairs
+                   tuple(int(n) for n in d["file_shape"]),
                    tuple(tuple(float(v) for v in r) for r in d["affine"]))
 
     @property

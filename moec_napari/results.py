@@ -89,8 +89,9 @@ class ResultsPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setToolTip("Select an expert to show only its region in the experts layer")
         self.table.itemSelectionChanged.connect(self._on_selection)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().setVisible(False)  # type: ignore[union-attr]  # a table has headers
+        self.table.horizontalHeader().setSectionResizeMode(  # type: ignore[union-attr]
+            QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(140)
         layout.addWidget(self.table)
         self.curves = CurvesWidget()

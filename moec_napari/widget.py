@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class MoecWidget(QWidget):
         self.worker = None
         self.result: Result | None = None
         self.source = None  # the Image layer being compressed
-        self.derived: dict[str, object] = {}  # role -> layer
+        self.derived: dict[str, Any] = {}  # role -> layer
         self._linking = False
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -344,7 +345,7 @@ class MoecWidget(QWidget):
         b.events.contrast_limits.connect(follow(b, a))
 
     def _show_preview(self, p: Preview) -> None:
-        index = [slice(None)] * self.source.ndim
+        index: Any = [slice(None)] * self.source.ndim
         index[p.axis] = p.index
         index = tuple(index)
         for role, values in (("reconstruction", p.values), ("experts", p.labels), ("confidence", p.confidence),
@@ -371,8 +372,9 @@ class MoecWidget(QWidget):
             if layer not in self.viewer.layers:
                 continue
             # The layer takes the worker's array (no copy: copying four volumes here stalled the
-            # event loop ~0.2 s on the brain template). Previews of a continued run then draw into
-            # it, which is what is on screen; the file's bytes stay in `result.data`.
+            # event loop; docs/benchmarks.md, "Responsiveness of the viewer (`benchmarks/responsiveness.py`)").
+            # Previews of a continued run then draw into it, which is what is on screen; the file's
+            # bytes stay in `result.data`.
             layer.data = values
             suffix = "gate confidence" if role == "confidence" else role
             layer.name = name if role == "reconstruction" else f"{name} {suffix}"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Regenerate every benchmark in docs/benchmarks.md on the brain template, in one command:
-#   bash scripts/benchmarks.sh [VOLUME]        (about 5.2 hours on 2 CPU cores; run it on an idle machine)
+#   bash scripts/benchmarks.sh [VOLUME]        (hours on 2 CPU cores; run it on an idle machine)
 #   bash scripts/benchmarks.sh --dry-run       (print the commands, run nothing)
+# How long each part takes is in docs/benchmarks.md, "How to regenerate".
 # The rate-distortion table and the ablations (`moec bench`, 2 minutes of training per MoEC cell,
-# three seeds: ~230 min) and the quantization table (~25 min) keep each finished cell and skip it on
-# a rerun, so an interrupted run loses at most one cell; the entropy-coder (a 256x file, 5 min),
-# speed (~12 min), responsiveness (~2 min, under a virtual X server), cohort (`moec batch` against
-# `moec compress` on 8 copies of the chest CT, ~20 min), lazy decoding (~2 min) and ROI (~6 min)
-# runs are redone whole.
+# three seeds) and the quantization table keep each finished cell and skip it on a rerun, so an
+# interrupted run loses at most one cell; the entropy-coder (a 256x file, 5 min), speed,
+# responsiveness (under a virtual X server), cohort (`moec batch` against `moec compress` on 8
+# copies of the chest CT), lazy decoding and ROI runs are redone whole.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

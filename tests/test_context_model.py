@@ -17,7 +17,7 @@ from codec.errors import MoecFormatError
 from codec.format import moecfile
 from codec.format.container import unpack_container
 from codec.format.header import parse_meta
-from codec.format.payload import _model_entry, read_table, stored_steps
+from codec.format.payload import _model_entry, read_table, stored_qsteps
 from codec.io.phantom import make_phantom
 from codec.settings import TrainConfig
 
@@ -113,13 +113,13 @@ def test_a_grid_file_stores_its_finest_grid_with_the_context_model_and_decodes_e
     container = unpack_container(data)
     assert container.version >= 3
     meta = parse_meta(container)
-    models, steps, _ = read_table(meta, container.payload)
+    models, qsteps, _ = read_table(meta, container.payload)
     families = dict(zip((name for name, _ in meta.model.tensor_shapes()), (m.family for m in models)))
     assert families["encoder.grid0"] == entropy.CONTEXT
     assert all(f != entropy.CONTEXT for name, f in families.items() if not name.startswith("encoder.grid"))
     stored = moecfile.from_bytes(data).model
     for level in range(plan.model.grid_levels):
-        step = steps[[n for n, _ in meta.model.tensor_shapes()].index(f"encoder.grid{level}")]
+        step = qsteps[[n for n, _ in meta.model.tensor_shapes()].index(f"encoder.grid{level}")]
         grid = getattr(model.encoder, f"grid{level}").detach().cpu().numpy()
         np.testing.assert_array_equal(getattr(stored.encoder, f"grid{level}").detach().numpy(),
                                       np.rint(grid / step) * step)
@@ -163,11 +163,11 @@ def test_a_context_model_on_an_expert_tensor_is_refused(grid_file):
     # Rewrite the table with the finest grid's context model moved onto the router's first weights.
     table = b""
     for name, model in zip(names, models):
-        steps = stored_steps(grid_file[3])[name]
+        qsteps = stored_qsteps(grid_file[3])[name]
         if name == "router.w0":
             model = models[0]
         elif name == "encoder.grid0":
             model = entropy.SymbolModel(0, 1.0, model.lo, model.hi)
-        table += _model_entry(model, steps)
+        table += _model_entry(model, qsteps)
     with pytest.raises(MoecFormatError, match="context model where none can be"):
         moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, table + bytes(4000)))

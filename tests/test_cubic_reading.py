@@ -129,19 +129,19 @@ def test_training_switches_to_cubic_at_its_share_of_the_budget_and_a_stop_before
 @pytest.fixture(scope="module")
 def cubic_file():
     volume = _volume()
-    session = pipeline.Compression(volume, pipeline.Settings(ratio=10, experts=1, encoder="grid"),
-                                   TrainConfig(steps=60, batch_size=2048))
-    data = session.train().encode().data
-    return volume, session, data
+    compression = pipeline.Compression(volume, pipeline.Settings(ratio=10, experts=1, encoder="grid"),
+                                       TrainConfig(steps=60, batch_size=2048))
+    data = compression.train().encode().data
+    return volume, compression, data
 
 
 def test_a_cubic_file_says_so_and_decodes_as_its_model_reads(cubic_file, tmp_path, capsys):
-    volume, session, data = cubic_file
-    assert session.plan.model.grid_interpolation == "linear"  # planned linear, read cubically from 40%
+    volume, compression, data = cubic_file
+    assert compression.plan.model.grid_interpolation == "linear"  # planned linear, read cubically from 40%
     moec = moecfile.from_bytes(data)
     assert moec.meta.model.grid_interpolation == "cubic" and moec.meta.version == 7
     # The taps learned away from Catmull-Rom's, and the file holds them (8-bit, per axis).
-    trained = session.fitter.model.encoder.taps.detach()
+    trained = compression.fitter.model.encoder.taps.detach()
     assert (trained - CATMULL_ROM).abs().max() > 1e-4
     torch.testing.assert_close(moec.model.encoder.taps.detach(), trained, rtol=0, atol=2e-3)
     assert "encoder.taps" in dict(moec.model.config.tensor_shapes())

@@ -14,8 +14,6 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.dataelem import RawDataElement
-from pydicom.tag import Tag
 
 from codec.cli import main
 from codec.errors import DicomError, MoecError, MoecFormatError, ResourceLimitError
@@ -34,22 +32,10 @@ from codec.io.files import check_inside
 from codec.io.limits import MemoryLimit, compress_bytes, load_bytes
 
 from .conftest import PATIENT, STUDY_UID, oblique_geometry, write_dicom_series
+from .hostile import quiet_series, raw_element, without
 
 FRAME_UID = "1.2.826.0.1.3680043.8.498.77"  # what conftest.write_dicom_series writes
 UID_GROUP = re.compile(r"2\.25\.[1-9][0-9]*")
-
-
-def raw_element(ds, keyword: str, vr: str, value: bytes) -> None:
-    """Put `value` in the file as it is, unchecked: how a damaged or hostile file holds it."""
-    tag = Tag(keyword)
-    # As if read from a file of this encoding: pydicom then writes raw elements unconverted (and
-    # resolves no ambiguous VR, which would read the values: the pixel data's is set here).
-    ds.set_original_encoding(False, True, ds._character_set)
-    if "PixelData" in ds:
-        ds["PixelData"].VR = "OW"
-    if len(value) % 2:
-        value += b" " if vr not in ("US", "UL", "SS", "SL", "OB", "OW", "FL", "FD") else b"\0"
-    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
 
 
 def small_raw(shape=(6, 5, 4), seed=0) -> np.ndarray:
@@ -57,9 +43,7 @@ def small_raw(shape=(6, 5, 4), seed=0) -> np.ndarray:
 
 
 def series(folder, raw=None, **options) -> list[Path]:
-    with warnings.catch_warnings():  # pydicom warns of the invalid values these tests write on purpose
-        warnings.simplefilter("ignore")
-        return write_dicom_series(folder, small_raw() if raw is None else raw, **{**oblique_geometry(), **options})
+    return quiet_series(folder, small_raw() if raw is None else raw, **options)
 
 
 # --- one bad file -----------------------------------------------------------------------------------
@@ -138,8 +122,7 @@ def test_normal_stems_are_kept(tmp_path):
 
 # --- anonymised series ------------------------------------------------------------------------------
 
-def _no_series_uid(k, ds):
-    del ds.SeriesInstanceUID
+_no_series_uid = without("SeriesInstanceUID")
 
 
 def test_slices_without_a_series_uid_are_one_series_with_a_warning(tmp_path):
@@ -199,9 +182,10 @@ def test_a_deidentified_identity_is_written_under_a_pseudonymous_patient_and_a_n
     volume = load_series(tmp_path / "ct")
     anonymous = volume.dicom.deidentified()
     source = digest(b"a .moec file")
-    files = write_series(volume, anonymous, tmp_path / "a", 10.0, source)
-    again = write_series(volume, anonymous, tmp_path / "b", 10.0, source)
-    other = write_series(volume, anonymous, tmp_path / "c", 10.0, digest(b"another .moec file"))
+    files = write_series(volume, anonymous, tmp_path / "a", ratio=10.0, source_digest=source)
+    again = write_series(volume, anonymous, tmp_path / "b", ratio=10.0, source_digest=source)
+    other = write_series(volume, anonymous, tmp_path / "c", ratio=10.0,
+                         source_digest=digest(b"another .moec file"))
     first = pydicom.dcmread(files[0])
     assert first.PatientName == PSEUDONYM and first.PatientID == f"MOEC-{source[:12]}"
     assert not first.get("PatientBirthDate") and not first.get("PatientSex") and not first.get("AccessionNumber")
@@ -220,7 +204,7 @@ def test_a_deidentified_identity_is_written_under_a_pseudonymous_patient_and_a_n
     np.testing.assert_array_equal(back.data, volume.data)
     assert back.dicom.patient_name == PSEUDONYM and back.dicom.study_uid == first.StudyInstanceUID
     # A full identity is kept as it is.
-    kept = pydicom.dcmread(write_series(volume, volume.dicom, tmp_path / "d", 10.0, source)[0])
+    kept = pydicom.dcmread(write_series(volume, volume.dicom, tmp_path / "d", ratio=10.0, source_digest=source)[0])
     assert (kept.PatientName, kept.StudyInstanceUID, kept.FrameOfReferenceUID) == (
         PATIENT["PatientName"], STUDY_UID, FRAME_UID)
 

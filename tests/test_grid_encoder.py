@@ -14,14 +14,14 @@ from codec.coding.quantize import (
     WARM_HALVINGS,
     WARM_RADIUS,
     dequantize,
-    latent_steps,
-    latent_steps_near,
+    latent_qsteps,
+    latent_qsteps_near,
     quantize,
-    rate_step,
+    rate_qstep,
 )
 from codec.errors import MoecError
 from codec.format import moecfile
-from codec.format.payload import stored_steps
+from codec.format.payload import stored_qsteps
 from codec.model import LatentGrid, ModelConfig, MoEC
 from codec.model.coords import coords_from_flat
 from codec.settings import TrainConfig
@@ -47,14 +47,14 @@ def test_grid_reads_its_nodes_exactly_and_is_trilinear_between_them():
 
 
 def test_latent_grids_start_at_zero_and_their_first_step_rounds_small_updates_away():
-    """Measured choices (codec.model.LatentGrid, codec.coding.quantize.rate_step): no random starting
+    """Measured choices (codec.model.LatentGrid, codec.coding.quantize.rate_qstep): no random starting
     latents, and a zero grid's step is 1 so the experts first fit a flat field."""
     model = MoEC(ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_channels=1, grid_levels=2,
                              grid_finest=(6, 5, 4)), seed=3)
     grids = [p for name, p in model.named_parameters() if name.startswith("encoder.grid")]
     assert len(grids) == 2 and all(not p.detach().any() for p in grids)
-    assert float(rate_step(grids[0].detach().numpy(), 2.0)) == 1.0
-    assert not quantize(np.full((1, 6, 5, 4), 0.3, np.float32), rate_step(grids[0].detach().numpy(), 2.0)).any()
+    assert float(rate_qstep(grids[0].detach().numpy(), 2.0)) == 1.0
+    assert not quantize(np.full((1, 6, 5, 4), 0.3, np.float32), rate_qstep(grids[0].detach().numpy(), 2.0)).any()
 
 
 def test_grid_levels_halve_and_feed_every_expert():
@@ -84,7 +84,7 @@ def test_invalid_grid_configurations_are_refused(change, message):
 @pytest.mark.parametrize("target", [0.8, 1.6, 3.0])
 def test_rate_step_lands_on_the_asked_rate(target):
     latents = np.random.default_rng(0).laplace(0.0, 0.3, size=(2, 30, 20, 10)).astype(np.float32)
-    step = rate_step(latents, target)
+    step = rate_qstep(latents, target)
     symbols = quantize(latents, step)
     bits = entropy.coded_bits(symbols, spatial=True) / latents.size
     assert step.shape == () and step > 0
@@ -98,32 +98,32 @@ def test_a_latent_stack_shares_one_rate_with_finer_steps_on_coarser_levels():
     stack = [rng.laplace(0.0, 0.3, size=(1, 40, 40, 12)).astype(np.float32),
              rng.laplace(0.0, 0.3, size=(1, 20, 20, 12)).astype(np.float32),
              rng.laplace(0.0, 0.3, size=(1, 10, 10, 6)).astype(np.float32)]
-    steps = latent_steps(stack, 1.5)
-    np.testing.assert_allclose([float(steps[1] / steps[0]), float(steps[2] / steps[0])],
+    qsteps = latent_qsteps(stack, 1.5)
+    np.testing.assert_allclose([float(qsteps[1] / qsteps[0]), float(qsteps[2] / qsteps[0])],
                                [0.5, np.sqrt(600 / 19200)], rtol=2e-3)
-    bits = sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(stack, steps))
+    bits = sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(stack, qsteps))
     assert abs(bits / sum(w.size for w in stack) - 1.5) < 0.05 * 1.5
-    assert [float(s) for s in latent_steps([np.zeros_like(w) for w in stack], 1.5)] == [1.0, 1.0, 1.0]
+    assert [float(s) for s in latent_qsteps([np.zeros_like(w) for w in stack], 1.5)] == [1.0, 1.0, 1.0]
 
 
 def test_a_warm_rate_search_lands_where_the_cold_one_does_and_a_bad_guess_falls_back():
     rng = np.random.default_rng(2)
     stack = [rng.laplace(0.0, 0.3, size=(1, 40, 40, 12)).astype(np.float32),
              rng.laplace(0.0, 0.3, size=(1, 20, 20, 12)).astype(np.float32)]
-    cold, scale = latent_steps_near(stack, 1.5)
-    assert [float(s) for s in cold] == [float(s) for s in latent_steps(stack, 1.5)]
+    cold, scale = latent_qsteps_near(stack, 1.5)
+    assert [float(s) for s in cold] == [float(s) for s in latent_qsteps(stack, 1.5)]
     # The grids trained on a little: the warm search from the last multiplier lands within its
     # precision of where a cold search would.
     moved = [w * 1.03 for w in stack]
-    warm, warm_scale = latent_steps_near(moved, 1.5, scale)
-    again, again_scale = latent_steps_near(moved, 1.5)
+    warm, warm_scale = latent_qsteps_near(moved, 1.5, scale)
+    again, again_scale = latent_qsteps_near(moved, 1.5)
     assert abs(warm_scale - again_scale) <= WARM_RADIUS / 2**WARM_HALVINGS
     bits = sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(moved, warm))
     assert abs(bits / sum(w.size for w in moved) - 1.5) < 0.05 * 1.5
     # A guess far off does not bracket the rate: the cold search, to the last bit.
-    far, far_scale = latent_steps_near(moved, 1.5, scale + 3.0)
+    far, far_scale = latent_qsteps_near(moved, 1.5, scale + 3.0)
     assert far_scale == again_scale and [float(s) for s in far] == [float(s) for s in again]
-    assert latent_steps_near([np.zeros_like(w) for w in stack], 1.5, scale)[1] is None
+    assert latent_qsteps_near([np.zeros_like(w) for w in stack], 1.5, scale)[1] is None
 
 
 def test_choices_that_do_not_fit_the_grid_are_refused_in_words(phantom):
@@ -153,8 +153,8 @@ def test_a_grid_file_meets_its_ratio_learns_and_decodes_its_stored_latents(phant
         np.testing.assert_array_equal(getattr(stored.encoder, name).detach().numpy(),
                                       getattr(fitter.model.encoder, name).detach().cpu().numpy())
     # And the stack costs about the planned rate, its coarser levels at finer steps.
-    steps = stored_steps(data)
-    grids = [(getattr(fitter.model.encoder, f"grid{level}").detach().cpu().numpy(), steps[f"encoder.grid{level}"])
+    qsteps = stored_qsteps(data)
+    grids = [(getattr(fitter.model.encoder, f"grid{level}").detach().cpu().numpy(), qsteps[f"encoder.grid{level}"])
              for level in range(plan.model.grid_levels)]
     bits = sum(entropy.coded_bits(quantize(grid, step), spatial=True) for grid, step in grids)
     assert abs(bits / plan.model.latent_count() - settings.latent_bits) < 0.2
@@ -167,8 +167,8 @@ def _written_grids(volume, config: TrainConfig) -> tuple[dict[str, np.ndarray], 
     fitter, plan = train(volume, pipeline.Settings(ratio=20, experts=4, encoder="grid"), config)
     data = pipeline.file_bytes(fitter, plan)
     assert 20 <= math.prod(volume.shape) * volume.stored_dtype.itemsize / len(data) <= 20 * 1.05
-    steps = stored_steps(data)
-    grids = {name: dequantize(quantize(p.detach().cpu().numpy(), steps[name]), steps[name])
+    qsteps = stored_qsteps(data)
+    grids = {name: dequantize(quantize(p.detach().cpu().numpy(), qsteps[name]), qsteps[name])
              for name, p in fitter.model.named_tensors() if name.startswith("encoder.grid")}
     return grids, file_psnr(volume, data)
 

@@ -84,9 +84,9 @@ def thick_slices(tmp_path_factory):
     volume = from_array(data.astype(np.float32), affine=np.diag([0.5, 0.5, 4.0, 1.0]), dtype=np.int16)
     path = tmp_path_factory.mktemp("thick") / "thick.nii.gz"
     save_volume(volume, path)
-    session = pipeline.Compression(volume, pipeline.Settings(ratio=12, grid_spacing_power=0.5),
-                                   TrainConfig(steps=60, batch_size=2048))
-    return volume, path, session.plan, session.train().encode().data
+    compression = pipeline.Compression(volume, pipeline.Settings(ratio=12, grid_spacing_power=0.5),
+                                       TrainConfig(steps=60, batch_size=2048))
+    return volume, path, compression.plan, compression.train().encode().data
 
 
 def test_a_file_with_held_slices_round_trips_and_says_so(thick_slices, tmp_path, capsys):

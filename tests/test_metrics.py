@@ -48,7 +48,7 @@ def test_quality_reports_the_clinical_figures():
     original[8:22, 8:22, 4:16] = 1000.0
     recon = original.copy()
     recon[10, 10, 9] += 50.0  # one bad voxel in slice 9
-    q = quality(original, recon, np.dtype(np.int16))
+    q = quality(original, recon, dtype=np.dtype(np.int16))
     assert q.max_error == 50.0
     assert q.p99_error == 0.0
     assert q.worst_slice == 9

@@ -11,10 +11,10 @@ from codec.coding.quantize import (
     QuantConfig,
     dequantize,
     fake_quantize,
-    max_steps,
-    max_steps_torch,
+    max_qsteps,
+    max_qsteps_torch,
+    qstep_shape,
     quantize,
-    step_shape,
 )
 from codec.errors import MoecFormatError
 
@@ -24,8 +24,8 @@ from codec.errors import MoecFormatError
 def test_quantization_error_is_at_most_half_a_step_and_symbols_fit_the_bits(bits, granularity):
     rng = np.random.default_rng(bits)
     w = (rng.standard_normal((3, 17, 9)) * rng.uniform(0.01, 2.0, size=(3, 1, 9))).astype(np.float32)
-    step = max_steps(w, bits, granularity)
-    assert step.shape == step_shape(w.shape, granularity)
+    step = max_qsteps(w, bits, granularity)
+    assert step.shape == qstep_shape(w.shape, granularity)
     q = quantize(w, step)
     assert np.abs(q).max() <= 2 ** (bits - 1) - 1
     assert np.all(np.abs(dequantize(q, step) - w) <= step / 2 + 1e-7)
@@ -35,18 +35,18 @@ def test_quantization_error_is_at_most_half_a_step_and_symbols_fit_the_bits(bits
 
 def test_per_channel_steps_follow_each_channel_and_biases_keep_one_step():
     w = np.ones((2, 4, 3), np.float32) * np.array([0.01, 1.0, 100.0], np.float32)
-    step = max_steps(w, 8, "channel")
+    step = max_qsteps(w, 8, "channel")
     assert step.shape == (2, 1, 3)
     assert step[0, 0, 0] < step[0, 0, 1] < step[0, 0, 2]
-    assert step_shape((2, 5), "channel") == (1, 5) and step_shape((5,), "channel") == ()
+    assert qstep_shape((2, 5), "channel") == (1, 5) and qstep_shape((5,), "channel") == ()
 
 
 def test_torch_steps_equal_numpy_steps_so_training_sees_the_stored_weights():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 6, 5)).astype(np.float32)
     for granularity in ("tensor", "channel"):
-        a = max_steps(w, 8, granularity)
-        b = max_steps_torch(torch.from_numpy(w), 8, granularity).numpy()
+        a = max_qsteps(w, 8, granularity)
+        b = max_qsteps_torch(torch.from_numpy(w), 8, granularity).numpy()
         assert np.array_equal(a, b)
         fq = fake_quantize(torch.from_numpy(w), torch.from_numpy(b)).numpy()
         assert np.array_equal(fq, dequantize(quantize(w, a), a))
@@ -59,7 +59,7 @@ def test_fake_quantize_passes_the_gradient_straight_through():
 
 
 def test_zero_tensors_and_bad_configurations():
-    assert np.all(quantize(np.zeros((3, 3), np.float32), max_steps(np.zeros((3, 3), np.float32), 8, "tensor")) == 0)
+    assert np.all(quantize(np.zeros((3, 3), np.float32), max_qsteps(np.zeros((3, 3), np.float32), 8, "tensor")) == 0)
     assert QuantConfig(8, 2).bits_for("encoder.w0", "encoder.w0") == 10
     assert QuantConfig(8, 2).bits_for("experts.w1", "encoder.w0") == 8
     for bad in ({"bits": 1}, {"bits": 17}, {"first_layer_extra_bits": 9}, {"granularity": "row"}):

@@ -59,7 +59,7 @@ def test_a_region_decodes_to_exactly_the_voxels_of_the_full_decode(files, kind, 
     assert grid == (moec.meta.shape if shape is None else shape)
     rng = np.random.default_rng(0)
     for box in _random_boxes(grid, 6, rng):
-        part = decode_region(moec, box, shape)
+        part = decode_region(moec, box, shape=shape)
         np.testing.assert_array_equal(part.values, full.volume.data[box])  # bit for bit, not approximately
         np.testing.assert_array_equal(part.labels, full.labels[box])
         np.testing.assert_array_equal(part.confidence, full.confidence[box])
@@ -67,9 +67,9 @@ def test_a_region_decodes_to_exactly_the_voxels_of_the_full_decode(files, kind, 
     # one whole slab along the slice axis, a single voxel, numpy's negative bounds and missing axes
     axis = tiling(moec.meta, shape).axis
     slab = tuple(slice(2, 3) if a == axis else slice(None) for a in range(len(grid)))
-    np.testing.assert_array_equal(decode_region(moec, slab, shape).values, full.volume.data[slab])
-    np.testing.assert_array_equal(decode_region(moec, (slice(-1, None),), shape).labels, full.labels[-1:])
-    empty = decode_region(moec, (slice(3, 3),), shape)
+    np.testing.assert_array_equal(decode_region(moec, slab, shape=shape).values, full.volume.data[slab])
+    np.testing.assert_array_equal(decode_region(moec, (slice(-1, None),), shape=shape).labels, full.labels[-1:])
+    empty = decode_region(moec, (slice(3, 3),), shape=shape)
     assert empty.values.shape == (0, *grid[1:])
 
 
@@ -184,7 +184,7 @@ def test_bad_scales_shapes_and_regions_are_refused_in_words(files):
     with pytest.raises(VolumeError, match="3 whole numbers"):
         reconstruct(moec, shape=(4, 4))
     with pytest.raises(VolumeError, match="too large"):
-        decode_region(moec, (slice(0, 1),), (1 << 12, 1 << 12, 1 << 12))
+        decode_region(moec, (slice(0, 1),), shape=(1 << 12, 1 << 12, 1 << 12))
     with pytest.raises(ValueError, match="step"):
         decode_region(moec, (slice(0, 8, 2),))
     with pytest.raises(TypeError, match="slices"):

@@ -12,7 +12,7 @@ from codec.errors import RatioError
 from codec.fit.sizing import fit_to_window
 from codec.format import moecfile
 from codec.format.header import describe
-from codec.format.payload import finest_multiplier, scaled_steps, tensor_steps
+from codec.format.payload import finest_multiplier, scaled_qsteps, tensor_qsteps
 from codec.io.volume import from_array
 from codec.settings import TrainConfig
 
@@ -82,14 +82,14 @@ def test_the_finest_multiplier_is_where_the_largest_weights_stop_fitting_a_symbo
     volume, _ = phantom
     fitter, plan = train(volume, pipeline.Settings(ratio=16, experts=4), QUICK)
     model = fitter.model
-    base = tensor_steps(model, plan.quant, fitter.frozen_qsteps)
+    base = tensor_qsteps(model, plan.quant, fitter.frozen_qsteps)
     finest = finest_multiplier(model, base, fitter.frozen_qsteps)
     assert 0 < finest < 1  # the 8-bit steps themselves are far from the symbol limit
     for multiplier, clips in [(finest, False), (finest / 4, True)]:
-        steps = scaled_steps(base, multiplier, fitter.frozen_qsteps)
+        qsteps = scaled_qsteps(base, multiplier, fitter.frozen_qsteps)
         meta = describe(volume, model.config, plan.quant, fitter.record())
-        stored = moecfile.from_bytes(moecfile.model_bytes(model, meta, steps))
-        worst = max(float(np.max(np.abs(p.detach().numpy() - q.detach().numpy()) / steps[name]))
+        stored = moecfile.from_bytes(moecfile.model_bytes(model, meta, qsteps))
+        worst = max(float(np.max(np.abs(p.detach().numpy() - q.detach().numpy()) / qsteps[name]))
                     for (name, p), (_, q) in zip(model.named_tensors(), stored.model.named_tensors())
                     if name not in fitter.frozen_qsteps)
         assert (worst > 1) == clips  # rounding moves a weight by half a step at most; clipping by more

@@ -12,7 +12,7 @@ from codec import pipeline
 from codec.decode.reconstruct import predict, reconstruct
 from codec.fit.train import WIDE_FAN_IN, TrainConfig, fan_in_scale
 from codec.format import moecfile
-from codec.format.payload import stored_steps
+from codec.format.payload import stored_qsteps
 from codec.model.coords import coords_from_flat
 from codec.model.partition import block_grid, block_index
 
@@ -161,7 +161,7 @@ def test_the_file_stores_the_experts_at_the_steps_the_final_stage_trained_them_a
     fitter, plan, data = trained
     assert fitter.trained_qsteps, "the final stage was not told the file's steps"
     assert all(name.startswith(("experts.", "decoder.")) for name in fitter.trained_qsteps)
-    stored = stored_steps(data)
+    stored = stored_qsteps(data)
     for name, step in fitter.trained_qsteps.items():
         np.testing.assert_array_equal(stored[name], step, err_msg=name)
     assert plan.lower_bytes <= len(data) <= plan.upper_bytes

@@ -12,8 +12,8 @@ from codec.settings import TrainConfig
 
 def train(volume: Volume, settings: pipeline.Settings, config: TrainConfig):
     """Plan and run a whole training (pipeline.Compression); returns (fitter, plan)."""
-    session = pipeline.Compression(volume, settings, config).train()
-    return session.fitter, session.plan
+    compression = pipeline.Compression(volume, settings, config).train()
+    return compression.fitter, compression.plan
 
 
 def file_psnr(volume: Volume, data: bytes) -> float:

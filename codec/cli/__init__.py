@@ -8,13 +8,15 @@ an existing output is kept unless --force is given.
 from __future__ import annotations
 
 # OpenMP's wait policy is left to the user (OMP_WAIT_POLICY=PASSIVE before the run): on an idle
-# 2-core machine the default, spinning threads, trains 1.5x faster than PASSIVE (38 s against 58 s
-# for 2,000 steps of the 256x grid model); PASSIVE pays off only when another busy process shares
-# the cores, as the napari viewer does (moec_napari sets it).
+# machine the default, spinning threads, trains faster than PASSIVE (docs/benchmarks.md, "Speed and
+# memory (`benchmarks/speed.py`, 2 CPU threads)"); PASSIVE pays off only when another busy process
+# shares the cores, as the napari viewer does (moec_napari sets it).
+import argparse
 import os
 import signal
 import sys
 import warnings
+from typing import TextIO
 
 from codec.cli.console import EXIT_ERROR
 from codec.cli.parser import build_parser
@@ -30,14 +32,15 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
     """A warning as one line in the command's own words, not Python's file-and-line form."""
     from codec.io.files import terminal_safe
 
     print(f"moec: warning: {terminal_safe(' '.join(str(message).split()))}", file=sys.stderr)
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     from codec.errors import MoecError
     from codec.io.files import terminal_safe
 

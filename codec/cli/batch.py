@@ -7,6 +7,7 @@ and the summary at the end.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Generator
 from contextlib import closing
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from codec.cohort.run import CohortSummary, Event, Finished, Started
 
 
-def cmd_batch(args) -> int:
+def cmd_batch(args: argparse.Namespace) -> int:
     from codec.cohort import report as cohort_report
     from codec.cohort.engine import Engine
     from codec.cohort.jobs import CohortSettings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from functools import partial
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 CODEC_KEYS = {"j2k": "JPEG 2000", "hevc": "HEVC (x265)", "h264": "H.264 (x264)"}
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from codec.bench import runs

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +23,11 @@ from codec.cli.console import (
     to_json,
 )
 from codec.eval import db_text
+from codec.fit.budget import Budget
 from codec.settings import Settings, TrainConfig
 
 
-def cmd_compress(args) -> int:
+def cmd_compress(args: argparse.Namespace) -> int:
     import torch
 
     from codec import pipeline
@@ -48,25 +51,26 @@ def cmd_compress(args) -> int:
 
         roi = load_roi(args.roi, volume.shape, volume.affine)
     settings, train = _choices(args)
-    session = pipeline.Compression(volume, settings, train, roi)
-    plan = session.plan
+    compression = pipeline.Compression(volume, settings, train, roi)
+    plan = compression.plan
     print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.stored_dtype.name}, "
           f"{nbytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {nbytes(plan.upper_bytes)}",
           file=sys.stderr)
-    if session.trial_text():
-        print(session.trial_text(), file=sys.stderr)
-    for candidate in session.candidates:
+    if compression.trial_text():
+        print(compression.trial_text(), file=sys.stderr)
+    for candidate in compression.candidates:
         m, quant = candidate.plan.model, candidate.plan.quant
-        which = f" ({candidate.name})" if len(session.candidates) > 1 else ""
+        which = f" ({candidate.name})" if len(compression.candidates) > 1 else ""
         print(f"model{which}: {describe_model(m)}; {m.parameter_count():,} parameters, "
               f"{'float16' if quant.float16 else f'{quant.bits}-bit'} weights; device {device.type}", file=sys.stderr)
     if roi is not None:
         print(f"ROI: {Path(args.roi).name}, {int(roi.sum()):,} voxels ({100 * roi.mean():.2f}%) weighted "
               f"{args.roi_weight:g}x", file=sys.stderr)
-    budget_text = f"/{clock(60 * train.minutes)}" if args.steps is None else f"/{args.steps} steps"
+    budget = Budget.of(train.steps, train.minutes)
+    budget_text = f"/{budget.steps} steps" if budget.by_steps else f"/{clock(budget.total)}"
     bar = None if args.quiet else ProgressBar()
     stopped = False
-    run = session.run()
+    run = compression.run()
     try:
         for progress in run:
             if bar:
@@ -77,22 +81,22 @@ def cmd_compress(args) -> int:
         run.close()
         if bar:
             bar.close()
-    fitter = session.fitter
+    fitter = compression.fitter
     if stopped and fitter.steps_run:
         print(f"stopped at step {fitter.steps_run}: writing the model trained so far", file=sys.stderr)
-    made = session.encode()
+    made = compression.encode()
     data = made.data
     for note in made.notes:
         print(f"note: {note}", file=sys.stderr)
     moecfile.write(output, data)
     # Every figure comes from decoding the bytes just written, as a reader of the file would.
     moec = moecfile.read(output)
-    evaluation = session.evaluate(moec)
-    _report(args, output, source, volume, session, made, evaluation, stopped)
+    evaluation = compression.evaluate(moec)
+    _report(args, output, source, volume, compression, made, evaluation, stopped)
     return 0
 
 
-def _choices(args) -> tuple[Settings, TrainConfig]:
+def _choices(args: argparse.Namespace) -> tuple[Settings, TrainConfig]:
     """The file's settings and the training's, as the options ask."""
     settings = Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k, partition=args.partition,
                         bits=args.bits, granularity=args.granularity, encoder=args.encoder,
@@ -107,7 +111,8 @@ def _choices(args) -> tuple[Settings, TrainConfig]:
     return settings, train
 
 
-def _report(args, output: Path, source: Path, volume, session, made, evaluation, stopped: bool) -> None:
+def _report(args: argparse.Namespace, output: Path, source: Path, volume: Any, compression: Any, made: Any,
+            evaluation: Any, stopped: bool) -> None:
     """What was written and how close it is, as JSON or as lines for a person."""
     data = made.data
     q = evaluation.quality
@@ -132,7 +137,7 @@ def _report(args, output: Path, source: Path, volume, session, made, evaluation,
         print(f"  ROI       {region_text(evaluation.roi)}")
     stages = made.stages
     print(f"  training  {made.steps} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
-          f"{used} of {session.plan.model.experts} experts in use")
+          f"{used} of {compression.plan.model.experts} experts in use")
 
 
 def _default_output(source: Path, series: str | None) -> Path:
@@ -161,7 +166,7 @@ def _series_of(path: Path) -> str | None:
         return None
 
 
-def _input_name(source: Path, volume) -> str:
+def _input_name(source: Path, volume: Any) -> str:
     """How the first line names the input: the file, or the DICOM series and its folder."""
     if volume.dicom is None:
         return source.name
@@ -172,7 +177,7 @@ def _input_name(source: Path, volume) -> str:
     return f"{d.modality}{number}{text} in {folder.resolve().name}/"
 
 
-def _source_files(source: Path, volume) -> str:
+def _source_files(source: Path, volume: Any) -> str:
     return "its DICOM files" if volume.dicom is not None else source.name
 
 
@@ -189,7 +194,7 @@ def _stem(path: Path) -> str:
 DICOM_BYTES_PER_VOXEL = 24
 
 
-def cmd_decompress(args) -> int:
+def cmd_decompress(args: argparse.Namespace) -> int:
     import torch
 
     from codec.decode import cost
@@ -264,8 +269,8 @@ def cmd_decompress(args) -> int:
     if args.dicom and meta.dicom is not None:  # checked above: a file from DICOM
         from codec.io.dicom import digest, write_series
 
-        files = write_series(volume, meta.dicom, args.dicom, moec.ratio, digest(source.read_bytes()),
-                             force=args.force)
+        files = write_series(volume, meta.dicom, args.dicom, ratio=moec.ratio,
+                             source_digest=digest(source.read_bytes()), force=args.force)
         under = ("under the original's patient and study" if meta.dicom.keeps_identity
                  else "under a new pseudonymous patient and study")
         print(f"wrote {args.dicom} ({len(files)} DICOM slices: a derived {meta.dicom.modality} series marked "

@@ -3,13 +3,18 @@ that every parser reads, and the outputs' paths."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from codec.eval import db_text
+
+if TYPE_CHECKING:
+    from codec.io.limits import MemoryLimit
 
 EXIT_ERROR = 1
 
@@ -26,14 +31,14 @@ def clock(seconds: float) -> str:
 class ProgressBar:
     """A one-line progress bar on stderr; a line every 10% when stderr is not a terminal."""
 
-    def __init__(self, stream=sys.stderr, width: int = 28):
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 28) -> None:
         self.stream = stream
         self.width = width
         self.tty = stream.isatty()
         self.last = 0.0
         self.last_decile = -1
 
-    def update(self, p, budget_text: str) -> None:
+    def update(self, p: Any, budget_text: str) -> None:
         now = time.monotonic()
         decile = int(p.fraction * 10)
         if self.tty and now - self.last < 0.2:
@@ -58,10 +63,10 @@ class ProgressBar:
             self.stream.flush()
 
 
-def to_json(value) -> str:
+def to_json(value: object) -> str:
     """JSON that every parser reads: an undefined figure (the PSNR of a constant volume) is null,
     not the NaN or Infinity that Python's json module writes by default."""
-    def clean(v):
+    def clean(v: object) -> object:
         if isinstance(v, float) and not math.isfinite(v):
             return None
         if isinstance(v, dict):
@@ -73,7 +78,7 @@ def to_json(value) -> str:
     return json.dumps(clean(value), allow_nan=False)
 
 
-def check_output(path: Path, force: bool, *inputs) -> None:
+def check_output(path: Path, force: bool, *inputs: Path | None) -> None:
     """Everything that would stop the write, said before the work that precedes it."""
     from codec.errors import OutputError
     from codec.io.files import check_writable, refuse_overwrite
@@ -84,14 +89,14 @@ def check_output(path: Path, force: bool, *inputs) -> None:
         raise OutputError(f"{path} exists; use --force to replace it")
 
 
-def check_volume_output(path, force: bool, *inputs, npy: bool = True) -> None:
+def check_volume_output(path: Path, force: bool, *inputs: Path | None, npy: bool = True) -> None:
     from codec.io.load import check_volume_name
 
     check_output(Path(path), force, *inputs)
     check_volume_name(path, npy=npy)
 
 
-def check_distinct(*paths) -> None:
+def check_distinct(*paths: Path | None) -> None:
     from codec.errors import OutputError
 
     seen: dict[Path, object] = {}
@@ -103,7 +108,7 @@ def check_distinct(*paths) -> None:
             seen[where] = path
 
 
-def describe_model(m) -> str:
+def describe_model(m: Any) -> str:
     router = f"router {m.router_width}" + ("" if m.router_features else " on the coordinates alone")
     if m.partition == "blocks":
         grid = "x".join(map(str, m.block_grid))
@@ -125,12 +130,12 @@ def describe_model(m) -> str:
             f"{router}, experts {m.expert_layers}x{m.expert_width}")
 
 
-def region_text(r) -> str:
+def region_text(r: Any) -> str:
     return (f"inside {db_text(r.psnr_inside)}, max error {r.max_inside:g} ({r.voxels:,} voxels, {100 * r.share:.2f}%); "
             f"outside {db_text(r.psnr_outside)}, max error {r.max_outside:g}")
 
 
-def memory_limit(args):
+def memory_limit(args: argparse.Namespace) -> MemoryLimit:
     """The memory limit a command's --max-memory sets (codec.io.limits.MemoryLimit): the default
     share of this machine's memory when the option is not given, none when it is 0."""
     from codec.io.limits import MemoryLimit

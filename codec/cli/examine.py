@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from codec.cli.console import (
     check_distinct,
@@ -17,7 +19,7 @@ from codec.cli.console import (
 from codec.eval import db_text
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from codec.decode import cost
     from codec.format import moecfile
     from codec.format.container import unpack_container
@@ -84,7 +86,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _refusal(estimate, args, source: Path) -> str | None:
+def _refusal(estimate: Any, args: argparse.Namespace, source: Path) -> str | None:
     """Why `moec decompress` under these limits would refuse the decode `estimate` (None: it would not)."""
     from codec.decode import cost
     from codec.errors import ResourceLimitError
@@ -126,7 +128,7 @@ def _latent_coding(data: bytes) -> str:
     return f"; latents at rate-set steps, {with_context} of {len(grids)} grids through the spatial context model"
 
 
-def cmd_eval(args) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     from codec import pipeline
     from codec.decode import cost
     from codec.format.header import MoecMeta
@@ -186,7 +188,7 @@ def cmd_eval(args) -> int:
 EVAL_BYTES_PER_VOXEL = 24
 
 
-def cmd_sample(args) -> int:
+def cmd_sample(args: argparse.Namespace) -> int:
     from codec.io.load import save_volume
     from codec.io.nifti import save_labels
     from codec.io.phantom import make_phantom

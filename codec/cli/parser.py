@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import Any
 
 from codec import __version__
 from codec import settings as choices
@@ -14,8 +16,8 @@ from codec.cli.examine import cmd_eval, cmd_info, cmd_sample
 from codec.settings import Settings, TrainConfig
 
 
-def _positive(kind):
-    def parse(text: str):
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
@@ -85,7 +87,7 @@ def _series_option(parser: argparse.ArgumentParser) -> None:
                              "lists them)")
 
 
-def _volume_options(parser: argparse.ArgumentParser, file_, train, each: str) -> None:
+def _volume_options(parser: argparse.ArgumentParser, file_: Any, train: Any, each: str) -> None:
     """--ratio, --minutes | --steps and --experts: what `compress` and `batch` ask of every file."""
     parser.add_argument("--ratio", type=_positive(float), default=file_.ratio,
                         help=f"compression ratio vs the raw voxels; the file lands in [R, 1.05 R] "

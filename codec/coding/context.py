@@ -4,8 +4,8 @@ Neighbouring latents of a trained grid are alike (docs/design.md, "The network" 
 the lever after the grid itself). Each symbol is predicted from its causal face neighbours, those
 one step back along each axis (their mean, 0 outside the grid), and only the residual is coded,
 with a model picked by how large those neighbours' residuals were (`BINS` bins: a large neighbour
-residual means a busy region). Measured on the brain template at 256x, finest grid: 2.50 bits per
-latent under one model, 1.56 with prediction and bins.
+residual means a busy region). Prediction and bins together save much more than either alone
+(docs/benchmarks.md, "The latent grid and its coding").
 
 The order makes decoding vectorised: a node on the wavefront plane i + j + k = s depends only on
 nodes of plane s - 1, so the decoder takes one plane at a time, each in a few array operations.
@@ -77,8 +77,8 @@ def _bin(busy: np.ndarray | int) -> np.ndarray:
 def residuals(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Residual symbols and context bins of a (channels, *spatial) symbol grid, both shaped like it:
     `predict` and `context` over the whole grid at once. The zero-bordered copy is kept in its
-    grid's shape and read by slices, not by `walk`'s indices: the rate search calls this about 60
-    times per refresh of the latents' steps, and slices are about 4 times faster than gathers."""
+    grid's shape and read by slices, not by `walk`'s indices: the rate search calls this many
+    times per refresh of the latents' steps, and slices are much faster than gathers."""
     q = np.asarray(q, dtype=np.int64)
     spatial = q.ndim - 1
     body = (slice(None),) + (slice(1, None),) * spatial

@@ -5,8 +5,8 @@ highest symbol) instead of a probability table: per-tensor 256-entry tables woul
 whole 1024x budget (docs/design.md, "Traps"). The family, Laplace or Gaussian, is chosen per tensor by the
 smaller ideal code length. A tensor whose symbols span a short range (a latent grid's, at a few bits
 per latent) may instead carry its own frequency table, 16 bits per symbol of the range, when that
-is cheaper table included: latents pile up at zero more than a Laplace says (measured on the brain
-template at 2.5 bits per latent: the empirical entropy is 0.5 bit below the best parametric fit).
+is cheaper table included: latents pile up at zero more than a Laplace says (docs/benchmarks.md,
+"The latent grid and its coding").
 A latent grid may instead be coded through its spatial context model (`context`): residuals after
 prediction from the neighbours, one model of the three kinds above per context bin.
 All tensors share one range-coder stream (a queue: first in, first out).
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import constriction
 import numpy as np
@@ -156,7 +157,7 @@ def table_counts(values: np.ndarray, counts: np.ndarray, lo: int, hi: int) -> tu
     return tuple(int(c) for c in scaled)
 
 
-def _coder_model(model: SymbolModel):
+def _coder_model(model: SymbolModel) -> Any:
     if model.family == TABLE:
         # perfect=False gives never-seen symbols a tiny probability; the decoder rebuilds exactly
         # this model from the same stored counts.
@@ -167,18 +168,18 @@ def _coder_model(model: SymbolModel):
     return constriction.stream.model.QuantizedGaussian(model.lo, model.hi, 0.0, model.scale)
 
 
-def _encode_values(encoder, values: np.ndarray, model: SymbolModel, coder) -> None:
+def _encode_values(encoder: Any, values: np.ndarray, model: SymbolModel, coder: Any) -> None:
     if not model.constant and values.size:
         encoder.encode(np.ascontiguousarray(values - model.offset, dtype=np.int32), coder)
 
 
-def _decode_values(decoder, n: int, model: SymbolModel, coder) -> np.ndarray:
+def _decode_values(decoder: Any, n: int, model: SymbolModel, coder: Any) -> np.ndarray:
     if model.constant:
         return np.full(n, model.lo, dtype=np.int64)
     return np.asarray(decoder.decode(coder, n), dtype=np.int64) + model.offset
 
 
-def _encode_context(encoder, symbols: np.ndarray, model: SymbolModel) -> None:
+def _encode_context(encoder: Any, symbols: np.ndarray, model: SymbolModel) -> None:
     # Plane by plane, and within a plane bin by bin: the order the decoder can follow.
     r, bins = context.residuals(symbols)
     w = context.walk(symbols.shape[1:])
@@ -192,7 +193,7 @@ def _encode_context(encoder, symbols: np.ndarray, model: SymbolModel) -> None:
                 _encode_values(encoder, rp[at[bp[at] == b]], sub, coder)
 
 
-def _decode_context(decoder, shape: tuple[int, ...], model: SymbolModel) -> np.ndarray:
+def _decode_context(decoder: Any, shape: tuple[int, ...], model: SymbolModel) -> np.ndarray:
     w = context.walk(shape[1:])
     coders = [None if m.constant else _coder_model(m) for m in model.bins]
     out = np.empty((shape[0], math.prod(shape[1:])), dtype=np.int64)

@@ -54,67 +54,68 @@ class QuantConfig:
         return min(self.bits + extra, 15)
 
 
-def step_shape(shape: tuple[int, ...], granularity: str) -> tuple[int, ...]:
-    """Shape of a tensor's steps: () per tensor; per channel, one per output column of a weight
-    matrix (and per expert of a stack), while biases keep one step per tensor."""
+def qstep_shape(shape: tuple[int, ...], granularity: str) -> tuple[int, ...]:
+    """Shape of a tensor's qsteps: () per tensor; per channel, one per output column of a weight
+    matrix (and per expert of a stack), while biases keep one qstep per tensor."""
     if granularity == "tensor" or not 2 <= len(shape) <= 3:
-        return ()  # biases, and latent grids (C, D, H, W): one step, set by rate (rate_step)
+        return ()  # biases, and latent grids (C, D, H, W): one step, set by rate (rate_qstep)
     return tuple(shape[:-2]) + (1, shape[-1])
 
 
 def to_float16(x: np.ndarray | float) -> np.ndarray:
-    """Round to the nearest float16 and return it as float32: the stored form of steps."""
+    """Round to the nearest float16 and return it as float32: the stored form of qsteps."""
     return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
-def max_steps(w: np.ndarray, bits: int, granularity: str) -> np.ndarray:
-    """Steps that put the largest |w| (per tensor or channel) on the outermost of 2^bits levels."""
-    shape = step_shape(w.shape, granularity)
+def max_qsteps(w: np.ndarray, bits: int, granularity: str) -> np.ndarray:
+    """QSteps that put the largest |w| (per tensor or channel) on the outermost of 2^bits levels."""
+    shape = qstep_shape(w.shape, granularity)
     if shape:
         axes = tuple(a for a in range(w.ndim) if shape[a] == 1 and w.shape[a] != 1)
         peak = np.abs(w).max(axis=axes, keepdims=True)
     else:
         peak = np.asarray(np.abs(w).max() if w.size else 0.0)
-    step = peak / float(2 ** (bits - 1) - 1)
-    # float16 cannot hold steps below ~6e-8 or above 65504; a zero tensor gets step 1 (all symbols 0).
-    step = np.where(peak > 0, np.clip(step, 6.0e-8, 6.0e4), 1.0)
-    return to_float16(step).reshape(shape)
+    qstep = peak / float(2 ** (bits - 1) - 1)
+    # float16 cannot hold qsteps below ~6e-8 or above 65504; a zero tensor gets qstep 1 (all symbols 0).
+    qstep = np.where(peak > 0, np.clip(qstep, 6.0e-8, 6.0e4), 1.0)
+    return to_float16(qstep).reshape(shape)
 
 
-def rate_step(w: np.ndarray, bits_per_value: float) -> np.ndarray:
+def rate_qstep(w: np.ndarray, bits_per_value: float) -> np.ndarray:
     """The (float16) step at which the latent grid `w`'s symbols cost about `bits_per_value` each
     under their coded model (the spatial context model included). One grid alone; a latent stack's
-    levels share one rate through `latent_steps`."""
-    return latent_steps([w], bits_per_value)[0]
+    levels share one rate through `latent_qsteps`."""
+    return latent_qsteps([w], bits_per_value)[0]
 
 
-#: A warm rate search (`latent_steps_near`) looks this far either side of its guess, in doublings
+#: A warm rate search (`latent_qsteps_near`) looks this far either side of its guess, in doublings
 #: of the step, and halves that bracket WARM_HALVINGS times: to 1/64 of a doubling (1% of the
 #: step), where the cold search's 15 halvings of 20 doublings go below float16's precision.
 WARM_RADIUS = 0.125
 WARM_HALVINGS = 4
 
 
-def latent_steps(grids: Sequence[np.ndarray], bits_per_value: float) -> list[np.ndarray]:
-    """The (float16) steps of a latent stack's levels (finest first) at which all their symbols
+def latent_qsteps(grids: Sequence[np.ndarray], bits_per_value: float) -> list[np.ndarray]:
+    """The (float16) qsteps of a latent stack's levels (finest first) at which all their symbols
     together cost about `bits_per_value` each under their coded models: latents are many and cheap,
-    so their steps are set by rate, not by their largest value.
+    so their qsteps are set by rate, not by their largest value.
 
     A node of a coarser level is read by more voxels, so rounding it costs more distortion: a level
     whose nodes each cover A voxels gets a step proportional to A^(-1/2), the rate-distortion
     optimum for uniform quantization at high rate (distortion A step^2 / 12 per node against
     -log2(step) bits), and one multiplier for the whole stack sets the rate."""
-    return latent_steps_near(grids, bits_per_value)[0]
+    return latent_qsteps_near(grids, bits_per_value)[0]
 
 
-def latent_steps_near(grids: Sequence[np.ndarray], bits_per_value: float,
-                      guess: float | None = None) -> tuple[list[np.ndarray], float | None]:
-    """`latent_steps`, and the multiplier found (log2, relative to the stack's RMS; None for a zero
+def latent_qsteps_near(grids: Sequence[np.ndarray], bits_per_value: float,
+                       guess: float | None = None) -> tuple[list[np.ndarray], float | None]:
+    """`latent_qsteps`, and the multiplier found (log2, relative to the stack's RMS; None for a zero
     stack). With the `guess` of a previous search, a warm search first: training refreshes the
-    steps every LATENT_QSTEP_EVERY steps, the multiplier barely moves in between, and a cold search
-    takes 0.75 s of every 100 steps (about 9 s) on the chest CT's grids at 256x, a warm one 0.3 s
-    (6 evaluations instead of 15, to WARM_RADIUS / 2^WARM_HALVINGS). A guess that does not bracket
-    the rate falls back to the cold search."""
+    qsteps every LATENT_QSTEP_EVERY steps, the multiplier barely moves in between, and a cold search
+    is a noticeable share of the steps between refreshes, a warm one far less (6 evaluations instead
+    of 15, to WARM_RADIUS / 2^WARM_HALVINGS; docs/benchmarks.md, "Speed and memory
+    (`benchmarks/speed.py`, 2 CPU threads)"). A guess that does not bracket the rate falls back to
+    the cold search."""
     grids = [np.asarray(w, dtype=np.float32) for w in grids]
     total = sum(w.size for w in grids)
     squares = sum(float(np.sum(w.astype(np.float64) ** 2)) for w in grids)
@@ -128,14 +129,14 @@ def latent_steps_near(grids: Sequence[np.ndarray], bits_per_value: float,
     # Nodes per level (channels aside): a node covers voxels / nodes, so A^(-1/2) ~ sqrt(nodes).
     relative = [math.sqrt(math.prod(w.shape[1:]) / math.prod(grids[0].shape[1:])) for w in grids]
 
-    def steps(scale: float) -> list[np.ndarray]:
+    def qsteps(scale: float) -> list[np.ndarray]:
         return [to_float16(np.clip(scale * r, 6.0e-8, 6.0e4)).reshape(()) for r in relative]
 
     def bits(scale: float) -> float:
-        return sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(grids, steps(scale))) / total
+        return sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(grids, qsteps(scale))) / total
 
-    # Bits fall as the steps grow; bisect log2(scale) between 2^-12 and 2^8 times the RMS, to a
-    # precision finer than the float16 the steps are stored in (or around the guess, coarser).
+    # Bits fall as the qsteps grow; bisect log2(scale) between 2^-12 and 2^8 times the RMS, to a
+    # precision finer than the float16 the qsteps are stored in (or around the guess, coarser).
     lo, hi, halvings = -12.0, 8.0, 15
     if guess is not None:
         near_lo, near_hi = guess - WARM_RADIUS, guess + WARM_RADIUS
@@ -147,41 +148,41 @@ def latent_steps_near(grids: Sequence[np.ndarray], bits_per_value: float,
             lo = mid
         else:
             hi = mid
-    return steps(rms * 2.0**hi), hi
+    return qsteps(rms * 2.0**hi), hi
 
 
-def quantize(w: np.ndarray, step: np.ndarray) -> np.ndarray:
+def quantize(w: np.ndarray, qstep: np.ndarray) -> np.ndarray:
     """Float weights -> int32 symbols (rounded half to even, like torch.round)."""
-    q = np.rint(np.asarray(w, dtype=np.float32) / np.asarray(step, dtype=np.float32))
+    q = np.rint(np.asarray(w, dtype=np.float32) / np.asarray(qstep, dtype=np.float32))
     return np.clip(q, -MAX_SYMBOL, MAX_SYMBOL).astype(np.int32)
 
 
-def dequantize(symbols: np.ndarray, step: np.ndarray) -> np.ndarray:
-    return symbols.astype(np.float32) * np.asarray(step, dtype=np.float32)
+def dequantize(symbols: np.ndarray, qstep: np.ndarray) -> np.ndarray:
+    return symbols.astype(np.float32) * np.asarray(qstep, dtype=np.float32)
 
 
-def fake_quantize(w: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+def fake_quantize(w: torch.Tensor, qstep: torch.Tensor) -> torch.Tensor:
     """Quantize in the forward pass, pass the gradient straight through in the backward pass."""
-    q = torch.clamp(torch.round(w / step), -MAX_SYMBOL, MAX_SYMBOL) * step
+    q = torch.clamp(torch.round(w / qstep), -MAX_SYMBOL, MAX_SYMBOL) * qstep
     return w + (q - w).detach()
 
 
-def round_in_place(param: torch.nn.Parameter, step: np.ndarray | None) -> None:
-    """Replace a parameter by its stored form: its dequantized value, or float16 when step is None."""
+def round_in_place(param: torch.nn.Parameter, qstep: np.ndarray | None) -> None:
+    """Replace a parameter by its stored form: its dequantized value, or float16 when qstep is None."""
     with torch.no_grad():
         w = param.detach().cpu().numpy()
-        stored = w.astype(np.float16).astype(np.float32) if step is None else dequantize(quantize(w, step), step)
+        stored = w.astype(np.float16).astype(np.float32) if qstep is None else dequantize(quantize(w, qstep), qstep)
         param.copy_(torch.from_numpy(stored))
 
 
-def max_steps_torch(w: torch.Tensor, bits: int, granularity: str) -> torch.Tensor:
-    """`max_steps` in torch, on the tensor's own device, for the quantization-aware forward pass."""
-    shape = step_shape(tuple(w.shape), granularity)
+def max_qsteps_torch(w: torch.Tensor, bits: int, granularity: str) -> torch.Tensor:
+    """`max_qsteps` in torch, on the tensor's own device, for the quantization-aware forward pass."""
+    shape = qstep_shape(tuple(w.shape), granularity)
     w = w.detach()
     if shape:
         axes = tuple(a for a in range(w.ndim) if shape[a] == 1 and w.shape[a] != 1)
         peak = w.abs().amax(dim=axes, keepdim=True)
     else:
         peak = w.abs().max()
-    step = (peak / float(2 ** (bits - 1) - 1)).clamp(6.0e-8, 6.0e4)
-    return torch.where(peak > 0, step, torch.ones_like(step)).half().float().reshape(shape)
+    qstep = (peak / float(2 ** (bits - 1) - 1)).clamp(6.0e-8, 6.0e4)
+    return torch.where(peak > 0, qstep, torch.ones_like(qstep)).half().float().reshape(shape)

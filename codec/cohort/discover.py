@@ -66,8 +66,9 @@ def discover(input_dir: Path, output_dir: Path) -> tuple[list[VolumeJob], list[V
         try:
             job.checked_target()
         except OutputError as exc:
-            broken.append(VolumeResult(job.input, job.series, job.output, job.modality, "", None, None, None, None,
-                                       0.0, "failed", str(exc), ""))
+            broken.append(VolumeResult(input=job.input, series=job.series, output=job.output, modality=job.modality,
+                                       shape="", bytes=None, ratio=None, psnr=None, ssim=None, seconds=0.0,
+                                       status="failed", error=str(exc), settings=""))
             continue
         inside.append(job)
     return inside, broken
@@ -106,7 +107,8 @@ def _posix(rel: Path) -> str:
 
 
 def _broken(name: str, error: str) -> VolumeResult:
-    return VolumeResult(name, "", "", "", "", None, None, None, None, 0.0, "failed", error, "")
+    return VolumeResult(input=name, series="", output="", modality="", shape="", bytes=None, ratio=None, psnr=None,
+                        ssim=None, seconds=0.0, status="failed", error=error, settings="")
 
 
 def _nifti_voxels(path: Path) -> int:

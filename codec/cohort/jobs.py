@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 
 from codec.errors import MoecError, OutputError
+from codec.fit.budget import Budget
 from codec.io.files import check_inside
 from codec.settings import Settings, TrainConfig
 
@@ -36,7 +37,7 @@ class CohortSettings:
         thread count are left out: they change how fast a file is made, not what was asked. Keeping
         the identity changes what a file holds, so it is in; it is named only when asked for, so the
         rows of manifests written before the option existed still match."""
-        budget = f"steps={self.steps}" if self.steps is not None else f"minutes={self.minutes:g}"
+        budget = Budget.of(self.steps, self.minutes).key()
         experts = "auto" if self.experts is None else self.experts
         identity = " identity=kept" if self.keep_identity else ""
         return f"ratio={self.ratio:g} {budget} experts={experts} seed={self.seed} batch={self.batch_size}{identity}"
@@ -107,8 +108,9 @@ FIELDS = tuple(f.name for f in fields(VolumeResult))
 
 def failed_row(job: VolumeJob, settings: CohortSettings, error: str, seconds: float = 0.0) -> VolumeResult:
     """The row of a volume that could not be compressed, saying why."""
-    return VolumeResult(job.input, job.series, job.output, job.modality, "", None, None, None, None, seconds,
-                        "failed", error, settings.key)
+    return VolumeResult(input=job.input, series=job.series, output=job.output, modality=job.modality, shape="",
+                        bytes=None, ratio=None, psnr=None, ssim=None, seconds=seconds, status="failed", error=error,
+                        settings=settings.key)
 
 
 def in_one_line(exc: BaseException) -> str:

@@ -19,8 +19,9 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from codec.cohort.jobs import FIELDS, CohortSettings, VolumeJob, VolumeResult
 from codec.errors import MoecError, OutputError
@@ -94,13 +95,14 @@ def _parse(row: dict) -> VolumeResult:
         raise ValueError("a row of the wrong length")
     cells = {key: unneutralise(value) for key, value in row.items()}
 
-    def number(kind, text):
+    def number(kind: Callable[[str], Any], text: str) -> Any:
         return None if text == "" else kind(text)
 
-    return VolumeResult(cells["input"], cells["series"], cells["output"], cells["modality"], cells["shape"],
-                        number(int, cells["bytes"]), number(float, cells["ratio"]), number(float, cells["psnr"]),
-                        number(float, cells["ssim"]), float(cells["seconds"] or 0.0), cells["status"],
-                        cells["error"], cells["settings"])
+    return VolumeResult(input=cells["input"], series=cells["series"], output=cells["output"],
+                        modality=cells["modality"], shape=cells["shape"], bytes=number(int, cells["bytes"]),
+                        ratio=number(float, cells["ratio"]), psnr=number(float, cells["psnr"]),
+                        ssim=number(float, cells["ssim"]), seconds=float(cells["seconds"] or 0.0),
+                        status=cells["status"], error=cells["error"], settings=cells["settings"])
 
 
 class Manifest:

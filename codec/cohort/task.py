@@ -52,9 +52,10 @@ def compress_one(job: VolumeJob, settings: CohortSettings, *, threads: int | Non
         moecfile.write(job.target, data)
         evaluation = compression.evaluate(moecfile.read(job.target))
         q = evaluation.quality
-        return VolumeResult(job.input, job.series, job.output, job.modality, "x".join(map(str, volume.shape)),
-                            len(data), evaluation.ratio, q.psnr if math.isfinite(q.psnr) else None, q.ssim,
-                            time.perf_counter() - start, "ok", "", settings.key)
+        return VolumeResult(input=job.input, series=job.series, output=job.output, modality=job.modality,
+                            shape="x".join(map(str, volume.shape)), bytes=len(data), ratio=evaluation.ratio,
+                            psnr=q.psnr if math.isfinite(q.psnr) else None, ssim=q.ssim,
+                            seconds=time.perf_counter() - start, status="ok", error="", settings=settings.key)
     except MoecError as exc:
         return failed_row(job, settings, str(exc), time.perf_counter() - start)
     except MemoryError:

@@ -1,10 +1,10 @@
 """The decoder's floor: reconstructed values at or below it decode as the volume's minimum.
 
-Much of a medical volume is exactly its minimum (air and padding outside the body: 78% of the
+Much of a medical volume is exactly its minimum (air and padding outside the body: most of the
 brain template's voxels are 0). A network reconstructs that background with a small noise of its
 own, a fraction of an intensity level that rounding turns into patches of 1s and 0s. That costs
-little PSNR but much SSIM, whose constants make a flat region very sensitive to any noise (on the
-brain at 256x: SSIM 0.93 or 0.96 depending on the run, 0.97 with the floor). The encoder, which
+little PSNR but much SSIM, whose constants make a flat region very sensitive to any noise
+(docs/benchmarks.md, "The latent grid and its coding", on the decoder's floor). The encoder, which
 has the original, picks the floor that lowers the squared error most on a sample of voxels and
 stores it in the header (format version 4); the decoder applies it after rounding to the stored
 dtype. A floor is a clean-up of background noise, not a segmentation: it is capped at

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -32,7 +33,7 @@ from codec.model import LatentGrid, MoEC
 from codec.model.coords import coords_from_flat, flat_chunks, selection_axes, selection_coords
 from codec.model.units import from_unit
 
-DEFAULT_CHUNK = 1 << 17  # measured (benchmarks/speed.py): 1 << 14 decodes 256^3 ~25% slower (per-chunk overhead)
+DEFAULT_CHUNK = 1 << 17  # large enough that per-chunk overhead does not count (docs/history.md)
 
 
 #: Every decode runs through the same tiles: slabs of whole slices along the axis nearest to the
@@ -41,7 +42,7 @@ DEFAULT_CHUNK = 1 << 17  # measured (benchmarks/speed.py): 1 << 14 decodes 256^3
 #: a voxel depends, in its last bits, on the batch it is computed in (MKL's small and odd-sized
 #: matrix products round differently), so a region is decoded as the whole tiles that hold it:
 #: `decode_region` then gives exactly the values of `reconstruct`, and a viewer that asks for whole
-#: slabs wastes nothing. 2^18 voxels: one 512 x 512 slice, decoded in ~0.15 s on two cores.
+#: slabs wastes nothing. 2^18 voxels: one 512 x 512 slice, quick enough to show while scrolling.
 TILE_VOXELS = 1 << 18
 TILE_SLICES = 8
 #: Tiles `reconstruct` decodes side by side on the CPU. A tile is many small operations that torch
@@ -184,7 +185,7 @@ def _decode_tile(model: MoEC, meta: MoecMeta, shape: tuple[int, ...], box: tuple
     return values.reshape(picked), labels.reshape(picked), confidence.reshape(picked)
 
 
-def decode_region(moec: MoecFile, region: tuple[slice, ...], shape: tuple[int, ...] | None = None, *,
+def decode_region(moec: MoecFile, region: tuple[slice, ...], *, shape: tuple[int, ...] | None = None,
                   device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK) -> RegionDecode:
     """Decode a box of voxels: exactly (bit for bit) those voxels of `reconstruct(moec, shape=shape)`.
 
@@ -222,9 +223,9 @@ def gather(grid: Tiling, box: tuple[slice, ...], tile: Callable[[int, int], Sequ
             out[dst] = part[src]
 
 
-def reconstruct(moec: MoecFile, chunk: int = DEFAULT_CHUNK, device: str | torch.device = "cpu",
+def reconstruct(moec: MoecFile, *, chunk: int = DEFAULT_CHUNK, device: str | torch.device = "cpu",
                 on_chunk: Callable[[int, int], None] | None = None,
-                shape: tuple[int, ...] | None = None, *, labels: bool = True,
+                shape: tuple[int, ...] | None = None, labels: bool = True,
                 confidence: bool = True) -> Reconstruction:
     """Decode every voxel of a .moec file tile by tile (bounded memory), on the file's grid or, with
     `shape`, on another one covering the same box (the volume then carries the resampled affine
@@ -300,11 +301,12 @@ def _decoded_tiles(moec: MoecFile, grid: Tiling, device: str | torch.device, chu
                 on_chunk(done, total)
 
 
-def output_volume(meta: MoecMeta, values) -> Volume:
+def output_volume(meta: MoecMeta, values: Any) -> Volume:
     """A Volume of decoded `values` (numpy, or a lazy array of their shape) on the file's grid or on
     a resampled one (the affine and header follow the shape of `values`)."""
     affine, header = grid_geometry(meta, tuple(int(n) for n in values.shape))
-    return Volume(values, affine, header, meta.dtype, meta.slope, meta.inter)
+    return Volume(data=values, affine=affine, header=header, stored_dtype=meta.dtype, slope=meta.slope,
+                  inter=meta.inter)
 
 
 def grid_geometry(meta: MoecMeta, shape: tuple[int, ...]) -> tuple[np.ndarray, bytes]:
@@ -328,7 +330,8 @@ def _as_stored(unit: np.ndarray, meta: MoecMeta) -> np.ndarray:
 
 
 def render(model: MoEC, shape: tuple[int, ...], vmin: float, vmax: float,
-           selection: tuple[slice | int, ...], chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           selection: tuple[slice | int, ...], *,
+           chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode part of the grid (a slice, a strided subsample) for previews: real units (unrounded),
     labels and confidence, shaped like the selection (integer axes kept as length 1)."""
     coords, picked = selection_coords(shape, selection)

@@ -57,7 +57,7 @@ def _ssim_sum_3d(a: np.ndarray, b: np.ndarray, peak: float, slab: int) -> tuple[
     return total, count
 
 
-def ssim(original: np.ndarray, recon: np.ndarray, peak: float | None = None, slab: int = 32) -> tuple[float, str]:
+def ssim(original: np.ndarray, recon: np.ndarray, peak: float | None = None, *, slab: int = 32) -> tuple[float, str]:
     """SSIM and how it was computed: 3D, mean of 3D over time frames, or 2D per slice."""
     peak = peak_of(original) if peak is None else peak
     if peak <= 0:
@@ -122,7 +122,7 @@ def slice_psnr(original: np.ndarray, recon: np.ndarray, peak: float) -> np.ndarr
         return np.where(err > 0, 10.0 * np.log10(peak * peak / np.maximum(err, 1e-300)), np.inf)
 
 
-def quality(original: np.ndarray, recon: np.ndarray, dtype: np.dtype | None = None, slope: float = 1.0) -> Quality:
+def quality(original: np.ndarray, recon: np.ndarray, *, dtype: np.dtype | None = None, slope: float = 1.0) -> Quality:
     """Every figure of docs/design.md ("Measures") for a reconstruction of `original` (both in real units)."""
     if original.shape != recon.shape:
         raise ValueError(f"shapes differ: {original.shape} and {recon.shape}")
@@ -159,7 +159,7 @@ class ExpertStat:
     parameters: int
 
 
-def expert_table(original: np.ndarray, recon: np.ndarray, labels: np.ndarray, experts: int,
+def expert_table(original: np.ndarray, recon: np.ndarray, labels: np.ndarray, *, experts: int,
                  parameters_per_expert: int) -> list[ExpertStat]:
     peak = peak_of(original)
     flat_labels = labels.reshape(-1)

@@ -57,6 +57,10 @@ class Budget:
             return f"{self.steps:,} step" + ("" if self.steps == 1 else "s")
         return f"{self.minutes:g} minute" + ("" if self.minutes == 1 else "s")
 
+    def key(self) -> str:
+        """The budget as a cohort manifest's settings key names it: "steps=200", "minutes=5"."""
+        return f"steps={self.steps}" if self.steps is not None else f"minutes={self.minutes:g}"
+
 
 class Clock:
     """The seconds a run has trained, which stop while it is paused (another model trains meanwhile)."""

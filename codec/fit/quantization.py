@@ -15,10 +15,10 @@ import torch
 
 from codec.coding.quantize import (
     QuantConfig,
-    latent_steps,
-    latent_steps_near,
-    max_steps,
-    max_steps_torch,
+    latent_qsteps,
+    latent_qsteps_near,
+    max_qsteps,
+    max_qsteps_torch,
     round_in_place,
 )
 from codec.errors import MoecError
@@ -33,9 +33,9 @@ FLAT_SHARE = 0.05
 
 
 class LatentRate:
-    """The latent grids' rate-set qsteps while they train through their rounding (quantize.latent_steps):
+    """The latent grids' rate-set qsteps while they train through their rounding (quantize.latent_qsteps):
     refreshed every LATENT_QSTEP_EVERY steps, as the grids' spread changes slowly, each refresh a
-    warm search from the last one's multiplier (quantize.latent_steps_near); qsteps set on zero
+    warm search from the last one's multiplier (quantize.latent_qsteps_near); qsteps set on zero
     grids (1, so the first updates round away) last at most FLAT_SHARE of the budget, so a short
     run still gets its latents."""
 
@@ -48,7 +48,7 @@ class LatentRate:
 
     def now(self) -> dict[str, np.ndarray]:
         """The qsteps that put the grids as they are now at the planned rate, by name."""
-        return dict(zip(self.grids, latent_steps(self._values(), self.bits)))
+        return dict(zip(self.grids, latent_qsteps(self._values(), self.bits)))
 
     def _values(self) -> list[np.ndarray]:
         return [p.detach().cpu().numpy() for p in self.grids.values()]
@@ -56,7 +56,7 @@ class LatentRate:
     def during_training(self, fraction: float, step: int) -> dict[str, torch.Tensor]:
         flat_over = self._flat_since is not None and fraction - self._flat_since >= FLAT_SHARE
         if not self._qsteps or step % LATENT_QSTEP_EVERY == 0 or flat_over:
-            found, self._scale = latent_steps_near(self._values(), self.bits, self._scale)
+            found, self._scale = latent_qsteps_near(self._values(), self.bits, self._scale)
             self._qsteps = {name: torch.tensor(s, device=self.grids[name].device)
                             for name, s in zip(self.grids, found)}
             flat = not any(bool(p.detach().any()) for p in self.grids.values())
@@ -99,7 +99,7 @@ class Quantization:
                 qstep = latent[name]
             else:
                 bits = quant.bits_for(name, model.config.coordinate_layer)
-                qstep = max_steps(param.detach().cpu().numpy(), bits, quant.granularity)
+                qstep = max_qsteps(param.detach().cpu().numpy(), bits, quant.granularity)
             round_in_place(param, qstep)
             param.requires_grad_(False)
             self.frozen_qsteps[name] = qstep
@@ -132,6 +132,6 @@ class Quantization:
             return self._trained_torch
         coordinate_layer = self.model.config.coordinate_layer
         return {
-            name: max_steps_torch(p, self.quant.bits_for(name, coordinate_layer), self.quant.granularity)
+            name: max_qsteps_torch(p, self.quant.bits_for(name, coordinate_layer), self.quant.granularity)
             for name, p in self.model.named_tensors() if name.startswith(("experts.", "decoder."))
         }

@@ -14,8 +14,9 @@ At a = 0 every weight is 1 and the draw is the objective's own.
 
 Voxels are grouped into strata of equal activity (its log2 rounded to half-steps, split by the
 region of interest): a draw picks a stratum by its mass, then a voxel of it uniformly, through one
-array of flat indices sorted by stratum. On a 16-million voxel CT a batch of 16,384 costs about
-0.8 ms more than a uniform one, where a search of a per-voxel cumulative distribution costs 7 ms.
+array of flat indices sorted by stratum: a batch then costs little more than a uniform one, where a
+search of a per-voxel cumulative distribution would cost more than the draw saves
+(docs/benchmarks.md, "Training: where the batch is drawn").
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class VoxelSampler:
             del levels
         if inside is not None:
             keys = keys * np.uint8(2) + inside
-        # Small unsigned keys: numpy's stable sort is a radix sort here, a second for 16 million voxels.
+        # Small unsigned keys: numpy's stable sort is a radix sort here, linear in the voxels.
         count = np.bincount(keys)
         present = np.flatnonzero(count)
         stratum = np.zeros(count.size, dtype=np.uint8)

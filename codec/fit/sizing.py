@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from codec.coding.quantize import QuantConfig, step_shape
+from codec.coding.quantize import QuantConfig, qstep_shape
 from codec.errors import MoecError, RatioError
 from codec.format.container import pack_container
 from codec.model import ModelConfig, grid_levels, is_latent
@@ -23,8 +23,8 @@ from codec.settings import LATENT_BITS, Settings
 WINDOW = 1.05
 MIN_WIDTH = 8
 MAX_WIDTH = 1024
-#: Coded bits per weight expected at `bits` (measured on trained SIRENs: entropy coding saves
-#: about one bit over the fixed-length code); the post-training search corrects the rest.
+#: Coded bits per weight saved on `bits` by entropy coding, as expected of trained SIRENs (docs/history.md,
+#: "Figures behind the code's constants"); the post-training search corrects the rest.
 CODING_GAIN_BITS = 1.0
 #: Slack for header fields that are only known after training (steps run, library versions).
 HEADER_SLACK = 24
@@ -92,7 +92,7 @@ def window(raw_bytes: int, ratio: float) -> tuple[int, int]:
 def table_bytes(config: ModelConfig, quant: QuantConfig) -> int:
     if quant.float16:
         return 0
-    return sum(7 + 2 * math.prod(step_shape(s, quant.granularity)) for _, s in config.tensor_shapes())
+    return sum(7 + 2 * math.prod(qstep_shape(s, quant.granularity)) for _, s in config.tensor_shapes())
 
 
 def payload_estimate(config: ModelConfig, quant: QuantConfig) -> int:
@@ -101,7 +101,7 @@ def payload_estimate(config: ModelConfig, quant: QuantConfig) -> int:
     bits = 0.0
     for name, shape in config.tensor_shapes():
         if is_latent(name):
-            per_weight = quant.latent_bits  # exact by construction (quantize.rate_step)
+            per_weight = quant.latent_bits  # exact by construction (quantize.rate_qstep)
         else:
             per_weight = max(quant.bits_for(name, config.coordinate_layer) - CODING_GAIN_BITS, 1.0)
         bits += per_weight * math.prod(shape)
@@ -132,8 +132,9 @@ def grid_layout(shape: tuple[int, ...], latents: int, channels: int, levels: int
     the finely sampled axes first: an axis whose nodes lie 2^h times farther apart than the closest
     ones holds its finest count for h levels. Voxels of one size on every axis (or power 0) give
     the proportional grid, every level halving every axis, and so do voxels less than THICK_SLICES
-    times longer on one axis than on another: on the CT-like phantom (1.5 x 1.5 x 3 mm) the
-    spacing-following grid measured 1 dB lower at 1024x, on 5 and 6.5 mm slices 2 to 3 dB higher."""
+    times longer on one axis than on another: the spacing-following grid lost on the CT-like phantom's
+    thin slices and gained on the clinical volumes' thick ones (docs/benchmarks.md, "The latent grid on
+    anisotropic voxels (`--grid-spacing`)")."""
     if spacing is None or not thick_slices(spacing):
         spacing, power = (1.0,) * len(shape), 0.0
     weight = [(s / max(spacing)) ** power for s in spacing]
@@ -159,7 +160,7 @@ def grid_layout(shape: tuple[int, ...], latents: int, channels: int, levels: int
     return finest(lo), holds(finest(lo))
 
 
-def config_for(width: int, arch: Architecture, shape: tuple[int, ...], encoder_width: int | None = None,
+def config_for(width: int, arch: Architecture, shape: tuple[int, ...], *, encoder_width: int | None = None,
                router_width: int | None = None, finest: tuple[int, ...] = (),
                hold: tuple[int, ...] = ()) -> ModelConfig:
     dims = len(shape)
@@ -202,8 +203,8 @@ def header_bytes(nifti: bytes, example_meta: dict) -> int:
     return len(pack_container(example_meta, nifti, b"")) + HEADER_SLACK
 
 
-#: The most multiply-adds a voxel's expert may take to decode (its layers and the decoder): at
-#: 2 CPU cores a 512 x 512 x 61 CT decodes in about 3 s at this cost (benchmarks/speed.py).
+#: The most multiply-adds a voxel's expert may take to decode (its layers and the decoder): at this
+#: cost the development CT decodes within its target on 2 CPU cores (docs/benchmarks.md, "Decoding time").
 MAX_SYNTHESIS_MACS = 2560
 
 
@@ -219,7 +220,7 @@ def synthesis_width_limit(config: ModelConfig) -> int:
     return width
 
 
-def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, arch: Architecture, quant: QuantConfig,
+def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, *, arch: Architecture, quant: QuantConfig,
                header: int, spacing: tuple[float, ...] | None = None) -> Plan:
     """The widest network of this architecture whose file meets `ratio`, or RatioError. `spacing`
     (voxel sizes) shapes a latent grid (grid_layout)."""
@@ -311,9 +312,9 @@ def _refine_exact(base: ModelConfig, arch: Architecture, shape: tuple[int, ...],
 
 def fit_to_window(size_at: Callable[[float], int], upper: int, iterations: int = 30,
                   finest: float = 2.0**-16) -> float:
-    """The multiplier of the quantization steps (coarser as it grows) that gives the largest file
+    """The multiplier of the qsteps (coarser as it grows) that gives the largest file
     not above `upper`: every byte of the window buys precision. Sizes fall as the multiplier grows;
-    bracket by doubling, then bisect in log space. Nothing below `finest` is tried: finer steps
+    bracket by doubling, then bisect in log space. Nothing below `finest` is tried: finer qsteps
     than that no longer hold the largest weights (their symbols would clip), so such a file is
     small and wrong, not precise; where even `finest` fits, the file stays below the window.
     RatioError if even very coarse steps do not fit."""

@@ -129,7 +129,7 @@ def _warm_up_optimizer() -> None:
         _optimizer_ready = True
 
 
-def train_record(config: TrainConfig, steps: int, stage_steps: list[int], runs: int,
+def train_record(config: TrainConfig, steps: int, stage_steps: list[int], *, runs: int,
                  roi_voxels: int | None = None) -> dict:
     """How a model was made, for the file's header (no timestamps: files stay reproducible); a
     region of interest adds its size and weight (a file made without one has no "roi" field)."""
@@ -165,7 +165,7 @@ class Fitter:
     """Owns a volume's training state: the model, the sampler, and the record of what was run."""
 
     def __init__(self, volume: Volume, model_config: ModelConfig, quant: QuantConfig,
-                 config: TrainConfig = TrainConfig(), file_qsteps: FileQSteps | None = None,
+                 config: TrainConfig = TrainConfig(), *, file_qsteps: FileQSteps | None = None,
                  roi: np.ndarray | None = None, sampler: VoxelSampler | None = None):
         self.volume = volume
         mask = None if roi is None else check_roi(roi, volume.shape)
@@ -210,8 +210,8 @@ class Fitter:
         return self.quantization.trained_qsteps
 
     def record(self) -> dict:
-        return train_record(self.config, self.steps_run, [self.stage_steps[s] for s in STAGES], self.runs,
-                            self.roi_voxels)
+        return train_record(self.config, self.steps_run, [self.stage_steps[s] for s in STAGES],
+                            runs=self.runs, roi_voxels=self.roi_voxels)
 
     # --- the generator --------------------------------------------------------------------------
     def fit(self, minutes: float | None = None, steps: int | None = None) -> Generator[Progress, None, None]:
@@ -245,7 +245,7 @@ class Fitter:
                 yield progress
         finally:
             # A closed generator (cancel) leaves a consistent model: no fake quantization left on.
-            self.model.set_fake_steps(None)
+            self.model.set_fake_qsteps(None)
 
     def _reads_linearly(self) -> bool:
         return self.model.config.encoder == "grid" and self.model.config.grid_interpolation == "linear"
@@ -328,9 +328,9 @@ class Fitter:
             share = torch.bincount(logits.argmax(-1), minlength=n).float() / coords.shape[0]
             return loss.item(), math.nan, tuple(share.tolist()), 0.0
         if stage == "final":
-            model.set_fake_steps(self.quantization.final_qsteps())
+            model.set_fake_qsteps(self.quantization.final_qsteps())
         elif model.config.encoder == "grid" and not self.quant.float16 and latent_qat:
-            model.set_fake_steps(self.quantization.latent_rate.during_training(fraction, self.steps_run))
+            model.set_fake_qsteps(self.quantization.latent_rate.during_training(fraction, self.steps_run))
         out = model(coords)
         error = (out.values[:, 0] - target).square()
         mse = error.mean() if weight is None else (weight * error).mean()

@@ -44,9 +44,9 @@ NIFTI_HEADER_BYTES = 348
 #: What every header repeats, given to zlib as its preset dictionary (version 5): a NIfTI-1 header
 #: as nibabel writes one (256^3 int16, 1 mm; made once and frozen here), then the JSON of a SIREN
 #: and of a latent-grid file. Field names and the usual values then cost a back-reference instead
-#: of their text: at 4096x of the brain template the deflated header fell from 490 to 122 bytes
-#: (of a 2,118-byte file). Never edit it: version-5 files need it byte for byte (a test pins its
-#: CRC32); another dictionary is another format version.
+#: of their text, which matters most at high ratios, where the header is a large part of the file
+#: (docs/benchmarks.md, "Quantization and entropy coding"). Never edit it: version-5 files need it
+#: byte for byte (a test pins its CRC32); another dictionary is another format version.
 HEADER_DICTIONARY = base64.b64decode(
     "XAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAMAAAEAAQABAQABAAEAAQAAAAAAAAAAAAAAAAAAAAQAEAAA"
     "AAAAgL8AAIA/AACAPwAAgD8AAIA/AACAPwAAgD8AAIA/AAAAAAAAgD8AAAAAAAAACgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"

@@ -91,17 +91,18 @@ def describe(volume: Volume, model: ModelConfig, quant: QuantConfig, train: dict
     if not np.allclose(hdr.get_best_affine(), volume.affine, atol=1e-6):
         hdr.set_sform(volume.affine, code=int(hdr["sform_code"]) or 2)
     vmin, vmax = volume.value_range
-    return MoecMeta(volume.shape, np.dtype(volume.stored_dtype), volume.slope, volume.inter, vmin, vmax,
-                    bytes(hdr.binaryblock), model, quant, dict(train), made_by(), dicom=volume.dicom)
+    return MoecMeta(shape=volume.shape, dtype=np.dtype(volume.stored_dtype), slope=volume.slope, inter=volume.inter,
+                    vmin=vmin, vmax=vmax, nifti=bytes(hdr.binaryblock), model=model, quant=quant, train=dict(train),
+                    made_by=made_by(), dicom=volume.dicom)
 
 
-def _int(value, name: str, lo: int, hi: int) -> int:
+def _int(value: Any, name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise MoecFormatError(f"header field {name} must be an integer in {lo}..{hi}, not {value!r}")
     return value
 
 
-def _float(value, name: str) -> float:
+def _float(value: Any, name: str) -> float:
     problem = MoecFormatError(f"header field {name} must be a finite number, not {_short(value)}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise problem
@@ -114,7 +115,7 @@ def _float(value, name: str) -> float:
     return number
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -158,7 +159,7 @@ def _made_by(d: dict) -> dict:
     return d
 
 
-def _field(d: dict, key: str, kind: type, where: str = "header"):
+def _field(d: dict, key: str, kind: type, where: str = "header") -> Any:
     if key not in d:
         raise MoecFormatError(f"the {where} lacks the field {key!r}")
     value = d[key]
@@ -170,19 +171,19 @@ def _field(d: dict, key: str, kind: type, where: str = "header"):
 _ADDED_IN_2 = {"encoder": "siren", "grid_channels": 2, "grid_levels": 4, "grid_finest": [], "router_features": True}
 
 
-def _choice(value, name: str, options: tuple[str, ...]) -> str:
+def _choice(value: Any, name: str, options: tuple[str, ...]) -> str:
     if value not in options:
         raise MoecFormatError(f"header field {name} must be one of {', '.join(options)}, not {_short(value)}")
     return value
 
 
-def _flag(value, name: str) -> bool:
+def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise MoecFormatError(f"header field {name} must be true or false")
     return value
 
 
-def _axes(value, name: str, lo: int, hi: int) -> tuple[int, ...]:
+def _axes(value: Any, name: str, lo: int, hi: int) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > 4:
         raise MoecFormatError(f"header field {name} must be a short list")
     return tuple(_int(n, name, lo, hi) for n in value)
@@ -285,8 +286,9 @@ def parse_meta(container: Container) -> MoecMeta:
     dicom = identity_from_json(j["dicom"]) if "dicom" in j else None
     if dicom is not None and len(shape) != 3:
         raise MoecFormatError("a DICOM series is 3D; the header's dicom entry is on a 4D volume")
-    return MoecMeta(shape, np.dtype(dtype_name), slope, inter, vmin, vmax, container.nifti, model, quant,
-                    train, made, container.version, floor, dicom)
+    return MoecMeta(shape=shape, dtype=np.dtype(dtype_name), slope=slope, inter=inter, vmin=vmin, vmax=vmax,
+                    nifti=container.nifti, model=model, quant=quant, train=train, made_by=made,
+                    version=container.version, floor=floor, dicom=dicom)
 
 
 def read_meta(data: bytes, name: str = "the file") -> MoecMeta:

@@ -31,9 +31,9 @@ class MoecFile:
         return self.meta.raw_bytes / self.nbytes
 
 
-def model_bytes(model: MoEC, meta: MoecMeta, steps: dict[str, np.ndarray] | None) -> bytes:
-    """The complete .moec bytes for `model` (steps: from scaled_steps, None for float16)."""
-    return assemble(meta, encode_payload(model, meta.quant, steps))
+def model_bytes(model: MoEC, meta: MoecMeta, qsteps: dict[str, np.ndarray] | None) -> bytes:
+    """The complete .moec bytes for `model` (qsteps: from scaled_qsteps, None for float16)."""
+    return assemble(meta, encode_payload(model, meta.quant, qsteps))
 
 
 def assemble(meta: MoecMeta, payload: bytes) -> bytes:

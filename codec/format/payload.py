@@ -1,9 +1,9 @@
 """The payload of a .moec file: the weights, either as float16, or (the default) quantized and
-range-coded: a small binary table of per-tensor steps and symbol models followed by one stream of
+range-coded: a small binary table of per-tensor qsteps and symbol models followed by one stream of
 integer symbols:
 
     per tensor, in ModelConfig.tensor_shapes() order:
-        u8 family | i16 lowest symbol | i16 highest symbol | f16 scale | f16 step x n_steps
+        u8 family | i16 lowest symbol | i16 highest symbol | f16 scale | f16 qstep x n_qsteps
         [u16 count x (highest - lowest + 1), for the table family only]
         [u8 bins, then per bin: u8 family | i16 lo | i16 hi | f16 scale | [u16 counts],
          for the context family only (latent grids, format version 3): the residuals' models]
@@ -26,10 +26,10 @@ from codec.coding.quantize import (
     MAX_SYMBOL,
     QuantConfig,
     dequantize,
-    latent_steps,
-    max_steps,
+    latent_qsteps,
+    max_qsteps,
+    qstep_shape,
     quantize,
-    step_shape,
     to_float16,
 )
 from codec.errors import MoecFormatError
@@ -44,32 +44,32 @@ MAX_WEIGHTS_PER_BYTE = 64
 _TABLE_ENTRY = struct.Struct("<Bhhe")
 
 
-def tensor_steps(model: MoEC, quant: QuantConfig,
-                 fixed: Mapping[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
-    """Each tensor's quantization steps: `fixed` ones as they are (the frozen encoder and router),
-    latent grids at the steps their rate asks for, the rest from their largest weight at the
-    configured bit width. Unrounded: `scaled_steps` turns them into the stored float16 steps."""
+def tensor_qsteps(model: MoEC, quant: QuantConfig,
+                  fixed: Mapping[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
+    """Each tensor's qsteps: `fixed` ones as they are (the frozen encoder and router),
+    latent grids at the qsteps their rate asks for, the rest from their largest weight at the
+    configured bit width. Unrounded: `scaled_qsteps` turns them into the stored float16 qsteps."""
     fixed = fixed or {}
-    steps: dict[str, Any] = {}  # a frozen float16 tensor keeps its None
-    # A latent stack's levels share one rate (quantize.latent_steps): set together, or all fixed.
+    qsteps: dict[str, Any] = {}  # a frozen float16 tensor keeps its None
+    # A latent stack's levels share one rate (quantize.latent_qsteps): set together, or all fixed.
     grids = {name: p.detach().cpu().numpy() for name, p in model.named_tensors() if is_latent(name)}
     if grids and not all(name in fixed for name in grids):
-        steps.update(zip(grids, latent_steps(list(grids.values()), quant.latent_bits)))
+        qsteps.update(zip(grids, latent_qsteps(list(grids.values()), quant.latent_bits)))
     for name, param in model.named_tensors():
         if name in fixed:
-            steps[name] = fixed[name]
-        elif name not in steps:
+            qsteps[name] = fixed[name]
+        elif name not in qsteps:
             bits = quant.bits_for(name, model.config.coordinate_layer)
-            steps[name] = max_steps(param.detach().cpu().numpy(), bits, quant.granularity)
-    return steps
+            qsteps[name] = max_qsteps(param.detach().cpu().numpy(), bits, quant.granularity)
+    return qsteps
 
 
-def scaled_steps(base: dict[str, np.ndarray], multiplier: float,
-                 fixed: Mapping[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
-    """`base` steps times `multiplier` (coarser as it grows), as stored; `fixed` ones untouched."""
+def scaled_qsteps(base: dict[str, np.ndarray], multiplier: float,
+                  fixed: Mapping[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
+    """`base` qsteps times `multiplier` (coarser as it grows), as stored; `fixed` ones untouched."""
     fixed = fixed or {}
-    return {name: step if name in fixed else to_float16(np.clip(step * multiplier, 6.0e-8, 6.0e4))
-            for name, step in base.items()}
+    return {name: qstep if name in fixed else to_float16(np.clip(qstep * multiplier, 6.0e-8, 6.0e4))
+            for name, qstep in base.items()}
 
 
 def finest_multiplier(model: MoEC, base: dict[str, np.ndarray],
@@ -80,34 +80,34 @@ def finest_multiplier(model: MoEC, base: dict[str, np.ndarray],
     peaks = {name: np.abs(p.detach().cpu().numpy()) for name, p in model.named_tensors() if name not in fixed}
 
     def clips(multiplier: float) -> bool:
-        steps = scaled_steps(base, multiplier, fixed)
-        return any(np.max(w / steps[name], initial=0.0) > MAX_SYMBOL for name, w in peaks.items())
+        qsteps = scaled_qsteps(base, multiplier, fixed)
+        return any(np.max(w / qsteps[name], initial=0.0) > MAX_SYMBOL for name, w in peaks.items())
 
     multiplier = max((float(np.max(w / (np.asarray(base[name]) * MAX_SYMBOL), initial=0.0))
                       for name, w in peaks.items()),
                      default=0.0)
-    # Small steps are float16 subnormals, stored up to several percent finer than asked.
+    # Small qsteps are float16 subnormals, stored up to several percent finer than asked.
     while multiplier > 0 and clips(multiplier):
         multiplier *= 1.05
     return multiplier
 
 
-def encode_payload(model: MoEC, quant: QuantConfig, steps: dict[str, np.ndarray] | None) -> bytes:
+def encode_payload(model: MoEC, quant: QuantConfig, qsteps: dict[str, np.ndarray] | None) -> bytes:
     tensors = [(name, p.detach().cpu().numpy().astype(np.float32)) for name, p in model.named_tensors()]
     if quant.float16:
         return b"".join(w.astype("<f2").tobytes() for _, w in tensors)
-    assert steps is not None
-    symbols = [quantize(w, steps[name]) for name, w in tensors]
+    assert qsteps is not None
+    symbols = [quantize(w, qsteps[name]) for name, w in tensors]
     models = [entropy.fit_model(s, spatial=is_latent(name)) for (name, _), s in zip(tensors, symbols)]
-    table = b"".join(_model_entry(m, steps[name]) for (name, _), m in zip(tensors, models))
+    table = b"".join(_model_entry(m, qsteps[name]) for (name, _), m in zip(tensors, models))
     return table + entropy.encode(symbols, models)
 
 
-def _model_entry(model: entropy.SymbolModel, step: np.ndarray | None = None) -> bytes:
-    """A symbol model as the table stores it (with the tensor's steps, for a top-level entry)."""
+def _model_entry(model: entropy.SymbolModel, qstep: np.ndarray | None = None) -> bytes:
+    """A symbol model as the table stores it (with the tensor's qsteps, for a top-level entry)."""
     entry = _TABLE_ENTRY.pack(model.family, model.lo, model.hi, model.scale)
-    if step is not None:
-        entry += step.astype("<f2").tobytes()
+    if qstep is not None:
+        entry += qstep.astype("<f2").tobytes()
     entry += np.asarray(model.counts, dtype="<u2").tobytes()
     if model.family == entropy.CONTEXT:
         entry += bytes([len(model.bins)]) + b"".join(_model_entry(m) for m in model.bins)
@@ -115,24 +115,24 @@ def _model_entry(model: entropy.SymbolModel, step: np.ndarray | None = None) -> 
 
 
 def read_table(meta: MoecMeta, payload: bytes) -> tuple[list[entropy.SymbolModel], list[np.ndarray], int]:
-    """The per-tensor symbol models and steps at the start of a quantized payload, and where the
+    """The per-tensor symbol models and qsteps at the start of a quantized payload, and where the
     coded stream begins."""
-    at, models, steps = 0, [], []
+    at, models, qsteps = 0, [], []
     for name, shape in meta.model.tensor_shapes():
-        n_steps = math.prod(step_shape(shape, meta.quant.granularity))
+        n_qsteps = math.prod(qstep_shape(shape, meta.quant.granularity))
         family, lo, hi, scale, after_entry = _read_entry(payload, at)
-        end = after_entry + 2 * n_steps
+        end = after_entry + 2 * n_qsteps
         if end > len(payload):
             raise MoecFormatError("the weight table is truncated")
-        step = np.frombuffer(payload[after_entry:end], dtype="<f2").astype(np.float32)
-        if not (np.isfinite(step).all() and (step > 0).all()):
+        qstep = np.frombuffer(payload[after_entry:end], dtype="<f2").astype(np.float32)
+        if not (np.isfinite(qstep).all() and (qstep > 0).all()):
             raise MoecFormatError("the weight table holds an invalid quantization step")
         if family == entropy.CONTEXT and not (meta.version >= 3 and is_latent(name)):
             raise MoecFormatError("the weight table holds a context model where none can be")
         model, at = _read_model(payload, end, family, lo, hi, scale)
         models.append(model)
-        steps.append(step.reshape(step_shape(shape, meta.quant.granularity)))
-    return models, steps, at
+        qsteps.append(qstep.reshape(qstep_shape(shape, meta.quant.granularity)))
+    return models, qsteps, at
 
 
 def _read_entry(payload: bytes, at: int) -> tuple[int, int, int, float, int]:
@@ -175,9 +175,9 @@ def _read_model(payload: bytes, at: int, family: int, lo: int, hi: int,
     return entropy.SymbolModel(family, scale, lo, hi, bins=tuple(bins)), at
 
 
-def stored_steps(data: bytes) -> dict[str, np.ndarray]:
-    """The quantization step of every tensor of a quantized .moec file (for analysis tools)."""
-    return {name: step for name, (_, step) in _stored_table(data).items()}
+def stored_qsteps(data: bytes) -> dict[str, np.ndarray]:
+    """The qstep of every tensor of a quantized .moec file (for analysis tools)."""
+    return {name: qstep for name, (_, qstep) in _stored_table(data).items()}
 
 
 def stored_models(data: bytes) -> dict[str, entropy.SymbolModel]:
@@ -190,8 +190,8 @@ def _stored_table(data: bytes) -> dict[str, tuple[entropy.SymbolModel, np.ndarra
     meta = parse_meta(container)
     if meta.quant.float16:
         raise MoecFormatError("a float16 file has no quantization steps")
-    models, steps, _ = read_table(meta, container.payload)
-    return {name: pair for (name, _), pair in zip(meta.model.tensor_shapes(), zip(models, steps))}
+    models, qsteps, _ = read_table(meta, container.payload)
+    return {name: pair for (name, _), pair in zip(meta.model.tensor_shapes(), zip(models, qsteps))}
 
 
 def decode_tensors(meta: MoecMeta, payload: bytes) -> list[np.ndarray]:
@@ -210,11 +210,11 @@ def decode_tensors(meta: MoecMeta, payload: bytes) -> list[np.ndarray]:
             out.append(flat[at:at + n].reshape(shape))
             at += n
         return out
-    models, steps, at = read_table(meta, payload)
+    models, qsteps, at = read_table(meta, payload)
     symbols = entropy.decode(payload[at:], models, [s for _, s in shapes])
     out = []
-    for (_, shape), sym, model, step in zip(shapes, symbols, models, steps):
+    for (_, shape), sym, model, qstep in zip(shapes, symbols, models, qsteps):
         if sym.size and (sym.min() < model.lo or sym.max() > model.hi):
             raise MoecFormatError("the weight stream decodes to symbols outside their range")
-        out.append(dequantize(sym.reshape(shape), step))
+        out.append(dequantize(sym.reshape(shape), qstep))
     return out

@@ -45,6 +45,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -68,7 +69,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # --- identity ---------------------------------------------------------------------------------------
 
-def identity_of(ds) -> DicomIdentity:
+def identity_of(ds: Any) -> DicomIdentity:
     """The identity of a pydicom dataset; a value its VR does not allow (or that pydicom cannot even
     convert) is dropped, not refused, so that a real archive's small liberties never stop a
     compression. The study and series UIDs may be missing: only `decompress --dicom` needs a study,
@@ -165,12 +166,12 @@ class _Header:
     bits_allocated: int
 
 
-def _shown(value) -> str:
+def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _side(ds, keyword: str) -> int:
+def _side(ds: Any, keyword: str) -> int:
     """Rows or Columns, checked: an image side of 1 to _MAX_SIDE, else _Invalid naming the element."""
     if keyword not in ds:
         raise _Invalid(f"{keyword} is missing")
@@ -184,7 +185,7 @@ def _side(ds, keyword: str) -> int:
     return int(value)
 
 
-def _text(ds, keyword: str) -> str:
+def _text(ds: Any, keyword: str) -> str:
     """An element as one printable line ("" where absent or unconvertible): values from a header
     are shown in terminals and listings, never with control characters."""
     try:
@@ -195,7 +196,7 @@ def _text(ds, keyword: str) -> str:
     return " ".join("".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text).split())[:64]
 
 
-def _bits_allocated(ds) -> int:
+def _bits_allocated(ds: Any) -> int:
     try:
         bits = ds.get("BitsAllocated")
     except Exception:
@@ -218,7 +219,7 @@ def synthetic_uid(folder: Path, number: str, found: str = "") -> str:
     return "2.25." + str(int.from_bytes(hashlib.sha256(seed).digest()[:16], "big"))
 
 
-def _header_of(ds, folder: Path) -> _Header:
+def _header_of(ds: Any, folder: Path) -> _Header:
     """One image file's header, checked; _Invalid (or pydicom's own exception) when it describes no image."""
     rows, columns = _side(ds, "Rows"), _side(ds, "Columns")
     number = _text(ds, "SeriesNumber")
@@ -384,7 +385,7 @@ class _Slice:
     identity: DicomIdentity  # not the dataset: it would keep the slice's pixel bytes alive a second time
 
 
-def _numbers(ds, keyword: str, count: int, path: Path) -> np.ndarray:
+def _numbers(ds: Any, keyword: str, count: int, path: Path) -> np.ndarray:
     value = ds.get(keyword)
     try:
         # A string is an invalid value pydicom could not split: its characters are no coordinates.
@@ -398,7 +399,7 @@ def _numbers(ds, keyword: str, count: int, path: Path) -> np.ndarray:
     return numbers
 
 
-def _scaling(ds, keyword: str, default: float, path: Path) -> float:
+def _scaling(ds: Any, keyword: str, default: float, path: Path) -> float:
     value = ds.get(keyword)
     if value is None or value == "":
         return default
@@ -628,7 +629,7 @@ def derived_identity(identity: DicomIdentity, source_digest: str) -> DicomIdenti
     return filed
 
 
-def write_series(volume: Volume, identity: DicomIdentity, folder: str | os.PathLike, ratio: float,
+def write_series(volume: Volume, identity: DicomIdentity, folder: str | os.PathLike, *, ratio: float,
                  source_digest: str, force: bool = False) -> list[Path]:
     """Write a reconstruction as a new DICOM series in `folder`: marked lossy (LossyImageCompression
     01, a DERIVED image type, the ratio), new series and instance UIDs, the original's patient,

@@ -284,7 +284,8 @@ def load_nifti(path: Path, limit: MemoryLimit, compressing: bool) -> Volume:
         if varied and data.min() == data.max():
             raise VolumeError(f"{scaling} makes all its distinct stored values one value in float32, the precision "
                               "MoEC computes in; the header's scl_slope is likely wrong")
-    return Volume(data, affine, header, stored, slope, inter, path, size)
+    return Volume(data=data, affine=affine, header=header, stored_dtype=stored, slope=slope, inter=inter, source=path,
+                  source_bytes=size)
 
 
 def save_nifti(
@@ -292,6 +293,7 @@ def save_nifti(
     stored: np.ndarray,
     path: str | Path,
     descrip: str,
+    *,
     slope: float = 1.0,
     inter: float = 0.0,
     intent: str | None = None,

@@ -20,7 +20,8 @@ HU = {"air": -1000.0, "fat": -100.0, "muscle": 45.0, "lung": -820.0, "liver": 65
 SPACING = (1.5, 1.5, 3.0)
 
 
-def _ellipsoid(x, y, z, centre, radii) -> np.ndarray:
+def _ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: tuple[float, float, float],
+               radii: tuple[float, float, float]) -> np.ndarray:
     return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2
 
 

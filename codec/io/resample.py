@@ -11,6 +11,7 @@ edges of the first and last voxel stay where they were.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -39,7 +40,7 @@ def spatially_scaled(shape: tuple[int, ...], scale: float | tuple[float, ...]) -
     return scaled_shape(tuple(shape[:3]), scale) + tuple(shape[3:])
 
 
-def check_shape(shape, ndim: int) -> tuple[int, ...]:
+def check_shape(shape: Any, ndim: int) -> tuple[int, ...]:
     """An output grid of `ndim` axes of at least one voxel each, small enough to decode."""
     try:
         out = tuple(int(n) for n in shape)

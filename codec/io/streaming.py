@@ -6,7 +6,7 @@ output and no more (`moec decompress`, docs/design.md "Hostile and damaged input
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -64,7 +64,7 @@ def _stream_nifti(tmp: Path, hdr: nib.Nifti1Header, data: np.ndarray,
             handle.write(np.asarray(part if convert is None else convert(part)).astype(out).tobytes(order="F"))
 
 
-def _fortran_parts(data: np.ndarray):
+def _fortran_parts(data: np.ndarray) -> Iterator[np.ndarray]:
     """`data` (3D or 4D) in slabs of about WRITE_VOXELS whose Fortran-order bytes, one after the
     other, are the whole array's (NIfTI's order: the first axis fastest)."""
     x, y, z = data.shape[:3]

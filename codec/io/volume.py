@@ -145,8 +145,9 @@ def synthetic_header(shape: tuple[int, ...], dtype: np.dtype, affine: np.ndarray
 def from_array(
     array: np.ndarray,
     affine: np.ndarray | None = None,
+    *,
     header: bytes | None = None,
-    dtype: np.dtype | str | None = None,
+    dtype: np.dtype | type[np.generic] | str | None = None,
     slope: float = 1.0,
     inter: float = 0.0,
     source: Path | None = None,
@@ -164,7 +165,8 @@ def from_array(
         header = synthetic_header(data.shape, stored, affine)
     if len(header) != NIFTI1_HEADER_BYTES:
         raise VolumeError(f"a NIfTI-1 header has {NIFTI1_HEADER_BYTES} bytes, not {len(header)}")
-    return Volume(data, affine, bytes(header), stored, float(slope), float(inter), source, source_bytes)
+    return Volume(data=data, affine=affine, header=bytes(header), stored_dtype=stored, slope=float(slope),
+                  inter=float(inter), source=source, source_bytes=source_bytes)
 
 
 #: The smallest normal float32: a slope below it cannot be undone in the precision MoEC computes in.

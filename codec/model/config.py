@@ -208,5 +208,5 @@ def grid_levels(finest: tuple[int, ...], hold: tuple[int, ...], levels: int) -> 
 
 
 def is_latent(name: str) -> bool:
-    """Whether a stored tensor is a latent grid (quantized by rate, see quantize.rate_step)."""
+    """Whether a stored tensor is a latent grid (quantized by rate, see quantize.rate_qstep)."""
     return name.startswith("encoder.grid")

@@ -8,6 +8,7 @@ length 1 therefore maps to 0, and no coordinate ever reaches the edges of [-1, 1
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ import torch
 COORDINATE_CONVENTION = "centre"
 
 
-def axis_positions(index, n: int):
+def axis_positions(index: Any, n: int) -> Any:
     """Positions in [-1, 1] of voxel indices along an axis of length n (the "centre" convention)."""
     return (2.0 * index + 1.0) / n - 1.0
 

@@ -3,6 +3,8 @@ the shared encoder of 3D volumes (its latents hold most of a file's bytes)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,8 +58,8 @@ class LatentGrid(FakeQuantizable):
                 grid = refine_grid(grid, taps[level])
             sampled = F.grid_sample(grid.unsqueeze(0), where, mode="bilinear", align_corners=True)
             parts.append(sampled.reshape(grid.shape[0], -1))
-        # Rows contiguous: dispatch gathers whole rows (measured: 1.9 s of a 256^3 decode saved for
-        # 0.6 s of copying).
+        # Rows contiguous: dispatch gathers whole rows, which saves more of a decode than the copy
+        # costs (docs/history.md, "Figures behind the code's constants").
         return torch.cat(parts, dim=0).t().contiguous()
 
     @torch.no_grad()
@@ -109,9 +111,8 @@ def interpolation_matrix(positions: torch.Tensor, nodes: int) -> torch.Tensor:
 
 def refine_grid(grid: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
     """A (C, X, Y, Z) grid refined along its three axes (`refine`, axis k with outer tap outer[k]),
-    as three matrix products: training refines every level every step, and BLAS does it in about
-    40% of the time of `refine`'s slices (forward and backward, the chest CT's levels at 256x: 36
-    against 85 ms, 2 threads)."""
+    as three matrix products: training refines every level every step, and BLAS does it in well
+    under the time of `refine`'s slices (docs/benchmarks.md, "Cubic reading of the latent grid")."""
     for axis in (3, 2, 1):
         grid = _RefineAxis.apply(grid, outer[axis - 1], axis)
     return grid
@@ -122,17 +123,17 @@ class _RefineAxis(torch.autograd.Function):
     hand-written backward for the tap. The midpoints are linear in it, (b + c) / 2 + outer (b + c -
     a - d), so its gradient is the output's gradient at the midpoints dotted with b + c - a - d:
     a few elementwise passes, where autograd through the matrix adds a product as large as the
-    forward's (a cubic joint step on the chest CT at 256x: 83-96 ms against 95-108 ms, 2 threads)."""
+    forward's (docs/benchmarks.md, "Cubic reading of the latent grid")."""
 
     @staticmethod
-    def forward(ctx, grid: torch.Tensor, outer: torch.Tensor, axis: int) -> torch.Tensor:
+    def forward(ctx: Any, grid: torch.Tensor, outer: torch.Tensor, axis: int) -> torch.Tensor:
         matrix = refinement_matrix(grid.shape[axis], outer.detach(), dtype=grid.dtype)
         ctx.save_for_backward(grid, matrix)
         ctx.axis = axis
         return _along(grid, matrix, axis)
 
     @staticmethod
-    def backward(ctx, out_grad: torch.Tensor):
+    def backward(ctx: Any, out_grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         grid, matrix = ctx.saved_tensors
         axis = ctx.axis
         grid_grad = _along(out_grad, matrix.t(), axis) if ctx.needs_input_grad[0] else None

@@ -18,12 +18,12 @@ def uniform_parameter(shape: tuple[int, ...], bound: float, generator: torch.Gen
 class FakeQuantizable(nn.Module):
     """A module whose parameters can be read through fake quantization (quantization-aware training)."""
 
-    fake_steps: dict[str, torch.Tensor] | None = None
+    fake_qsteps: dict[str, torch.Tensor] | None = None
 
     def _param(self, name: str) -> torch.Tensor:
         p = getattr(self, name)
-        if self.fake_steps is not None and name in self.fake_steps:
-            return fake_quantize(p, self.fake_steps[name])
+        if self.fake_qsteps is not None and name in self.fake_qsteps:
+            return fake_quantize(p, self.fake_qsteps[name])
         return p
 
 

@@ -49,7 +49,7 @@ class MoEC(nn.Module):
         self.config = config
         #: Scale of the router's straight-through gradient at top-1, set by the Fitter from
         #: TrainConfig.gate_gradient (decoding never differentiates). The full-strength gradient
-        #: measured ~1 dB worse and undid the tissue-aligned partition on the phantom.
+        #: did worse and undid the tissue-aligned partition on the phantom (docs/history.md).
         self.gate_gradient = TrainConfig.gate_gradient
         generator = torch.Generator().manual_seed(seed)
         width_in = config.feature_width
@@ -62,8 +62,8 @@ class MoEC(nn.Module):
                                       first_omega=True, generator=generator)
         if config.has_router:
             # The router reads the raw coordinates beside the encoder features: sine features alone
-            # made smooth partitions hard to learn for some initialisations (measured: the router's
-            # pretraining loss stalled near 1.0 for one seed in six on the phantom).
+            # made smooth partitions hard to learn for some initialisations (the router's pretraining
+            # stalled on the phantom for some seeds: docs/history.md).
             self.router = Router(config.router_inputs, config.router_width, config.experts, generator)
         self.experts = SirenStack(config.experts, width_in, config.expert_width, config.expert_layers,
                                   config.omega0, first_omega=not config.uses_encoder, generator=generator)
@@ -125,7 +125,7 @@ class MoEC(nn.Module):
             out = self.experts.run(0, feats)
             return out if routing.probs is None else out * routing.weights
         flat = routing.choice.reshape(-1)
-        # A stable sort of bytes: a quarter of argsort's time on int64 (experts are at most 64).
+        # A stable sort of bytes: far quicker than argsort on int64 (experts are at most 64).
         order = torch.sort(flat.to(torch.uint8), stable=True).indices
         counts = torch.bincount(flat, minlength=self.config.experts).tolist()
         rows = torch.div(order, k, rounding_mode="floor")
@@ -138,7 +138,7 @@ class MoEC(nn.Module):
         mixed = torch.cat(outputs) * routing.weights.reshape(-1)[order].unsqueeze(1)
         if k == 1:
             # Each row once: copying it into place is the sum, and cheaper than index_add's scatter
-            # (with the byte sort above, a 4-expert joint step on the chest CT at 256x 4% shorter).
+            # (docs/benchmarks.md, "Speed and memory (`benchmarks/speed.py`, 2 CPU threads)").
             return mixed.new_zeros(batch, mixed.shape[1]).index_copy(0, rows, mixed)
         return mixed.new_zeros(batch, mixed.shape[1]).index_add(0, rows, mixed)
 
@@ -171,7 +171,7 @@ class MoEC(nn.Module):
         logits = torch.addmm(r.b1, hidden.relu_(), r.w1)
         top, choice = logits.max(dim=1)
         confidence = logits.sub_(top.unsqueeze(1)).exp_().sum(dim=1).reciprocal_()
-        # A stable sort of bytes: a quarter of argsort's time on int64 (experts are at most 64).
+        # A stable sort of bytes: far quicker than argsort on int64 (experts are at most 64).
         order = torch.sort(choice.to(torch.uint8), stable=True).indices
         counts = torch.bincount(choice, minlength=self.config.experts).tolist()
         grouped = feats.index_select(0, order)
@@ -194,14 +194,14 @@ class MoEC(nn.Module):
         """The tensors that decide the partition: frozen (and quantized) in the final stage."""
         return [n for n, _ in self.config.tensor_shapes() if n.startswith(("encoder.", "router."))]
 
-    def set_fake_steps(self, steps: dict[str, torch.Tensor] | None) -> None:
-        """Fake-quantize the named tensors (name -> step) in every forward pass; None: all off.
+    def set_fake_qsteps(self, qsteps: dict[str, torch.Tensor] | None) -> None:
+        """Fake-quantize the named tensors (name -> qstep) in every forward pass; None: all off.
 
         Expert and decoder tensors in the final stage; latent grids while they learn to live with
-        their coarse steps. The SIREN encoder and the router need none: in the final stage they are
+        their coarse qsteps. The SIREN encoder and the router need none: in the final stage they are
         quantized for real, in place.
         """
         for prefix, module in (("experts.", self.experts), ("decoder.", self.decoder), ("encoder.", self.encoder)):
             if isinstance(module, FakeQuantizable):
-                chosen = {n[len(prefix):]: s for n, s in (steps or {}).items() if n.startswith(prefix)}
-                module.fake_steps = chosen or None
+                chosen = {n[len(prefix):]: s for n, s in (qsteps or {}).items() if n.startswith(prefix)}
+                module.fake_qsteps = chosen or None

@@ -79,7 +79,7 @@ class Compression:
         if candidate.fitter is None:
             # The candidates train on one volume with one configuration: one sampler serves all.
             shared = next((c.fitter.sampler for c in self.candidates if c.fitter is not None), None)
-            candidate.fitter = new_fitter(self.volume, candidate.plan, self.train_config, self.roi, shared)
+            candidate.fitter = new_fitter(self.volume, candidate.plan, self.train_config, roi=self.roi, sampler=shared)
         return candidate.fitter
 
     def run(self, minutes: float | None = None, steps: int | None = None,
@@ -121,7 +121,8 @@ class Compression:
         """What the trial tries, in a sentence for a user ("" where there is one candidate)."""
         return self.trial.text()
 
-    def _trial(self, budget: Budget, should_stop: Callable[[], bool] | None):
+    def _trial(self, budget: Budget, should_stop: Callable[[], bool] | None
+               ) -> Generator[Progress, None, tuple[Generator[Progress, None, None], float] | None]:
         """Train the candidates of each round (Trial.rounds) until each has had its share of the
         budget past its router stage (the learned partition's first, cheap steps are not counted
         against it: the candidates are compared on as much reconstruction training), keep the
@@ -132,7 +133,8 @@ class Compression:
         first_budget = trial.first_budget(budget)
         tried: list[Candidate] = []  # those whose trial is over, in order
 
-        def round_of(contenders: list[Candidate], kept: Candidate | None):
+        def round_of(contenders: list[Candidate], kept: Candidate | None
+                     ) -> Generator[Progress, None, Candidate | None]:
             """Train each contender for its trial; the best of them and `kept`, or None when stopped."""
             for candidate in contenders:
                 self._current = candidate
@@ -232,7 +234,7 @@ class Compression:
     def evaluate(self, moec: MoecFile, device: str = "cpu") -> Evaluation:
         """`moec` (the file as written and read back) measured against the volume, and inside and
         outside the region of interest when there is one."""
-        return evaluate(self.volume, moec, device, self.roi)
+        return evaluate(self.volume, moec, device=device, roi=self.roi)
 
 
 def _let_go(candidate: Candidate) -> None:

@@ -26,16 +26,16 @@ class Evaluation:
     roi: RegionQuality | None = None  # inside and outside the region of interest, when one was given
 
 
-def evaluate(original: Volume, moec: MoecFile, device: str = "cpu", roi: np.ndarray | None = None) -> Evaluation:
+def evaluate(original: Volume, moec: MoecFile, *, device: str = "cpu", roi: np.ndarray | None = None) -> Evaluation:
     """Decode `moec` and measure it against `original` (same shape, file voxel order), and inside
     and outside `roi` (a mask of that shape) when given."""
     if original.shape != moec.meta.shape:
         raise ValueError(f"the .moec file holds a {moec.meta.shape} volume, the original is {original.shape}")
     recon = reconstruct(moec, device=device)
     assert recon.labels is not None  # reconstruct keeps them unless told not to
-    q = quality(original.data, recon.volume.data, original.stored_dtype, original.slope)
-    table = expert_table(original.data, recon.volume.data, recon.labels, moec.meta.model.experts,
-                         moec.meta.model.expert_parameter_count())
+    q = quality(original.data, recon.volume.data, dtype=original.stored_dtype, slope=original.slope)
+    table = expert_table(original.data, recon.volume.data, recon.labels, experts=moec.meta.model.experts,
+                         parameters_per_expert=moec.meta.model.expert_parameter_count())
     file_ratio = original.source_bytes / moec.nbytes if original.source_bytes else None
     region = None if roi is None else region_quality(original.data, recon.volume.data, check_roi(roi, original.shape))
     return Evaluation(moec, recon, q, table, moec.ratio, file_ratio, region)

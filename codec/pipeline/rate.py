@@ -25,7 +25,7 @@ from codec.fit.sizing import Plan
 from codec.fit.train import Fitter
 from codec.format import moecfile
 from codec.format.header import MoecMeta, describe
-from codec.format.payload import encode_payload, finest_multiplier, scaled_steps, tensor_steps
+from codec.format.payload import encode_payload, finest_multiplier, scaled_qsteps, tensor_qsteps
 from codec.io.volume import Volume
 
 #: The largest weight a file can hold: the largest float16 qstep times the largest symbol.
@@ -77,7 +77,7 @@ def sized_file(fitter: Fitter, plan: Plan) -> SizedFile:
         return landed(_with_floor(fitter.volume, meta, encode_payload(model, plan.quant, None)))
 
     if fitter.trained_qsteps is not None:
-        qsteps = {**tensor_steps(model, plan.quant, fitter.frozen_qsteps), **fitter.trained_qsteps}
+        qsteps = {**tensor_qsteps(model, plan.quant, fitter.frozen_qsteps), **fitter.trained_qsteps}
         data = _with_floor(fitter.volume, meta, encode_payload(model, plan.quant, qsteps))
         if plan.lower_bytes <= len(data) <= plan.upper_bytes:
             return landed(data)
@@ -115,16 +115,16 @@ def _qstep_search(fitter: Fitter, plan: Plan) -> QStepSearch:
     computed once, and the coded trials are cached, so a second search (room for the floor) reuses
     them."""
     model, frozen = fitter.model, fitter.frozen_qsteps
-    base = tensor_steps(model, plan.quant, frozen)
+    base = tensor_qsteps(model, plan.quant, frozen)
     finest = finest_multiplier(model, base, frozen)
 
     @functools.cache
     def payload_at(multiplier: float) -> bytes:
-        return encode_payload(model, plan.quant, scaled_steps(base, multiplier, frozen))
+        return encode_payload(model, plan.quant, scaled_qsteps(base, multiplier, frozen))
 
     def search(meta: MoecMeta, upper: int) -> tuple[dict[str, np.ndarray], bytes]:
         multiplier = sizing.fit_to_window(lambda m: len(moecfile.assemble(meta, payload_at(m))), upper, finest=finest)
-        return scaled_steps(base, multiplier, frozen), payload_at(multiplier)
+        return scaled_qsteps(base, multiplier, frozen), payload_at(multiplier)
 
     return search
 

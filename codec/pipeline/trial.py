@@ -55,7 +55,7 @@ def candidates_for(volume: Volume, options: Sequence[Settings], train: TrainConf
     planned, refused = [], []
     for settings in options:
         try:
-            planned.append(Candidate(settings, make_plan(volume, settings, train, roi)))
+            planned.append(Candidate(settings, make_plan(volume, settings, train, roi=roi)))
         except RatioError as exc:
             refused.append(exc)
     if not planned:
