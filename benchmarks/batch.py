@@ -88,20 +88,44 @@ def sequential(inputs: list[Path], out: Path, ratio: float, minutes: float, thre
     out.mkdir(parents=True)
     rows, start = [], time.perf_counter()
     for i, path in enumerate(inputs):
-        run = subprocess.run([MOEC, "compress", str(path), "-o", str(out / f"{i:02d}.moec"), "--ratio", f"{ratio:g}",
-                              "--minutes", f"{minutes:g}", "--threads", str(threads), "--quiet", "--json"],
-                             capture_output=True, text=True, check=True)
+        run = subprocess.run(
+            [
+                MOEC,
+                "compress",
+                str(path),
+                "-o",
+                str(out / f"{i:02d}.moec"),
+                "--ratio",
+                f"{ratio:g}",
+                "--minutes",
+                f"{minutes:g}",
+                "--threads",
+                str(threads),
+                "--quiet",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         report = json.loads(run.stdout)
         rows.append({key: report[key] for key in ("ratio", "psnr", "ssim", "steps")})
-        print(f"  sequential {i + 1}/{len(inputs)}: {report['ratio']:.1f}x, {report['psnr']:.2f} dB, "
-              f"{report['steps']} steps", file=sys.stderr, flush=True)
+        print(
+            f"  sequential {i + 1}/{len(inputs)}: {report['ratio']:.1f}x, {report['psnr']:.2f} dB, "
+            f"{report['steps']} steps",
+            file=sys.stderr,
+            flush=True,
+        )
     return {"seconds": time.perf_counter() - start, "volumes": rows}
 
 
 def batch(cohort: Path, out: Path, ratio: float, minutes: float) -> dict:
     start = time.perf_counter()
-    run = subprocess.run([MOEC, "batch", str(cohort), "-o", str(out), "--ratio", f"{ratio:g}", "--minutes",
-                          f"{minutes:g}", "--json"], capture_output=True, text=True)
+    run = subprocess.run(
+        [MOEC, "batch", str(cohort), "-o", str(out), "--ratio", f"{ratio:g}", "--minutes", f"{minutes:g}", "--json"],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if run.returncode != 0:
         raise SystemExit(f"moec batch failed:\n{run.stderr}")
@@ -112,10 +136,16 @@ def batch(cohort: Path, out: Path, ratio: float, minutes: float) -> dict:
 
 def summary(name: str, result: dict) -> dict:
     rows = result["volumes"]
-    return {"mode": name, "volumes": len(rows), "minutes": result["seconds"] / 60,
-            "per_hour": 3600 * len(rows) / result["seconds"], "ratio": statistics.fmean(r["ratio"] for r in rows),
-            "psnr": statistics.fmean(r["psnr"] for r in rows), "ssim": statistics.fmean(r["ssim"] for r in rows),
-            "worst_psnr": min(r["psnr"] for r in rows)}
+    return {
+        "mode": name,
+        "volumes": len(rows),
+        "minutes": result["seconds"] / 60,
+        "per_hour": 3600 * len(rows) / result["seconds"],
+        "ratio": statistics.fmean(r["ratio"] for r in rows),
+        "psnr": statistics.fmean(r["psnr"] for r in rows),
+        "ssim": statistics.fmean(r["ssim"] for r in rows),
+        "worst_psnr": min(r["psnr"] for r in rows),
+    }
 
 
 def main() -> None:
@@ -124,8 +154,12 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--ratio", type=float, default=1024.0)
     parser.add_argument("--minutes", type=float, default=1.0)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads of each sequential `moec compress` (default: every core)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of each sequential `moec compress` (default: every core)",
+    )
     args = parser.parse_args()
     if not args.volume.exists():
         raise SystemExit(f"no volume at {args.volume}")
@@ -133,22 +167,48 @@ def main() -> None:
     inputs = make_cohort(args.volume, args.copies, WORK / "cohort")
     for folder in (WORK / "sequential", WORK / "batch"):
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"{args.copies} copies of {args.volume.name} ({len(inputs) // 2} DICOM series), {args.ratio:g}x, "
-          f"{args.minutes:g} min each", file=sys.stderr, flush=True)
+    print(
+        f"{args.copies} copies of {args.volume.name} ({len(inputs) // 2} DICOM series), {args.ratio:g}x, "
+        f"{args.minutes:g} min each",
+        file=sys.stderr,
+        flush=True,
+    )
     one_by_one = sequential(inputs, WORK / "sequential", args.ratio, args.minutes, args.threads)
     cohort = batch(WORK / "cohort", WORK / "batch", args.ratio, args.minutes)
-    rows = [summary(f"moec compress x {args.copies}, one after another ({args.threads} threads)", one_by_one),
-            summary(f"moec batch ({cohort['engine']})", cohort)]
+    rows = [
+        summary(f"moec compress x {args.copies}, one after another ({args.threads} threads)", one_by_one),
+        summary(f"moec batch ({cohort['engine']})", cohort),
+    ]
     speedup = rows[1]["per_hour"] / rows[0]["per_hour"]
-    print(table(rows, [("mode", "mode", ""), ("volumes", "volumes", "d"), ("minutes", "minutes", ".1f"),
-                       ("volumes per hour", "per_hour", ".1f"), ("mean ratio", "ratio", ".1f"),
-                       ("mean PSNR (dB)", "psnr", ".2f"), ("worst PSNR (dB)", "worst_psnr", ".2f"),
-                       ("mean SSIM", "ssim", ".4f")]))
+    print(
+        table(
+            rows,
+            [
+                ("mode", "mode", ""),
+                ("volumes", "volumes", "d"),
+                ("minutes", "minutes", ".1f"),
+                ("volumes per hour", "per_hour", ".1f"),
+                ("mean ratio", "ratio", ".1f"),
+                ("mean PSNR (dB)", "psnr", ".2f"),
+                ("worst PSNR (dB)", "worst_psnr", ".2f"),
+                ("mean SSIM", "ssim", ".4f"),
+            ],
+        )
+    )
     print(f"\nthroughput of the batch: {speedup:.2f}x the sequential runs'")
-    path = save("batch", {"volume": str(args.volume), "copies": args.copies, "ratio": args.ratio,
-                          "minutes": args.minutes, "rows": rows, "speedup": speedup,
-                          "details": {"sequential": one_by_one, "batch": cohort},
-                          "load_average": {"before": load_before, "after": os.getloadavg()}})
+    path = save(
+        "batch",
+        {
+            "volume": str(args.volume),
+            "copies": args.copies,
+            "ratio": args.ratio,
+            "minutes": args.minutes,
+            "rows": rows,
+            "speedup": speedup,
+            "details": {"sequential": one_by_one, "batch": cohort},
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+        },
+    )
     print(f"wrote {path}")
     shutil.rmtree(WORK, ignore_errors=True)
 

@@ -33,8 +33,13 @@ def brain() -> Volume:
 
 
 def machine() -> dict:
-    return {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "cuda": torch.cuda.is_available()}
+    return {
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cuda": torch.cuda.is_available(),
+    }
 
 
 def compress(volume: Volume, settings: pipeline.Settings, config: TrainConfig) -> dict:
@@ -47,9 +52,16 @@ def compress(volume: Volume, settings: pipeline.Settings, config: TrainConfig) -
     evaluation = compression.evaluate(moecfile.from_bytes(data))
     params = compression.plan.model.parameter_count()
     return {
-        "settings": asdict(settings), "minutes": config.minutes, "steps": made.steps, "bytes": len(data),
-        "ratio": evaluation.ratio, "psnr": evaluation.quality.psnr, "ssim": evaluation.quality.ssim,
-        "parameters": params, "bits_per_weight": 8 * len(data) / params, "seconds": seconds,
+        "settings": asdict(settings),
+        "minutes": config.minutes,
+        "steps": made.steps,
+        "bytes": len(data),
+        "ratio": evaluation.ratio,
+        "psnr": evaluation.quality.psnr,
+        "ssim": evaluation.quality.ssim,
+        "parameters": params,
+        "bits_per_weight": 8 * len(data) / params,
+        "seconds": seconds,
         "experts_used": sum(1 for e in evaluation.experts if e.share > 0),
     }
 

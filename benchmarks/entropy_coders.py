@@ -60,9 +60,16 @@ def measure(path: str) -> dict:
     huffman = sum(huffman_bytes(s) for s in symbols) + qsteps_only
     ideal = sum(entropy.ideal_bits(s, m) for s, m in zip(symbols, models)) / 8 + table_bytes
     n = sum(s.size for s in symbols)
-    return {"file": path, "weights": n, "range coder (.moec models)": range_coded, "zstd -22 of int16 symbols": zstd,
-            "Huffman per tensor (+ tables)": huffman, "ideal for those models": round(ideal),
-            "int16 raw": len(raw) + qsteps_only, "bits_per_weight": 8 * range_coded / n}
+    return {
+        "file": path,
+        "weights": n,
+        "range coder (.moec models)": range_coded,
+        "zstd -22 of int16 symbols": zstd,
+        "Huffman per tensor (+ tables)": huffman,
+        "ideal for those models": round(ideal),
+        "int16 raw": len(raw) + qsteps_only,
+        "bits_per_weight": 8 * range_coded / n,
+    }
 
 
 def main() -> None:
@@ -70,8 +77,13 @@ def main() -> None:
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
     rows = [measure(f) for f in args.files]
-    keys = ["range coder (.moec models)", "zstd -22 of int16 symbols", "Huffman per tensor (+ tables)",
-            "ideal for those models", "int16 raw"]
+    keys = [
+        "range coder (.moec models)",
+        "zstd -22 of int16 symbols",
+        "Huffman per tensor (+ tables)",
+        "ideal for those models",
+        "int16 raw",
+    ]
     print(table(rows, [("file", "file", ""), ("weights", "weights", ",")] + [(k, k, ",") for k in keys]))
     save("entropy_coders", {"rows": rows})
 

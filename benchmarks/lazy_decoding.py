@@ -53,9 +53,12 @@ def whole_volume(path: Path) -> dict:
     middle = layers[0][0].shape[0] // 2
     _ = [np.asarray(layer[0][middle]) for layer in layers]
     first = time.perf_counter() - start
-    return {"reader": "whole volume decoded first", "first_slice_s": first,
-            "scroll_new_ms": _scroll(layers, _spread(layers[0][0].shape[0])) * 1e3,
-            "scroll_cached_ms": _scroll(layers, [middle] * 5) * 1e3}
+    return {
+        "reader": "whole volume decoded first",
+        "first_slice_s": first,
+        "scroll_new_ms": _scroll(layers, _spread(layers[0][0].shape[0])) * 1e3,
+        "scroll_cached_ms": _scroll(layers, [middle] * 5) * 1e3,
+    }
 
 
 def lazy(path: Path) -> dict:
@@ -70,8 +73,13 @@ def lazy(path: Path) -> dict:
     first = time.perf_counter() - start
     new = _scroll(layers, _spread(layers[0][0].shape[0], avoid=middle))
     cached = _scroll(layers, [middle] * 5)
-    return {"reader": "lazy (slab on screen)", "open_s": opened, "first_slice_s": first,
-            "scroll_new_ms": new * 1e3, "scroll_cached_ms": cached * 1e3}
+    return {
+        "reader": "lazy (slab on screen)",
+        "open_s": opened,
+        "first_slice_s": first,
+        "scroll_new_ms": new * 1e3,
+        "scroll_cached_ms": cached * 1e3,
+    }
 
 
 def _spread(n: int, avoid: int | None = None, count: int = 8) -> list[int]:
@@ -120,6 +128,8 @@ def through_viewer(path: Path) -> dict:
     lazy_layers = shown(lambda: read_moec(str(path)))
     viewer.close()
     return {"numpy": numpy_layers, "lazy": lazy_layers}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--volume", type=Path, default=CT)
@@ -139,18 +149,39 @@ def main() -> None:
     if viewer is not None:
         rows[1]["viewer_first_slice_s"] = viewer["lazy"]
         rows[0]["viewer_first_slice_s"] = viewer["numpy"] + rows[0]["first_slice_s"]
-    print(f"{args.volume.name}: {' x '.join(map(str, moec.meta.shape))}, {moec.ratio:.0f}x, "
-          f"{moec.meta.model.experts} experts, {THREADS} threads")
-    print(table(rows, [("reader", "reader", ""), ("layers added (s)", "open_s", ".2f"),
-                       ("first slice (s)", "first_slice_s", ".2f"), ("scroll, new slab (ms)", "scroll_new_ms", ".0f"),
-                       ("scroll, decoded slab (ms)", "scroll_cached_ms", ".1f")]))
+    print(
+        f"{args.volume.name}: {' x '.join(map(str, moec.meta.shape))}, {moec.ratio:.0f}x, "
+        f"{moec.meta.model.experts} experts, {THREADS} threads"
+    )
+    print(
+        table(
+            rows,
+            [
+                ("reader", "reader", ""),
+                ("layers added (s)", "open_s", ".2f"),
+                ("first slice (s)", "first_slice_s", ".2f"),
+                ("scroll, new slab (ms)", "scroll_new_ms", ".0f"),
+                ("scroll, decoded slab (ms)", "scroll_cached_ms", ".1f"),
+            ],
+        )
+    )
     if viewer is not None:
-        print(f"\nthrough a napari viewer, from the reader call to the three layers drawn: lazy "
-              f"{viewer['lazy']:.2f} s; "
-              f"the same layers already decoded (napari's own cost) {viewer['numpy']:.2f} s, so "
-              f"{rows[0]['viewer_first_slice_s']:.2f} s with the whole volume decoded first")
-    out = save("lazy_decoding", {"machine": machine(), "volume": str(args.volume), "shape": list(moec.meta.shape),
-                                 "ratio": moec.ratio, "rows": rows})
+        print(
+            f"\nthrough a napari viewer, from the reader call to the three layers drawn: lazy "
+            f"{viewer['lazy']:.2f} s; "
+            f"the same layers already decoded (napari's own cost) {viewer['numpy']:.2f} s, so "
+            f"{rows[0]['viewer_first_slice_s']:.2f} s with the whole volume decoded first"
+        )
+    out = save(
+        "lazy_decoding",
+        {
+            "machine": machine(),
+            "volume": str(args.volume),
+            "shape": list(moec.meta.shape),
+            "ratio": moec.ratio,
+            "rows": rows,
+        },
+    )
     print(f"wrote {out}")
 
 

@@ -17,9 +17,17 @@ from common import Cells, brain, compress, save, table
 from codec import pipeline
 from codec.settings import TrainConfig
 
-COLUMNS = [("ratio asked", "asked", "g"), ("weights", "weights", ""), ("ratio on file", "ratio", ".1f"),
-           ("bytes", "bytes", ","), ("parameters", "parameters", ","), ("bits/weight", "bits_per_weight", ".2f"),
-           ("steps", "steps", ""), ("PSNR dB", "psnr", ".2f"), ("SSIM", "ssim", ".4f")]
+COLUMNS = [
+    ("ratio asked", "asked", "g"),
+    ("weights", "weights", ""),
+    ("ratio on file", "ratio", ".1f"),
+    ("bytes", "bytes", ","),
+    ("parameters", "parameters", ","),
+    ("bits/weight", "bits_per_weight", ".2f"),
+    ("steps", "steps", ""),
+    ("PSNR dB", "psnr", ".2f"),
+    ("SSIM", "ssim", ".4f"),
+]
 
 
 def main() -> None:

@@ -28,9 +28,15 @@ def gap_stats(ticks: list[float], start: float, stop: float) -> dict:
     inside = np.asarray([t for t in ticks if start <= t <= stop])
     gaps = np.diff(inside) * 1000.0
     worst = int(np.argmax(gaps)) if len(gaps) else 0
-    return {"ticks": len(inside), "seconds": float(stop - start), "longest_gap_ms": float(gaps.max()),
-            "longest_at_s": float(inside[worst] - start), "p99_gap_ms": float(np.percentile(gaps, 99)),
-            "gaps_over_100ms": int((gaps > 100).sum()), "median_gap_ms": float(np.median(gaps))}
+    return {
+        "ticks": len(inside),
+        "seconds": float(stop - start),
+        "longest_gap_ms": float(gaps.max()),
+        "longest_at_s": float(inside[worst] - start),
+        "p99_gap_ms": float(np.percentile(gaps, 99)),
+        "gaps_over_100ms": int((gaps > 100).sum()),
+        "median_gap_ms": float(np.median(gaps)),
+    }
 
 
 def main() -> None:
@@ -91,18 +97,43 @@ def main() -> None:
     scroll.stop()
     # the result's stall belongs to training: its window ends 1 s after the result arrived
     split = phases["shown"] + 1.0
-    rows = [{"phase": "scrolling while training, until the result is shown", "minutes": args.minutes,
-             "torch_threads": training_threads(), **gap_stats(ticks, phases["training"], split),
-             "steps": widget.result.steps if widget.result else None,
-             "psnr": widget.result.quality.psnr if widget.result else None},
-            {"phase": "scrolling the same layers, nothing running", "minutes": None, "torch_threads": None,
-             **gap_stats(ticks, split, phases["end"]), "steps": None, "psnr": None}]
-    print(table(rows, [("phase", "phase", ""), ("ticks", "ticks", ""), ("median gap ms", "median_gap_ms", ".1f"),
-                       ("99th pct gap ms", "p99_gap_ms", ".1f"), ("longest gap ms", "longest_gap_ms", ".1f"),
-                       ("at s", "longest_at_s", ".1f"), ("gaps > 100 ms", "gaps_over_100ms", "")]))
+    rows = [
+        {
+            "phase": "scrolling while training, until the result is shown",
+            "minutes": args.minutes,
+            "torch_threads": training_threads(),
+            **gap_stats(ticks, phases["training"], split),
+            "steps": widget.result.steps if widget.result else None,
+            "psnr": widget.result.quality.psnr if widget.result else None,
+        },
+        {
+            "phase": "scrolling the same layers, nothing running",
+            "minutes": None,
+            "torch_threads": None,
+            **gap_stats(ticks, split, phases["end"]),
+            "steps": None,
+            "psnr": None,
+        },
+    ]
+    print(
+        table(
+            rows,
+            [
+                ("phase", "phase", ""),
+                ("ticks", "ticks", ""),
+                ("median gap ms", "median_gap_ms", ".1f"),
+                ("99th pct gap ms", "p99_gap_ms", ".1f"),
+                ("longest gap ms", "longest_gap_ms", ".1f"),
+                ("at s", "longest_at_s", ".1f"),
+                ("gaps > 100 ms", "gaps_over_100ms", ""),
+            ],
+        )
+    )
     r = rows[0]
-    print(f"\ntraining: {args.minutes:g} min budget, {r['torch_threads']} torch thread(s), {r['steps']} steps, "
-          f"PSNR {r['psnr']:.2f} dB; result shown {phases['shown'] - phases['training']:.1f} s after Train")
+    print(
+        f"\ntraining: {args.minutes:g} min budget, {r['torch_threads']} torch thread(s), {r['steps']} steps, "
+        f"PSNR {r['psnr']:.2f} dB; result shown {phases['shown'] - phases['training']:.1f} s after Train"
+    )
     gaps = np.diff(np.asarray(ticks)) * 1000.0
     print(f"wrote {save('responsiveness', {'rows': rows, 'gaps_ms': gaps.round(2).tolist()})}")
 

@@ -30,19 +30,36 @@ def ball(volume, radius_mm: float) -> np.ndarray:
     grids = np.ogrid[tuple(slice(0, n) for n in volume.shape[:3])]
     centre = [(n - 1) / 2 for n in volume.shape[:3]]
     distance = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing))
-    return distance <= radius_mm ** 2
+    return distance <= radius_mm**2
 
 
-def run(volume, ratio: float, minutes: float, steps: int | None, seed: int, roi: np.ndarray | None, weight: float,
-        mask: np.ndarray):
+def run(
+    volume,
+    ratio: float,
+    minutes: float,
+    steps: int | None,
+    seed: int,
+    roi: np.ndarray | None,
+    weight: float,
+    mask: np.ndarray,
+):
     config = TrainConfig(minutes=minutes, steps=steps, seed=seed, roi_weight=weight)
     made = pipeline.Compression(volume, pipeline.Settings(ratio=ratio), config, roi).train().encode()
     data = made.data
     evaluation = pipeline.evaluate(volume, moecfile.from_bytes(data), roi=mask)
     r = evaluation.roi
-    return {"weight": weight if roi is not None else 1.0, "seed": seed, "bytes": len(data), "ratio": evaluation.ratio,
-            "psnr": evaluation.quality.psnr, "psnr_inside": r.psnr_inside, "psnr_outside": r.psnr_outside,
-            "max_inside": r.max_inside, "max_outside": r.max_outside, "steps": made.steps}
+    return {
+        "weight": weight if roi is not None else 1.0,
+        "seed": seed,
+        "bytes": len(data),
+        "ratio": evaluation.ratio,
+        "psnr": evaluation.quality.psnr,
+        "psnr_inside": r.psnr_inside,
+        "psnr_outside": r.psnr_outside,
+        "max_inside": r.max_inside,
+        "max_outside": r.max_outside,
+        "steps": made.steps,
+    }
 
 
 def main() -> None:
@@ -57,33 +74,69 @@ def main() -> None:
     torch.set_num_threads(2)
     volume = load_volume(args.volume)
     mask = ball(volume, RADIUS_MM)
-    print(f"ROI: a {RADIUS_MM:g} mm ball, {int(mask.sum()):,} voxels ({100 * mask.mean():.3f}%), weights "
-          f"{' '.join(f'{w:g}' for w in args.weight)}")
+    print(
+        f"ROI: a {RADIUS_MM:g} mm ball, {int(mask.sum()):,} voxels ({100 * mask.mean():.3f}%), weights "
+        f"{' '.join(f'{w:g}' for w in args.weight)}"
+    )
     rows = []
     for seed in range(args.seeds):
         for weight in (1.0, *args.weight):
             roi = None if weight == 1.0 else mask
             rows.append(run(volume, args.ratio, args.minutes, args.steps, seed, roi, weight, mask))
-            print(f"  seed {seed}, weight {weight:g}: inside {rows[-1]['psnr_inside']:.2f} dB, outside "
-                  f"{rows[-1]['psnr_outside']:.2f} dB", flush=True)
+            print(
+                f"  seed {seed}, weight {weight:g}: inside {rows[-1]['psnr_inside']:.2f} dB, outside "
+                f"{rows[-1]['psnr_outside']:.2f} dB",
+                flush=True,
+            )
     summary = []
     for weight in (1.0, *args.weight):
         picked = [r for r in rows if r["weight"] == weight]
         inside = [r["psnr_inside"] for r in picked]
-        summary.append({"mode": "without ROI" if weight == 1.0 else f"ROI weight {weight:g}",
-                        "range": f"{min(inside):.2f} .. {max(inside):.2f}",
-                        **{k: statistics.fmean(r[k] for r in picked) for k in
-                           ("ratio", "psnr", "psnr_inside", "psnr_outside", "max_inside", "max_outside")}})
-    print(table(summary, [("mode", "mode", ""), ("ratio", "ratio", ".1f"), ("PSNR (dB)", "psnr", ".2f"),
-                          ("inside ROI (dB)", "psnr_inside", ".2f"), ("inside, seeds", "range", ""),
-                          ("outside (dB)", "psnr_outside", ".2f"), ("max error inside", "max_inside", ".0f"),
-                          ("max error outside", "max_outside", ".0f")]))
+        summary.append(
+            {
+                "mode": "without ROI" if weight == 1.0 else f"ROI weight {weight:g}",
+                "range": f"{min(inside):.2f} .. {max(inside):.2f}",
+                **{
+                    k: statistics.fmean(r[k] for r in picked)
+                    for k in ("ratio", "psnr", "psnr_inside", "psnr_outside", "max_inside", "max_outside")
+                },
+            }
+        )
+    print(
+        table(
+            summary,
+            [
+                ("mode", "mode", ""),
+                ("ratio", "ratio", ".1f"),
+                ("PSNR (dB)", "psnr", ".2f"),
+                ("inside ROI (dB)", "psnr_inside", ".2f"),
+                ("inside, seeds", "range", ""),
+                ("outside (dB)", "psnr_outside", ".2f"),
+                ("max error inside", "max_inside", ".0f"),
+                ("max error outside", "max_outside", ".0f"),
+            ],
+        )
+    )
     for row in summary[1:]:
-        print(f"\n{row['mode']}: ROI PSNR {row['psnr_inside'] - summary[0]['psnr_inside']:+.2f} dB, whole volume "
-              f"{row['psnr'] - summary[0]['psnr']:+.2f} dB (means of {args.seeds} seeds)")
-    out = save("roi", {"machine": machine(), "volume": args.volume, "ratio": args.ratio, "minutes": args.minutes,
-                       "steps": args.steps, "roi_voxels": int(mask.sum()), "radius_mm": RADIUS_MM,
-                       "weights": args.weight, "rows": rows, "summary": summary})
+        print(
+            f"\n{row['mode']}: ROI PSNR {row['psnr_inside'] - summary[0]['psnr_inside']:+.2f} dB, whole volume "
+            f"{row['psnr'] - summary[0]['psnr']:+.2f} dB (means of {args.seeds} seeds)"
+        )
+    out = save(
+        "roi",
+        {
+            "machine": machine(),
+            "volume": args.volume,
+            "ratio": args.ratio,
+            "minutes": args.minutes,
+            "steps": args.steps,
+            "roi_voxels": int(mask.sum()),
+            "radius_mm": RADIUS_MM,
+            "weights": args.weight,
+            "rows": rows,
+            "summary": summary,
+        },
+    )
     print(f"wrote {out}")
 
 

@@ -118,17 +118,34 @@ def dispatch_rows(volume) -> list[dict]:
             model, plan = brain_model(volume, experts, encoder)
             sparse = throughput(model, "sparse (grouped, omega folded)")
             dense = throughput(model, "dense")
-            rows.append({"encoder": encoder, "experts": experts, "expert_width": plan.model.expert_width,
-                         "parameters": plan.model.parameter_count(), "sparse": sparse, "dense": dense,
-                         "speedup": sparse / dense})
-            print(f"  {encoder} encoder, {experts} experts: sparse {sparse:,.0f}/s, dense {dense:,.0f}/s "
-                  f"({sparse / dense:.1f}x)", flush=True)
+            rows.append(
+                {
+                    "encoder": encoder,
+                    "experts": experts,
+                    "expert_width": plan.model.expert_width,
+                    "parameters": plan.model.parameter_count(),
+                    "sparse": sparse,
+                    "dense": dense,
+                    "speedup": sparse / dense,
+                }
+            )
+            print(
+                f"  {encoder} encoder, {experts} experts: sparse {sparse:,.0f}/s, dense {dense:,.0f}/s "
+                f"({sparse / dense:.1f}x)",
+                flush=True,
+            )
     return rows
 
 
-DISPATCH_COLUMNS = [("encoder", "encoder", ""), ("experts", "experts", ""), ("expert width", "expert_width", ""),
-                    ("parameters", "parameters", ","), ("sparse coords/s", "sparse", ",.0f"),
-                    ("dense coords/s", "dense", ",.0f"), ("sparse / dense", "speedup", ".2f")]
+DISPATCH_COLUMNS = [
+    ("encoder", "encoder", ""),
+    ("experts", "experts", ""),
+    ("expert width", "expert_width", ""),
+    ("parameters", "parameters", ","),
+    ("sparse coords/s", "sparse", ",.0f"),
+    ("dense coords/s", "dense", ",.0f"),
+    ("sparse / dense", "speedup", ".2f"),
+]
 
 
 def tuning_rows(volume) -> list[dict]:
@@ -138,17 +155,30 @@ def tuning_rows(volume) -> list[dict]:
     for form in [f for f in FORMS if f != "dense"]:
         rows.append({"what": form, "threads": THREADS, "batch": BATCH, "coords_per_s": throughput(model, form)})
     for batch in (1 << 13, 1 << 17):
-        rows.append({"what": "sparse (grouped, omega folded)", "threads": THREADS, "batch": batch,
-                     "coords_per_s": throughput(model, "sparse (grouped, omega folded)", batch=batch)})
+        rows.append(
+            {
+                "what": "sparse (grouped, omega folded)",
+                "threads": THREADS,
+                "batch": batch,
+                "coords_per_s": throughput(model, "sparse (grouped, omega folded)", batch=batch),
+            }
+        )
     torch.set_num_threads(1)
-    rows.append({"what": "sparse (grouped, omega folded)", "threads": 1, "batch": BATCH,
-                 "coords_per_s": throughput(model, "sparse (grouped, omega folded)")})
+    rows.append(
+        {
+            "what": "sparse (grouped, omega folded)",
+            "threads": 1,
+            "batch": BATCH,
+            "coords_per_s": throughput(model, "sparse (grouped, omega folded)"),
+        }
+    )
     torch.set_num_threads(THREADS)
     base = rows[1]["coords_per_s"]
     for row in rows:
         row["vs_first"] = row["coords_per_s"] / base
-        print(f"  {row['what']}, {row['threads']} threads, batch {row['batch']}: {row['coords_per_s']:,.0f}/s",
-              flush=True)
+        print(
+            f"  {row['what']}, {row['threads']} threads, batch {row['batch']}: {row['coords_per_s']:,.0f}/s", flush=True
+        )
     return rows
 
 
@@ -160,10 +190,15 @@ def decode_rows() -> list[dict]:
     model that made the best files (4 experts, 1 latent channel, router on the coordinates)."""
     rows = []
     best = {"encoder": "grid", "experts": 4, "grid_channels": 1, "router_features": False}
-    cases = ((np.uint8, DEFAULT_CHUNK, "siren", {}), (np.uint8, 1 << 14, "siren", {}),
-             (np.int16, DEFAULT_CHUNK, "siren", {}), (np.uint8, DEFAULT_CHUNK, "grid", {}),
-             (np.int16, DEFAULT_CHUNK, "grid", {}), (np.uint8, DEFAULT_CHUNK, "grid, 4 experts, 1 channel", best),
-             (np.int16, DEFAULT_CHUNK, "grid, 4 experts, 1 channel", best))
+    cases = (
+        (np.uint8, DEFAULT_CHUNK, "siren", {}),
+        (np.uint8, 1 << 14, "siren", {}),
+        (np.int16, DEFAULT_CHUNK, "siren", {}),
+        (np.uint8, DEFAULT_CHUNK, "grid", {}),
+        (np.int16, DEFAULT_CHUNK, "grid", {}),
+        (np.uint8, DEFAULT_CHUNK, "grid, 4 experts, 1 channel", best),
+        (np.int16, DEFAULT_CHUNK, "grid, 4 experts, 1 channel", best),
+    )
     for dtype, chunk, encoder, options in cases:
         shape = (256, 256, 256)
         volume = from_array(np.zeros(shape, np.float32) + np.arange(256, dtype=np.float32), dtype=dtype)
@@ -174,10 +209,17 @@ def decode_rows() -> list[dict]:
         start = time.perf_counter()
         recon = reconstruct(moec, chunk=chunk)
         seconds = time.perf_counter() - start
-        rows.append({"volume": f"256^3 {np.dtype(dtype).name}", "encoder": encoder, "chunk": chunk,
-                     "width": plan.model.expert_width,
-                     "parameters": plan.model.parameter_count(), "seconds": seconds,
-                     "voxels_per_second": recon.labels.size / seconds})
+        rows.append(
+            {
+                "volume": f"256^3 {np.dtype(dtype).name}",
+                "encoder": encoder,
+                "chunk": chunk,
+                "width": plan.model.expert_width,
+                "parameters": plan.model.parameter_count(),
+                "seconds": seconds,
+                "voxels_per_second": recon.labels.size / seconds,
+            }
+        )
         print(f"  decode 256^3 {np.dtype(dtype).name}, {encoder} encoder, chunk {chunk}: {seconds:.2f} s", flush=True)
     return rows + ct_decode_rows()
 
@@ -201,9 +243,17 @@ def ct_decode_rows() -> list[dict]:
         start = time.perf_counter()
         recon = reconstruct(moec)
         seconds = time.perf_counter() - start
-        rows.append({"volume": f"chest CT 512x512x61 int16, {ratio}x", "encoder": "default", "chunk": DEFAULT_CHUNK,
-                     "width": plan.model.expert_width, "parameters": plan.model.parameter_count(),
-                     "seconds": seconds, "voxels_per_second": recon.labels.size / seconds})
+        rows.append(
+            {
+                "volume": f"chest CT 512x512x61 int16, {ratio}x",
+                "encoder": "default",
+                "chunk": DEFAULT_CHUNK,
+                "width": plan.model.expert_width,
+                "parameters": plan.model.parameter_count(),
+                "seconds": seconds,
+                "voxels_per_second": recon.labels.size / seconds,
+            }
+        )
         print(f"  decode chest CT at {ratio}x (defaults): {seconds:.2f} s", flush=True)
     return rows
 
@@ -217,27 +267,53 @@ def memory_row() -> dict:
         del hu
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         start = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "codec.cli", "compress", str(source),
-                              "-o", str(Path(tmp) / "big.moec"),
-                              "--ratio", "1024", "--steps", "30", "--threads", str(THREADS), "--quiet"],
-                             capture_output=True, text=True, cwd=ROOT)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "codec.cli",
+                "compress",
+                str(source),
+                "-o",
+                str(Path(tmp) / "big.moec"),
+                "--ratio",
+                "1024",
+                "--steps",
+                "30",
+                "--threads",
+                str(THREADS),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         seconds = time.perf_counter() - start
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if run.returncode != 0:
         raise SystemExit(f"moec compress failed: {run.stderr}")
-    return {"shape": "512^3 int16", "peak_gib": max(peak_kib, before) / 2 ** 20, "seconds": seconds,
-            "output": run.stdout.strip().splitlines()[0]}
+    return {
+        "shape": "512^3 int16",
+        "peak_gib": max(peak_kib, before) / 2**20,
+        "seconds": seconds,
+        "output": run.stdout.strip().splitlines()[0],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-memory", action="store_true", help="skip the 512^3 memory run (a few minutes)")
-    parser.add_argument("--decode-only", action="store_true",
-                        help="only the decode rows, written to results/speed_decode.json")
-    parser.add_argument("--dispatch-only", action="store_true",
-                        help="only the sparse / dense rows, written to results/speed_dispatch.json")
-    parser.add_argument("--memory-only", action="store_true",
-                        help="only the 512^3 memory run, written to results/speed_memory.json")
+    parser.add_argument(
+        "--decode-only", action="store_true", help="only the decode rows, written to results/speed_decode.json"
+    )
+    parser.add_argument(
+        "--dispatch-only",
+        action="store_true",
+        help="only the sparse / dense rows, written to results/speed_dispatch.json",
+    )
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the 512^3 memory run, written to results/speed_memory.json"
+    )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     if args.dispatch_only:
@@ -247,8 +323,10 @@ def main() -> None:
         return
     if args.memory_only:
         memory = memory_row()
-        print(f"peak memory of moec compress (defaults) on a 512^3 int16 volume: {memory['peak_gib']:.2f} GiB "
-              f"({memory['seconds']:.0f} s with 30 steps)")
+        print(
+            f"peak memory of moec compress (defaults) on a 512^3 int16 volume: {memory['peak_gib']:.2f} GiB "
+            f"({memory['seconds']:.0f} s with 30 steps)"
+        )
         print(f"wrote {save('speed_memory', {'threads': THREADS, 'memory': memory})}")
         return
     if args.decode_only:
@@ -261,19 +339,52 @@ def main() -> None:
     print(table(dispatch, DISPATCH_COLUMNS))
     print("\nthe forward pass then and now, batch sizes, threads (8 experts):", flush=True)
     tuning = tuning_rows(volume)
-    print(table(tuning, [("form", "what", ""), ("threads", "threads", ""), ("batch", "batch", ","),
-                         ("coords/s", "coords_per_s", ",.0f"), ("vs first version", "vs_first", ".2f")]))
+    print(
+        table(
+            tuning,
+            [
+                ("form", "what", ""),
+                ("threads", "threads", ""),
+                ("batch", "batch", ","),
+                ("coords/s", "coords_per_s", ",.0f"),
+                ("vs first version", "vs_first", ".2f"),
+            ],
+        )
+    )
     print("\ndecode of a 256^3 volume and of the development CT:", flush=True)
     decode = decode_rows()
-    print(table(decode, [("volume (256x)", "volume", ""), ("encoder", "encoder", ""), ("expert width", "width", ""),
-                         ("parameters", "parameters", ","), ("chunk", "chunk", ","), ("seconds", "seconds", ".2f"),
-                         ("voxels/s", "voxels_per_second", ",.0f")]))
+    print(
+        table(
+            decode,
+            [
+                ("volume (256x)", "volume", ""),
+                ("encoder", "encoder", ""),
+                ("expert width", "width", ""),
+                ("parameters", "parameters", ","),
+                ("chunk", "chunk", ","),
+                ("seconds", "seconds", ".2f"),
+                ("voxels/s", "voxels_per_second", ",.0f"),
+            ],
+        )
+    )
     memory = None if args.skip_memory else memory_row()
     if memory:
-        print(f"peak memory of moec compress on a 512^3 int16 volume: {memory['peak_gib']:.2f} GiB "
-              f"({memory['seconds']:.0f} s with 30 steps)")
-    path = save("speed", {"threads": THREADS, "batch": BATCH, "dispatch": dispatch, "tuning": tuning, "decode": decode,
-                          "memory": memory, "note": "decode timed with an untrained 256x model"})
+        print(
+            f"peak memory of moec compress on a 512^3 int16 volume: {memory['peak_gib']:.2f} GiB "
+            f"({memory['seconds']:.0f} s with 30 steps)"
+        )
+    path = save(
+        "speed",
+        {
+            "threads": THREADS,
+            "batch": BATCH,
+            "dispatch": dispatch,
+            "tuning": tuning,
+            "decode": decode,
+            "memory": memory,
+            "note": "decode timed with an untrained 256x model",
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -91,8 +91,9 @@ class Settings:
             return self.encoder
         # `--experts 1` stays a plain SIREN and `--partition blocks` SIREN blocks (the design's
         # baselines); the grid is 3D and stores its latents by rate, not as float16.
-        grid_fits = (self.partition == "learned" and (self.experts is None or self.experts > 1) and dims == 3
-                     and self.bits < 16)
+        grid_fits = (
+            self.partition == "learned" and (self.experts is None or self.experts > 1) and dims == 3 and self.bits < 16
+        )
         return "grid" if grid_fits else "siren"
 
     def candidates(self, dims: int) -> tuple[Settings, ...]:
@@ -171,11 +172,19 @@ class TrainConfig:
         if not 1 <= self.batch_size <= 1 << 22:
             raise ValueError("batch_size must be 1 .. 4194304")
         rates = (self.lr, self.pretrain_lr, self.balance_weight, self.latent_l1, self.latent_tv, self.gate_gradient)
-        if not (all(math.isfinite(r) for r in rates) and self.lr > 0 and self.pretrain_lr > 0
-                and 0 < self.lr_decay <= 1 and self.balance_weight >= 0 and self.latent_l1 >= 0
-                and self.latent_tv >= 0):
-            raise ValueError("learning rates must be positive and finite, lr_decay in (0, 1], balance_weight, "
-                             "latent_l1 and latent_tv finite and not negative")
+        if not (
+            all(math.isfinite(r) for r in rates)
+            and self.lr > 0
+            and self.pretrain_lr > 0
+            and 0 < self.lr_decay <= 1
+            and self.balance_weight >= 0
+            and self.latent_l1 >= 0
+            and self.latent_tv >= 0
+        ):
+            raise ValueError(
+                "learning rates must be positive and finite, lr_decay in (0, 1], balance_weight, "
+                "latent_l1 and latent_tv finite and not negative"
+            )
         if not RANGES["seed"][0] <= self.seed <= RANGES["seed"][1]:
             raise ValueError(f"seed must be an integer in 0 .. {RANGES['seed'][1]}")
         if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1 or not 0 <= self.cubic_from <= 1:

@@ -59,14 +59,18 @@ class CurvesWidget(QWidget):
             lo, hi = min(values), max(values)
             if hi - lo < 1e-9:
                 hi = lo + 1.0
-            points = QPolygonF([
-                QPointF(rect.left() + rect.width() * (s - s0) / (s1 - s0),
-                        rect.bottom() - rect.height() * (v - lo) / (hi - lo))
-                for s, v in zip(self.steps, values)
-            ])
+            points = QPolygonF(
+                [
+                    QPointF(
+                        rect.left() + rect.width() * (s - s0) / (s1 - s0),
+                        rect.bottom() - rect.height() * (v - lo) / (hi - lo),
+                    )
+                    for s, v in zip(self.steps, values)
+                ]
+            )
             painter.setPen(QPen(color, 1.5))
             painter.drawPolyline(points)
-            top, bottom = (f"{10 ** hi:.1e}", f"{10 ** lo:.1e}") if side == "left" else (f"{hi:.1f}", f"{lo:.1f}")
+            top, bottom = (f"{10**hi:.1e}", f"{10**lo:.1e}") if side == "left" else (f"{hi:.1f}", f"{lo:.1f}")
             x = 2 if side == "left" else rect.right() + 3
             painter.drawText(QPointF(x, rect.top() + 10), top)
             painter.drawText(QPointF(x, rect.bottom()), bottom)

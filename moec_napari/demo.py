@@ -74,11 +74,13 @@ def main() -> None:
     if args.train or args.screenshot:
         widget.train()
     if args.screenshot:
+
         def shoot():
             if roi is not None:
                 show_roi(viewer, widget, roi, index)
             viewer.screenshot(args.screenshot, canvas_only=False)
             viewer.close()
+
         widget.worker.finished.connect(shoot)
     napari.run()
 

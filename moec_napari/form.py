@@ -50,24 +50,35 @@ class SettingsForm(QWidget):
         self.layer_box = QComboBox()
         self.layer_box.setToolTip("The image layer to compress (opened NIfTI volumes keep their orientation)")
         form.addRow("Volume", self.layer_box)
-        self.ratio = spin(QDoubleSpinBox(), "ratio", file_.ratio, "Target ratio vs the raw voxels; the file lands "
-                          "between R and 1.05 R", decimals=1)
+        self.ratio = spin(
+            QDoubleSpinBox(),
+            "ratio",
+            file_.ratio,
+            "Target ratio vs the raw voxels; the file lands between R and 1.05 R",
+            decimals=1,
+        )
         form.addRow("Ratio", self.ratio)
         auto = " or ".join(map(str, choices.AUTO_EXPERTS))
-        self.experts = spin(QSpinBox(), "experts", file_.experts or 0,
-                            f"Number of experts (1 = a single network); auto: "
-                            f"a short trial of {auto} on the latent grid, and the better trains on", zero=True)
+        self.experts = spin(
+            QSpinBox(),
+            "experts",
+            file_.experts or 0,
+            f"Number of experts (1 = a single network); auto: "
+            f"a short trial of {auto} on the latent grid, and the better trains on",
+            zero=True,
+        )
         self.experts.setSpecialValueText("auto")  # shown at 0
         form.addRow("Experts", self.experts)
         self.top_k = combo(choices.TOP_K, file_.top_k, "Experts evaluated per voxel")
         form.addRow("Top-k", self.top_k)
-        self.minutes = spin(QDoubleSpinBox(), "minutes", train.minutes, "Training time budget in minutes",
-                            decimals=2)
+        self.minutes = spin(QDoubleSpinBox(), "minutes", train.minutes, "Training time budget in minutes", decimals=2)
         form.addRow("Minutes", self.minutes)
         self.roi_box = QComboBox()
-        self.roi_box.setToolTip("A Labels layer on the volume's grid whose painted voxels (any label) are the "
-                                "region of interest: their squared error counts 'ROI weight' times more, so they "
-                                "come out sharper for the same file size")
+        self.roi_box.setToolTip(
+            "A Labels layer on the volume's grid whose painted voxels (any label) are the "
+            "region of interest: their squared error counts 'ROI weight' times more, so they "
+            "come out sharper for the same file size"
+        )
         form.addRow("ROI", self.roi_box)
         layout.addLayout(form)
 
@@ -76,41 +87,83 @@ class SettingsForm(QWidget):
         adv_form = QFormLayout(adv)
         self.lr = spin(QDoubleSpinBox(), "lr", train.lr, "Adam learning rate", decimals=5, step=5e-4)
         self.seed = spin(QSpinBox(), "seed", train.seed, "Random seed (initialisation and sampling)")
-        self.balance = spin(QDoubleSpinBox(), "balance_weight", train.balance_weight, "Balancing loss weight",
-                            decimals=3, step=0.01)
+        self.balance = spin(
+            QDoubleSpinBox(), "balance_weight", train.balance_weight, "Balancing loss weight", decimals=3, step=0.01
+        )
         self.bits = spin(QSpinBox(), "bits", file_.bits, "Weight bit width before entropy coding (16 = float16)")
-        self.steps = spin(QSpinBox(), "steps", 0, "Train this many steps instead of a time budget (0: use minutes)",
-                          zero=True)
-        self.partition = combo(choices.PARTITIONS, file_.partition,
-                               "Learned router (MoEC) or the fixed block split (baseline)")
-        self.encoder = combo(choices.ENCODERS, file_.encoder, "Shared encoder: a latent grid (3D, quantized weights) "
-                             "or a SIREN layer; auto: the grid wherever it applies")
-        self.router_input = combo(choices.ROUTER_INPUTS, "features" if file_.router_features else "coordinates",
-                                  "What the router reads: the coordinates and the encoder features, or the "
-                                  "coordinates alone")
-        self.grid_channels = spin(QSpinBox(), "grid_channels", file_.grid_channels,
-                                  "Latents per grid node and level (latent grid only); fewer channels buy a finer "
-                                  "grid in the same bytes")
-        self.roi_weight = spin(QDoubleSpinBox(), "roi_weight", train.roi_weight,
-                               "How much more a voxel of the ROI counts in training", decimals=1)
+        self.steps = spin(
+            QSpinBox(), "steps", 0, "Train this many steps instead of a time budget (0: use minutes)", zero=True
+        )
+        self.partition = combo(
+            choices.PARTITIONS, file_.partition, "Learned router (MoEC) or the fixed block split (baseline)"
+        )
+        self.encoder = combo(
+            choices.ENCODERS,
+            file_.encoder,
+            "Shared encoder: a latent grid (3D, quantized weights) "
+            "or a SIREN layer; auto: the grid wherever it applies",
+        )
+        self.router_input = combo(
+            choices.ROUTER_INPUTS,
+            "features" if file_.router_features else "coordinates",
+            "What the router reads: the coordinates and the encoder features, or the coordinates alone",
+        )
+        self.grid_channels = spin(
+            QSpinBox(),
+            "grid_channels",
+            file_.grid_channels,
+            "Latents per grid node and level (latent grid only); fewer channels buy a finer grid in the same bytes",
+        )
+        self.roi_weight = spin(
+            QDoubleSpinBox(),
+            "roi_weight",
+            train.roi_weight,
+            "How much more a voxel of the ROI counts in training",
+            decimals=1,
+        )
         self.keep_identity = QCheckBox()
         self.keep_identity.setChecked(file_.keep_identity)
-        self.keep_identity.setToolTip("Keep the patient's name, ID and birth date and the study of a DICOM volume in "
-                                      "the .moec file (off: the file holds no patient identity, and a DICOM "
-                                      "series decoded from it is filed under a new pseudonymous patient)")
-        for label, widget in (("Learning rate", self.lr), ("Seed", self.seed), ("Balancing weight", self.balance),
-                              ("Bits", self.bits), ("Steps", self.steps), ("Partition", self.partition),
-                              ("Encoder", self.encoder), ("Router input", self.router_input),
-                              ("Grid channels", self.grid_channels), ("ROI weight", self.roi_weight),
-                              ("Keep patient identity", self.keep_identity)):
+        self.keep_identity.setToolTip(
+            "Keep the patient's name, ID and birth date and the study of a DICOM volume in "
+            "the .moec file (off: the file holds no patient identity, and a DICOM "
+            "series decoded from it is filed under a new pseudonymous patient)"
+        )
+        for label, widget in (
+            ("Learning rate", self.lr),
+            ("Seed", self.seed),
+            ("Balancing weight", self.balance),
+            ("Bits", self.bits),
+            ("Steps", self.steps),
+            ("Partition", self.partition),
+            ("Encoder", self.encoder),
+            ("Router input", self.router_input),
+            ("Grid channels", self.grid_channels),
+            ("ROI weight", self.roi_weight),
+            ("Keep patient identity", self.keep_identity),
+        ):
             adv_form.addRow(label, widget)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
         #: Everything a running job must not see change.
-        self.inputs: list[QWidget] = [self.layer_box, self.ratio, self.experts, self.top_k, self.minutes, self.lr,
-                                      self.seed, self.balance, self.bits, self.steps, self.partition, self.encoder,
-                                      self.router_input, self.grid_channels, self.roi_box, self.roi_weight,
-                                      self.keep_identity]
+        self.inputs: list[QWidget] = [
+            self.layer_box,
+            self.ratio,
+            self.experts,
+            self.top_k,
+            self.minutes,
+            self.lr,
+            self.seed,
+            self.balance,
+            self.bits,
+            self.steps,
+            self.partition,
+            self.encoder,
+            self.router_input,
+            self.grid_channels,
+            self.roi_box,
+            self.roi_weight,
+            self.keep_identity,
+        ]
 
     def set_choices(self, box: QComboBox, names: list[str], fallback: str | None = None) -> None:
         """Refill a combo box, keeping its choice when it is still there (else `fallback`), silently."""
@@ -125,17 +178,27 @@ class SettingsForm(QWidget):
         box.blockSignals(False)
 
     def settings(self) -> choices.Settings:
-        return choices.Settings(ratio=self.ratio.value(), experts=self.experts.value() or None,
-                                top_k=int(self.top_k.currentText()), partition=self.partition.currentText(),
-                                bits=self.bits.value(), encoder=self.encoder.currentText(),
-                                router_features=self.router_input.currentText() == "features",
-                                grid_channels=self.grid_channels.value(),
-                                keep_identity=self.keep_identity.isChecked())
+        return choices.Settings(
+            ratio=self.ratio.value(),
+            experts=self.experts.value() or None,
+            top_k=int(self.top_k.currentText()),
+            partition=self.partition.currentText(),
+            bits=self.bits.value(),
+            encoder=self.encoder.currentText(),
+            router_features=self.router_input.currentText() == "features",
+            grid_channels=self.grid_channels.value(),
+            keep_identity=self.keep_identity.isChecked(),
+        )
 
     def train_config(self) -> choices.TrainConfig:
-        return choices.TrainConfig(minutes=self.minutes.value(), steps=self.steps.value() or None, lr=self.lr.value(),
-                                   balance_weight=self.balance.value(), seed=self.seed.value(),
-                                   roi_weight=self.roi_weight.value())
+        return choices.TrainConfig(
+            minutes=self.minutes.value(),
+            steps=self.steps.value() or None,
+            lr=self.lr.value(),
+            balance_weight=self.balance.value(),
+            seed=self.seed.value(),
+            roi_weight=self.roi_weight.value(),
+        )
 
     def budget(self) -> tuple[float | None, int | None]:
         """(minutes, steps) of a run: a step count when one is set, else the minutes."""

@@ -75,8 +75,16 @@ def _display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
     return array if orientation is None else orientation.to_display(array)
 
 
-def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: int, stopped: bool,
-           moec: moecfile.MoecFile | None = None, roi: np.ndarray | None = None, notes: tuple[str, ...] = ()) -> Result:
+def finish(
+    volume: Volume,
+    orientation: Orientation | None,
+    data: bytes,
+    steps: int,
+    stopped: bool,
+    moec: moecfile.MoecFile | None = None,
+    roi: np.ndarray | None = None,
+    notes: tuple[str, ...] = (),
+) -> Result:
     """Decode `data` (unless already decoded), measure it against `volume` (and inside and outside
     `roi`, file voxel order), in display order."""
     moec = moec or moecfile.from_bytes(data)
@@ -86,18 +94,38 @@ def finish(volume: Volume, orientation: Orientation | None, data: bytes, steps: 
     original = _display(orientation, volume.data)
     model = moec.meta.model
     error = values - original
-    return Result(data, values, _display(orientation, recon.labels),  # type: ignore[arg-type]  # labels were asked for
-                  _display(orientation, recon.confidence),  # type: ignore[arg-type]  # and the confidence
-                  error, error_limit(error), evaluation.quality, evaluation.experts, evaluation.ratio,
-                  evaluation.file_ratio, steps, model.experts, model.expert_parameter_count(), stopped,
-                  evaluation.roi, notes)
+    return Result(
+        data,
+        values,
+        _display(orientation, recon.labels),  # type: ignore[arg-type]  # labels were asked for
+        _display(orientation, recon.confidence),  # type: ignore[arg-type]  # and the confidence
+        error,
+        error_limit(error),
+        evaluation.quality,
+        evaluation.experts,
+        evaluation.ratio,
+        evaluation.file_ratio,
+        steps,
+        model.experts,
+        model.expert_parameter_count(),
+        stopped,
+        evaluation.roi,
+        notes,
+    )
 
 
 class TrainingJob:
     """One volume's training session in the plugin: train, stop, continue, each run a generator."""
 
-    def __init__(self, volume: Volume, orientation: Orientation | None, settings: pipeline.Settings,
-                 config: TrainConfig, preview_every: float = 0.5, roi: np.ndarray | None = None):
+    def __init__(
+        self,
+        volume: Volume,
+        orientation: Orientation | None,
+        settings: pipeline.Settings,
+        config: TrainConfig,
+        preview_every: float = 0.5,
+        roi: np.ndarray | None = None,
+    ):
         """`roi`: a region of interest (a mask in the file's voxel order) weighted config.roi_weight."""
         self.volume = volume
         self.orientation = orientation
@@ -130,8 +158,9 @@ class TrainingJob:
     def request_stop(self) -> None:
         self.stop_requested = True
 
-    def run(self, minutes: float | None = None,
-            steps: int | None = None) -> Generator[Progress | Preview, None, Result]:
+    def run(
+        self, minutes: float | None = None, steps: int | None = None
+    ) -> Generator[Progress | Preview, None, Result]:
         """Train (the config's budget, or the one given to continue), then encode and decode."""
         self.stop_requested = False
         last_progress = last_preview = 0.0
@@ -154,8 +183,15 @@ class TrainingJob:
         if progress is not None:
             yield progress
         made = self.compression.encode()
-        self.result = finish(self.volume, self.orientation, made.data, made.steps, self.stop_requested,
-                             roi=self.compression.roi, notes=made.notes)
+        self.result = finish(
+            self.volume,
+            self.orientation,
+            made.data,
+            made.steps,
+            self.stop_requested,
+            roi=self.compression.roi,
+            notes=made.notes,
+        )
         return self.result
 
     def preview(self, axis: int, index: int) -> Preview:
@@ -174,12 +210,14 @@ class TrainingJob:
 
         values = shown(values)
         error = values - shown(original)
-        return Preview(self.fitter.steps_run, axis, index, values, shown(labels), shown(confidence), error,
-                       error_limit(error))
+        return Preview(
+            self.fitter.steps_run, axis, index, values, shown(labels), shown(confidence), error, error_limit(error)
+        )
 
 
-def load(volume: Volume | None, orientation: Orientation | None, data: bytes, name: str,
-         shape: tuple[int, ...] | None = None):
+def load(
+    volume: Volume | None, orientation: Orientation | None, data: bytes, name: str, shape: tuple[int, ...] | None = None
+):
     """Decode a .moec file for the plugin: a Result measured against `volume` when an open volume
     has its shape (and no other grid is asked for), else the file's own layers (reconstruction,
     experts, confidence), lazy, on its grid or on `shape`."""

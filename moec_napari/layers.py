@@ -24,14 +24,32 @@ CT_WINDOWS = {"Brain": (40.0, 80.0), "Soft tissue": (40.0, 400.0), "Lung": (-600
 
 ERROR_COLORMAP = Colormap(
     colors=[[0.13, 0.4, 0.67, 1.0], [1.0, 1.0, 1.0, 1.0], [0.7, 0.09, 0.17, 1.0]],
-    name="moec error (blue - white - red)", interpolation="linear",
+    name="moec error (blue - white - red)",
+    interpolation="linear",
 )
 
 #: A fixed colour per expert, so the assignment keeps its colours across updates and sessions.
 _PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
-    "#dbdb8d", "#9edae5",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+    "#dbdb8d",
+    "#9edae5",
 ]
 
 
@@ -74,15 +92,21 @@ def display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
     return array if orientation is None else orientation.to_display(array)
 
 
-def image_layer(volume: Volume, name: str, role: str = "original", value_range: tuple[float, float] | None = None,
-                **extra) -> tuple:
+def image_layer(
+    volume: Volume, name: str, role: str = "original", value_range: tuple[float, float] | None = None, **extra
+) -> tuple:
     """(data, kwargs, "image") for a volume, in display order with its transforms. A lazy volume
     gives its `value_range` (a file's header has it): measuring it would decode every voxel."""
     orientation = orientation_of(volume)
     vmin, vmax = value_range if value_range is not None else volume.value_range
     limits = window_limits(*CT_WINDOWS["Soft tissue"]) if is_ct(vmin, vmax) else (vmin, max(vmax, vmin + 1e-6))
-    kwargs = {"name": name, "metadata": metadata_for(volume, orientation, role, **extra),
-              "contrast_limits": limits, "colormap": "gray", **orientation.layer_kwargs()}
+    kwargs = {
+        "name": name,
+        "metadata": metadata_for(volume, orientation, role, **extra),
+        "contrast_limits": limits,
+        "colormap": "gray",
+        **orientation.layer_kwargs(),
+    }
     return orientation.to_display(volume.data), kwargs, "image"
 
 
@@ -107,9 +131,16 @@ def volume_of_layer(layer) -> tuple[Volume, Orientation | None]:
     if meta and meta.get("orientation"):
         orientation = Orientation.from_dict(meta["orientation"])
         source = Path(meta["source"]) if meta.get("source") else None
-        volume = from_array(orientation.to_file(data), affine=np.asarray(orientation.affine), header=meta["header"],
-                            dtype=meta["dtype"], slope=meta["slope"], inter=meta["inter"], source=source,
-                            source_bytes=meta.get("source_bytes"))
+        volume = from_array(
+            orientation.to_file(data),
+            affine=np.asarray(orientation.affine),
+            header=meta["header"],
+            dtype=meta["dtype"],
+            slope=meta["slope"],
+            inter=meta["inter"],
+            source=source,
+            source_bytes=meta.get("source_bytes"),
+        )
         return volume, orientation
     affine = np.eye(4)
     scale, translate = np.asarray(layer.scale)[-3:], np.asarray(layer.translate)[-3:]
@@ -121,9 +152,15 @@ def volume_of_layer(layer) -> tuple[Volume, Orientation | None]:
 
 def transforms_of(layer) -> dict:
     """Everything that places a layer in the world, to copy onto layers derived from it."""
-    return {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "rotate": layer.rotate,
-            "shear": layer.shear, "affine": layer.affine.affine_matrix, "axis_labels": tuple(layer.axis_labels),
-            "units": tuple(str(u) for u in layer.units)}
+    return {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine.affine_matrix,
+        "axis_labels": tuple(layer.axis_labels),
+        "units": tuple(str(u) for u in layer.units),
+    }
 
 
 def file_stem(path: str | Path) -> str:
@@ -140,8 +177,9 @@ def lossy_name(stem: str, ratio: float) -> str:
     return f"{stem} MoEC {ratio:.0f}x"
 
 
-def moec_layers(volume: Volume, labels, confidence, data: bytes, meta, stem: str,
-                source: Path | None = None) -> list[tuple]:
+def moec_layers(
+    volume: Volume, labels, confidence, data: bytes, meta, stem: str, source: Path | None = None
+) -> list[tuple]:
     """Reconstruction, expert assignment and gate confidence of a file (`meta`: its MoecMeta), as
     layer data; numpy arrays or lazy dask arrays (moec_napari.lazy), on the file's grid or another."""
     ratio = meta.raw_bytes / len(data)
@@ -149,19 +187,35 @@ def moec_layers(volume: Volume, labels, confidence, data: bytes, meta, stem: str
     name = lossy_name(stem, ratio)
     if volume.shape != tuple(meta.shape):
         name += f" at {'x'.join(map(str, volume.shape))}"
-    data_, kwargs, _ = image_layer(volume, name, role="reconstruction", value_range=(meta.vmin, meta.vmax),
-                                   moec_bytes=data, ratio=ratio)
+    data_, kwargs, _ = image_layer(
+        volume, name, role="reconstruction", value_range=(meta.vmin, meta.vmax), moec_bytes=data, ratio=ratio
+    )
     orientation = orientation_of(volume)
     placement = orientation.layer_kwargs()
     experts = meta.model.experts
     # The reconstruction is what opening a file shows; the partition and the gate confidence come
     # with it hidden (one click on their eye), or the opaque confidence on top would be all one saw.
-    labels_layer = (orientation.to_display(labels),
-                    {"name": f"{name} experts", "colormap": expert_colormap(experts), "visible": False,
-                     "metadata": metadata_for(volume, orientation, "experts", ratio=ratio), **placement}, "labels")
-    confidence_layer = (orientation.to_display(confidence),
-                        {"name": f"{name} gate confidence", "colormap": "viridis", "contrast_limits": (0.0, 1.0),
-                         "visible": False,
-                         "metadata": metadata_for(volume, orientation, "confidence", ratio=ratio), **placement},
-                        "image")
+    labels_layer = (
+        orientation.to_display(labels),
+        {
+            "name": f"{name} experts",
+            "colormap": expert_colormap(experts),
+            "visible": False,
+            "metadata": metadata_for(volume, orientation, "experts", ratio=ratio),
+            **placement,
+        },
+        "labels",
+    )
+    confidence_layer = (
+        orientation.to_display(confidence),
+        {
+            "name": f"{name} gate confidence",
+            "colormap": "viridis",
+            "contrast_limits": (0.0, 1.0),
+            "visible": False,
+            "metadata": metadata_for(volume, orientation, "confidence", ratio=ratio),
+            **placement,
+        },
+        "image",
+    )
     return [(data_, kwargs, "image"), labels_layer, confidence_layer]

@@ -43,8 +43,9 @@ class TileCache:
     safe: napari may slice from more than one thread, and a tile is decoded once however many
     layers ask for it at the same time."""
 
-    def __init__(self, moec: MoecFile, shape: tuple[int, ...] | None = None, max_bytes: int = CACHE_BYTES,
-                 device: str = "cpu"):
+    def __init__(
+        self, moec: MoecFile, shape: tuple[int, ...] | None = None, max_bytes: int = CACHE_BYTES, device: str = "cpu"
+    ):
         self.moec = moec
         self.grid: Tiling = tiling(moec.meta, shape)
         self.device = device
@@ -106,16 +107,28 @@ def chunks(grid: Tiling) -> tuple[tuple[int, ...], ...]:
 
 def lazy_arrays(cache: TileCache) -> dict[str, da.Array]:
     """The values (real units), labels and confidence of a file as dask arrays in file voxel order."""
-    return {part: da.from_array(_TileArray(cache, part), chunks=chunks(cache.grid), asarray=False, fancy=False,
-                                lock=False, name=f"moec-{part}-{id(cache):x}",
-                                meta=np.empty((0,) * len(cache.grid.shape), dtype=_PARTS[part]))
-            for part in _PARTS}
+    return {
+        part: da.from_array(
+            _TileArray(cache, part),
+            chunks=chunks(cache.grid),
+            asarray=False,
+            fancy=False,
+            lock=False,
+            name=f"moec-{part}-{id(cache):x}",
+            meta=np.empty((0,) * len(cache.grid.shape), dtype=_PARTS[part]),
+        )
+        for part in _PARTS
+    }
 
 
-def lazy_decode(moec: MoecFile, shape: tuple[int, ...] | None = None, max_bytes: int = CACHE_BYTES, *,
-                memory: MemoryLimit | None = None,
-                max_seconds: float | None = 60.0 * cost.DEFAULT_DECODE_MINUTES,
-                ) -> tuple[Volume, da.Array, da.Array, TileCache]:
+def lazy_decode(
+    moec: MoecFile,
+    shape: tuple[int, ...] | None = None,
+    max_bytes: int = CACHE_BYTES,
+    *,
+    memory: MemoryLimit | None = None,
+    max_seconds: float | None = 60.0 * cost.DEFAULT_DECODE_MINUTES,
+) -> tuple[Volume, da.Array, da.Array, TileCache]:
     """The reconstruction as a Volume holding a dask array (with the resampled affine and header
     where `shape` is another grid), the labels and confidence as dask arrays, and their cache.
 
@@ -132,5 +145,10 @@ def check_lazy(moec: MoecFile, cache: TileCache, memory: MemoryLimit | None, max
     outputs held as the cache holds them (at most `max_tiles` tiles, not the grid)."""
     limit = memory if memory is not None else MemoryLimit.default()
     estimate = cost.decode_cost(moec.meta, cache.grid.shape, held=cache.max_tiles * cache.tile_bytes)
-    cost.check(estimate, MemoryLimit(limit.bytes, MEMORY_OPTION), max_seconds, time_option=TIME_OPTION,
-               what=f"viewing this file on a {cost.grid_text(estimate.shape)} grid")
+    cost.check(
+        estimate,
+        MemoryLimit(limit.bytes, MEMORY_OPTION),
+        max_seconds,
+        time_option=TIME_OPTION,
+        what=f"viewing this file on a {cost.grid_text(estimate.shape)} grid",
+    )

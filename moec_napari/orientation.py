@@ -34,18 +34,26 @@ class Orientation:
     @classmethod
     def from_affine(cls, affine: np.ndarray, shape: tuple[int, ...]) -> Orientation:
         ornt = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
-        return cls(tuple((int(a), int(f)) for a, f in ornt), tuple(int(n) for n in shape),
-                   tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64)))
+        return cls(
+            tuple((int(a), int(f)) for a, f in ornt),
+            tuple(int(n) for n in shape),
+            tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64)),
+        )
 
     def to_dict(self) -> dict:
-        return {"ornt": [list(r) for r in self.ornt], "file_shape": list(self.file_shape),
-                "affine": [list(r) for r in self.affine]}
+        return {
+            "ornt": [list(r) for r in self.ornt],
+            "file_shape": list(self.file_shape),
+            "affine": [list(r) for r in self.affine],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Orientation:
-        return cls(tuple(tuple(int(v) for v in r) for r in d["ornt"]),  # type: ignore[misc]  # rows are pairs
-                   tuple(int(n) for n in d["file_shape"]),
-                   tuple(tuple(float(v) for v in r) for r in d["affine"]))
+        return cls(
+            tuple(tuple(int(v) for v in r) for r in d["ornt"]),  # type: ignore[misc]  # rows are pairs
+            tuple(int(n) for n in d["file_shape"]),
+            tuple(tuple(float(v) for v in r) for r in d["affine"]),
+        )
 
     @property
     def _ornt(self) -> np.ndarray:
@@ -125,8 +133,8 @@ class Orientation:
         n = self.ndim
         display = np.eye(n + 1)
         reverse = list(range(SPATIAL - 1, -1, -1))
-        display[n - SPATIAL:n, n - SPATIAL:n] = canonical[:SPATIAL, :SPATIAL][np.ix_(reverse, reverse)]
-        display[n - SPATIAL:n, n] = canonical[:SPATIAL, 3][reverse]
+        display[n - SPATIAL : n, n - SPATIAL : n] = canonical[:SPATIAL, :SPATIAL][np.ix_(reverse, reverse)]
+        display[n - SPATIAL : n, n] = canonical[:SPATIAL, 3][reverse]
         return display
 
     def layer_kwargs(self) -> dict:
@@ -137,7 +145,10 @@ class Orientation:
         labels = (("t",) if n > SPATIAL else ()) + AXIS_LABELS_3D
         units = (("s",) if n > SPATIAL else ()) + ("mm",) * SPATIAL
         if np.allclose(linear, np.diag(np.diag(linear)), atol=1e-6):
-            return {"scale": tuple(np.diag(linear)), "translate": tuple(display[:n, n]), "axis_labels": labels,
-                    "units": units}
+            return {
+                "scale": tuple(np.diag(linear)),
+                "translate": tuple(display[:n, n]),
+                "axis_labels": labels,
+                "units": units,
+            }
         return {"affine": display, "axis_labels": labels, "units": units}
-

@@ -26,8 +26,17 @@ from .curves import CurvesWidget
 from .job import Result
 from .layers import CT_WINDOWS
 
-METRICS = (("ratio", "Ratio"), ("file", "File"), ("psnr", "PSNR"), ("ssim", "SSIM"), ("max", "Max error"),
-           ("p99", "99th pct error"), ("body", "PSNR in body"), ("roi", "ROI"), ("worst", "Worst slice"))
+METRICS = (
+    ("ratio", "Ratio"),
+    ("file", "File"),
+    ("psnr", "PSNR"),
+    ("ssim", "SSIM"),
+    ("max", "Max error"),
+    ("p99", "99th pct error"),
+    ("body", "PSNR in body"),
+    ("roi", "ROI"),
+    ("worst", "Worst slice"),
+)
 
 
 def metric_texts(r: Result) -> dict[str, str]:
@@ -42,9 +51,12 @@ def metric_texts(r: Result) -> dict[str, str]:
         "max": f"{q.max_error:g}",
         "p99": f"{q.p99_error:g}",
         "body": f"{db_text(q.psnr_body)} ({100 * q.body_share:.0f}% of voxels)",
-        "roi": "–" if r.roi is None else (
+        "roi": "–"
+        if r.roi is None
+        else (
             f"{db_text(r.roi.psnr_inside)} inside (max error {r.roi.max_inside:g}); "
-            f"{db_text(r.roi.psnr_outside)} outside (max {r.roi.max_outside:g})"),
+            f"{db_text(r.roi.psnr_outside)} outside (max {r.roi.max_outside:g})"
+        ),
         "worst": f"k = {q.worst_slice}, {db_text(q.worst_slice_psnr)}",
     }
 
@@ -91,7 +103,8 @@ class ResultsPanel(QWidget):
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.table.verticalHeader().setVisible(False)  # type: ignore[union-attr]  # a table has headers
         self.table.horizontalHeader().setSectionResizeMode(  # type: ignore[union-attr]
-            QHeaderView.ResizeMode.Stretch)
+            QHeaderView.ResizeMode.Stretch
+        )
         self.table.setMinimumHeight(140)
         layout.addWidget(self.table)
         self.curves = CurvesWidget()

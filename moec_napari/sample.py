@@ -11,8 +11,14 @@ def phantom() -> list[tuple]:
     volume, tissues = make_phantom()
     data, kwargs, kind = image_layer(volume, "phantom (synthetic CT)")
     orientation = orientation_of(volume)
-    labels = (orientation.to_display(tissues),
-              {"name": "phantom tissues", "metadata": {**metadata_for(volume, orientation, "tissues"),
-                                                       "tissues": list(TISSUES)},
-               "visible": False, **orientation.layer_kwargs()}, "labels")
+    labels = (
+        orientation.to_display(tissues),
+        {
+            "name": "phantom tissues",
+            "metadata": {**metadata_for(volume, orientation, "tissues"), "tissues": list(TISSUES)},
+            "visible": False,
+            **orientation.layer_kwargs(),
+        },
+        "labels",
+    )
     return [(data, kwargs, kind), labels]

@@ -136,11 +136,16 @@ class MoecWidget(QWidget):
         self.load_button = QPushButton("Load .moec…")
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
-        self.decode_scale = spin(QDoubleSpinBox(), "decode_scale", 1.0,
-                                 "Grid a loaded file is decoded on, as a factor per axis (2: twice the voxels along "
-                                 "each axis, e.g. thin slices; the network is continuous). 1: the file's own grid, "
-                                 "measured against an open volume of its shape",
-                                 decimals=2, step=0.25)
+        self.decode_scale = spin(
+            QDoubleSpinBox(),
+            "decode_scale",
+            1.0,
+            "Grid a loaded file is decoded on, as a factor per axis (2: twice the voxels along "
+            "each axis, e.g. thin slices; the network is continuous). 1: the file's own grid, "
+            "measured against an open volume of its shape",
+            decimals=2,
+            step=0.25,
+        )
         self.decode_scale.setSuffix(" ×")
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)
@@ -158,8 +163,13 @@ class MoecWidget(QWidget):
 
     # --- layer choice -----------------------------------------------------------------------------
     def _image_layers(self) -> list[Image]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image)
-                and (moec_of(layer) or {}).get("role", "original") == "original" and layer.data.ndim in (3, 4)]
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Image)
+            and (moec_of(layer) or {}).get("role", "original") == "original"
+            and layer.data.ndim in (3, 4)
+        ]
 
     def _refresh_layers(self, event=None) -> None:
         self.form.set_choices(self.form.layer_box, [layer.name for layer in self._image_layers()])
@@ -168,8 +178,11 @@ class MoecWidget(QWidget):
 
     def _roi_layers(self) -> list[Labels]:
         """Labels layers a user painted or opened (not the expert assignments this widget makes)."""
-        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)
-                and (moec_of(layer) or {}).get("role") != "experts"]
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Labels) and (moec_of(layer) or {}).get("role") != "experts"
+        ]
 
     def roi_mask(self, layer: Image) -> np.ndarray | None:
         """The chosen ROI layer's painted voxels in the file order of `layer` (None: no ROI);
@@ -179,8 +192,10 @@ class MoecWidget(QWidget):
             return None
         painted = np.asarray(self.viewer.layers[name].data) != 0
         if painted.shape != tuple(layer.data.shape):
-            raise MoecError(f"the ROI layer {name!r} is {' x '.join(map(str, painted.shape))} voxels, the volume "
-                            f"{' x '.join(map(str, layer.data.shape))}: paint it on a layer of the volume's shape")
+            raise MoecError(
+                f"the ROI layer {name!r} is {' x '.join(map(str, painted.shape))} voxels, the volume "
+                f"{' x '.join(map(str, layer.data.shape))}: paint it on a layer of the volume's shape"
+            )
         orientation = layer_orientation(layer)
         return painted if orientation is None else orientation.to_file(painted)
 
@@ -205,8 +220,9 @@ class MoecWidget(QWidget):
             return
         try:
             volume, orientation = volume_of_layer(layer)
-            job = TrainingJob(volume, orientation, self.form.settings(), self.form.train_config(),
-                              roi=self.roi_mask(layer))
+            job = TrainingJob(
+                volume, orientation, self.form.settings(), self.form.train_config(), roi=self.roi_mask(layer)
+            )
         except (MoecError, ValueError) as exc:
             show_error(f"MoEC: {exc}")
             return
@@ -247,8 +263,9 @@ class MoecWidget(QWidget):
             self.progress.setValue(int(1000 * item.fraction))
             psnr = "" if math.isnan(item.psnr) else f" · PSNR {item.psnr:.2f} dB"
             trying = f"trying {item.trying} · " if item.trying else ""
-            self.status.setText(f"{trying}step {item.step} · {item.stage} · loss {item.loss:.5f}{psnr} · "
-                                f"{item.seconds:.0f} s")
+            self.status.setText(
+                f"{trying}step {item.step} · {item.stage} · loss {item.loss:.5f}{psnr} · {item.seconds:.0f} s"
+            )
             self.results.curves.add(item.step, item.loss, item.psnr)
         elif isinstance(item, Preview):
             self._show_preview(item)
@@ -260,8 +277,10 @@ class MoecWidget(QWidget):
         elif isinstance(result, list):  # a loaded file on its own: its lazy layers, decoded as shown
             for data, kwargs, kind in result:
                 self.viewer.add_image(data, **kwargs) if kind == "image" else self.viewer.add_labels(data, **kwargs)
-            show_info("MoEC: the file's layers are shown alone (decoded slab by slab as you scroll); open a "
-                      "volume of its shape and load at 1 × to measure it")
+            show_info(
+                "MoEC: the file's layers are shown alone (decoded slab by slab as you scroll); open a "
+                "volume of its shape and load at 1 × to measure it"
+            )
 
     def _on_error(self, exc) -> None:
         show_error(f"MoEC: {exc}")
@@ -309,17 +328,37 @@ class MoecWidget(QWidget):
         base = lossy_name(source.name, ratio)
         placement = transforms_of(source)
         meta = {META: {**(moec_of(source) or {}), "role": "reconstruction"}}
-        recon = self.viewer.add_image(np.zeros(shape, np.float32), name=base, colormap="gray",
-                                      contrast_limits=source.contrast_limits, metadata=meta, **placement)
-        error = self.viewer.add_image(np.zeros(shape, np.float32), name=f"{base} error", colormap=ERROR_COLORMAP,
-                                      contrast_limits=(-1.0, 1.0), metadata={META: {"role": "error"}}, **placement)
-        labels = self.viewer.add_labels(np.zeros(shape, np.uint8), name=f"{base} experts",
-                                        colormap=expert_colormap(experts), metadata={META: {"role": "experts",
-                                        **{k: v for k, v in (moec_of(source) or {}).items() if k != "role"}}},
-                                        **placement)
-        confidence = self.viewer.add_image(np.zeros(shape, np.float32), name=f"{base} gate confidence",
-                                           colormap="viridis", contrast_limits=(0.0, 1.0),
-                                           metadata={META: {"role": "confidence"}}, **placement)
+        recon = self.viewer.add_image(
+            np.zeros(shape, np.float32),
+            name=base,
+            colormap="gray",
+            contrast_limits=source.contrast_limits,
+            metadata=meta,
+            **placement,
+        )
+        error = self.viewer.add_image(
+            np.zeros(shape, np.float32),
+            name=f"{base} error",
+            colormap=ERROR_COLORMAP,
+            contrast_limits=(-1.0, 1.0),
+            metadata={META: {"role": "error"}},
+            **placement,
+        )
+        labels = self.viewer.add_labels(
+            np.zeros(shape, np.uint8),
+            name=f"{base} experts",
+            colormap=expert_colormap(experts),
+            metadata={META: {"role": "experts", **{k: v for k, v in (moec_of(source) or {}).items() if k != "role"}}},
+            **placement,
+        )
+        confidence = self.viewer.add_image(
+            np.zeros(shape, np.float32),
+            name=f"{base} gate confidence",
+            colormap="viridis",
+            contrast_limits=(0.0, 1.0),
+            metadata={META: {"role": "confidence"}},
+            **placement,
+        )
         self.derived = {"reconstruction": recon, "error": error, "experts": labels, "confidence": confidence}
         self._link_contrast(source, recon)
         grid = _grid(self.viewer)
@@ -331,6 +370,7 @@ class MoecWidget(QWidget):
 
     def _link_contrast(self, a: Image, b: Image) -> None:
         """Changing the window on the original or the reconstruction changes both."""
+
         def follow(src, dst):
             def handler(event=None):
                 if self._linking or dst not in self.viewer.layers:
@@ -340,7 +380,9 @@ class MoecWidget(QWidget):
                     dst.contrast_limits = src.contrast_limits
                 finally:
                     self._linking = False
+
             return handler
+
         a.events.contrast_limits.connect(follow(a, b))
         b.events.contrast_limits.connect(follow(b, a))
 
@@ -348,8 +390,12 @@ class MoecWidget(QWidget):
         index: Any = [slice(None)] * self.source.ndim
         index[p.axis] = p.index
         index = tuple(index)
-        for role, values in (("reconstruction", p.values), ("experts", p.labels), ("confidence", p.confidence),
-                             ("error", p.error)):
+        for role, values in (
+            ("reconstruction", p.values),
+            ("experts", p.labels),
+            ("confidence", p.confidence),
+            ("error", p.error),
+        ):
             layer = self.derived.get(role)
             if layer is None or layer not in self.viewer.layers:
                 continue
@@ -366,8 +412,12 @@ class MoecWidget(QWidget):
         if not self.derived or self.source is None:
             return
         name = lossy_name(self.source.name, r.ratio)
-        for role, values in (("reconstruction", r.values), ("error", r.error), ("experts", r.labels),
-                             ("confidence", r.confidence)):
+        for role, values in (
+            ("reconstruction", r.values),
+            ("error", r.error),
+            ("experts", r.labels),
+            ("confidence", r.confidence),
+        ):
             layer = self.derived[role]
             if layer not in self.viewer.layers:
                 continue
@@ -388,9 +438,11 @@ class MoecWidget(QWidget):
         self.progress.setValue(1000)
         self.results.show_result(r)
         q = r.quality
-        self.status.setText(f"Done: {r.ratio:.1f}x, PSNR {db_text(q.psnr)}, SSIM {q.ssim:.4f}"
-                            + (" (stopped; Continue trains further)" if r.stopped else "")
-                            + "".join(f" Note: {note}." for note in r.notes))
+        self.status.setText(
+            f"Done: {r.ratio:.1f}x, PSNR {db_text(q.psnr)}, SSIM {q.ssim:.4f}"
+            + (" (stopped; Continue trains further)" if r.stopped else "")
+            + "".join(f" Note: {note}." for note in r.notes)
+        )
         self._update_buttons()
 
     def _show_expert(self, expert: int | None) -> None:
@@ -414,7 +466,7 @@ class MoecWidget(QWidget):
             return
         k = self.result.quality.worst_slice
         orientation = layer_orientation(self.source)
-        axis, index = (orientation.display_position(2, k) if orientation is not None else (2, k))
+        axis, index = orientation.display_position(2, k) if orientation is not None else (2, k)
         offset = self.viewer.dims.ndim - self.source.ndim
         world_axis = axis + offset
         position = [s // 2 for s in self.source.data.shape]

@@ -29,9 +29,14 @@ def _volume(data, attributes: dict):
     array = np.asarray(data)
     if meta.get("orientation") and meta.get("header"):
         o = Orientation.from_dict(meta["orientation"])
-        return from_array(o.to_file(array).astype(np.float32), affine=np.asarray(o.affine), header=meta["header"],
-                          dtype=meta.get("dtype", "float32"), slope=meta.get("slope", 1.0),
-                          inter=meta.get("inter", 0.0))
+        return from_array(
+            o.to_file(array).astype(np.float32),
+            affine=np.asarray(o.affine),
+            header=meta["header"],
+            dtype=meta.get("dtype", "float32"),
+            slope=meta.get("slope", 1.0),
+            inter=meta.get("inter", 0.0),
+        )
     affine = np.eye(4)
     scale = np.asarray(attributes.get("scale", np.ones(array.ndim)))[-3:]
     translate = np.asarray(attributes.get("translate", np.zeros(array.ndim)))[-3:]

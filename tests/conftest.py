@@ -37,8 +37,15 @@ def permuted_affine() -> np.ndarray:
     return affine
 
 
-def write_nifti(path, raw: np.ndarray, affine: np.ndarray, slope: float = 1.0, inter: float = 0.0,
-                sform_code: int = 1, qform_code: int = 1) -> None:
+def write_nifti(
+    path,
+    raw: np.ndarray,
+    affine: np.ndarray,
+    slope: float = 1.0,
+    inter: float = 0.0,
+    sform_code: int = 1,
+    qform_code: int = 1,
+) -> None:
     """Write stored values with explicit scaling, the way a scanner's converter would."""
     img = nib.Nifti1Image(raw, affine)
     img.header.set_sform(affine, code=sform_code)
@@ -85,9 +92,24 @@ def dicom_affine(row_cos, col_cos, origin, spacing, slice_gap) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def write_dicom_series(folder, raw: np.ndarray, *, row_cos, col_cos, origin, spacing=(0.8, 0.7), slice_gap=2.5,
-                       slope: float = 1.0, inter: float = 0.0, modality: str = "CT", series_uid: str = "1.2.3.4.1",
-                       series_number: int = 3, description: str = "Thorax", seed: int = 0, edit=None) -> list:
+def write_dicom_series(
+    folder,
+    raw: np.ndarray,
+    *,
+    row_cos,
+    col_cos,
+    origin,
+    spacing=(0.8, 0.7),
+    slice_gap=2.5,
+    slope: float = 1.0,
+    inter: float = 0.0,
+    modality: str = "CT",
+    series_uid: str = "1.2.3.4.1",
+    series_number: int = 3,
+    description: str = "Thorax",
+    seed: int = 0,
+    edit=None,
+) -> list:
     """Write `raw` (stored values indexed column, row, slice) as a DICOM series with pydicom, the way
     a scanner would: one file per slice under a random name (so names do not sort like slices),
     positions along the normal, rescale slope and intercept. `edit(k, ds)` may spoil slice k."""

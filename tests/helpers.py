@@ -18,4 +18,3 @@ def normalized_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
     ha = -float((pa[pa > 0] * np.log(pa[pa > 0])).sum())
     hb = -float((pb[pb > 0] * np.log(pb[pb > 0])).sum())
     return mi / max((ha + hb) / 2, 1e-12)
-

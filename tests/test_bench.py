@@ -30,10 +30,18 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
     assert main(args) == 0
     first = capsys.readouterr()
     cells = sorted(p.name for p in (out / "cells").glob("*.json"))
-    methods = {"jpeg-2000", "moec-learned-partition-latent-grid-4-experts-1-channel", "single-siren", "blocks-8-fixed",
-               "moec-default-4-experts-or-one-mlp-kept-after-a-trial", "moec-siren-encoder-8-experts",
-               "moec-learned-partition-router-on-the-coordinates", "moec-sparse-latents-without-the-smoothness-penalty",
-               "moec-2-bits-per-latent-no-rate-penalty", "control-one-mlp-on-the-grid-no-partition"}
+    methods = {
+        "jpeg-2000",
+        "moec-learned-partition-latent-grid-4-experts-1-channel",
+        "single-siren",
+        "blocks-8-fixed",
+        "moec-default-4-experts-or-one-mlp-kept-after-a-trial",
+        "moec-siren-encoder-8-experts",
+        "moec-learned-partition-router-on-the-coordinates",
+        "moec-sparse-latents-without-the-smoothness-penalty",
+        "moec-2-bits-per-latent-no-rate-penalty",
+        "control-one-mlp-on-the-grid-no-partition",
+    }
     assert {c.split("@")[0] for c in cells} == methods and len(cells) == 20
     results = json.loads((out / "results.json").read_text())
     by = {(c["method"], c["target"]): c for c in results["cells"]}
@@ -69,8 +77,10 @@ def test_bench_writes_cells_tables_and_plot_and_resumes(phantom_file, tmp_path, 
 
 def test_an_unreachable_ratio_is_reported_not_extrapolated(phantom_file, tmp_path, capsys):
     out = tmp_path / "far"
-    assert main(["bench", str(phantom_file), "--ratios", "20000", "--steps", "20", "--codecs", "j2k",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["bench", str(phantom_file), "--ratios", "20000", "--steps", "20", "--codecs", "j2k", "--out", str(out)])
+        == 0
+    )
     rows = json.loads((out / "results.json").read_text())["cells"]
     assert rows and all(not r["reached"] for r in rows)
     assert "cannot reach" in (out / "results.md").read_text()
@@ -78,8 +88,10 @@ def test_an_unreachable_ratio_is_reported_not_extrapolated(phantom_file, tmp_pat
 
 def test_a_classical_only_run_names_no_training_budget(phantom_file, tmp_path):
     out = tmp_path / "classical"
-    assert main(["bench", str(phantom_file), "--ratios", "8", "--classical-only", "--codecs", "j2k",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["bench", str(phantom_file), "--ratios", "8", "--classical-only", "--codecs", "j2k", "--out", str(out)])
+        == 0
+    )
     text = (out / "results.md").read_text()
     assert "| JPEG 2000 |" in text and "MoEC" not in text.splitlines()[0]
 
@@ -89,8 +101,25 @@ def test_the_ablations_run_around_the_default_and_are_tabled(phantom_file, tmp_p
     """`--ablations` trains every variant at the ablation ratio, each with what it says it changes
     (experts in use, top-2) and the default's row beside them in the table."""
     out = tmp_path / "ablations"
-    assert main(["bench", str(phantom_file), "--ratios", "16", "--steps", "20", "--codecs", "--ablations",
-                 "--ablation-ratio", "16", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(phantom_file),
+                "--ratios",
+                "16",
+                "--steps",
+                "20",
+                "--codecs",
+                "--ablations",
+                "--ablation-ratio",
+                "16",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {c["method"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
     ablations = {name: row for name, row in rows.items() if row["kind"] == "ablation"}
     assert len(ablations) == 7 and all(r["reached"] and 16 <= r["ratio"] <= 16.8 for r in ablations.values())
@@ -114,12 +143,31 @@ def test_seeds_repeat_the_ablations_and_their_table_compares_paired_seeds(phanto
     from codec.bench.methods import ABLATIONS, CLAIM
 
     out = tmp_path / "ablation-seeds"
-    assert main(["bench", str(phantom_file), "--ratios", "16", "--steps", "20", "--codecs", "--ablations",
-                 "--ablation-ratio", "16", "--seeds", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(phantom_file),
+                "--ratios",
+                "16",
+                "--steps",
+                "20",
+                "--codecs",
+                "--ablations",
+                "--ablation-ratio",
+                "16",
+                "--seeds",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cells = [c for c in json.loads((out / "results.json").read_text())["cells"] if c["kind"] == "ablation"]
     assert sorted((c["method"], c["seed"]) for c in cells) == sorted((m.name, s) for m in ABLATIONS for s in (0, 1))
     started = [line.split("] ")[1] for line in capsys.readouterr().err.splitlines() if line.endswith(" ...")]
-    assert started[-2 * len(ABLATIONS):] == [f"{m.name} @ 16x, seed {s} ..." for s in (0, 1) for m in ABLATIONS]
+    assert started[-2 * len(ABLATIONS) :] == [f"{m.name} @ 16x, seed {s} ..." for s in (0, 1) for m in ABLATIONS]
     by = {(c["method"], c["seed"]): c["psnr"] for c in json.loads((out / "results.json").read_text())["cells"]}
     default = [by[(CLAIM[0].name, s)] for s in (0, 1)]
     table = (out / "results.md").read_text().split("Ablations at 16x")[1]
@@ -217,8 +265,20 @@ def test_several_volumes_get_a_folder_and_a_section_each(tmp_path, capsys):
         paths.append(tmp_path / f"{name}.nii.gz")
         nib.save(nib.Nifti1Image(volume.data.astype(np.int16), np.diag([*spacing, 1.0])), paths[-1])
     out = tmp_path / "volumes"
-    args = ["bench", *map(str, paths), "--ratios", "16", "--steps", "20", "--codecs", "j2k", "--rows", "verdict",
-            "--out", str(out)]
+    args = [
+        "bench",
+        *map(str, paths),
+        "--ratios",
+        "16",
+        "--steps",
+        "20",
+        "--codecs",
+        "j2k",
+        "--rows",
+        "verdict",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr()
     report = (out / "results.md").read_text()
@@ -239,8 +299,9 @@ def test_several_volumes_get_a_folder_and_a_section_each(tmp_path, capsys):
 
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "volume 2/2: thick" in err and err.count("done before, skipped") == 2 * (len(SEEDED) + (
-        1 if classical.availability()["JPEG 2000"] is None else 0))
+    assert "volume 2/2: thick" in err and err.count("done before, skipped") == 2 * (
+        len(SEEDED) + (1 if classical.availability()["JPEG 2000"] is None else 0)
+    )
 
 
 def test_several_volumes_are_checked_before_any_work(phantom_file, tmp_path, capsys):

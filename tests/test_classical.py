@@ -77,8 +77,7 @@ def test_the_command_line_names_every_class():
     from codec.cli.bench import CODEC_KEYS
 
     assert CODEC_KEYS == {c.key: c.name for c in classical.CLASSICAL}
-    assert {type(c) for c in classical.CLASSICAL} == {classical.Jpeg2000Codec, classical.HevcCodec,
-                                                      classical.H264Codec}
+    assert {type(c) for c in classical.CLASSICAL} == {classical.Jpeg2000Codec, classical.HevcCodec, classical.H264Codec}
 
 
 @pytest.mark.parametrize("codec", classical.CODECS)

@@ -127,8 +127,22 @@ def test_no_command_overwrites_its_input_or_an_existing_file(phantom_file, compr
 
 
 def test_sample_writes_the_phantom_and_its_labels(tmp_path):
-    assert main(["sample", "-o", str(tmp_path / "p.nii.gz"), "--labels", str(tmp_path / "t.nii.gz"),
-                 "--shape", "24", "20", "12"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "-o",
+                str(tmp_path / "p.nii.gz"),
+                "--labels",
+                str(tmp_path / "t.nii.gz"),
+                "--shape",
+                "24",
+                "20",
+                "12",
+            ]
+        )
+        == 0
+    )
     img = nib.load(str(tmp_path / "p.nii.gz"))
     assert img.shape == (24, 20, 12) and img.get_data_dtype() == np.int16
     assert img.get_fdata().min() < -900  # air in Hounsfield units
@@ -159,8 +173,10 @@ def test_a_constant_volume_compresses_and_its_psnr_is_reported_undefined(tmp_pat
     source = tmp_path / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.full((12, 12, 12), 7, dtype=np.uint8), np.eye(4)), str(source))
     out = tmp_path / "flat.moec"
-    assert main(["compress", str(source), "-o", str(out), "--ratio", "2", "--experts", "1", "--steps", "20",
-                 "--quiet"]) == 0
+    assert (
+        main(["compress", str(source), "-o", str(out), "--ratio", "2", "--experts", "1", "--steps", "20", "--quiet"])
+        == 0
+    )
     assert "undefined" in capsys.readouterr().out
     back = tmp_path / "flat_back.nii.gz"
     assert main(["decompress", str(out), "-o", str(back)]) == 0
@@ -178,8 +194,28 @@ def test_asking_for_cuda_without_it_is_a_clear_error(phantom_file, tmp_path, cap
 
 def test_the_grid_encoder_from_the_command_line(phantom_file, tmp_path, capsys):
     out = tmp_path / "grid.moec"
-    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4",
-                 "--encoder", "grid", "--router-input", "coordinates", "--grid-channels", "1", *FAST]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(phantom_file),
+                "-o",
+                str(out),
+                "--ratio",
+                "12",
+                "--experts",
+                "4",
+                "--encoder",
+                "grid",
+                "--router-input",
+                "coordinates",
+                "--grid-channels",
+                "1",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert "levels x 1 channel (" in capsys.readouterr().err
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -202,14 +238,50 @@ def test_the_latent_rate_from_the_command_line(phantom_file, tmp_path, capsys):
     finest = {}
     for bits in ("1.5", "0.75"):
         out = tmp_path / f"rate{bits}.moec"
-        assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "1",
-                     "--encoder", "grid", "--latent-bits", bits, *FAST]) == 0
+        assert (
+            main(
+                [
+                    "compress",
+                    str(phantom_file),
+                    "-o",
+                    str(out),
+                    "--ratio",
+                    "12",
+                    "--experts",
+                    "1",
+                    "--encoder",
+                    "grid",
+                    "--latent-bits",
+                    bits,
+                    *FAST,
+                ]
+            )
+            == 0
+        )
         assert "trying" not in capsys.readouterr().err
         assert main(["info", str(out), "--json"]) == 0
         finest[bits] = math.prod(json.loads(capsys.readouterr().out)["model"]["grid_finest"])
     assert finest["0.75"] > 1.5 * finest["1.5"]
-    assert main(["compress", str(phantom_file), "-o", str(tmp_path / "auto.moec"), "--ratio", "12",
-                 "--latent-bits", "auto", "--steps", "40", "--batch", "1024", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(phantom_file),
+                "-o",
+                str(tmp_path / "auto.moec"),
+                "--ratio",
+                "12",
+                "--latent-bits",
+                "auto",
+                "--steps",
+                "40",
+                "--batch",
+                "1024",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "trying 4 experts and one network at 1.5 bits per latent, then the kept number at 0.75" in err
     assert "model (one network at 0.75 bits per latent):" in err
@@ -224,8 +296,26 @@ def test_a_run_stopped_before_the_grid_learns_writes_a_smaller_file_and_says_why
     zero, which codes to almost nothing: the file lands below the size window, the command says so
     and why, and the file is still a valid, decodable .moec of the ratio's size or smaller."""
     out = tmp_path / "short.moec"
-    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "4",
-                 "--encoder", "grid", "--minutes", "0.00001", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(phantom_file),
+                "-o",
+                str(out),
+                "--ratio",
+                "12",
+                "--experts",
+                "4",
+                "--encoder",
+                "grid",
+                "--minutes",
+                "0.00001",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "note: the file is smaller than asked" in err and "the latent grid is still empty" in err
     assert 32 * 28 * 16 * 2 / out.stat().st_size > 12 * 1.05
@@ -234,14 +324,26 @@ def test_a_run_stopped_before_the_grid_learns_writes_a_smaller_file_and_says_why
 
 
 def test_the_grid_encoder_refuses_float16_in_one_line(phantom_file, tmp_path, capsys):
-    code = main(["compress", str(phantom_file), "-o", str(tmp_path / "x.moec"), "--encoder", "grid", "--bits", "16",
-                 *FAST])
+    code = main(
+        ["compress", str(phantom_file), "-o", str(tmp_path / "x.moec"), "--encoder", "grid", "--bits", "16", *FAST]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "stored quantized only" in err and "Traceback" not in err
     assert not (tmp_path / "x.moec").exists()
     with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
-        main(["compress", str(phantom_file), "-o", str(tmp_path / "x.moec"), "--encoder", "grid",
-              "--grid-channels", "0", *FAST])
+        main(
+            [
+                "compress",
+                str(phantom_file),
+                "-o",
+                str(tmp_path / "x.moec"),
+                "--encoder",
+                "grid",
+                "--grid-channels",
+                "0",
+                *FAST,
+            ]
+        )
     assert exit_.value.code != 0 and "--grid-channels" in capsys.readouterr().err
     assert not (tmp_path / "x.moec").exists()
 
@@ -256,11 +358,27 @@ def test_the_command_lines_defaults_are_the_librarys():
     args = build_parser().parse_args(["compress", "volume.nii.gz"])
     settings, train = pipeline.Settings(), TrainConfig()
     assert (args.ratio, args.experts, args.top_k, args.partition, args.bits, args.granularity) == (
-        settings.ratio, settings.experts, settings.top_k, settings.partition, settings.bits, settings.granularity)
+        settings.ratio,
+        settings.experts,
+        settings.top_k,
+        settings.partition,
+        settings.bits,
+        settings.granularity,
+    )
     assert (args.encoder, args.grid_channels, args.router_input == "features", args.latent_bits) == (
-        settings.encoder, settings.grid_channels, settings.router_features, settings.latent_bits)
+        settings.encoder,
+        settings.grid_channels,
+        settings.router_features,
+        settings.latent_bits,
+    )
     assert (args.minutes, args.lr, args.batch, args.balance, args.seed, args.sample_activity) == (
-        train.minutes, train.lr, train.batch_size, train.balance_weight, train.seed, train.sample_activity)
+        train.minutes,
+        train.lr,
+        train.batch_size,
+        train.balance_weight,
+        train.seed,
+        train.sample_activity,
+    )
     # The default is the latent grid under a learned router, and the baselines stay SIRENs.
     assert settings.encoder_for(3) == "grid"
     assert pipeline.Settings(experts=1).encoder_for(3) == "siren"
@@ -286,19 +404,36 @@ def test_outputs_keep_their_names_case_and_get_the_usual_permissions(compressed,
 
 def test_bad_outputs_are_refused_before_any_work_and_nothing_is_written(phantom_file, compressed, tmp_path, capsys):
     cases = [
-        (["decompress", str(compressed), "-o", str(tmp_path / "r.nii.gz"), "--labels", str(tmp_path / "x.nii.gz"),
-          "--confidence", str(tmp_path / "x.nii.gz")], "name the same file"),
-        (["decompress", str(compressed), "-o", str(tmp_path / "r.nii.gz"), "--labels", str(tmp_path / "l.npy")],
-         "must end in .nii or .nii.gz"),
+        (
+            [
+                "decompress",
+                str(compressed),
+                "-o",
+                str(tmp_path / "r.nii.gz"),
+                "--labels",
+                str(tmp_path / "x.nii.gz"),
+                "--confidence",
+                str(tmp_path / "x.nii.gz"),
+            ],
+            "name the same file",
+        ),
+        (
+            ["decompress", str(compressed), "-o", str(tmp_path / "r.nii.gz"), "--labels", str(tmp_path / "l.npy")],
+            "must end in .nii or .nii.gz",
+        ),
         (["decompress", str(compressed), "-o", str(tmp_path / "r.txt")], "must end in .nii, .nii.gz or .npy"),
         (["sample", "-o", str(tmp_path / "s.nii.gz"), "--labels", str(tmp_path / "s.nii.gz")], "name the same file"),
         (["sample", "-o", str(tmp_path / "s.nii.gz"), "--labels", str(phantom_file)], "exists; use --force"),
         # compress checks where it will write before it trains (a budget of steps it would not finish here)
-        (["compress", str(phantom_file), "-o", str(tmp_path / "no" / "x.moec"), "--steps", "10000000"],
-         "folder .* does not exist"),
+        (
+            ["compress", str(phantom_file), "-o", str(tmp_path / "no" / "x.moec"), "--steps", "10000000"],
+            "folder .* does not exist",
+        ),
         (["compress", str(phantom_file), "-o", str(tmp_path), "--force", "--steps", "10000000"], "is a folder"),
-        (["compress", str(phantom_file), "-o", str(tmp_path / "x.nii.gz"), "--steps", "10000000"],
-         "a .moec file under a volume's name"),
+        (
+            ["compress", str(phantom_file), "-o", str(tmp_path / "x.nii.gz"), "--steps", "10000000"],
+            "a .moec file under a volume's name",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
@@ -316,12 +451,30 @@ def test_compress_refuses_a_read_only_folder_before_training(phantom_file, tmp_p
 
 def test_a_diverging_run_and_impossible_settings_are_refused_in_words(phantom_file, tmp_path, capsys):
     out = tmp_path / "x.moec"
-    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--lr", "1e30", "--steps", "3",
-                 "--experts", "4", "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "compress",
+                str(phantom_file),
+                "-o",
+                str(out),
+                "--ratio",
+                "12",
+                "--lr",
+                "1e30",
+                "--steps",
+                "3",
+                "--experts",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     said = capsys.readouterr().err.strip().splitlines()  # the plan's two lines, then the error
     assert said[-1].startswith("moec: error: training diverged after 3 steps") and "Traceback" not in said
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    for option, value, message in (("--balance", "inf", "finite"), ("--seed", str(10 ** 20), "seed must be")):
+    for option, value, message in (("--balance", "inf", "finite"), ("--seed", str(10**20), "seed must be")):
         assert main(["compress", str(phantom_file), "-o", str(out), option, value, "--steps", "3"]) == 1
         assert message in _one_line_error(capsys)
 
@@ -353,8 +506,13 @@ def test_a_reader_that_leaves_ends_the_command_quietly(compressed):
     read_end, write_end = os.pipe()
     os.close(read_end)  # closed before the command writes, so every write finds the pipe broken
     try:
-        done = subprocess.run([sys.executable, "-m", "codec.cli", "info", str(compressed)], stdout=write_end,
-                              stderr=subprocess.PIPE, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "codec.cli", "info", str(compressed)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     finally:
         os.close(write_end)
     assert done.stderr == ""
@@ -365,8 +523,24 @@ def test_the_sampling_switch_reaches_the_training_and_its_record(phantom_file, c
     """`--sample-activity 0` trains on uniform draws; the file's training record says which, and the
     default draws busy voxels more often."""
     out = tmp_path / "uniform.moec"
-    assert main(["compress", str(phantom_file), "-o", str(out), "--ratio", "12", "--experts", "1",
-                 "--sample-activity", "0", *FAST]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(phantom_file),
+                "-o",
+                str(out),
+                "--ratio",
+                "12",
+                "--experts",
+                "1",
+                "--sample-activity",
+                "0",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert moecfile.read(out).meta.train["sample_activity"] == 0.0
     assert moecfile.read(compressed).meta.train["sample_activity"] == TrainConfig().sample_activity > 0
     with pytest.raises(SystemExit):

@@ -86,21 +86,39 @@ def test_scale_one_is_the_plain_decode(thick_slices, tmp_path):
 def test_labels_and_confidence_follow_the_resampled_grid(thick_slices, tmp_path):
     _, moec = thick_slices
     out, labels, conf = tmp_path / "r.nii.gz", tmp_path / "l.nii.gz", tmp_path / "c.nii.gz"
-    assert main(["decompress", str(moec), "-o", str(out), "--scale", "2", "--labels", str(labels),
-                 "--confidence", str(conf)]) == 0
+    assert (
+        main(
+            [
+                "decompress",
+                str(moec),
+                "-o",
+                str(out),
+                "--scale",
+                "2",
+                "--labels",
+                str(labels),
+                "--confidence",
+                str(conf),
+            ]
+        )
+        == 0
+    )
     volume, lab, con = (nib.load(str(p)) for p in (out, labels, conf))
     assert volume.shape == lab.shape == con.shape == (48, 40, 20)
     np.testing.assert_allclose(lab.affine, volume.affine)
     assert set(np.unique(np.asarray(lab.dataobj))) <= set(range(1, 5))
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--scale", "0"], "positive"),
-    (["--scale", "1", "2"], "1 or 3 factors"),
-    (["--shape", "0", "5", "5"], "at least one voxel"),
-    (["--shape", "5", "5"], "3 whole numbers"),
-    (["--scale", "1e6"], "too large"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--scale", "0"], "positive"),
+        (["--scale", "1", "2"], "1 or 3 factors"),
+        (["--shape", "0", "5", "5"], "at least one voxel"),
+        (["--shape", "5", "5"], "3 whole numbers"),
+        (["--scale", "1e6"], "too large"),
+    ],
+)
 def test_a_bad_grid_is_refused_in_one_line_and_nothing_is_written(thick_slices, tmp_path, capsys, option, message):
     _, moec = thick_slices
     out = tmp_path / "never.nii.gz"

@@ -36,8 +36,21 @@ class FakeCluster:
             data = pack_container({"note": "test"}, b"\0" * 348, b"weights")
             job.target.parent.mkdir(parents=True, exist_ok=True)
             job.target.write_bytes(data)
-            yield VolumeResult(job.input, job.series, job.output, job.modality, "4x4x4", len(data), 6.0, 30.0, 0.9,
-                               1.0, "ok", "", settings.key)
+            yield VolumeResult(
+                job.input,
+                job.series,
+                job.output,
+                job.modality,
+                "4x4x4",
+                len(data),
+                6.0,
+                30.0,
+                0.9,
+                1.0,
+                "ok",
+                "",
+                settings.key,
+            )
 
     def close(self) -> None:
         self.closed = True
@@ -103,13 +116,12 @@ def test_moec_batch_says_what_the_events_say(tmp_path, clusters, capsys):
     printed = capsys.readouterr()
     lines = printed.err.splitlines()
     assert lines[0].startswith("failed s/IM0001.dcm: IM0001.dcm is not a readable DICOM file")
-    assert lines[1:] == ["3 volume(s) to compress, on a fake engine",
-                         "[1/3] ok s/a.nii.gz (NIfTI 4x4x4): 6.0x, PSNR 30.00 dB, SSIM 0.9000, 1 s "
-                         "(cohort: mean 6x, 30.00 dB)",
-                         "[2/3] ok s/b.nii.gz (NIfTI 4x4x4): 6.0x, PSNR 30.00 dB, SSIM 0.9000, 1 s "
-                         "(cohort: mean 6x, 30.00 dB)",
-                         "[3/3] ok s/c.nii.gz (NIfTI 4x4x4): 6.0x, PSNR 30.00 dB, SSIM 0.9000, 1 s "
-                         "(cohort: mean 6x, 30.00 dB)"]
+    assert lines[1:] == [
+        "3 volume(s) to compress, on a fake engine",
+        "[1/3] ok s/a.nii.gz (NIfTI 4x4x4): 6.0x, PSNR 30.00 dB, SSIM 0.9000, 1 s (cohort: mean 6x, 30.00 dB)",
+        "[2/3] ok s/b.nii.gz (NIfTI 4x4x4): 6.0x, PSNR 30.00 dB, SSIM 0.9000, 1 s (cohort: mean 6x, 30.00 dB)",
+        "[3/3] ok s/c.nii.gz (NIfTI 4x4x4): 6.0x, PSNR 30.00 dB, SSIM 0.9000, 1 s (cohort: mean 6x, 30.00 dB)",
+    ]
     assert "3 compressed in" in printed.out and "on a fake engine" in printed.out and "1 failed" in printed.out
     assert f"manifest: {out / MANIFEST}" in printed.out
 
@@ -123,11 +135,14 @@ def test_quiet_batch_prints_no_progress_only_the_table(tmp_path, clusters, capsy
 
 
 def test_importing_the_cohort_changes_no_environment_variable():
-    code = ("import os; before = dict(os.environ); "
-            "import codec.cohort.run, codec.cohort.task, codec.cohort.report, codec.cli.batch; "
-            "print(sorted(set(os.environ.items()) ^ set(before.items())))")
+    code = (
+        "import os; before = dict(os.environ); "
+        "import codec.cohort.run, codec.cohort.task, codec.cohort.report, codec.cli.batch; "
+        "print(sorted(set(os.environ.items()) ^ set(before.items())))"
+    )
     env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     assert done.stdout.strip() == "[]"

@@ -121,8 +121,9 @@ def test_a_grid_file_stores_its_finest_grid_with_the_context_model_and_decodes_e
     for level in range(plan.model.grid_levels):
         step = qsteps[[n for n, _ in meta.model.tensor_shapes()].index(f"encoder.grid{level}")]
         grid = getattr(model.encoder, f"grid{level}").detach().cpu().numpy()
-        np.testing.assert_array_equal(getattr(stored.encoder, f"grid{level}").detach().numpy(),
-                                      np.rint(grid / step) * step)
+        np.testing.assert_array_equal(
+            getattr(stored.encoder, f"grid{level}").detach().numpy(), np.rint(grid / step) * step
+        )
     first, second = reconstruct(moecfile.from_bytes(data)), reconstruct(moecfile.from_bytes(data))
     np.testing.assert_array_equal(first.volume.data, second.volume.data)
 
@@ -139,14 +140,22 @@ def test_a_context_model_in_a_version_2_file_is_refused(grid_file):
         moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, c.payload, version=2))
 
 
-@pytest.mark.parametrize("bins,message", [
-    (bytes([3]) + bytes(4000), "3 bins"),
-    (bytes([context.BINS]) + struct.pack("<Bhhe", entropy.CONTEXT, 0, 1, 1.0) * context.BINS + bytes(4000),
-     "inside a context"),
-    (bytes([context.BINS]) + struct.pack("<Bhhe", 0, 5, 1, 1.0) * context.BINS + bytes(4000), "invalid symbol model"),
-    # Cut inside a bin's frequency table (still long enough for the weights-per-byte check).
-    (bytes([context.BINS]) + struct.pack("<Bhhe", entropy.TABLE, 0, 500, 1.0) + bytes(300), "truncated"),
-])
+@pytest.mark.parametrize(
+    "bins,message",
+    [
+        (bytes([3]) + bytes(4000), "3 bins"),
+        (
+            bytes([context.BINS]) + struct.pack("<Bhhe", entropy.CONTEXT, 0, 1, 1.0) * context.BINS + bytes(4000),
+            "inside a context",
+        ),
+        (
+            bytes([context.BINS]) + struct.pack("<Bhhe", 0, 5, 1, 1.0) * context.BINS + bytes(4000),
+            "invalid symbol model",
+        ),
+        # Cut inside a bin's frequency table (still long enough for the weights-per-byte check).
+        (bytes([context.BINS]) + struct.pack("<Bhhe", entropy.TABLE, 0, 500, 1.0) + bytes(300), "truncated"),
+    ],
+)
 def test_hostile_context_models_are_refused_in_words(grid_file, bins, message):
     c = unpack_container(grid_file[3])
     entry, _ = _first_table_entry(c)

@@ -33,21 +33,20 @@ def test_refinement_keeps_the_nodes_and_is_exact_on_ramps_and_inner_cubics():
     ramp = refine((3 * x - 1).reshape(1, 7), 1)
     fine = torch.linspace(-1, 1, 13)
     torch.testing.assert_close(ramp[0], 3 * fine - 1)
-    cubic = refine((x ** 3 - x ** 2).reshape(1, 7), 1)[0]
-    torch.testing.assert_close(cubic[::2], x ** 3 - x ** 2)
+    cubic = refine((x**3 - x**2).reshape(1, 7), 1)[0]
+    torch.testing.assert_close(cubic[::2], x**3 - x**2)
     # A midpoint with two nodes on each side is the cubic through them: exact for a cubic.
-    torch.testing.assert_close(cubic[3:-3:2], (fine ** 3 - fine ** 2)[3:-3:2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(cubic[3:-3:2], (fine**3 - fine**2)[3:-3:2], rtol=0, atol=1e-6)
     # Two nodes refine to their mean between them; the matrix form is the same map.
     torch.testing.assert_close(refine(torch.tensor([[2.0, 4.0]]), 1), torch.tensor([[2.0, 3.0, 4.0]]))
     g = torch.randn(9, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(refinement_matrix(9) @ g, refine(g.reshape(9, 1), 0)[:, 0])
     # The outer tap sets the filter: 0 is the plain mean of the two nodes around a midpoint.
-    torch.testing.assert_close(refine((x ** 2).reshape(1, 7), 1, 0.0)[0, 1::2], (x[:-1] ** 2 + x[1:] ** 2) / 2)
+    torch.testing.assert_close(refine((x**2).reshape(1, 7), 1, 0.0)[0, 1::2], (x[:-1] ** 2 + x[1:] ** 2) / 2)
     # Training refines a whole level by three matrix products, each axis with its own taps.
     level = torch.randn(2, 5, 4, 3, generator=torch.Generator().manual_seed(1))
     taps = torch.tensor([0.02, 1 / 16, 0.1])
-    torch.testing.assert_close(refine_grid(level, taps),
-                               refine(refine(refine(level, 1, 0.02), 2, 1 / 16), 3, 0.1))
+    torch.testing.assert_close(refine_grid(level, taps), refine(refine(refine(level, 1, 0.02), 2, 1 / 16), 3, 0.1))
     # Its matrix is differentiable in the tap: the taps learn.
     outer = torch.tensor(1 / 16, requires_grad=True)
     (refinement_matrix(6, outer) @ torch.arange(6.0) ** 2).sum().backward()
@@ -129,8 +128,9 @@ def test_training_switches_to_cubic_at_its_share_of_the_budget_and_a_stop_before
 @pytest.fixture(scope="module")
 def cubic_file():
     volume = _volume()
-    compression = pipeline.Compression(volume, pipeline.Settings(ratio=10, experts=1, encoder="grid"),
-                                       TrainConfig(steps=60, batch_size=2048))
+    compression = pipeline.Compression(
+        volume, pipeline.Settings(ratio=10, experts=1, encoder="grid"), TrainConfig(steps=60, batch_size=2048)
+    )
     data = compression.train().encode().data
     return volume, compression, data
 
@@ -177,8 +177,30 @@ def test_the_command_line_chooses_when_the_grid_turns_cubic(tmp_path, capsys):
     read = {}
     for share in ("1", "0.5"):
         out = tmp_path / f"{share}.moec"
-        assert main(["compress", str(path), "-o", str(out), "--ratio", "10", "--experts", "1", "--encoder", "grid",
-                     "--steps", "12", "--batch", "1024", "--quiet", "--cubic-from", share]) == 0
+        assert (
+            main(
+                [
+                    "compress",
+                    str(path),
+                    "-o",
+                    str(out),
+                    "--ratio",
+                    "10",
+                    "--experts",
+                    "1",
+                    "--encoder",
+                    "grid",
+                    "--steps",
+                    "12",
+                    "--batch",
+                    "1024",
+                    "--quiet",
+                    "--cubic-from",
+                    share,
+                ]
+            )
+            == 0
+        )
         read[share] = moecfile.read(out).meta.model.grid_interpolation
     assert read == {"1": "linear", "0.5": "cubic"}
     with pytest.raises(SystemExit):

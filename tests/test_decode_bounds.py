@@ -65,18 +65,21 @@ def bomb(files, tmp_path_factory):
 @pytest.fixture(scope="module")
 def time_bomb(files, tmp_path_factory):
     """A decodable file whose network takes hours over its declared 512^3 grid."""
-    return forged_moec(files["ct"], tmp_path_factory.mktemp("slow") / "slow.moec", shape=(512, 512, 512),
-                       model=wide_network())
+    return forged_moec(
+        files["ct"], tmp_path_factory.mktemp("slow") / "slow.moec", shape=(512, 512, 512), model=wide_network()
+    )
 
 
 def _run_measured(*args: str) -> tuple[subprocess.CompletedProcess, int]:
     """`python -m codec.cli ARGS` and its peak resident set size in bytes, measured in a fresh parent
     process so that no other child of this one counts."""
-    probe = ("import resource, subprocess, sys, json\n"
-             "run = subprocess.run([sys.executable, '-m', 'codec.cli', *sys.argv[1:]],"
-             " capture_output=True, text=True)\n"
-             "print(json.dumps([run.returncode, run.stdout, run.stderr,"
-             " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))\n")
+    probe = (
+        "import resource, subprocess, sys, json\n"
+        "run = subprocess.run([sys.executable, '-m', 'codec.cli', *sys.argv[1:]],"
+        " capture_output=True, text=True)\n"
+        "print(json.dumps([run.returncode, run.stdout, run.stderr,"
+        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))\n"
+    )
     done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT, check=True)
     rc, out, err, peak_kib = json.loads(done.stdout)
     return subprocess.CompletedProcess(args, rc, out, err), peak_kib * 1024
@@ -84,10 +87,12 @@ def _run_measured(*args: str) -> tuple[subprocess.CompletedProcess, int]:
 
 # --- refusals before anything is allocated --------------------------------------------------------
 
+
 def test_a_bomb_is_refused_in_one_line_before_its_grid_is_allocated(bomb, tmp_path):
     out = tmp_path / "out.nii.gz"
-    run, peak = _run_measured("decompress", str(bomb), "-o", str(out), "--labels", str(tmp_path / "l.nii.gz"),
-                              "--max-memory", "4G")
+    run, peak = _run_measured(
+        "decompress", str(bomb), "-o", str(out), "--labels", str(tmp_path / "l.nii.gz"), "--max-memory", "4G"
+    )
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr
@@ -160,6 +165,7 @@ def test_eval_checks_the_same_estimate(files, tmp_path, capsys):
 
 # --- what a decode holds ----------------------------------------------------------------------------
 
+
 def test_labels_and_confidence_are_held_only_when_asked(files):
     moec = moecfile.read(files["ct"])
     plain = reconstruct(moec, labels=False, confidence=False)
@@ -184,30 +190,49 @@ def test_the_memory_estimate_bounds_what_decompress_holds(files, tmp_path):
     libraries hold before decoding, stays below the estimate."""
     meta = read_meta(files["ct"].read_bytes())
     shape = (128, 112, 64)
-    estimate = cost.decode_cost(meta, shape, values=meta.dtype, labels=True, confidence=True,
-                                fixed=streaming.WRITE_BYTES)
-    run, peak = _run_measured("decompress", str(files["ct"]), "-o", str(tmp_path / "x4.nii.gz"), "--scale", "4",
-                              "--labels", str(tmp_path / "l.nii.gz"), "--confidence", str(tmp_path / "c.nii.gz"))
+    estimate = cost.decode_cost(
+        meta, shape, values=meta.dtype, labels=True, confidence=True, fixed=streaming.WRITE_BYTES
+    )
+    run, peak = _run_measured(
+        "decompress",
+        str(files["ct"]),
+        "-o",
+        str(tmp_path / "x4.nii.gz"),
+        "--scale",
+        "4",
+        "--labels",
+        str(tmp_path / "l.nii.gz"),
+        "--confidence",
+        str(tmp_path / "c.nii.gz"),
+    )
     assert run.returncode == 0, run.stderr
-    imports = ("import resource, torch, nibabel, codec.cli.compress, codec.decode.cost, codec.io.dicom; "
-               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    base = 1024 * int(subprocess.run([sys.executable, "-c", imports], capture_output=True, text=True, cwd=ROOT,
-                                     check=True).stdout)
+    imports = (
+        "import resource, torch, nibabel, codec.cli.compress, codec.decode.cost, codec.io.dicom; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    base = 1024 * int(
+        subprocess.run([sys.executable, "-c", imports], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    )
     held = peak - base
     assert held < estimate.memory, f"held {held / 2**20:.0f} MiB, estimated {estimate.memory / 2**20:.0f}"
 
 
 # --- the streamed output ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("which,name,scale,write_voxels", [
-    ("ct", "out.nii.gz", None, None),
-    ("ct", "out.nii", ["1", "1", "2"], 2000),  # several slices a slab
-    ("ct", "out.nii.gz", None, 100),  # a slice in rows
-    ("ct", "out.npy", None, 1000),
-    ("four", "out.nii.gz", None, 500),
-])
-def test_the_streamed_output_is_the_file_save_volume_writes(files, tmp_path, monkeypatch, which, name, scale,
-                                                            write_voxels):
+
+@pytest.mark.parametrize(
+    "which,name,scale,write_voxels",
+    [
+        ("ct", "out.nii.gz", None, None),
+        ("ct", "out.nii", ["1", "1", "2"], 2000),  # several slices a slab
+        ("ct", "out.nii.gz", None, 100),  # a slice in rows
+        ("ct", "out.npy", None, 1000),
+        ("four", "out.nii.gz", None, 500),
+    ],
+)
+def test_the_streamed_output_is_the_file_save_volume_writes(
+    files, tmp_path, monkeypatch, which, name, scale, write_voxels
+):
     if write_voxels is not None:
         monkeypatch.setattr(streaming, "WRITE_VOXELS", write_voxels)
     moec = moecfile.read(files[which])
@@ -228,8 +253,9 @@ def test_the_streamed_output_is_the_file_save_volume_writes(files, tmp_path, mon
         np.testing.assert_array_equal(a, b)
         return
     pairs = [(out, reference)]
-    save_labels(recon.volume, recon.labels, tmp_path / "ref_labels.nii.gz",
-                f"MoEC experts (label k+1 = expert k), {tag}")
+    save_labels(
+        recon.volume, recon.labels, tmp_path / "ref_labels.nii.gz", f"MoEC experts (label k+1 = expert k), {tag}"
+    )
     save_nifti(recon.volume, recon.confidence, tmp_path / "ref_confidence.nii", f"MoEC gate confidence, {tag}")
     pairs += [(labels, tmp_path / "ref_labels.nii.gz"), (confidence, tmp_path / "ref_confidence.nii")]
     for ours, theirs in pairs:
@@ -241,6 +267,7 @@ def test_the_streamed_output_is_the_file_save_volume_writes(files, tmp_path, mon
 
 
 # --- what moec info says --------------------------------------------------------------------------------
+
 
 def test_info_prints_the_estimate_and_json_holds_it(files, bomb, capsys):
     assert main(["info", str(files["ct"])]) == 0
@@ -260,6 +287,7 @@ def test_info_prints_the_estimate_and_json_holds_it(files, bomb, capsys):
 
 
 # --- the napari reader's lazy path -------------------------------------------------------------------
+
 
 def test_the_lazy_path_refuses_above_the_limits_before_decoding(bomb, time_bomb):
     from moec_napari.lazy import lazy_decode

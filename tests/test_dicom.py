@@ -60,8 +60,14 @@ def test_a_series_reads_like_the_nifti_of_its_voxels(ct_series):
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
     for path in files[:4]:
         ds = pydicom.dcmread(path)
-        k = int(np.argmin([np.abs(lps[:3, 3] + s * lps[:3, 2] - np.array(ds.ImagePositionPatient, float)).max()
-                           for s in range(SHAPE[2])]))
+        k = int(
+            np.argmin(
+                [
+                    np.abs(lps[:3, 3] + s * lps[:3, 2] - np.array(ds.ImagePositionPatient, float)).max()
+                    for s in range(SHAPE[2])
+                ]
+            )
+        )
         np.testing.assert_allclose(lps[:3, 3] + k * lps[:3, 2], np.array(ds.ImagePositionPatient, float), atol=1e-4)
         np.testing.assert_array_equal(volume.data[:, :, k], ds.pixel_array.T * 2.0 - 1024.0)
     # One file of the series stands for its series.
@@ -73,8 +79,9 @@ def test_two_series_in_one_folder_are_listed_and_chosen_by_uid(tmp_path, capsys)
     geometry = oblique_geometry()
     write_dicom_series(tmp_path, ct_raw(), series_uid="1.2.3.4.1", series_number=3, **geometry)
     mr = np.random.default_rng(2).integers(0, 3000, size=(16, 14, 10)).astype(np.uint16)
-    write_dicom_series(tmp_path, mr, series_uid="1.2.3.4.2", series_number=4, modality="MR", description="T1",
-                       seed=5, **geometry)
+    write_dicom_series(
+        tmp_path, mr, series_uid="1.2.3.4.2", series_number=4, modality="MR", description="T1", seed=5, **geometry
+    )
     with pytest.raises(SeriesChoiceError) as choice:
         load_volume(tmp_path)
     assert [s.uid for s in choice.value.series] == ["1.2.3.4.1", "1.2.3.4.2"]
@@ -102,10 +109,12 @@ def _spoil(folder, how: str) -> None:
     elif how == "missing positions":
         write_dicom_series(folder, raw, edit=lambda k, ds: k == 3 and delattr(ds, "ImagePositionPatient"), **geometry)
     elif how == "compressed":
+
         def jpeg_ls(k, ds):
             ds.file_meta.TransferSyntaxUID = JPEGLSLossless
             ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(64)])
             ds["PixelData"].VR = "OB"
+
         write_dicom_series(folder, raw, edit=jpeg_ls, **geometry)
     elif how == "not dicom":
         for name in ("notes.txt", "scan.img"):
@@ -118,11 +127,17 @@ def _spoil(folder, how: str) -> None:
         write_dicom_series(folder, raw, seed=3, **geometry)  # a second phase under the same series UID
 
 
-@pytest.mark.parametrize("how,words", [
-    ("mixed sizes", "mixes image sizes"), ("missing positions", "no valid ImagePositionPatient"),
-    ("compressed", "JPEG-LS Lossless Image Compression"), ("not dicom", "holds no DICOM series (2 file(s)"),
-    ("missing slice", "uneven slice spacing"), ("same position", "two slices at the same position"),
-])
+@pytest.mark.parametrize(
+    "how,words",
+    [
+        ("mixed sizes", "mixes image sizes"),
+        ("missing positions", "no valid ImagePositionPatient"),
+        ("compressed", "JPEG-LS Lossless Image Compression"),
+        ("not dicom", "holds no DICOM series (2 file(s)"),
+        ("missing slice", "uneven slice spacing"),
+        ("same position", "two slices at the same position"),
+    ],
+)
 def test_bad_dicom_input_is_one_clear_line(tmp_path, capsys, how, words):
     _spoil(tmp_path, how)
     with pytest.raises(DicomError, match=re.escape(words)):
@@ -151,8 +166,9 @@ def deidentified_ct(ct_series, tmp_path_factory):
     return out
 
 
-def test_decompress_writes_a_derived_lossy_series_under_the_same_patient_and_study(ct_series, compressed_ct,
-                                                                                  tmp_path, capsys):
+def test_decompress_writes_a_derived_lossy_series_under_the_same_patient_and_study(
+    ct_series, compressed_ct, tmp_path, capsys
+):
     folder, files, _, _, affine = ct_series
     assert 10 <= 2 * np.prod(SHAPE) / compressed_ct.stat().st_size <= 10.5  # the identity fits the budget
     out, nifti = tmp_path / "derived", tmp_path / "recon.nii.gz"
@@ -166,8 +182,17 @@ def test_decompress_writes_a_derived_lossy_series_under_the_same_patient_and_stu
     assert first.LossyImageCompression == "01" and list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert float(first.LossyImageCompressionRatio) == pytest.approx(moecfile.read(compressed_ct).ratio, abs=0.01)
     assert first.SOPClassUID == originals[0].SOPClassUID  # CT Image Storage
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                    "AccessionNumber", "FrameOfReferenceUID", "Modality"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "AccessionNumber",
+        "FrameOfReferenceUID",
+        "Modality",
+    ):
         assert first.get(keyword) == originals[0].get(keyword), keyword
     assert {d.SeriesInstanceUID for d in derived} == {first.SeriesInstanceUID} != {originals[0].SeriesInstanceUID}
     assert len({d.SOPInstanceUID for d in derived}) == SHAPE[2]
@@ -191,8 +216,9 @@ def test_decompress_writes_a_derived_lossy_series_under_the_same_patient_and_stu
     assert len(list(folder.iterdir())) == SHAPE[2]
 
 
-def test_a_file_compressed_by_default_decompresses_under_a_pseudonymous_patient(ct_series, deidentified_ct,
-                                                                                 tmp_path, capsys):
+def test_a_file_compressed_by_default_decompresses_under_a_pseudonymous_patient(
+    ct_series, deidentified_ct, tmp_path, capsys
+):
     folder, files, _, _, affine = ct_series
     original = pydicom.dcmread(files[0], stop_before_pixels=True)
     entry = unpack_container(deidentified_ct.read_bytes()).meta["dicom"]
@@ -226,7 +252,9 @@ def test_a_file_not_from_dicom_refuses_dicom_output_in_one_line(ct_series, tmp_p
 
 
 HOSTILE = [
-    [], "CT", {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.3"},  # not a record; Modality missing
+    [],
+    "CT",
+    {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.3"},  # not a record; Modality missing
     {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.3", "Modality": "CT", "PatientAge": "042Y"},
     {"StudyInstanceUID": "1.2.x", "SeriesInstanceUID": "1.3", "Modality": "CT"},
     {"StudyInstanceUID": "1." + "2" * 63, "SeriesInstanceUID": "1.3", "Modality": "CT"},
@@ -254,8 +282,13 @@ def test_a_malformed_dicom_entry_is_a_format_error(compressed_ct, entry):
 def test_the_dicom_entry_holds_only_the_identity_and_round_trips_unicode():
     identity = DicomIdentity("1.2.3", "1.2.4", "MR", patient_name="Müller^Zoë", series_number="7")
     entry = identity_to_json(identity)
-    assert entry == {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.4", "Modality": "MR",
-                     "PatientName": "Müller^Zoë", "SeriesNumber": "7"}
+    assert entry == {
+        "StudyInstanceUID": "1.2.3",
+        "SeriesInstanceUID": "1.2.4",
+        "Modality": "MR",
+        "PatientName": "Müller^Zoë",
+        "SeriesNumber": "7",
+    }
     assert identity_from_json(json.loads(json.dumps(entry))) == identity
 
 

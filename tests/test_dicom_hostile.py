@@ -48,19 +48,29 @@ def series(folder, raw=None, **options) -> list[Path]:
 
 # --- one bad file -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("keyword,vr,value,reason", [
-    ("Rows", "US", b"", "Rows is empty"),
-    ("Columns", "US", b"", "Columns is empty"),
-    ("Columns", "US", b"\0\0", "Columns is 0"),
-    ("Rows", "US", b"\x04\0\x04\0", "Rows is not one whole number"),
-    ("Rows", "IS", b"many", "Rows is not one whole number"),
-    ("Rows", "UL", b"\0\0\x01\0", "Rows is 65536"),
-])
-def test_a_slice_with_a_bad_size_is_unreadable_and_the_other_series_still_loads(tmp_path, capsys, keyword, vr,
-                                                                                 value, reason):
+
+@pytest.mark.parametrize(
+    "keyword,vr,value,reason",
+    [
+        ("Rows", "US", b"", "Rows is empty"),
+        ("Columns", "US", b"", "Columns is empty"),
+        ("Columns", "US", b"\0\0", "Columns is 0"),
+        ("Rows", "US", b"\x04\0\x04\0", "Rows is not one whole number"),
+        ("Rows", "IS", b"many", "Rows is not one whole number"),
+        ("Rows", "UL", b"\0\0\x01\0", "Rows is 65536"),
+    ],
+)
+def test_a_slice_with_a_bad_size_is_unreadable_and_the_other_series_still_loads(
+    tmp_path, capsys, keyword, vr, value, reason
+):
     good = series(tmp_path)
-    series(tmp_path, series_uid="1.2.3.4.9", series_number=9, seed=4,
-           edit=lambda k, ds: k == 0 and raw_element(ds, keyword, vr, value))
+    series(
+        tmp_path,
+        series_uid="1.2.3.4.9",
+        series_number=9,
+        seed=4,
+        edit=lambda k, ds: k == 0 and raw_element(ds, keyword, vr, value),
+    )
     scan = scan_folder(tmp_path)
     assert [info.uid for info in scan.series] == ["1.2.3.4.1", "1.2.3.4.9"]
     assert len(scan.series[0].files) == len(good) and len(scan.series[1].files) == len(good) - 1
@@ -91,6 +101,7 @@ def test_a_slice_larger_than_its_series_is_refused_before_it_is_decoded(tmp_path
 
 
 # --- names ------------------------------------------------------------------------------------------
+
 
 def test_a_traversal_series_number_gives_a_safe_stem(tmp_path):
     hostile = b"/../../../../tmp/pwned"
@@ -155,6 +166,7 @@ def test_a_series_without_a_study_uid_loads(tmp_path):
 
 # --- privacy ----------------------------------------------------------------------------------------
 
+
 def test_deidentified_keeps_only_what_describes_the_series(tmp_path):
     series(tmp_path, description="Thorax")
     identity = load_series(tmp_path).dicom
@@ -166,12 +178,21 @@ def test_deidentified_keeps_only_what_describes_the_series(tmp_path):
     assert identity_from_json(identity_to_json(anonymous)) == anonymous
 
 
-@pytest.mark.parametrize("entry", [
-    {}, {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.3"}, {"Modality": ""}, {"Modality": "ct scan"},
-    {"Modality": "CT", "StudyInstanceUID": ""}, {"Modality": "CT", "SeriesInstanceUID": "1..3"},
-    {"Modality": "CT", "PatientName": "Doe\nJane"}, {"Modality": "CT", "SeriesNumber": "../1"},
-    {"Modality": "CT", "FrameOfReferenceUID": "1.2.x"}, {"Modality": "CT", "Rows": "4"},
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {},
+        {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.3"},
+        {"Modality": ""},
+        {"Modality": "ct scan"},
+        {"Modality": "CT", "StudyInstanceUID": ""},
+        {"Modality": "CT", "SeriesInstanceUID": "1..3"},
+        {"Modality": "CT", "PatientName": "Doe\nJane"},
+        {"Modality": "CT", "SeriesNumber": "../1"},
+        {"Modality": "CT", "FrameOfReferenceUID": "1.2.x"},
+        {"Modality": "CT", "Rows": "4"},
+    ],
+)
 def test_a_deidentified_entry_still_refuses_invalid_values(entry):
     with pytest.raises(MoecFormatError, match="dicom"):
         identity_from_json(entry)
@@ -184,8 +205,7 @@ def test_a_deidentified_identity_is_written_under_a_pseudonymous_patient_and_a_n
     source = digest(b"a .moec file")
     files = write_series(volume, anonymous, tmp_path / "a", ratio=10.0, source_digest=source)
     again = write_series(volume, anonymous, tmp_path / "b", ratio=10.0, source_digest=source)
-    other = write_series(volume, anonymous, tmp_path / "c", ratio=10.0,
-                         source_digest=digest(b"another .moec file"))
+    other = write_series(volume, anonymous, tmp_path / "c", ratio=10.0, source_digest=digest(b"another .moec file"))
     first = pydicom.dcmread(files[0])
     assert first.PatientName == PSEUDONYM and first.PatientID == f"MOEC-{source[:12]}"
     assert not first.get("PatientBirthDate") and not first.get("PatientSex") and not first.get("AccessionNumber")
@@ -197,7 +217,10 @@ def test_a_deidentified_identity_is_written_under_a_pseudonymous_patient_and_a_n
     # The same file always gives the same study and series; another file other ones.
     second = pydicom.dcmread(again[0])
     assert (second.StudyInstanceUID, second.SeriesInstanceUID, second.PatientID) == (
-        first.StudyInstanceUID, first.SeriesInstanceUID, first.PatientID)
+        first.StudyInstanceUID,
+        first.SeriesInstanceUID,
+        first.PatientID,
+    )
     third = pydicom.dcmread(other[0])
     assert third.StudyInstanceUID != first.StudyInstanceUID and third.PatientID != first.PatientID
     back = load_series(tmp_path / "a")
@@ -206,10 +229,14 @@ def test_a_deidentified_identity_is_written_under_a_pseudonymous_patient_and_a_n
     # A full identity is kept as it is.
     kept = pydicom.dcmread(write_series(volume, volume.dicom, tmp_path / "d", ratio=10.0, source_digest=source)[0])
     assert (kept.PatientName, kept.StudyInstanceUID, kept.FrameOfReferenceUID) == (
-        PATIENT["PatientName"], STUDY_UID, FRAME_UID)
+        PATIENT["PatientName"],
+        STUDY_UID,
+        FRAME_UID,
+    )
 
 
 # --- memory -----------------------------------------------------------------------------------------
+
 
 def test_a_series_declaring_more_than_the_limit_is_refused_before_its_pixels_are_read(tmp_path):
     def huge(k, ds):
@@ -218,8 +245,11 @@ def test_a_series_declaring_more_than_the_limit_is_refused_before_its_pixels_are
     series(tmp_path, edit=huge)
     [info] = scan_folder(tmp_path).series
     assert info.voxels == 40000 * 30000 * 4 and info.bits_allocated == 16
-    with pytest.raises(ResourceLimitError, match=r"loading the DICOM series 1\.2\.3\.4\.1 .*\(30000 x 40000 x 4\) "
-                                                 r"would need about 67\.1 GiB .*--max-memory 68G"):
+    with pytest.raises(
+        ResourceLimitError,
+        match=r"loading the DICOM series 1\.2\.3\.4\.1 .*\(30000 x 40000 x 4\) "
+        r"would need about 67\.1 GiB .*--max-memory 68G",
+    ):
         load_series(tmp_path, limit=MemoryLimit(2**30))
     with pytest.raises(DicomError, match="cannot decode the pixels"):  # no limit: the decode says what is wrong
         load_series(tmp_path, limit=MemoryLimit(0))
@@ -238,15 +268,50 @@ def test_the_compression_estimate_is_the_larger(tmp_path):
 
 #: Header elements a reader trusts, with their VR as written in the file.
 FUZZED = {
-    "Rows": "US", "Columns": "US", "BitsAllocated": "US", "BitsStored": "US", "HighBit": "US",
-    "PixelRepresentation": "US", "SamplesPerPixel": "US", "NumberOfFrames": "IS", "SeriesNumber": "IS",
-    "SeriesInstanceUID": "UI", "StudyInstanceUID": "UI", "Modality": "CS", "PhotometricInterpretation": "CS",
-    "ImagePositionPatient": "DS", "ImageOrientationPatient": "DS", "PixelSpacing": "DS", "RescaleSlope": "DS",
-    "RescaleIntercept": "DS", "SeriesDescription": "LO", "PatientName": "PN", "StudyDate": "DA",
+    "Rows": "US",
+    "Columns": "US",
+    "BitsAllocated": "US",
+    "BitsStored": "US",
+    "HighBit": "US",
+    "PixelRepresentation": "US",
+    "SamplesPerPixel": "US",
+    "NumberOfFrames": "IS",
+    "SeriesNumber": "IS",
+    "SeriesInstanceUID": "UI",
+    "StudyInstanceUID": "UI",
+    "Modality": "CS",
+    "PhotometricInterpretation": "CS",
+    "ImagePositionPatient": "DS",
+    "ImageOrientationPatient": "DS",
+    "PixelSpacing": "DS",
+    "RescaleSlope": "DS",
+    "RescaleIntercept": "DS",
+    "SeriesDescription": "LO",
+    "PatientName": "PN",
+    "StudyDate": "DA",
 }
-GARBAGE = [b"", b"0", b"-1", b"65535", b"1e400", b"nan", b"inf", b"\\", b"1\\2", b"abc", b"\xff\xfe\0",
-           b"/../../../../tmp/pwned", b"0\\0\\0", b"1\\0\\0\\0\\1\\0", b"1.2.3", b"\0\0", b"\x04\0", b"\0\x01",
-           b"\x10\0", b"\x08\0"]
+GARBAGE = [
+    b"",
+    b"0",
+    b"-1",
+    b"65535",
+    b"1e400",
+    b"nan",
+    b"inf",
+    b"\\",
+    b"1\\2",
+    b"abc",
+    b"\xff\xfe\0",
+    b"/../../../../tmp/pwned",
+    b"0\\0\\0",
+    b"1\\0\\0\\0\\1\\0",
+    b"1.2.3",
+    b"\0\0",
+    b"\x04\0",
+    b"\0\x01",
+    b"\x10\0",
+    b"\x08\0",
+]
 VALUES = st.one_of(st.none(), st.sampled_from(GARBAGE), st.binary(max_size=24))
 MUTATIONS = st.dictionaries(st.sampled_from(sorted(FUZZED)), VALUES, min_size=1, max_size=4)
 
@@ -261,6 +326,7 @@ def _mutate(mutations: dict, where):
                     del ds[keyword]
             else:
                 raw_element(ds, keyword, FUZZED[keyword], value)
+
     return edit
 
 

@@ -79,8 +79,9 @@ def air_file():
     hu = np.where(labels == 0, hu.min(), hu)
     volume = from_array(hu, affine=phantom_affine(hu.shape), dtype=np.int16, inter=-1024.0)
     # Read trilinearly throughout: a test rewrites it as a version-3 file.
-    fitter, plan = train(volume, pipeline.Settings(ratio=6, experts=2),
-                         TrainConfig(steps=150, batch_size=1024, cubic_from=1.0))
+    fitter, plan = train(
+        volume, pipeline.Settings(ratio=6, experts=2), TrainConfig(steps=150, batch_size=1024, cubic_from=1.0)
+    )
     return volume, plan, pipeline.file_bytes(fitter, plan)
 
 
@@ -104,8 +105,12 @@ def test_a_floor_is_read_only_from_version_4_and_only_inside_the_range(air_file)
     _, _, data = air_file
     c = unpack_container(data)
     vmin, vmax = c.meta["range"]
-    for bad, message in [(vmax + 1, "outside the intensity range"), (vmin - 1, "outside the intensity range"),
-                         ("0", "must be a finite number"), (None, "must be a finite number")]:
+    for bad, message in [
+        (vmax + 1, "outside the intensity range"),
+        (vmin - 1, "outside the intensity range"),
+        ("0", "must be a finite number"),
+        (None, "must be a finite number"),
+    ]:
         meta = dict(c.meta, floor=bad)
         with pytest.raises(MoecFormatError, match=message):
             moecfile.from_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))

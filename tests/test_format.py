@@ -50,8 +50,9 @@ def valid_files():
     volume, _ = make_phantom((32, 24, 16))
     files = {}
     for kind in KINDS:
-        settings_ = pipeline.Settings(ratio=6, experts=4, bits=16 if kind == 16 else 8,
-                                      encoder="grid" if kind == "grid" else "siren")
+        settings_ = pipeline.Settings(
+            ratio=6, experts=4, bits=16 if kind == 16 else 8, encoder="grid" if kind == "grid" else "siren"
+        )
         fitter, plan = train(volume, settings_, TrainConfig(steps=20, batch_size=1024))
         files[kind] = pipeline.file_bytes(fitter, plan)
     return volume, files
@@ -103,15 +104,17 @@ def test_headers_deflate_against_the_dictionary_and_version_4_files_still_decode
         c = unpack_container(data)
         header_len = struct.unpack_from("<H", data, 5)[0]
         assert data[7 + 1] & 0x20, "the zlib stream names a preset dictionary (FDICT)"
-        old = assemble(json.dumps(c.meta, separators=(",", ":"), sort_keys=True).encode(), c.nifti, c.payload,
-                       version=4)
+        old = assemble(
+            json.dumps(c.meta, separators=(",", ":"), sort_keys=True).encode(), c.nifti, c.payload, version=4
+        )
         old_header_len = struct.unpack_from("<H", old, 5)[0]
         assert header_len < 0.5 * old_header_len
         if "grid_interpolation" in c.meta["model"]:
             continue  # a cubically read grid is newer than version 4 (tests/test_cubic_reading.py)
         assert moecfile.from_bytes(old).meta.version == 4
-        np.testing.assert_array_equal(reconstruct(moecfile.from_bytes(old)).volume.data,
-                                      reconstruct(moecfile.from_bytes(data)).volume.data)
+        np.testing.assert_array_equal(
+            reconstruct(moecfile.from_bytes(old)).volume.data, reconstruct(moecfile.from_bytes(data)).volume.data
+        )
 
 
 def test_version_1_files_still_decode_and_cannot_hold_a_grid(valid_files):
@@ -122,8 +125,9 @@ def test_version_1_files_still_decode_and_cannot_hold_a_grid(valid_files):
     for key in ("encoder", "grid_channels", "grid_levels", "grid_finest", "router_features"):
         del meta["model"][key]
     old = assemble(json.dumps(meta).encode(), c.nifti, c.payload, version=1)
-    np.testing.assert_array_equal(reconstruct(moecfile.from_bytes(old)).volume.data,
-                                  reconstruct(moecfile.from_bytes(files[8])).volume.data)
+    np.testing.assert_array_equal(
+        reconstruct(moecfile.from_bytes(old)).volume.data, reconstruct(moecfile.from_bytes(files[8])).volume.data
+    )
     grid = unpack_container(files["grid"])
     with pytest.raises(MoecFormatError, match="version-1 file cannot describe a latent-grid"):
         moecfile.from_bytes(assemble(json.dumps(grid.meta).encode(), grid.nifti, grid.payload, version=1))
@@ -180,12 +184,14 @@ def _paths(node, prefix=()):
 
 
 HOSTILE = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=12),
-    st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
-    st.sampled_from([0, -1, 1, 2 ** 15, 2 ** 16, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 63, 10 ** 30]),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=12),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, -1, 1, 2**15, 2**16, 2**31 - 1, 2**31, 2**32, 2**63, 10**30]),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.lists(st.integers(min_value=-(2 ** 40), max_value=2 ** 40), max_size=6),
-    st.lists(st.sampled_from([1, 7, 65535, 2 ** 20, 10 ** 9]), min_size=3, max_size=4),
+    st.lists(st.integers(min_value=-(2**40), max_value=2**40), max_size=6),
+    st.lists(st.sampled_from([1, 7, 65535, 2**20, 10**9]), min_size=3, max_size=4),
     st.dictionaries(st.text(max_size=4), st.integers(), max_size=3),
 )
 
@@ -217,7 +223,7 @@ def test_hostile_payloads_with_a_correct_crc_are_refused_cleanly(valid_files, pa
 
 
 @FUZZ
-@given(position=st.integers(0, 10 ** 6), value=st.integers(0, 255), which=st.sampled_from(KINDS))
+@given(position=st.integers(0, 10**6), value=st.integers(0, 255), which=st.sampled_from(KINDS))
 def test_corrupted_weights_and_tables_with_a_correct_crc_are_refused_cleanly(valid_files, position, value, which):
     c = unpack_container(valid_files[1][which])
     payload = bytearray(c.payload)
@@ -232,19 +238,22 @@ def test_hostile_nifti_headers_are_refused_cleanly(valid_files, nifti, nifti_len
     decodes_or_refuses(assemble(json.dumps(c.meta).encode(), nifti, c.payload, nifti_len=nifti_len))
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("shape", [2 ** 15, 2 ** 15, 2 ** 15], "voxels"),
-    ("shape", [-5, 10, 10], "shape"),
-    ("shape", [10, 10], "3D or 4D"),
-    ("dtype", "complex128", "dtype"),
-    ("range", [0.0, 1e309], "non-finite number"),
-    ("range", [0.0, 10 ** 400], "range must be a finite number"),
-    ("range", [-3e38, 3e38], "beyond what a NIfTI volume can hold"),
-    ("scaling", [1e300, 0.0], "beyond what a NIfTI volume can hold"),
-    ("scaling", [1e-45, 0.0], "beyond what a NIfTI volume can hold"),
-    ("scaling", [1.0, 1e300], "beyond what a NIfTI volume can hold"),
-    ("floor", 10 ** 400, "floor must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("shape", [2**15, 2**15, 2**15], "voxels"),
+        ("shape", [-5, 10, 10], "shape"),
+        ("shape", [10, 10], "3D or 4D"),
+        ("dtype", "complex128", "dtype"),
+        ("range", [0.0, 1e309], "non-finite number"),
+        ("range", [0.0, 10**400], "range must be a finite number"),
+        ("range", [-3e38, 3e38], "beyond what a NIfTI volume can hold"),
+        ("scaling", [1e300, 0.0], "beyond what a NIfTI volume can hold"),
+        ("scaling", [1e-45, 0.0], "beyond what a NIfTI volume can hold"),
+        ("scaling", [1.0, 1e300], "beyond what a NIfTI volume can hold"),
+        ("floor", 10**400, "floor must be a finite number"),
+    ],
+)
 def test_huge_or_negative_fields_are_refused_before_any_allocation(valid_files, field, value, message):
     c = unpack_container(valid_files[1][8])
     meta = dict(c.meta)
@@ -254,15 +263,18 @@ def test_huge_or_negative_fields_are_refused_before_any_allocation(valid_files, 
         moecfile.from_bytes(assemble(text, c.nifti, c.payload))
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"expert_width": 4096, "experts": 64}, "parameters"),
-    ({"expert_width": 600}, "payload has only"),
-    ({"experts": 0}, "experts"),
-    ({"top_k": 5}, "top_k"),
-    ({"partition": "octree"}, "partition"),
-    ({"encoder": "octree"}, "encoder"),
-    ({"encoder": "grid"}, "encoder_layers must be 0"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"expert_width": 4096, "experts": 64}, "parameters"),
+        ({"expert_width": 600}, "payload has only"),
+        ({"experts": 0}, "experts"),
+        ({"top_k": 5}, "top_k"),
+        ({"partition": "octree"}, "partition"),
+        ({"encoder": "octree"}, "encoder"),
+        ({"encoder": "grid"}, "encoder_layers must be 0"),
+    ],
+)
 def test_absurd_model_descriptions_are_refused(valid_files, change, message):
     c = unpack_container(valid_files[1][8])
     meta = json.loads(json.dumps(c.meta))
@@ -271,15 +283,18 @@ def test_absurd_model_descriptions_are_refused(valid_files, change, message):
         moecfile.from_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"grid_finest": [1024, 1024, 1024], "grid_channels": 16}, "parameters"),
-    ({"grid_finest": [100, 100, 100]}, "payload has only"),
-    ({"grid_finest": [40, 40, 40]}, "cannot be decoded|outside their range|truncated"),
-    ({"grid_finest": [1, 8, 8]}, "grid_finest"),
-    ({"grid_finest": [8, 8]}, "grid_finest"),
-    ({"grid_levels": 0}, "grid_levels"),
-    ({"partition": "blocks"}, "partition"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"grid_finest": [1024, 1024, 1024], "grid_channels": 16}, "parameters"),
+        ({"grid_finest": [100, 100, 100]}, "payload has only"),
+        ({"grid_finest": [40, 40, 40]}, "cannot be decoded|outside their range|truncated"),
+        ({"grid_finest": [1, 8, 8]}, "grid_finest"),
+        ({"grid_finest": [8, 8]}, "grid_finest"),
+        ({"grid_levels": 0}, "grid_levels"),
+        ({"partition": "blocks"}, "partition"),
+    ],
+)
 def test_absurd_grid_descriptions_are_refused(valid_files, change, message):
     c = unpack_container(valid_files[1]["grid"])
     meta = json.loads(json.dumps(c.meta))
@@ -297,17 +312,21 @@ def test_absurd_bit_widths_are_refused(valid_files, bits):
         moecfile.from_bytes(assemble(json.dumps(meta).encode(), c.nifti, c.payload))
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"stages": 5}, "'stages' must be three step counts"),
-    ({"stages": [1]}, "'stages' must be three step counts"),
-    ({"stages": [1, 2, -3]}, "'stages' must be three step counts"),
-    ({"minutes": [1]}, "'minutes' is malformed"),
-    ({"minutes": "5"}, "'minutes' is malformed"),
-    ({"steps": 2.5}, "'steps' is malformed"),
-    ({"seed": True}, "'seed' is malformed"),
-])
-def test_a_malformed_training_record_is_refused_by_the_reader_and_the_cli(valid_files, tmp_path, capsys, change,
-                                                                           message):
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"stages": 5}, "'stages' must be three step counts"),
+        ({"stages": [1]}, "'stages' must be three step counts"),
+        ({"stages": [1, 2, -3]}, "'stages' must be three step counts"),
+        ({"minutes": [1]}, "'minutes' is malformed"),
+        ({"minutes": "5"}, "'minutes' is malformed"),
+        ({"steps": 2.5}, "'steps' is malformed"),
+        ({"seed": True}, "'seed' is malformed"),
+    ],
+)
+def test_a_malformed_training_record_is_refused_by_the_reader_and_the_cli(
+    valid_files, tmp_path, capsys, change, message
+):
     c = unpack_container(valid_files[1][8])
     meta = json.loads(json.dumps(c.meta))
     meta["train"].update(change)
@@ -334,11 +353,14 @@ def test_deeply_nested_headers_are_refused(valid_files):
         moecfile.from_bytes(assemble(b"[" * 30_000 + b"]" * 30_000, c.nifti, c.payload))
 
 
-@pytest.mark.parametrize("entry,message", [
-    (struct.pack("<Bhhe", 2, -1000, 1000, 1.0) + struct.pack("<e", 0.5) + bytes(400), "too many symbols"),
-    (struct.pack("<Bhhe", 2, 0, 2, 1.0) + struct.pack("<e", 0.5) + bytes(400), "empty frequency table"),
-    (struct.pack("<Bhhe", 2, 0, 300, 1.0) + struct.pack("<e", 0.5) + bytes(400), "truncated"),
-])
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        (struct.pack("<Bhhe", 2, -1000, 1000, 1.0) + struct.pack("<e", 0.5) + bytes(400), "too many symbols"),
+        (struct.pack("<Bhhe", 2, 0, 2, 1.0) + struct.pack("<e", 0.5) + bytes(400), "empty frequency table"),
+        (struct.pack("<Bhhe", 2, 0, 300, 1.0) + struct.pack("<e", 0.5) + bytes(400), "truncated"),
+    ],
+)
 def test_hostile_frequency_tables_are_refused_in_words(valid_files, entry, message):
     """The latent grid's first tensor carrying a table over too many symbols, an empty one, a cut one
     (the payloads are long enough to pass the weights-per-byte check that comes first)."""
@@ -347,13 +369,16 @@ def test_hostile_frequency_tables_are_refused_in_words(valid_files, entry, messa
         moecfile.from_bytes(assemble(json.dumps(c.meta).encode(), c.nifti, entry))
 
 
-@pytest.mark.parametrize("made_by", [
-    {"moec": "0.1.0\x1b]0;pwned\x07"},
-    {"moec\x1b[2J": "0.1.0"},
-    {"moec": "x" * 41},
-    {"moec": 1},
-    {f"p{i}": "1" for i in range(17)},
-])
+@pytest.mark.parametrize(
+    "made_by",
+    [
+        {"moec": "0.1.0\x1b]0;pwned\x07"},
+        {"moec\x1b[2J": "0.1.0"},
+        {"moec": "x" * 41},
+        {"moec": 1},
+        {f"p{i}": "1" for i in range(17)},
+    ],
+)
 def test_made_by_entries_a_terminal_would_act_on_are_refused(valid_files, tmp_path, capsys, made_by):
     """`moec info` prints the software that made a file: a forged entry with escape sequences (a
     terminal title, a cleared screen) is refused in words and never reaches the terminal."""

@@ -35,8 +35,7 @@ def test_grid_reads_its_nodes_exactly_and_is_trilinear_between_them():
         grid.grid0.copy_(torch.rand(grid.grid0.shape, generator=torch.Generator().manual_seed(0)))
     nodes = [torch.linspace(-1, 1, n) for n in (5, 4, 3)]
     mesh = torch.stack([m.reshape(-1) for m in torch.meshgrid(*nodes, indexing="ij")], 1)
-    np.testing.assert_allclose(grid(mesh).detach().numpy(), grid.grid0.detach().reshape(2, -1).t().numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(grid(mesh).detach().numpy(), grid.grid0.detach().reshape(2, -1).t().numpy(), atol=1e-6)
     # A field linear in each axis is reproduced exactly anywhere in the box.
     with torch.no_grad():
         linear = 3 * mesh[:, 0] - 2 * mesh[:, 1] + 0.5 * mesh[:, 2] + 1
@@ -49,8 +48,10 @@ def test_grid_reads_its_nodes_exactly_and_is_trilinear_between_them():
 def test_latent_grids_start_at_zero_and_their_first_step_rounds_small_updates_away():
     """Measured choices (codec.model.LatentGrid, codec.coding.quantize.rate_qstep): no random starting
     latents, and a zero grid's step is 1 so the experts first fit a flat field."""
-    model = MoEC(ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_channels=1, grid_levels=2,
-                             grid_finest=(6, 5, 4)), seed=3)
+    model = MoEC(
+        ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_channels=1, grid_levels=2, grid_finest=(6, 5, 4)),
+        seed=3,
+    )
     grids = [p for name, p in model.named_parameters() if name.startswith("encoder.grid")]
     assert len(grids) == 2 and all(not p.detach().any() for p in grids)
     assert float(rate_qstep(grids[0].detach().numpy(), 2.0)) == 1.0
@@ -58,8 +59,9 @@ def test_latent_grids_start_at_zero_and_their_first_step_rounds_small_updates_aw
 
 
 def test_grid_levels_halve_and_feed_every_expert():
-    config = ModelConfig(experts=4, encoder="grid", encoder_layers=0, grid_channels=3, grid_levels=3,
-                         grid_finest=(20, 9, 2))
+    config = ModelConfig(
+        experts=4, encoder="grid", encoder_layers=0, grid_channels=3, grid_levels=3, grid_finest=(20, 9, 2)
+    )
     assert config.grid_resolutions() == [(20, 9, 2), (10, 5, 2), (5, 3, 2)]
     assert config.feature_width == 9
     assert config.latent_count() == 3 * (20 * 9 * 2 + 10 * 5 * 2 + 5 * 3 * 2)
@@ -69,12 +71,15 @@ def test_grid_levels_halve_and_feed_every_expert():
     assert dict(model.named_tensors())["experts.w0"].shape == (4, 9, config.expert_width)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"dims": 4, "grid_finest": (4, 4, 4, 4)}, "3D coordinates only"),
-    ({"grid_finest": (4, 4)}, "grid_finest"),
-    ({"encoder_layers": 1}, "encoder_layers must be 0"),
-    ({"grid_channels": 0}, "grid_channels"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"dims": 4, "grid_finest": (4, 4, 4, 4)}, "3D coordinates only"),
+        ({"grid_finest": (4, 4)}, "grid_finest"),
+        ({"encoder_layers": 1}, "encoder_layers must be 0"),
+        ({"grid_channels": 0}, "grid_channels"),
+    ],
+)
 def test_invalid_grid_configurations_are_refused(change, message):
     base = {"experts": 2, "encoder": "grid", "encoder_layers": 0, "grid_finest": (4, 4, 4)}
     with pytest.raises(ValueError, match=message):
@@ -95,12 +100,15 @@ def test_a_latent_stack_shares_one_rate_with_finer_steps_on_coarser_levels():
     """A coarser node is read by more voxels: its step is finer by the square root of the node
     ratio (one multiplier for the stack), and all levels together land on the asked rate."""
     rng = np.random.default_rng(1)
-    stack = [rng.laplace(0.0, 0.3, size=(1, 40, 40, 12)).astype(np.float32),
-             rng.laplace(0.0, 0.3, size=(1, 20, 20, 12)).astype(np.float32),
-             rng.laplace(0.0, 0.3, size=(1, 10, 10, 6)).astype(np.float32)]
+    stack = [
+        rng.laplace(0.0, 0.3, size=(1, 40, 40, 12)).astype(np.float32),
+        rng.laplace(0.0, 0.3, size=(1, 20, 20, 12)).astype(np.float32),
+        rng.laplace(0.0, 0.3, size=(1, 10, 10, 6)).astype(np.float32),
+    ]
     qsteps = latent_qsteps(stack, 1.5)
-    np.testing.assert_allclose([float(qsteps[1] / qsteps[0]), float(qsteps[2] / qsteps[0])],
-                               [0.5, np.sqrt(600 / 19200)], rtol=2e-3)
+    np.testing.assert_allclose(
+        [float(qsteps[1] / qsteps[0]), float(qsteps[2] / qsteps[0])], [0.5, np.sqrt(600 / 19200)], rtol=2e-3
+    )
     bits = sum(entropy.coded_bits(quantize(w, s), spatial=True) for w, s in zip(stack, qsteps))
     assert abs(bits / sum(w.size for w in stack) - 1.5) < 0.05 * 1.5
     assert [float(s) for s in latent_qsteps([np.zeros_like(w) for w in stack], 1.5)] == [1.0, 1.0, 1.0]
@@ -108,8 +116,10 @@ def test_a_latent_stack_shares_one_rate_with_finer_steps_on_coarser_levels():
 
 def test_a_warm_rate_search_lands_where_the_cold_one_does_and_a_bad_guess_falls_back():
     rng = np.random.default_rng(2)
-    stack = [rng.laplace(0.0, 0.3, size=(1, 40, 40, 12)).astype(np.float32),
-             rng.laplace(0.0, 0.3, size=(1, 20, 20, 12)).astype(np.float32)]
+    stack = [
+        rng.laplace(0.0, 0.3, size=(1, 40, 40, 12)).astype(np.float32),
+        rng.laplace(0.0, 0.3, size=(1, 20, 20, 12)).astype(np.float32),
+    ]
     cold, scale = latent_qsteps_near(stack, 1.5)
     assert [float(s) for s in cold] == [float(s) for s in latent_qsteps(stack, 1.5)]
     # The grids trained on a little: the warm search from the last multiplier lands within its
@@ -128,8 +138,10 @@ def test_a_warm_rate_search_lands_where_the_cold_one_does_and_a_bad_guess_falls_
 
 def test_choices_that_do_not_fit_the_grid_are_refused_in_words(phantom):
     volume, _ = phantom
-    for settings, message in [(pipeline.Settings(encoder="grid", bits=16), "stored quantized only"),
-                              (pipeline.Settings(encoder="grid", partition="blocks"), "block partition")]:
+    for settings, message in [
+        (pipeline.Settings(encoder="grid", bits=16), "stored quantized only"),
+        (pipeline.Settings(encoder="grid", partition="blocks"), "block partition"),
+    ]:
         with pytest.raises(MoecError, match=message):
             pipeline.make_plan(volume, settings)
     assert pipeline.Settings(encoder="auto").encoder_for(4) == "siren"
@@ -150,12 +162,15 @@ def test_a_grid_file_meets_its_ratio_learns_and_decodes_its_stored_latents(phant
     stored = moecfile.from_bytes(data).model
     for level in range(plan.model.grid_levels):
         name = f"grid{level}"
-        np.testing.assert_array_equal(getattr(stored.encoder, name).detach().numpy(),
-                                      getattr(fitter.model.encoder, name).detach().cpu().numpy())
+        np.testing.assert_array_equal(
+            getattr(stored.encoder, name).detach().numpy(), getattr(fitter.model.encoder, name).detach().cpu().numpy()
+        )
     # And the stack costs about the planned rate, its coarser levels at finer steps.
     qsteps = stored_qsteps(data)
-    grids = [(getattr(fitter.model.encoder, f"grid{level}").detach().cpu().numpy(), qsteps[f"encoder.grid{level}"])
-             for level in range(plan.model.grid_levels)]
+    grids = [
+        (getattr(fitter.model.encoder, f"grid{level}").detach().cpu().numpy(), qsteps[f"encoder.grid{level}"])
+        for level in range(plan.model.grid_levels)
+    ]
     bits = sum(entropy.coded_bits(quantize(grid, step), spatial=True) for grid, step in grids)
     assert abs(bits / plan.model.latent_count() - settings.latent_bits) < 0.2
     assert all(later < earlier for (_, later), (_, earlier) in zip(grids[1:], grids))
@@ -168,8 +183,11 @@ def _written_grids(volume, config: TrainConfig) -> tuple[dict[str, np.ndarray], 
     data = pipeline.file_bytes(fitter, plan)
     assert 20 <= math.prod(volume.shape) * volume.stored_dtype.itemsize / len(data) <= 20 * 1.05
     qsteps = stored_qsteps(data)
-    grids = {name: dequantize(quantize(p.detach().cpu().numpy(), qsteps[name]), qsteps[name])
-             for name, p in fitter.model.named_tensors() if name.startswith("encoder.grid")}
+    grids = {
+        name: dequantize(quantize(p.detach().cpu().numpy(), qsteps[name]), qsteps[name])
+        for name, p in fitter.model.named_tensors()
+        if name.startswith("encoder.grid")
+    }
     return grids, file_psnr(volume, data)
 
 

@@ -28,8 +28,15 @@ CT_SPACING = (0.625, 0.625, 5.0)
 
 
 def count(finest, hold, channels=1, levels=4):
-    config = ModelConfig(experts=2, encoder="grid", encoder_layers=0, grid_channels=channels, grid_levels=levels,
-                         grid_finest=finest, grid_hold=hold)
+    config = ModelConfig(
+        experts=2,
+        encoder="grid",
+        encoder_layers=0,
+        grid_channels=channels,
+        grid_levels=levels,
+        grid_finest=finest,
+        grid_hold=hold,
+    )
     return config.latent_count()
 
 
@@ -59,9 +66,10 @@ def test_thick_slices_keep_their_nodes_and_hold_while_the_fine_axes_halve(power)
     else:
         # Slices 2^h times farther apart than the in-plane nodes hold h levels before they halve.
         assert hold[:2] == (0, 0) and hold[2] == round(math.log2(apart[2] / apart[0])) >= 1
-        levels = ModelConfig(experts=2, encoder="grid", encoder_layers=0, grid_levels=4, grid_finest=finest,
-                             grid_hold=hold).grid_resolutions()
-        assert [r[2] for r in levels[:hold[2] + 1]] == [finest[2]] * (hold[2] + 1)
+        levels = ModelConfig(
+            experts=2, encoder="grid", encoder_layers=0, grid_levels=4, grid_finest=finest, grid_hold=hold
+        ).grid_resolutions()
+        assert [r[2] for r in levels[: hold[2] + 1]] == [finest[2]] * (hold[2] + 1)
         assert levels[1][0] == math.ceil(finest[0] / 2)
 
 
@@ -84,8 +92,9 @@ def thick_slices(tmp_path_factory):
     volume = from_array(data.astype(np.float32), affine=np.diag([0.5, 0.5, 4.0, 1.0]), dtype=np.int16)
     path = tmp_path_factory.mktemp("thick") / "thick.nii.gz"
     save_volume(volume, path)
-    compression = pipeline.Compression(volume, pipeline.Settings(ratio=12, grid_spacing_power=0.5),
-                                       TrainConfig(steps=60, batch_size=2048))
+    compression = pipeline.Compression(
+        volume, pipeline.Settings(ratio=12, grid_spacing_power=0.5), TrainConfig(steps=60, batch_size=2048)
+    )
     return volume, path, compression.plan, compression.train().encode().data
 
 
@@ -110,8 +119,24 @@ def test_the_cli_option_shapes_the_grid(thick_slices, tmp_path, capsys):
     made = {}
     for power in ("0", "1"):
         out = tmp_path / f"p{power}.moec"
-        assert main(["compress", str(path), "-o", str(out), "--ratio", "12", "--steps", "5", "--quiet",
-                     "--grid-spacing", power]) == 0
+        assert (
+            main(
+                [
+                    "compress",
+                    str(path),
+                    "-o",
+                    str(out),
+                    "--ratio",
+                    "12",
+                    "--steps",
+                    "5",
+                    "--quiet",
+                    "--grid-spacing",
+                    power,
+                ]
+            )
+            == 0
+        )
         made[power] = moecfile.read(out).meta.model.grid_finest
     assert made["1"][2] > made["0"][2] and made["1"][0] < made["0"][0]
     with pytest.raises(SystemExit):

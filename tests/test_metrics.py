@@ -36,7 +36,7 @@ def test_thin_volumes_fall_back_to_2d_ssim_and_say_so():
 def test_psnr_uses_the_originals_range_and_handles_edge_cases(pair):
     a, b = pair
     peak = float(a.max() - a.min())
-    expected = 10 * math.log10(peak ** 2 / float(np.mean((a.astype(np.float64) - b) ** 2)))
+    expected = 10 * math.log10(peak**2 / float(np.mean((a.astype(np.float64) - b) ** 2)))
     assert psnr(a, b) == pytest.approx(expected)
     assert psnr(a, a) == math.inf
     constant = np.full((8, 8, 8), 3.0, dtype=np.float32)

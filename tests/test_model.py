@@ -39,7 +39,7 @@ def dense_reference(model: MoEC, coords: torch.Tensor) -> torch.Tensor:
         h = feats
         for layer in range(cfg.expert_layers):
             h = torch.sin(omega * (h @ getattr(model.experts, f"w{layer}")[e] + getattr(model.experts, f"b{layer}")[e]))
-        mixed = mixed + gates[:, e:e + 1] * h
+        mixed = mixed + gates[:, e : e + 1] * h
     return mixed @ model.decoder.w + model.decoder.b
 
 
@@ -51,8 +51,7 @@ CONFIGS = {
     "learned top-1": ModelConfig(experts=6, top_k=1, encoder_width=20, router_width=12, expert_width=16),
     "learned top-2": ModelConfig(experts=5, top_k=2, encoder_width=20, router_width=12, expert_width=16),
     "single SIREN": ModelConfig(experts=1, encoder_width=24, expert_width=24),
-    "blocks": ModelConfig(experts=8, partition="blocks", encoder_layers=0, expert_width=16,
-                          block_grid=(2, 2, 2)),
+    "blocks": ModelConfig(experts=8, partition="blocks", encoder_layers=0, expert_width=16, block_grid=(2, 2, 2)),
 }
 
 
@@ -95,8 +94,16 @@ def test_decoding_inference_gives_the_forward_values_experts_and_confidence(name
 
 def test_a_latent_grid_read_over_a_box_equals_its_pointwise_read():
     """Separable interpolation over a product grid (decoding's tiles) against grid_sample."""
-    config = ModelConfig(experts=3, encoder="grid", encoder_layers=0, grid_channels=2, grid_levels=3,
-                         grid_finest=(9, 6, 4), expert_width=12, router_width=8)
+    config = ModelConfig(
+        experts=3,
+        encoder="grid",
+        encoder_layers=0,
+        grid_channels=2,
+        grid_levels=3,
+        grid_finest=(9, 6, 4),
+        expert_width=12,
+        router_width=8,
+    )
     model = MoEC(config, seed=1)
     with torch.no_grad():
         for level in range(3):

@@ -83,16 +83,18 @@ def peak_rss_of_loading(path: Path, limit_bytes: int) -> tuple[str, int]:
         "    outcome = type(exc).__name__\n"
         "print(outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
     outcome, kib = done.stdout.split()
     return outcome, int(kib) * 1024  # Linux reports ru_maxrss in KiB
 
 
 def baseline_rss() -> int:
     script = "import resource, codec.io.load; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
     return int(done.stdout) * 1024
 
 
@@ -180,12 +182,15 @@ def test_a_plain_nifti_named_gz_is_refused_in_words(tmp_path):
         load_volume(named)
 
 
-@pytest.mark.parametrize("shape,message", [
-    ((1, 1, 1), r"is a single voxel \(shape \(1, 1, 1\)\)"),
-    ((1, 40, 40), r"has one voxel along axis 0 .*at least 2 voxels per axis"),
-    ((40, 1, 1), r"has one voxel along axes 1 and 2 .*so it is 1D"),
-    ((6, 1, 5, 3), r"has one voxel along axis 1"),
-])
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ((1, 1, 1), r"is a single voxel \(shape \(1, 1, 1\)\)"),
+        ((1, 40, 40), r"has one voxel along axis 0 .*at least 2 voxels per axis"),
+        ((40, 1, 1), r"has one voxel along axes 1 and 2 .*so it is 1D"),
+        ((6, 1, 5, 3), r"has one voxel along axis 1"),
+    ],
+)
 def test_volumes_flat_along_an_axis_are_refused_in_words(tmp_path, shape, message):
     path = tmp_path / "flat.nii.gz"
     write_nifti(path, np.ones(shape, dtype=np.int16), np.eye(4))
@@ -208,12 +213,15 @@ def small_nii(tmp_path) -> Path:
     return write_small_nii(tmp_path / "small.nii")
 
 
-@pytest.mark.parametrize("dim,message", [
-    ([3, -8, 7, 6, 1, 1, 1, 1], r"negative size \(-8\) along axis 0"),
-    ([3, 8, 7, -32768, 1, 1, 1, 1], r"negative size \(-32768\) along axis 2"),
-    ([9, 8, 7, 6, 1, 1, 1, 1], r"declares 9 dimensions"),
-    ([-1, 8, 7, 6, 1, 1, 1, 1], r"declares -1 dimensions"),
-])
+@pytest.mark.parametrize(
+    "dim,message",
+    [
+        ([3, -8, 7, 6, 1, 1, 1, 1], r"negative size \(-8\) along axis 0"),
+        ([3, 8, 7, -32768, 1, 1, 1, 1], r"negative size \(-32768\) along axis 2"),
+        ([9, 8, 7, 6, 1, 1, 1, 1], r"declares 9 dimensions"),
+        ([-1, 8, 7, 6, 1, 1, 1, 1], r"declares -1 dimensions"),
+    ],
+)
 def test_impossible_dims_are_refused_from_the_header(small_nii, tmp_path, dim, message):
     bad = patched(small_nii, tmp_path / "dims.nii", dim=(DIM, "8h", dim))
     with pytest.raises(VolumeError, match=message):
@@ -288,8 +296,9 @@ def test_an_npy_bomb_header_is_refused_before_its_data_are_read(tmp_path):
 
 # --- fuzzing the NIfTI-1 header --------------------------------------------------------------------------
 
-FUZZ = settings(deadline=None, max_examples=50, suppress_health_check=[HealthCheck.too_slow,
-                                                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    deadline=None, max_examples=50, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 FUZZ_LIMIT = MemoryLimit(64 * MIB)
 
 floats32 = st.one_of(
@@ -299,8 +308,11 @@ floats32 = st.one_of(
 #: name -> (offset, struct format, strategy of values)
 HEADER_FIELDS = {
     "dim": (DIM, "8h", st.lists(st.one_of(st.integers(-3, 9), st.integers(-32768, 32767)), min_size=8, max_size=8)),
-    "datatype": (DATATYPE, "h", st.sampled_from([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536,
-                                                 1792, 2048, 2304, 999, -1])),
+    "datatype": (
+        DATATYPE,
+        "h",
+        st.sampled_from([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 999, -1]),
+    ),
     "bitpix": (BITPIX, "h", st.integers(-32768, 32767)),
     "pixdim": (PIXDIM, "8f", st.lists(floats32, min_size=8, max_size=8)),
     "vox_offset": (VOX_OFFSET, "f", floats32),
@@ -337,7 +349,6 @@ def test_fuzzed_nifti_headers_load_or_are_refused_in_words(tmp_path_factory, pat
         assert volume.data.dtype == np.float32 and volume.data.ndim in (3, 4)
         assert np.isfinite(volume.data).all() and np.isfinite(volume.affine).all()
     assert time.perf_counter() - start < 5
-
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])

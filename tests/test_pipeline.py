@@ -60,7 +60,7 @@ def test_an_open_number_of_experts_tries_each_candidate_and_trains_the_better_on
     # The trial: each candidate's own steps until its share, named; then the kept one goes on.
     trying = [p for p in progress if p.trying]
     assert {p.trying for p in trying} == {c.name for c in compression.candidates}
-    assert all(p.trying == "" for p in progress[len(trying):])
+    assert all(p.trying == "" for p in progress[len(trying) :])
     # Each trial is 15% of the steps past the router's; the kept model gets what the others left.
     assert made.steps + sum(c.trial_steps for c in others) == 200 and kept.fitter.steps_run == made.steps
     assert {c.plan.model.experts: c.trial_steps for c in compression.candidates}[1] == 30  # no router stage
@@ -110,7 +110,7 @@ def test_an_open_rate_is_tried_for_the_kept_number_of_experts():
     # The trial: each candidate's own steps until its share, named; then the kept one goes on.
     trying = [p for p in progress if p.trying]
     assert {p.trying for p in trying} == {c.name for c in trained}
-    assert all(p.trying == "" for p in progress[len(trying):])
+    assert all(p.trying == "" for p in progress[len(trying) :])
     # Each trial is 15% of the steps past the router's; the kept model gets what the others left.
     assert made.steps + sum(c.trial_steps for c in others) == 200 and kept.fitter.steps_run == made.steps
     assert all(c.trial_steps == 30 for c in trained if c.experts == 1)  # no router stage
@@ -120,8 +120,9 @@ def test_an_open_rate_is_tried_for_the_kept_number_of_experts():
     assert kept.psnr == max(c.psnr for c in trained)
     tried = [note for note in made.notes if note.startswith("tried ")]
     assert len(tried) == 2 and tried[1].endswith(f"kept {kept.name}")
-    assert compression.trial_text().startswith("trying 4 experts and one network at 1.5 bits per latent, then the kept "
-                                           "number at 0.75")
+    assert compression.trial_text().startswith(
+        "trying 4 experts and one network at 1.5 bits per latent, then the kept number at 0.75"
+    )
     stored = moecfile.from_bytes(made.data).meta.model
     assert (stored.experts, stored.grid_finest) == (kept.experts, kept.plan.model.grid_finest)
     assert compression.plan.lower_bytes <= len(made.data) <= compression.plan.upper_bytes
@@ -130,8 +131,9 @@ def test_an_open_rate_is_tried_for_the_kept_number_of_experts():
 
 def test_a_fixed_number_of_experts_or_a_named_rate_leaves_the_rate_untried():
     volume, _ = make_phantom((32, 28, 16))
-    fixed = pipeline.Compression(volume, pipeline.Settings(ratio=12, experts=1, encoder="grid", latent_bits=None),
-                                 TrainConfig(steps=10))
+    fixed = pipeline.Compression(
+        volume, pipeline.Settings(ratio=12, experts=1, encoder="grid", latent_bits=None), TrainConfig(steps=10)
+    )
     assert [c.latent_bits for c in fixed.candidates] == [AUTO_LATENT_BITS[0]] and fixed.trial_text() == ""
     named = pipeline.Compression(volume, pipeline.Settings(ratio=12, latent_bits=1.0), TrainConfig(steps=10))
     assert {c.latent_bits for c in named.candidates} == {1.0}
@@ -161,8 +163,9 @@ def test_a_ratio_only_one_network_reaches_needs_no_trial():
     compression = pipeline.Compression(volume, pipeline.Settings(ratio=ratio), TrainConfig(steps=30, batch_size=1024))
     assert [c.plan.model.experts for c in compression.candidates] == [1] and compression.chosen is not None
     # With the rate left open too, only the rates are tried.
-    rates = pipeline.Compression(volume, pipeline.Settings(ratio=ratio, latent_bits=None),
-                                 TrainConfig(steps=30, batch_size=1024))
+    rates = pipeline.Compression(
+        volume, pipeline.Settings(ratio=ratio, latent_bits=None), TrainConfig(steps=30, batch_size=1024)
+    )
     assert [(c.experts, c.latent_bits) for c in rates.candidates] == [(1, b) for b in AUTO_LATENT_BITS]
     assert rates.trial_text().startswith("trying one network at 1.5 bits per latent, then the kept number at 0.75")
     with pytest.raises(RatioError) as refused:

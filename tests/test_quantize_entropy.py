@@ -69,10 +69,12 @@ def test_zero_tensors_and_bad_configurations():
 
 def test_range_coding_round_trips_and_costs_close_to_the_ideal_code_length():
     rng = np.random.default_rng(1)
-    streams = [np.clip(np.rint(rng.laplace(0, 6, 5000)), -127, 127).astype(np.int32),
-               np.clip(np.rint(rng.normal(0, 20, 3000)), -127, 127).astype(np.int32),
-               np.full(40, 3, np.int32),  # constant: nothing coded
-               np.array([-1, 0, 1] * 10, np.int32)]
+    streams = [
+        np.clip(np.rint(rng.laplace(0, 6, 5000)), -127, 127).astype(np.int32),
+        np.clip(np.rint(rng.normal(0, 20, 3000)), -127, 127).astype(np.int32),
+        np.full(40, 3, np.int32),  # constant: nothing coded
+        np.array([-1, 0, 1] * 10, np.int32),
+    ]
     models = [entropy.fit_model(s) for s in streams]
     assert models[0].family == 0 and models[1].family == 1 and models[2].constant
     data = entropy.encode(streams, models)
@@ -105,8 +107,10 @@ def test_a_peaked_short_range_stream_carries_its_own_table_and_round_trips():
     spiky = np.where(rng.random(20000) < 0.7, 0, np.rint(rng.normal(0, 4, 20000))).astype(np.int32)
     model = entropy.fit_model(spiky)
     assert model.family == entropy.TABLE and len(model.counts) == model.hi - model.lo + 1
-    parametric = min(entropy.ideal_bits(spiky, entropy.SymbolModel(f, s, model.lo, model.hi))
-                     for f, s in ((0, float(np.abs(spiky).mean())), (1, float(spiky.std()))))
+    parametric = min(
+        entropy.ideal_bits(spiky, entropy.SymbolModel(f, s, model.lo, model.hi))
+        for f, s in ((0, float(np.abs(spiky).mean())), (1, float(spiky.std())))
+    )
     assert entropy.coded_bits(spiky) < 0.95 * parametric
     wide = np.rint(rng.laplace(0, 60, 5000)).astype(np.int32)  # a table over hundreds of symbols costs more
     assert entropy.fit_model(wide).family != entropy.TABLE

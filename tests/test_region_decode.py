@@ -32,12 +32,16 @@ def files():
     """A latent-grid file of the phantom (slices along the last axis), a SIREN file of the same
     voxels stored axis-permuted (slices along the first axis), and a 4D SIREN file."""
     volume, _ = make_phantom((20, 16, 26))
-    permuted = from_array(np.ascontiguousarray(volume.data.transpose(2, 0, 1)), affine=permuted_affine(),
-                          dtype=np.int16)
+    permuted = from_array(
+        np.ascontiguousarray(volume.data.transpose(2, 0, 1)), affine=permuted_affine(), dtype=np.int16
+    )
     rng = np.random.default_rng(3)
     series = from_array((rng.normal(size=(14, 12, 10, 3)) * 40).astype(np.int16), dtype=np.int16)
-    return {"grid": _compress(volume, encoder="grid"), "permuted": _compress(permuted, encoder="siren"),
-            "4d": _compress(series, encoder="siren")}
+    return {
+        "grid": _compress(volume, encoder="grid"),
+        "permuted": _compress(permuted, encoder="siren"),
+        "4d": _compress(series, encoder="siren"),
+    }
 
 
 def _random_boxes(shape, count, rng):
@@ -127,9 +131,16 @@ def test_a_resampled_volume_carries_the_adjusted_affine_and_header(files):
     np.testing.assert_array_equal(same.affine, meta.affine)
 
 
-@pytest.mark.parametrize("affine", [np.diag([-0.8, -0.8, 5.0, 1.0]), permuted_affine(),
-                                    nib.affines.from_matvec(nib.eulerangles.euler2mat(0.3, -0.2, 0.1)
-                                                            @ np.diag([0.7, 0.9, 2.0]), [10.0, -4.0, 33.0])])
+@pytest.mark.parametrize(
+    "affine",
+    [
+        np.diag([-0.8, -0.8, 5.0, 1.0]),
+        permuted_affine(),
+        nib.affines.from_matvec(
+            nib.eulerangles.euler2mat(0.3, -0.2, 0.1) @ np.diag([0.7, 0.9, 2.0]), [10.0, -4.0, 33.0]
+        ),
+    ],
+)
 @pytest.mark.parametrize("new_shape", [(12, 10, 40), (5, 21, 8), (12, 10, 8)])
 def test_the_resampled_affine_keeps_the_box_of_the_original_grid(affine, new_shape):
     shape = (12, 10, 8)
@@ -144,8 +155,9 @@ def test_the_resampled_affine_keeps_the_box_of_the_original_grid(affine, new_sha
         new_edge = [-0.5 if c == 0 else n - 0.5 for c, n in zip(corner, new_shape)]
         np.testing.assert_allclose(world(new, new_edge), world(affine, old_edge), atol=1e-9)
     # Voxel sizes scale by n / n'; a voxel's centre is where the file's grid puts that coordinate.
-    np.testing.assert_allclose(np.linalg.norm(new[:3, :3], axis=0),
-                               np.linalg.norm(affine[:3, :3], axis=0) * np.divide(shape, new_shape))
+    np.testing.assert_allclose(
+        np.linalg.norm(new[:3, :3], axis=0), np.linalg.norm(affine[:3, :3], axis=0) * np.divide(shape, new_shape)
+    )
     for i in [(0, 0, 0), (new_shape[0] - 1, 3, 1), tuple(n - 1 for n in new_shape)]:
         normalised = [(2 * k + 1) / m - 1 for k, m in zip(i, new_shape)]
         file_index = [(x + 1) * n / 2 - 0.5 for x, n in zip(normalised, shape)]

@@ -35,7 +35,7 @@ def lesion_volume():
     volume, _ = make_phantom(SHAPE)
     grid = np.indices(SHAPE).astype(np.float32)
     centre = np.array([24, 14, 10], dtype=np.float32).reshape(3, 1, 1, 1)
-    mask = ((grid - centre) ** 2).sum(0) <= 3.0 ** 2
+    mask = ((grid - centre) ** 2).sum(0) <= 3.0**2
     data = volume.data.copy()
     data[mask] += (300.0 + 150.0 * np.cos(np.pi * grid[0]))[mask]
     return from_array(np.round(data), affine=volume.affine, header=volume.header, dtype=np.int16, inter=-1024.0), mask
@@ -72,8 +72,10 @@ def test_the_file_records_the_region_and_a_plain_file_does_not(lesion):
     assert "roi" not in moecfile.from_bytes(plain).meta.train
 
 
-@pytest.mark.parametrize("bad", ["small", {"voxels": 0, "weight": 10}, {"voxels": 5, "weight": 0.5},
-                                 {"voxels": True, "weight": 10}, {"voxels": 5}])
+@pytest.mark.parametrize(
+    "bad",
+    ["small", {"voxels": 0, "weight": 10}, {"voxels": 5, "weight": 0.5}, {"voxels": True, "weight": 10}, {"voxels": 5}],
+)
 def test_a_malformed_roi_record_is_refused_by_the_reader(lesion, bad):
     weighted = lesion[3]
     moec = moecfile.from_bytes(weighted)
@@ -87,8 +89,9 @@ def test_the_sampler_draws_the_region_weight_times_as_often():
     volume, mask = lesion_volume()
     plan = pipeline.make_plan(volume, pipeline.Settings(ratio=20), TrainConfig(steps=1), roi=True)
     # Uniform draws otherwise (sample_activity 0), so the draws themselves carry the weight.
-    fitter = Fitter(volume, plan.model, plan.quant, TrainConfig(steps=1, roi_weight=10.0, sample_activity=0.0),
-                    roi=mask)
+    fitter = Fitter(
+        volume, plan.model, plan.quant, TrainConfig(steps=1, roi_weight=10.0, sample_activity=0.0), roi=mask
+    )
     flat, _, _, weight = fitter.sample(200_000)
     assert weight is None
     inside = torch.from_numpy(mask.reshape(-1))[flat]
@@ -111,12 +114,15 @@ def test_region_quality_splits_the_error_inside_and_outside():
     assert r.max_outside == 10.0 and r.psnr_outside == pytest.approx(10 * np.log10(100**2 / (100 / 63)))
 
 
-@pytest.mark.parametrize("mask, message", [
-    (np.zeros(SHAPE), "empty"),
-    (np.ones(SHAPE), "whole volume"),
-    (np.ones((4, 4, 4)), "volume's grid"),
-    (np.full(SHAPE, np.nan), "NaN"),
-])
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.zeros(SHAPE), "empty"),
+        (np.ones(SHAPE), "whole volume"),
+        (np.ones((4, 4, 4)), "volume's grid"),
+        (np.full(SHAPE, np.nan), "NaN"),
+    ],
+)
 def test_a_bad_mask_is_refused_in_words(mask, message):
     with pytest.raises(VolumeError, match=message):
         check_roi(mask, SHAPE)
@@ -142,8 +148,28 @@ def files(tmp_path_factory, lesion):
 def test_compress_eval_and_info_with_an_roi_on_the_command_line(files, capsys):
     folder, source, roi = files
     out = folder / "roi.moec"
-    assert main(["compress", str(source), "-o", str(out), "--ratio", "20", "--roi", str(roi), "--roi-weight", "8",
-                 "--steps", "60", "--batch", "2048", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                str(source),
+                "-o",
+                str(out),
+                "--ratio",
+                "20",
+                "--roi",
+                str(roi),
+                "--roi-weight",
+                "8",
+                "--steps",
+                "60",
+                "--batch",
+                "2048",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     said = capsys.readouterr()
     assert "ROI: roi.nii.gz, 123 voxels (0.43%) weighted 8x" in said.err
     assert "ROI       inside" in said.out and "outside" in said.out
@@ -168,8 +194,12 @@ def test_a_mask_off_the_volumes_grid_is_one_line_and_nothing_is_written(files, c
     nib.save(nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), image.affine), str(small))
     text = tmp_path / "roi.txt"
     text.write_text("not a mask")
-    for mask, message in ((moved, "another affine"), (small, "volume's grid"), (text, "is a NIfTI file"),
-                          (tmp_path / "none.nii.gz", "no such file")):
+    for mask, message in (
+        (moved, "another affine"),
+        (small, "volume's grid"),
+        (text, "is a NIfTI file"),
+        (tmp_path / "none.nii.gz", "no such file"),
+    ):
         out = tmp_path / "never.moec"
         assert main(["compress", str(source), "-o", str(out), "--roi", str(mask), "--steps", "5", "--quiet"]) != 0
         err = capsys.readouterr().err.strip().splitlines()[-1]

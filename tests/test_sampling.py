@@ -46,8 +46,10 @@ def test_busy_voxels_are_drawn_more_often_and_the_weighted_mean_is_the_volume_me
     per_voxel_flat = (~busy[flat.numpy()]).sum() / (~busy).sum()
     assert per_voxel_busy > 3 * per_voxel_flat
     # Any per-voxel error: the weighted batch mean estimates its plain mean over the volume.
-    error = torch.from_numpy(np.random.default_rng(2).random(unit.size).astype(np.float32)) + torch.from_numpy(
-        busy.astype(np.float32)) * 3
+    error = (
+        torch.from_numpy(np.random.default_rng(2).random(unit.size).astype(np.float32))
+        + torch.from_numpy(busy.astype(np.float32)) * 3
+    )
     assert float((weight * error[flat]).mean()) == pytest.approx(float(error.mean()), rel=0.02)
     assert float(weight.mean()) == pytest.approx(1.0, rel=0.02)
 

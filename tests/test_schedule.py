@@ -7,8 +7,9 @@ import pytest
 from codec.fit.schedule import CONTINUE_LR_FACTOR, ROUTER_TIME_SHARE, Schedule
 from codec.settings import TrainConfig
 
-CONFIG = TrainConfig(steps=1000, lr=1e-2, lr_decay=0.1, final_fraction=0.2, pretrain_steps=300, cubic_from=0.4,
-                     latent_qat_from=0.5)
+CONFIG = TrainConfig(
+    steps=1000, lr=1e-2, lr_decay=0.1, final_fraction=0.2, pretrain_steps=300, cubic_from=0.4, latent_qat_from=0.5
+)
 
 
 def test_a_step_run_goes_router_joint_final_with_the_rate_decaying_after_the_router():

@@ -10,14 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def documented_bench_commands(path: Path) -> list[str]:
     """Every `moec bench` line of the file's shell blocks, with `$B` spelled out as the template."""
     text = path.read_text()
-    lines = [line.split("#")[0].strip() for line in re.findall(r"^.*moec bench .*$", text, flags=re.M)
-             if line.lstrip().startswith(".venv/bin/moec bench")]
+    lines = [
+        line.split("#")[0].strip()
+        for line in re.findall(r"^.*moec bench .*$", text, flags=re.M)
+        if line.lstrip().startswith(".venv/bin/moec bench")
+    ]
     return [line.replace("$B", "../shared/data/brain_template_mni152_1mm.nii.gz") for line in lines]
 
 
 def test_the_benchmark_script_runs_the_documented_bench_command_and_every_benchmark():
-    out = subprocess.run(["bash", "scripts/benchmarks.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    out = subprocess.run(
+        ["bash", "scripts/benchmarks.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert out[0] in documented_bench_commands(ROOT / "README.md")
     assert out[0] in documented_bench_commands(ROOT / "docs" / "benchmarks.md")
     # One command regenerates every table of docs/benchmarks.md: each script under benchmarks/ runs.

@@ -21,15 +21,19 @@ from .training import train
 QUICK = TrainConfig(steps=30, batch_size=2048)
 
 
-@pytest.mark.parametrize("settings", [
-    pipeline.Settings(ratio=8, experts=8),
-    pipeline.Settings(ratio=20, experts=4, top_k=2),
-    pipeline.Settings(ratio=40, experts=1),
-    pipeline.Settings(ratio=12, experts=8, partition="blocks"),
-    pipeline.Settings(ratio=12, experts=4, granularity="channel"),
-    pipeline.Settings(ratio=10, experts=4, bits=16),
-    pipeline.Settings(ratio=25, experts=2, bits=6),
-], ids=lambda s: f"{s.ratio:g}x-{s.experts}{s.partition[0]}-k{s.top_k}-{s.bits}b-{s.granularity[0]}")
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pipeline.Settings(ratio=8, experts=8),
+        pipeline.Settings(ratio=20, experts=4, top_k=2),
+        pipeline.Settings(ratio=40, experts=1),
+        pipeline.Settings(ratio=12, experts=8, partition="blocks"),
+        pipeline.Settings(ratio=12, experts=4, granularity="channel"),
+        pipeline.Settings(ratio=10, experts=4, bits=16),
+        pipeline.Settings(ratio=25, experts=2, bits=6),
+    ],
+    ids=lambda s: f"{s.ratio:g}x-{s.experts}{s.partition[0]}-k{s.top_k}-{s.bits}b-{s.granularity[0]}",
+)
 def test_the_written_file_meets_the_ratio_within_5_percent(phantom, settings):
     volume, _ = phantom
     fitter, plan = train(volume, settings, QUICK)
@@ -89,9 +93,11 @@ def test_the_finest_multiplier_is_where_the_largest_weights_stop_fitting_a_symbo
         qsteps = scaled_qsteps(base, multiplier, fitter.frozen_qsteps)
         meta = describe(volume, model.config, plan.quant, fitter.record())
         stored = moecfile.from_bytes(moecfile.model_bytes(model, meta, qsteps))
-        worst = max(float(np.max(np.abs(p.detach().numpy() - q.detach().numpy()) / qsteps[name]))
-                    for (name, p), (_, q) in zip(model.named_tensors(), stored.model.named_tensors())
-                    if name not in fitter.frozen_qsteps)
+        worst = max(
+            float(np.max(np.abs(p.detach().numpy() - q.detach().numpy()) / qsteps[name]))
+            for (name, p), (_, q) in zip(model.named_tensors(), stored.model.named_tensors())
+            if name not in fitter.frozen_qsteps
+        )
         assert (worst > 1) == clips  # rounding moves a weight by half a step at most; clipping by more
 
 

@@ -51,8 +51,9 @@ def test_a_wide_single_siren_learns(phantom):
     """A 129-wide SIREN at 2x: with the learning rate the narrow models use, it stayed at the mean
     (13 dB); its wide layers learn at a rate scaled down by their fan-in."""
     volume, _ = phantom
-    fitter, plan = train(volume, pipeline.Settings(ratio=2, experts=1, encoder="siren"),
-                         TrainConfig(steps=150, batch_size=4096, seed=0))
+    fitter, plan = train(
+        volume, pipeline.Settings(ratio=2, experts=1, encoder="siren"), TrainConfig(steps=150, batch_size=4096, seed=0)
+    )
     assert plan.model.expert_width > WIDE_FAN_IN
     assert file_psnr(volume, pipeline.file_bytes(fitter, plan)) >= mean_prediction_psnr(volume) + 12
     assert fan_in_scale(torch.zeros(plan.model.expert_width, 7)) == WIDE_FAN_IN / plan.model.expert_width

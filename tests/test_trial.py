@@ -21,8 +21,10 @@ def candidates() -> list[Candidate]:
 
 def figures(candidates: list[Candidate], psnr: dict[tuple[int, float], float], steps: int = 0) -> list[Candidate]:
     """Fresh copies of the candidates with the given PSNR and trial steps."""
-    return [Candidate(c.settings, c.plan, psnr=psnr.get((c.experts, c.latent_bits)), trial_steps=steps, name=c.name)
-            for c in candidates]
+    return [
+        Candidate(c.settings, c.plan, psnr=psnr.get((c.experts, c.latent_bits)), trial_steps=steps, name=c.name)
+        for c in candidates
+    ]
 
 
 def test_the_rounds_try_each_number_of_experts_then_the_kept_one_at_the_other_rates(candidates):
@@ -31,8 +33,10 @@ def test_the_rounds_try_each_number_of_experts_then_the_kept_one_at_the_other_ra
     assert [(c.experts, c.latent_bits) for c in first] == [(n, AUTO_LATENT_BITS[0]) for n in AUTO_EXPERTS]
     kept = first[-1]
     assert [(c.experts, c.latent_bits) for c in trial.rounds(kept)] == [(kept.experts, AUTO_LATENT_BITS[1])]
-    assert trial.text() == (f"trying 4 experts and one network at {AUTO_LATENT_BITS[0]:g} bits per latent, then the "
-                            f"kept number at {AUTO_LATENT_BITS[1]:g}, for 15% of the budget each; the best trains on")
+    assert trial.text() == (
+        f"trying 4 experts and one network at {AUTO_LATENT_BITS[0]:g} bits per latent, then the "
+        f"kept number at {AUTO_LATENT_BITS[1]:g}, for 15% of the budget each; the best trains on"
+    )
     assert Trial(candidates[:1], share=0.15).text() == ""
 
 
@@ -41,8 +45,10 @@ def test_the_best_file_is_kept_and_said(candidates):
     trial = Trial(tried, share=0.15)
     kept = trial.best(tried)
     assert kept.experts == 1
-    assert trial.note(tried, kept) == (f"tried {tried[0].name} 30.50 dB, {tried[1].name} 31.25 dB after 15% of the "
-                                       f"budget each (PSNR of the file on a sample of voxels); kept {kept.name}")
+    assert trial.note(tried, kept) == (
+        f"tried {tried[0].name} 30.50 dB, {tried[1].name} 31.25 dB after 15% of the "
+        f"budget each (PSNR of the file on a sample of voxels); kept {kept.name}"
+    )
     assert trial.note([kept], kept) == ""
     unmeasured = figures(candidates, {(1, AUTO_LATENT_BITS[0]): -1e9})[:2]  # a candidate not measured loses
     assert trial.best(unmeasured).experts == 1

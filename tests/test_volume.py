@@ -28,10 +28,13 @@ def test_scaled_int16_loads_in_real_units(scaled_ct):
     assert vol.source_bytes == path.stat().st_size
 
 
-@pytest.mark.parametrize("name,affine", [
-    ("lps", np.diag([-0.7, -0.7, 2.5, 1.0])),
-    ("permuted", permuted_affine()),
-])
+@pytest.mark.parametrize(
+    "name,affine",
+    [
+        ("lps", np.diag([-0.7, -0.7, 2.5, 1.0])),
+        ("permuted", permuted_affine()),
+    ],
+)
 def test_nifti_round_trip_keeps_affine_header_dtype_and_values(tmp_path, name, affine):
     rng = np.random.default_rng(2)
     raw = rng.integers(-1000, 3000, size=(16, 14, 10)).astype(np.int16)
@@ -105,13 +108,16 @@ def test_labels_are_uint8_with_the_volume_affine(tmp_path, scaled_ct):
     np.testing.assert_array_equal(np.asarray(img.dataobj), labels)
 
 
-@pytest.mark.parametrize("shape,message", [
-    ((10,), "1D"),
-    ((10, 12), "2D"),
-    ((10, 12, 1), "2D"),
-    ((4, 4, 4, 2, 2), "5D"),
-    ((0, 5, 5), "empty"),
-])
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ((10,), "1D"),
+        ((10, 12), "2D"),
+        ((10, 12, 1), "2D"),
+        ((4, 4, 4, 2, 2), "5D"),
+        ((0, 5, 5), "empty"),
+    ],
+)
 def test_wrong_dimensionality_and_empty_arrays_are_refused(tmp_path, shape, message):
     np.save(tmp_path / "bad.npy", np.zeros(shape, dtype=np.float32))
     with pytest.raises(VolumeError, match=message):

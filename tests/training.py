@@ -22,4 +22,4 @@ def file_psnr(volume: Volume, data: bytes) -> float:
 
 def mean_prediction_psnr(volume: Volume) -> float:
     peak = float(volume.data.max() - volume.data.min())
-    return 10 * np.log10(peak ** 2 / float(volume.data.var()))
+    return 10 * np.log10(peak**2 / float(volume.data.var()))

@@ -131,8 +131,9 @@ class _Trial:
         return len(self.payload)
 
 
-def _search(encode: Callable[[float], bytes], coarse: float, fine: float,
-            max_bytes: int) -> tuple[_Trial | None, _Trial]:
+def _search(
+    encode: Callable[[float], bytes], coarse: float, fine: float, max_bytes: int
+) -> tuple[_Trial | None, _Trial]:
     """(the largest trial within `max_bytes` bytes, or None; the coarsest trial).
 
     The knob runs from `coarse` (u = 0) to `fine` (u = 1) and the size grows with u. Log(bytes) is
@@ -283,8 +284,17 @@ class ClassicalCodec(ABC):
 
     def not_reached(self, ratio: float, note: str, setting: str = "") -> ClassicalResult:
         """The cell of a ratio the codec does not reach here, with the reason."""
-        return ClassicalResult(codec=self.name, target=ratio, reached=False, ratio=None, nbytes=None, psnr=None,
-                               ssim=None, setting=setting, note=note)
+        return ClassicalResult(
+            codec=self.name,
+            target=ratio,
+            reached=False,
+            ratio=None,
+            nbytes=None,
+            psnr=None,
+            ssim=None,
+            setting=setting,
+            note=note,
+        )
 
     def compress(self, volume: Volume, ratio: float) -> ClassicalResult:
         """Compress `volume` at the target ratio (raw bytes / produced bytes): the finest setting
@@ -303,11 +313,14 @@ class ClassicalCodec(ABC):
 
         gray = _gray_map(stored, self.max_bits(), self.tool)
         codes = gray.encode(stored)
-        best, coarsest = _search(lambda setting: self.encode(codes, gray.bits, setting)[0], self.coarsest,
-                                 self.finest, max_bytes)
+        best, coarsest = _search(
+            lambda setting: self.encode(codes, gray.bits, setting)[0], self.coarsest, self.finest, max_bytes
+        )
         if best is None:
-            note = (f"cannot reach {ratio:g}x: the coarsest setting gives {coarsest.nbytes:,} bytes "
-                    f"({raw / coarsest.nbytes:.0f}x); {gray.note}")
+            note = (
+                f"cannot reach {ratio:g}x: the coarsest setting gives {coarsest.nbytes:,} bytes "
+                f"({raw / coarsest.nbytes:.0f}x); {gray.note}"
+            )
             return self.not_reached(ratio, note, self.describe(coarsest.setting))
         decoded, _ = self.decode(best.payload, gray.bits, (codes.shape[0], codes.shape[1], codes.shape[2]))
 
@@ -346,7 +359,7 @@ def _tile(codes: np.ndarray) -> tuple[np.ndarray, int]:
     image = np.zeros((rows * nx, cols * ny), dtype=codes.dtype)
     for k in range(nz):
         r, c = divmod(k, cols)
-        image[r * nx:(r + 1) * nx, c * ny:(c + 1) * ny] = codes[:, :, k]
+        image[r * nx : (r + 1) * nx, c * ny : (c + 1) * ny] = codes[:, :, k]
     return image, cols
 
 
@@ -355,7 +368,7 @@ def _untile(image: np.ndarray, shape: tuple[int, int, int], cols: int) -> np.nda
     out = np.empty(shape, dtype=image.dtype)
     for k in range(nz):
         r, c = divmod(k, cols)
-        out[:, :, k] = image[r * nx:(r + 1) * nx, c * ny:(c + 1) * ny]
+        out[:, :, k] = image[r * nx : (r + 1) * nx, c * ny : (c + 1) * ny]
     return out
 
 
@@ -384,8 +397,9 @@ class Jpeg2000Codec(ClassicalCodec):
         image, _ = _tile(codes)
         # In this imagecodecs `level` is OpenJPEG's fixed-quality target (a PSNR in dB against the
         # declared bit depth), so declaring the true depth keeps the knob's scale meaningful.
-        payload = bytes(imagecodecs.jpeg2k_encode(image, level=setting, codecformat="J2K", bitspersample=bits,
-                                                  numthreads=1))
+        payload = bytes(
+            imagecodecs.jpeg2k_encode(image, level=setting, codecformat="J2K", bitspersample=bits, numthreads=1)
+        )
         return payload, time.perf_counter() - start
 
     def decode(self, payload: bytes, bits: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, float]:
@@ -467,10 +481,34 @@ class VideoCodec(ClassicalCodec):
         with tempfile.TemporaryDirectory(prefix="moec-classical-") as tmp:
             raw_in, stream = Path(tmp) / "in.raw", Path(tmp) / f"out.{self.stream}"
             raw_in.write_bytes(frames.tobytes())
-            _run(self._ffmpeg() + ["-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-framerate",
-                                   "25", "-i", str(raw_in), "-c:v", self.encoder, "-preset", "medium", "-crf",
-                                   f"{setting:.4f}", *self.options, "-pix_fmt", pix_fmt, "-f", self.stream,
-                                   str(stream)], f"encode {self.encoder}")
+            _run(
+                self._ffmpeg()
+                + [
+                    "-f",
+                    "rawvideo",
+                    "-pix_fmt",
+                    pix_fmt,
+                    "-s",
+                    f"{width}x{height}",
+                    "-framerate",
+                    "25",
+                    "-i",
+                    str(raw_in),
+                    "-c:v",
+                    self.encoder,
+                    "-preset",
+                    "medium",
+                    "-crf",
+                    f"{setting:.4f}",
+                    *self.options,
+                    "-pix_fmt",
+                    pix_fmt,
+                    "-f",
+                    self.stream,
+                    str(stream),
+                ],
+                f"encode {self.encoder}",
+            )
             payload = stream.read_bytes()
         return payload, time.perf_counter() - start
 
@@ -484,8 +522,23 @@ class VideoCodec(ClassicalCodec):
             stream.write_bytes(payload)
             # The H.264 decoder returns monochrome as YUV 4:2:0 and a format conversion to gray would
             # rescale it as limited range; taking the luma plane as it is keeps the values exact.
-            _run(self._ffmpeg() + ["-f", self.stream, "-i", str(stream), "-vf", "extractplanes=y", "-f", "rawvideo",
-                                   "-pix_fmt", pix_fmt, str(raw_out)], f"decode {self.stream}")
+            _run(
+                self._ffmpeg()
+                + [
+                    "-f",
+                    self.stream,
+                    "-i",
+                    str(stream),
+                    "-vf",
+                    "extractplanes=y",
+                    "-f",
+                    "rawvideo",
+                    "-pix_fmt",
+                    pix_fmt,
+                    str(raw_out),
+                ],
+                f"decode {self.stream}",
+            )
             decoded = np.frombuffer(raw_out.read_bytes(), dtype=np.dtype(np.uint8 if bits <= 8 else "<u2"))
         if decoded.size != nz * height * width:
             got = decoded.size / (height * width)

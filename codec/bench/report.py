@@ -67,20 +67,25 @@ def _cell_text(row: dict | None, measure: str = "psnr") -> str:
 
 
 def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
-    budget = (f"{describe['minutes']:g} min of training" if describe.get("steps") is None
-              else f"{describe['steps']} steps")
+    budget = (
+        f"{describe['minutes']:g} min of training" if describe.get("steps") is None else f"{describe['steps']} steps"
+    )
     rows = aggregate(cells)
     ratios = sorted({r["target"] for r in rows if r["kind"] != "ablation"})
     methods = list(dict.fromkeys(r["method"] for r in rows if r["kind"] != "ablation"))
     by_key = {(r["method"], r["target"]): r for r in rows}
     # The seeds table in the order of the tables above: by method, then by ratio.
-    seeded = sorted((r for r in rows if len(r.get("psnrs", ())) > 1),
-                    key=lambda r: (methods.index(r["method"]) if r["method"] in methods else len(methods), r["target"]))
+    seeded = sorted(
+        (r for r in rows if len(r.get("psnrs", ())) > 1),
+        key=lambda r: (methods.index(r["method"]) if r["method"] in methods else len(methods), r["target"]),
+    )
     trained = f", MoEC with {budget} per cell" if any(r["kind"] != "classical" for r in rows) else ""
-    lines = [f"Volume {' x '.join(map(str, describe['shape']))} {describe['dtype']}{trained}. "
-             "PSNR in dB (peak = max - min); ratio measured on the bytes produced."
-             + (" A figure followed by (n) is the mean of n seeds (each seed: the table \"Seeds\" below)."
-                if seeded else ""), ""]
+    lines = [
+        f"Volume {' x '.join(map(str, describe['shape']))} {describe['dtype']}{trained}. "
+        "PSNR in dB (peak = max - min); ratio measured on the bytes produced."
+        + (' A figure followed by (n) is the mean of n seeds (each seed: the table "Seeds" below).' if seeded else ""),
+        "",
+    ]
     for measure in ("psnr", "ssim"):
         if measure == "ssim":
             lines += ["", "SSIM (3D, same cells):", ""]
@@ -91,36 +96,57 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
             lines.append(f"| {method} | {row_text} |")
     lines += verdict_lines(rows, ratios)
     if seeded:
-        lines += ["", "Seeds (PSNR dB of each seed's cell, the same budget):", "",
-                  "| method | ratio | seeds | PSNR by seed | mean | spread |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Seeds (PSNR dB of each seed's cell, the same budget):",
+            "",
+            "| method | ratio | seeds | PSNR by seed | mean | spread |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in seeded:
-            lines.append(f"| {r['method']} | {r['target']:g}x | {', '.join(map(str, r['seeds']))} | "
-                         f"{' / '.join(f'{p:.2f}' for p in r['psnrs'])} | {r['psnr']:.2f} | "
-                         f"{max(r['psnrs']) - min(r['psnrs']):.2f} |")
+            lines.append(
+                f"| {r['method']} | {r['target']:g}x | {', '.join(map(str, r['seeds']))} | "
+                f"{' / '.join(f'{p:.2f}' for p in r['psnrs'])} | {r['psnr']:.2f} | "
+                f"{max(r['psnrs']) - min(r['psnrs']):.2f} |"
+            )
     ablations = [r for r in rows if r["kind"] == "ablation"]
     if ablations:
         ratio = ablations[0]["target"]
         base = {r["method"]: r for r in rows if r["target"] == ratio and r["kind"] == "moec"}
         default = base.get(CLAIM[0].name)
-        lines += ["", f"Ablations at {ratio:g}x (same file size, same training time; against the default: the "
-                  "difference of the means in dB, and on how many seeds, paired, the row is ahead):", "",
-                  "| variant | ratio | PSNR dB | SSIM | steps | experts used | against the default |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Ablations at {ratio:g}x (same file size, same training time; against the default: the "
+            "difference of the means in dB, and on how many seeds, paired, the row is ahead):",
+            "",
+            "| variant | ratio | PSNR dB | SSIM | steps | experts used | against the default |",
+            "|---|---|---|---|---|---|---|",
+        ]
         # As the run plans them: the default first, then the claim and context rows, then the ablations.
         plan = {m.name: i for i, m in enumerate(CLAIM + ABLATIONS)}
         ordered = sorted([*base.values(), *ablations], key=lambda r: plan.get(r["method"], len(plan)))
         for r in ordered:
             if r.get("reached"):
                 versus = "" if r is default else _versus(r, default)
-                lines.append(f"| {r['method']} | {r['ratio']:.1f} | {_cell_text(r)} | {_cell_text(r, 'ssim')} | "
-                             f"{r['steps']} | {r.get('experts_used', '')} | {versus} |")
-    older = list(dict.fromkeys(r["method"] for r in cells if r.get("reached") and r["kind"] != "classical"
-                               and r.get("format", 4) < SMALL_HEADER_VERSION))
+                lines.append(
+                    f"| {r['method']} | {r['ratio']:.1f} | {_cell_text(r)} | {_cell_text(r, 'ssim')} | "
+                    f"{r['steps']} | {r.get('experts_used', '')} | {versus} |"
+                )
+    older = list(
+        dict.fromkeys(
+            r["method"]
+            for r in cells
+            if r.get("reached") and r["kind"] != "classical" and r.get("format", 4) < SMALL_HEADER_VERSION
+        )
+    )
     if older:
         # Cached cells keep the file format they were measured with; a header before version 5 is
         # larger, which matters at high ratios (docs/benchmarks.md, "Quantization and entropy coding").
-        lines += ["", f"Measured with a .moec format before version {SMALL_HEADER_VERSION} (a larger header) "
-                  f"than this program's version {VERSION}: " + "; ".join(older) + "."]
+        lines += [
+            "",
+            f"Measured with a .moec format before version {SMALL_HEADER_VERSION} (a larger header) "
+            f"than this program's version {VERSION}: " + "; ".join(older) + ".",
+        ]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{c} ({why})" for c, why in skipped.items())]
     return "\n".join(lines) + "\n"
@@ -129,8 +155,11 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
 def volumes_markdown(out: Path, names: list[str]) -> str:
     """One report over several volumes' benchmarks (out/NAME/results.md each): a section per volume,
     named and described, with its tables and verdicts; a volume not yet run says so."""
-    lines = [f"Benchmarks of {len(names)} volumes, one section each (cells, results.json and rd.png in the "
-             "folder of its name).", ""]
+    lines = [
+        f"Benchmarks of {len(names)} volumes, one section each (cells, results.json and rd.png in the "
+        "folder of its name).",
+        "",
+    ]
     for name in names:
         lines.append(f"## {name}")
         lines.append("")
@@ -141,8 +170,11 @@ def volumes_markdown(out: Path, names: list[str]) -> str:
         describe = json.loads((out / name / "results.json").read_text())["volume"]
         spacing = describe.get("spacing")
         if spacing:
-            lines += [f"{Path(describe.get('source', '')).name or name}: voxels of "
-                      f"{' x '.join(f'{s:.3g}' for s in spacing)} mm.", ""]
+            lines += [
+                f"{Path(describe.get('source', '')).name or name}: voxels of "
+                f"{' x '.join(f'{s:.3g}' for s in spacing)} mm.",
+                "",
+            ]
         lines += [report.read_text().rstrip(), ""]
         if (out / name / "rd.png").exists():
             lines += [f"![rate-distortion of {name}]({name}/rd.png)", ""]
@@ -185,15 +217,22 @@ def verdict_lines(rows: list[dict], ratios: list[float]) -> list[str]:
         first = ranked[0]["method"] == CLAIM_ORDER[0]
         holds = [c["method"] for c in ranked] == list(CLAIM_ORDER)
         partition = _versus(cells[0], by_key.get((CONTROL, ratio)))
-        claim.append(f"| {ratio:g}x | {order} | {'yes' if first else 'no'} | {_every_seed(cells)} | "
-                     f"{'yes' if holds else 'no'} | {partition} |")
+        claim.append(
+            f"| {ratio:g}x | {order} | {'yes' if first else 'no'} | {_every_seed(cells)} | "
+            f"{'yes' if holds else 'no'} | {partition} |"
+        )
     if claim:
-        lines += ["", "The central claim at equal size and time, by PSNR: the learned partition above the blocks and "
-                  "the single SIREN (on the means, then on every seed: its worst seed above their best), "
-                  "and the whole order learned > blocks > single SIREN; last, what the partition itself "
-                  "adds: the learned partition against one MLP on the same grid (dB):",
-                  "", "| ratio | order | learned above both | on every seed | whole order | partition vs one MLP |",
-                  "|---|---|---|---|---|---|", *claim]
+        lines += [
+            "",
+            "The central claim at equal size and time, by PSNR: the learned partition above the blocks and "
+            "the single SIREN (on the means, then on every seed: its worst seed above their best), "
+            "and the whole order learned > blocks > single SIREN; last, what the partition itself "
+            "adds: the learned partition against one MLP on the same grid (dB):",
+            "",
+            "| ratio | order | learned above both | on every seed | whole order | partition vs one MLP |",
+            "|---|---|---|---|---|---|",
+            *claim,
+        ]
     against = []
     for ratio in ratios:
         ours = by_key.get((default, ratio))
@@ -201,11 +240,19 @@ def verdict_lines(rows: list[dict], ratios: list[float]) -> list[str]:
         if not (ours and ours.get("reached") and rivals):
             continue
         best = max(rivals, key=lambda r: r["psnr"])
-        against.append(f"| {ratio:g}x | {ours['psnr']:.2f} | {best['method']} {best['psnr']:.2f} | "
-                       f"{ours['psnr'] - best['psnr']:+.2f} |")
+        against.append(
+            f"| {ratio:g}x | {ours['psnr']:.2f} | {best['method']} {best['psnr']:.2f} | "
+            f"{ours['psnr'] - best['psnr']:+.2f} |"
+        )
     if against:
-        lines += ["", "The default against the best classical codec that reaches the ratio:", "",
-                  "| ratio | MoEC default | best classical | difference dB |", "|---|---|---|---|", *against]
+        lines += [
+            "",
+            "The default against the best classical codec that reaches the ratio:",
+            "",
+            "| ratio | MoEC default | best classical | difference dB |",
+            "|---|---|---|---|",
+            *against,
+        ]
     return lines
 
 
@@ -222,8 +269,11 @@ def plot(rows: list[dict], path: Path, describe: dict) -> None:
     axes.set_prop_cycle(color=list(tab20[::2] + tab20[1::2]))
     methods = list(dict.fromkeys(r["method"] for r in rows if r["kind"] != "ablation"))
     for method in methods:
-        points = sorted((r["ratio"], r["psnr"]) for r in rows
-                        if r["method"] == method and r["kind"] != "ablation" and r.get("reached"))
+        points = sorted(
+            (r["ratio"], r["psnr"])
+            for r in rows
+            if r["method"] == method and r["kind"] != "ablation" and r.get("reached")
+        )
         if points:
             style = "-o" if any(r["kind"] == "moec" and r["method"] == method for r in rows) else "--s"
             axes.plot(*zip(*points), style, label=method)

@@ -64,12 +64,20 @@ def run_moec(volume: Volume, method: Method, ratio: float, config: TrainConfig) 
     data = made.data
     decoded = moecfile.from_bytes(data)
     evaluation = session.evaluate(decoded)
-    return {"reached": True, "seed": config.seed, "format": decoded.meta.version, "ratio": evaluation.ratio,
-            "bytes": len(data),
-            "psnr": evaluation.quality.psnr,
-            "ssim": evaluation.quality.ssim, "steps": made.steps, "parameters": session.plan.model.parameter_count(),
-            "experts_used": sum(1 for e in evaluation.experts if e.share > 0),
-            "seconds": time.perf_counter() - start, "note": ""}
+    return {
+        "reached": True,
+        "seed": config.seed,
+        "format": decoded.meta.version,
+        "ratio": evaluation.ratio,
+        "bytes": len(data),
+        "psnr": evaluation.quality.psnr,
+        "ssim": evaluation.quality.ssim,
+        "steps": made.steps,
+        "parameters": session.plan.model.parameter_count(),
+        "experts_used": sum(1 for e in evaluation.experts if e.share > 0),
+        "seconds": time.perf_counter() - start,
+        "note": "",
+    }
 
 
 def run_classical(volume: Volume, codec: str, ratio: float) -> dict:
@@ -93,9 +101,17 @@ class Cell:
     seed: int = 0
 
 
-def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, codecs: tuple[str, ...],
-               ablations: bool, ablation_ratio: float, moec: bool = True, seeds: int = 1,
-               rows: str = "all") -> Iterator[Cell]:
+def plan_cells(
+    volume: Volume,
+    ratios: tuple[float, ...],
+    config: TrainConfig,
+    codecs: tuple[str, ...],
+    ablations: bool,
+    ablation_ratio: float,
+    moec: bool = True,
+    seeds: int = 1,
+    rows: str = "all",
+) -> Iterator[Cell]:
     """Every cell of the run, in order: per ratio the classical codecs, then the MoEC rows (the
     SEEDED ones with seeds config.seed .. config.seed + seeds - 1, the rest with config.seed); last
     the ablations, each with every seed (they are read against the default's mean)."""
@@ -114,13 +130,28 @@ def plan_cells(volume: Volume, ratios: tuple[float, ...], config: TrainConfig, c
         for seed in range(config.seed, config.seed + seeds):
             seeded = replace(config, seed=seed)
             for method in ABLATIONS:
-                yield Cell(method.name, ablation_ratio, "ablation",
-                           partial(run_moec, volume, method, ablation_ratio, seeded), seed)
+                yield Cell(
+                    method.name,
+                    ablation_ratio,
+                    "ablation",
+                    partial(run_moec, volume, method, ablation_ratio, seeded),
+                    seed,
+                )
 
 
-def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, config: TrainConfig = TrainConfig(),
-        codecs: tuple[str, ...] | None = None, ablations: bool = False, ablation_ratio: float = ABLATION_RATIO,
-        moec: bool = True, seeds: int = 1, rows: str = "all", log: Callable[[str], None] = print) -> dict:
+def run(
+    volume: Volume,
+    out: Path,
+    ratios: tuple[float, ...] = BENCH_RATIOS,
+    config: TrainConfig = TrainConfig(),
+    codecs: tuple[str, ...] | None = None,
+    ablations: bool = False,
+    ablation_ratio: float = ABLATION_RATIO,
+    moec: bool = True,
+    seeds: int = 1,
+    rows: str = "all",
+    log: Callable[[str], None] = print,
+) -> dict:
     """Run (or resume) the benchmark into `out`; returns the collected results."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, not {seeds}")
@@ -133,14 +164,21 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, con
         if codec in codecs and reason:
             log(f"skipping {codec}: {reason}")
     usable = tuple(c for c in codecs if not available.get(c))
-    describe = {"shape": list(volume.shape), "dtype": volume.stored_dtype.name, "raw_bytes": volume.raw_bytes,
-                "spacing": [float(s) for s in volume.spacing],
-                "minutes": config.minutes, "steps": config.steps, "source": str(volume.source or "")}
+    describe = {
+        "shape": list(volume.shape),
+        "dtype": volume.stored_dtype.name,
+        "raw_bytes": volume.raw_bytes,
+        "spacing": [float(s) for s in volume.spacing],
+        "minutes": config.minutes,
+        "steps": config.steps,
+        "source": str(volume.source or ""),
+    }
     cells = list(plan_cells(volume, ratios, config, usable, ablations, ablation_ratio, moec, seeds, rows))
     for number, cell in enumerate(cells, 1):
         path = cell_path(out, cell.method, cell.ratio, cell.seed)  # a classical cell's seed is 0
-        name = (f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x"
-                + (f", seed {cell.seed}" if cell.kind != "classical" else ""))
+        name = f"[{number}/{len(cells)}] {cell.method} @ {cell.ratio:g}x" + (
+            f", seed {cell.seed}" if cell.kind != "classical" else ""
+        )
         if path.exists():
             log(f"{name}: done before, skipped")
             continue
@@ -152,8 +190,9 @@ def run(volume: Volume, out: Path, ratios: tuple[float, ...] = BENCH_RATIOS, con
     return write_reports(out, describe, ratios, skipped={c: r for c, r in available.items() if r and c in codecs})
 
 
-def run_volumes(volumes: list[tuple[str, Callable[[], Volume]]], out: Path, log: Callable[[str], None] = print,
-                **options: Any) -> dict[str, dict]:
+def run_volumes(
+    volumes: list[tuple[str, Callable[[], Volume]]], out: Path, log: Callable[[str], None] = print, **options: Any
+) -> dict[str, dict]:
     """`run` on each (name, loader) of `volumes` into out/NAME (a volume is loaded when its turn
     comes, so one at a time is in memory), then out/results.md with one section per volume;
     returns each volume's results by name. `options` are `run`'s."""

@@ -32,8 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: TextIO | None = None, line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """A warning as one line in the command's own words, not Python's file-and-line form."""
     from codec.io.files import terminal_safe
 
@@ -69,8 +75,10 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # the promise is one line, never a traceback
         if os.environ.get("MOEC_DEBUG"):
             raise
-        print(f"moec: error: unexpected {type(exc).__name__}: {terminal_safe(exc)} (MOEC_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        print(
+            f"moec: error: unexpected {type(exc).__name__}: {terminal_safe(exc)} (MOEC_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
     return EXIT_ERROR
 
 

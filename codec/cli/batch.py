@@ -30,9 +30,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from codec.cohort.manifest import MANIFEST
     from codec.cohort.run import run
 
-    settings = CohortSettings(ratio=args.ratio, minutes=args.minutes, steps=args.steps, experts=args.experts,
-                              seed=args.seed, batch_size=args.batch, device=args.device,
-                              keep_identity=bool(getattr(args, "keep_identity", False)))
+    settings = CohortSettings(
+        ratio=args.ratio,
+        minutes=args.minutes,
+        steps=args.steps,
+        experts=args.experts,
+        seed=args.seed,
+        batch_size=args.batch,
+        device=args.device,
+        keep_identity=bool(getattr(args, "keep_identity", False)),
+    )
     # Without --max-memory each task takes the default share of the machine it runs on (a worker
     # of a remote cluster has its own), not of this one.
     memory = memory_limit(args) if getattr(args, "max_memory", None) is not None else None
@@ -42,14 +49,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
         report = Path(args.report)
         if report.exists() and not report.is_dir():
             from codec.errors import OutputError
+
             raise OutputError(f"{report} is a file, not a folder for the report")
     output = Path(args.output)
     try:
-        summary = follow(run(Path(args.input), output, settings, engine=engine, force=args.force),
-                         bar=not args.quiet, quiet=args.quiet)
+        summary = follow(
+            run(Path(args.input), output, settings, engine=engine, force=args.force),
+            bar=not args.quiet,
+            quiet=args.quiet,
+        )
     except KeyboardInterrupt:
-        print(f"moec: interrupted; every volume that finished is in {output / MANIFEST}: run the same "
-              "command again to go on", file=sys.stderr)
+        print(
+            f"moec: interrupted; every volume that finished is in {output / MANIFEST}: run the same "
+            "command again to go on",
+            file=sys.stderr,
+        )
         return 130
     if args.json:
         print(to_json([asdict(r) for r in summary.rows]))
@@ -59,12 +73,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
         minutes = summary.seconds / 60
         rate = f", {summary.compressed / (summary.seconds / 3600):.1f} volumes per hour" if summary.compressed else ""
         before = f"; {summary.skipped} finished before" if summary.skipped else ""
-        print(f"{summary.compressed} compressed in {minutes:.1f} min on {terminal_safe(summary.engine)}{rate}{before}; "
-              f"{summary.failed} failed")
+        print(
+            f"{summary.compressed} compressed in {minutes:.1f} min on {terminal_safe(summary.engine)}{rate}{before}; "
+            f"{summary.failed} failed"
+        )
         print(f"manifest: {output / MANIFEST}")
     if args.report:
-        md, png = cohort_report.write_report(summary.rows, args.report,
-                                             f"{Path(args.input).resolve().name}: {settings.key}")
+        md, png = cohort_report.write_report(
+            summary.rows, args.report, f"{Path(args.input).resolve().name}: {settings.key}"
+        )
         print(f"report: {md}, {png}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_ERROR if summary.failed else 0
 
@@ -104,10 +121,20 @@ class _Progress:
         from tqdm import tqdm
 
         self.tty = bar and sys.stderr.isatty()
-        self.bar = tqdm(total=started.todo, unit="volume", desc="moec batch", file=sys.stderr, disable=not self.tty,
-                        dynamic_ncols=True, smoothing=0)
-        self.say(f"{started.todo} volume(s) to compress"
-                 + (f", {started.skipped} already finished" if started.skipped else "") + f", on {started.engine}")
+        self.bar = tqdm(
+            total=started.todo,
+            unit="volume",
+            desc="moec batch",
+            file=sys.stderr,
+            disable=not self.tty,
+            dynamic_ncols=True,
+            smoothing=0,
+        )
+        self.say(
+            f"{started.todo} volume(s) to compress"
+            + (f", {started.skipped} already finished" if started.skipped else "")
+            + f", on {started.engine}"
+        )
 
     def say(self, text: str) -> None:
         if self.tty:
@@ -117,8 +144,10 @@ class _Progress:
 
     def finished(self, event: Finished) -> None:
         means = _means(event.mean_ratio, event.mean_psnr)
-        self.say(f"[{event.done}/{event.total}] {_line(event.result)}"
-                 + (f" (cohort: {means})" if means and not self.tty else ""))
+        self.say(
+            f"[{event.done}/{event.total}] {_line(event.result)}"
+            + (f" (cohort: {means})" if means and not self.tty else "")
+        )
         self.bar.update(1)
         if means:
             self.bar.set_postfix_str(means)
@@ -142,5 +171,7 @@ def _line(result: VolumeResult) -> str:
     if not result.ok:
         return f"failed {result.name}: {result.error}"
     psnr = "undefined" if result.psnr is None else f"{result.psnr:.2f} dB"
-    return (f"ok {result.name} ({result.modality or 'NIfTI'} {result.shape}): {result.ratio:.1f}x, "
-            f"PSNR {psnr}, SSIM {result.ssim:.4f}, {result.seconds:.0f} s")
+    return (
+        f"ok {result.name} ({result.modality or 'NIfTI'} {result.shape}): {result.ratio:.1f}x, "
+        f"PSNR {psnr}, SSIM {result.ssim:.4f}, {result.seconds:.0f} s"
+    )

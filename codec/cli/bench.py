@@ -29,9 +29,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"note: {line}", file=sys.stderr)
     config = TrainConfig(minutes=args.minutes, steps=args.steps, seed=args.seed)
     out = Path(args.out)
-    options = {"ratios": tuple(args.ratios), "config": config, "codecs": tuple(CODEC_KEYS[c] for c in args.codecs),
-               "ablations": args.ablations, "ablation_ratio": args.ablation_ratio, "moec": not args.classical_only,
-               "seeds": args.seeds, "rows": args.rows}
+    options = {
+        "ratios": tuple(args.ratios),
+        "config": config,
+        "codecs": tuple(CODEC_KEYS[c] for c in args.codecs),
+        "ablations": args.ablations,
+        "ablation_ratio": args.ablation_ratio,
+        "moec": not args.classical_only,
+        "seeds": args.seeds,
+        "rows": args.rows,
+    }
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if len(inputs) == 1:
         results = runs.run(load_volume(inputs[0], args.series), out, log=log, **options)
@@ -42,8 +49,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for path in inputs:
             if not path.exists():  # before hours of work on the others
                 raise VolumeError(f"{path}: no such file or folder")
-        runs.run_volumes([(name, partial(load_volume, path)) for name, path in zip(names, inputs)], out, log=log,
-                         **options)
+        runs.run_volumes(
+            [(name, partial(load_volume, path)) for name, path in zip(names, inputs)], out, log=log, **options
+        )
         written = [out / "results.md", *(out / name for name in names)]
     print((out / "results.md").read_text())
     print("wrote " + ", ".join(map(str, written)))
@@ -62,4 +70,3 @@ def volume_names(paths: list[Path]) -> list[str]:
                 break
         stems.append(name or "volume")
     return [f"{s}-{i}" if stems.count(s) > 1 else s for i, s in enumerate(stems, 1)]
-

@@ -43,6 +43,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     check_output(output, args.force, source)
     if output.name.lower().endswith((".nii", ".nii.gz", ".npy")):
         from codec.errors import OutputError
+
         raise OutputError(f"{output} would be a .moec file under a volume's name; name it {_stem(output)}.moec")
     volume = load_volume(source, args.series, limit=memory_limit(args), compressing=True)
     roi = None
@@ -53,19 +54,27 @@ def cmd_compress(args: argparse.Namespace) -> int:
     settings, train = _choices(args)
     compression = pipeline.Compression(volume, settings, train, roi)
     plan = compression.plan
-    print(f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.stored_dtype.name}, "
-          f"{nbytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {nbytes(plan.upper_bytes)}",
-          file=sys.stderr)
+    print(
+        f"{_input_name(source, volume)}: {' x '.join(map(str, volume.shape))} {volume.stored_dtype.name}, "
+        f"{nbytes(volume.raw_bytes)} raw; target {args.ratio:g}x = at most {nbytes(plan.upper_bytes)}",
+        file=sys.stderr,
+    )
     if compression.trial_text():
         print(compression.trial_text(), file=sys.stderr)
     for candidate in compression.candidates:
         m, quant = candidate.plan.model, candidate.plan.quant
         which = f" ({candidate.name})" if len(compression.candidates) > 1 else ""
-        print(f"model{which}: {describe_model(m)}; {m.parameter_count():,} parameters, "
-              f"{'float16' if quant.float16 else f'{quant.bits}-bit'} weights; device {device.type}", file=sys.stderr)
+        print(
+            f"model{which}: {describe_model(m)}; {m.parameter_count():,} parameters, "
+            f"{'float16' if quant.float16 else f'{quant.bits}-bit'} weights; device {device.type}",
+            file=sys.stderr,
+        )
     if roi is not None:
-        print(f"ROI: {Path(args.roi).name}, {int(roi.sum()):,} voxels ({100 * roi.mean():.2f}%) weighted "
-              f"{args.roi_weight:g}x", file=sys.stderr)
+        print(
+            f"ROI: {Path(args.roi).name}, {int(roi.sum()):,} voxels ({100 * roi.mean():.2f}%) weighted "
+            f"{args.roi_weight:g}x",
+            file=sys.stderr,
+        )
     budget = Budget.of(train.steps, train.minutes)
     budget_text = f"/{budget.steps} steps" if budget.by_steps else f"/{clock(budget.total)}"
     bar = None if args.quiet else ProgressBar()
@@ -98,29 +107,63 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def _choices(args: argparse.Namespace) -> tuple[Settings, TrainConfig]:
     """The file's settings and the training's, as the options ask."""
-    settings = Settings(ratio=args.ratio, experts=args.experts, top_k=args.top_k, partition=args.partition,
-                        bits=args.bits, granularity=args.granularity, encoder=args.encoder,
-                        router_features=args.router_input == "features", grid_channels=args.grid_channels,
-                        grid_spacing_power=args.grid_spacing, latent_bits=args.latent_bits,
-                        keep_identity=args.keep_identity)
-    train = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                        balance_weight=args.balance, router_pretraining=args.pretrain != "none",
-                        pretrain_target=args.pretrain if args.pretrain != "none" else TrainConfig.pretrain_target,
-                        seed=args.seed, device=args.device, roi_weight=args.roi_weight,
-                        cubic_from=args.cubic_from, sample_activity=args.sample_activity)
+    settings = Settings(
+        ratio=args.ratio,
+        experts=args.experts,
+        top_k=args.top_k,
+        partition=args.partition,
+        bits=args.bits,
+        granularity=args.granularity,
+        encoder=args.encoder,
+        router_features=args.router_input == "features",
+        grid_channels=args.grid_channels,
+        grid_spacing_power=args.grid_spacing,
+        latent_bits=args.latent_bits,
+        keep_identity=args.keep_identity,
+    )
+    train = TrainConfig(
+        minutes=args.minutes,
+        steps=args.steps,
+        batch_size=args.batch,
+        lr=args.lr,
+        balance_weight=args.balance,
+        router_pretraining=args.pretrain != "none",
+        pretrain_target=args.pretrain if args.pretrain != "none" else TrainConfig.pretrain_target,
+        seed=args.seed,
+        device=args.device,
+        roi_weight=args.roi_weight,
+        cubic_from=args.cubic_from,
+        sample_activity=args.sample_activity,
+    )
     return settings, train
 
 
-def _report(args: argparse.Namespace, output: Path, source: Path, volume: Any, compression: Any, made: Any,
-            evaluation: Any, stopped: bool) -> None:
+def _report(
+    args: argparse.Namespace,
+    output: Path,
+    source: Path,
+    volume: Any,
+    compression: Any,
+    made: Any,
+    evaluation: Any,
+    stopped: bool,
+) -> None:
     """What was written and how close it is, as JSON or as lines for a person."""
     data = made.data
     q = evaluation.quality
     used = sum(1 for e in evaluation.experts if e.share > 0)
     report = {
-        "output": str(output), "bytes": len(data), "ratio": evaluation.ratio, "file_ratio": evaluation.file_ratio,
-        "psnr": q.psnr, "ssim": q.ssim, "steps": made.steps, "stages": list(made.stages),
-        "experts_used": used, "stopped": stopped, "notes": list(made.notes),
+        "output": str(output),
+        "bytes": len(data),
+        "ratio": evaluation.ratio,
+        "file_ratio": evaluation.file_ratio,
+        "psnr": q.psnr,
+        "ssim": q.ssim,
+        "steps": made.steps,
+        "stages": list(made.stages),
+        "experts_used": used,
+        "stopped": stopped,
+        "notes": list(made.notes),
     }
     if evaluation.roi is not None:
         report["roi"] = asdict(evaluation.roi)
@@ -128,16 +171,21 @@ def _report(args: argparse.Namespace, output: Path, source: Path, volume: Any, c
         print(to_json(report))
         return
     print(f"wrote {output}: {nbytes(len(data))}")
-    file_part = (f", {evaluation.file_ratio:.1f}x vs {_source_files(source, volume)} "
-                 f"({nbytes(volume.source_bytes or 0)})" if evaluation.file_ratio else "")
+    file_part = (
+        f", {evaluation.file_ratio:.1f}x vs {_source_files(source, volume)} ({nbytes(volume.source_bytes or 0)})"
+        if evaluation.file_ratio
+        else ""
+    )
     print(f"  ratio     {evaluation.ratio:.1f}x vs raw voxels ({nbytes(volume.raw_bytes)}){file_part}")
     print(f"  PSNR      {db_text(q.psnr)} (peak {q.peak:g}, decoded from the written file)")
     print(f"  SSIM      {q.ssim:.4f} ({q.ssim_method})")
     if evaluation.roi is not None:
         print(f"  ROI       {region_text(evaluation.roi)}")
     stages = made.stages
-    print(f"  training  {made.steps} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
-          f"{used} of {compression.plan.model.experts} experts in use")
+    print(
+        f"  training  {made.steps} steps (router {stages[0]}, joint {stages[1]}, final {stages[2]}), "
+        f"{used} of {compression.plan.model.experts} experts in use"
+    )
 
 
 def _default_output(source: Path, series: str | None) -> Path:
@@ -230,14 +278,22 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         """Refuse before the weights are decoded: a file that cannot be written as asked, or whose
         decode would take more memory or time than allowed."""
         if args.dicom and meta.dicom is None:
-            raise MoecError(f"{source} was not compressed from a DICOM series, so there is no series to write a "
-                            "derived one of; write it as NIfTI with -o")
+            raise MoecError(
+                f"{source} was not compressed from a DICOM series, so there is no series to write a "
+                "derived one of; write it as NIfTI with -o"
+            )
         shape = grid["shape"] = _output_grid(meta.shape, args.scale, args.shape)
         # With --dicom the values stay in real units (the series' pixels are made from them, with
         # their own copies); otherwise they go straight into the stored dtype.
-        estimate = cost.decode_cost(meta, shape, values=np.float32 if args.dicom else meta.dtype,
-                                    labels=bool(args.labels), confidence=bool(args.confidence),
-                                    beside=DICOM_BYTES_PER_VOXEL if args.dicom else 0, fixed=WRITE_BYTES)
+        estimate = cost.decode_cost(
+            meta,
+            shape,
+            values=np.float32 if args.dicom else meta.dtype,
+            labels=bool(args.labels),
+            confidence=bool(args.confidence),
+            beside=DICOM_BYTES_PER_VOXEL if args.dicom else 0,
+            fixed=WRITE_BYTES,
+        )
         cost.check(estimate, limit, seconds, what=f"decoding {source.name} on a {cost.grid_text(estimate.shape)} grid")
 
     moec = cost.read_checked(source, admit)
@@ -249,18 +305,28 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         tag = resampled_descrip(tag, shape)
     labels = confidence = None
     if args.dicom:
-        recon = reconstruct(moec, device=device, shape=shape, labels=bool(args.labels),
-                            confidence=bool(args.confidence))
+        recon = reconstruct(
+            moec, device=device, shape=shape, labels=bool(args.labels), confidence=bool(args.confidence)
+        )
         volume, header, labels, confidence = recon.volume, recon.volume.header, recon.labels, recon.confidence
         if output is not None:
-            write_volume(output, volume.data, header, dtype=meta.dtype, descrip=tag, slope=meta.slope,
-                         inter=meta.inter, convert=lambda part: to_stored(part, meta.dtype, meta.slope, meta.inter))
+            write_volume(
+                output,
+                volume.data,
+                header,
+                dtype=meta.dtype,
+                descrip=tag,
+                slope=meta.slope,
+                inter=meta.inter,
+                convert=lambda part: to_stored(part, meta.dtype, meta.slope, meta.inter),
+            )
     else:
         stored = decode_stored(moec, shape, labels=bool(args.labels), confidence=bool(args.confidence), device=device)
         header, labels, confidence = stored.header, stored.labels, stored.confidence
         if output is not None:
-            write_volume(output, stored.values, header, dtype=meta.dtype, descrip=tag, slope=meta.slope,
-                         inter=meta.inter)
+            write_volume(
+                output, stored.values, header, dtype=meta.dtype, descrip=tag, slope=meta.slope, inter=meta.inter
+            )
         del stored
     grid_shape = shape if shape is not None else meta.shape
     if output is not None:
@@ -269,19 +335,41 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     if args.dicom and meta.dicom is not None:  # checked above: a file from DICOM
         from codec.io.dicom import digest, write_series
 
-        files = write_series(volume, meta.dicom, args.dicom, ratio=moec.ratio,
-                             source_digest=digest(source.read_bytes()), force=args.force)
-        under = ("under the original's patient and study" if meta.dicom.keeps_identity
-                 else "under a new pseudonymous patient and study")
-        print(f"wrote {args.dicom} ({len(files)} DICOM slices: a derived {meta.dicom.modality} series marked "
-              f"lossy, {tag}, {under})")
+        files = write_series(
+            volume,
+            meta.dicom,
+            args.dicom,
+            ratio=moec.ratio,
+            source_digest=digest(source.read_bytes()),
+            force=args.force,
+        )
+        under = (
+            "under the original's patient and study"
+            if meta.dicom.keeps_identity
+            else "under a new pseudonymous patient and study"
+        )
+        print(
+            f"wrote {args.dicom} ({len(files)} DICOM slices: a derived {meta.dicom.modality} series marked "
+            f"lossy, {tag}, {under})"
+        )
     if args.labels and labels is not None:
-        write_volume(Path(args.labels), labels, header, dtype=np.dtype(np.uint8),
-                     descrip=f"MoEC experts (label k+1 = expert k), {tag}", intent="label")
+        write_volume(
+            Path(args.labels),
+            labels,
+            header,
+            dtype=np.dtype(np.uint8),
+            descrip=f"MoEC experts (label k+1 = expert k), {tag}",
+            intent="label",
+        )
         print(f"wrote {args.labels} (expert assignment, labels 1..{meta.model.experts})")
     if args.confidence and confidence is not None:
-        write_volume(Path(args.confidence), confidence, header, dtype=np.dtype(np.float32),
-                     descrip=f"MoEC gate confidence, {tag}")
+        write_volume(
+            Path(args.confidence),
+            confidence,
+            header,
+            dtype=np.dtype(np.float32),
+            descrip=f"MoEC gate confidence, {tag}",
+        )
         print(f"wrote {args.confidence} (gate confidence, 0..1)")
     return 0
 

@@ -48,9 +48,11 @@ class ProgressBar:
         self.last, self.last_decile = now, decile
         filled = int(self.width * p.fraction)
         psnr = "" if math.isnan(p.psnr) else f" PSNR {p.psnr:5.2f} dB"
-        text = (f"[{'#' * filled}{'.' * (self.width - filled)}] {100 * p.fraction:3.0f}% step {p.step}"
-                f" {p.stage:<6}{f' ({p.trying})' if p.trying else ''} loss {p.loss:.5f}{psnr} {clock(p.seconds)}"
-                f"{budget_text}")
+        text = (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {100 * p.fraction:3.0f}% step {p.step}"
+            f" {p.stage:<6}{f' ({p.trying})' if p.trying else ''} loss {p.loss:.5f}{psnr} {clock(p.seconds)}"
+            f"{budget_text}"
+        )
         if self.tty:
             self.stream.write("\r" + text[:150].ljust(150))
         else:
@@ -66,6 +68,7 @@ class ProgressBar:
 def to_json(value: object) -> str:
     """JSON that every parser reads: an undefined figure (the PSNR of a constant volume) is null,
     not the NaN or Infinity that Python's json module writes by default."""
+
     def clean(v: object) -> object:
         if isinstance(v, float) and not math.isfinite(v):
             return None
@@ -115,24 +118,33 @@ def describe_model(m: Any) -> str:
         return f"block partition {grid} ({m.experts} SIRENs of {m.expert_layers}x{m.expert_width})"
     if m.encoder == "grid":
         # A grid whose thick-slice axis holds is described level by level: its levels are not halvings.
-        levels = (" > ".join("x".join(map(str, r)) for r in m.grid_resolutions()) if m.grid_hold
-                  else "x".join(map(str, m.grid_finest)))
+        levels = (
+            " > ".join("x".join(map(str, r)) for r in m.grid_resolutions())
+            if m.grid_hold
+            else "x".join(map(str, m.grid_finest))
+        )
         channels = f"{m.grid_channels} channel{'s' if m.grid_channels != 1 else ''}"
         reading = ", read cubically" if m.grid_interpolation == "cubic" else ""
         encoder = f"latent grid {levels}, {m.grid_levels} levels x {channels} ({m.latent_count():,} latents{reading})"
         if m.experts == 1:
             return f"{encoder}; one sine MLP {m.expert_layers}x{m.expert_width}"
-        return (f"{encoder}; learned partition, {m.experts} experts, top-{m.top_k}; {router}, "
-                f"experts {m.expert_layers}x{m.expert_width}")
+        return (
+            f"{encoder}; learned partition, {m.experts} experts, top-{m.top_k}; {router}, "
+            f"experts {m.expert_layers}x{m.expert_width}"
+        )
     if m.experts == 1:
         return f"single SIREN ({m.encoder_layers + m.expert_layers} sine layers of {m.expert_width})"
-    return (f"learned partition, {m.experts} experts, top-{m.top_k}; encoder {m.encoder_layers}x{m.encoder_width}, "
-            f"{router}, experts {m.expert_layers}x{m.expert_width}")
+    return (
+        f"learned partition, {m.experts} experts, top-{m.top_k}; encoder {m.encoder_layers}x{m.encoder_width}, "
+        f"{router}, experts {m.expert_layers}x{m.expert_width}"
+    )
 
 
 def region_text(r: Any) -> str:
-    return (f"inside {db_text(r.psnr_inside)}, max error {r.max_inside:g} ({r.voxels:,} voxels, {100 * r.share:.2f}%); "
-            f"outside {db_text(r.psnr_outside)}, max error {r.max_outside:g}")
+    return (
+        f"inside {db_text(r.psnr_inside)}, max error {r.max_inside:g} ({r.voxels:,} voxels, {100 * r.share:.2f}%); "
+        f"outside {db_text(r.psnr_outside)}, max error {r.max_outside:g}"
+    )
 
 
 def memory_limit(args: argparse.Namespace) -> MemoryLimit:
@@ -142,4 +154,3 @@ def memory_limit(args: argparse.Namespace) -> MemoryLimit:
 
     value = getattr(args, "max_memory", None)
     return MemoryLimit.default() if value is None else MemoryLimit(int(value))
-

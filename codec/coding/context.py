@@ -41,7 +41,7 @@ class Walk:
 @lru_cache(maxsize=16)
 def walk(spatial: tuple[int, ...]) -> Walk:
     padded = tuple(n + 1 for n in spatial)
-    strides = tuple(math.prod(padded[a + 1:]) for a in range(len(padded)))
+    strides = tuple(math.prod(padded[a + 1 :]) for a in range(len(padded)))
     index = np.indices(spatial).reshape(len(spatial), -1)
     nodes = sum((index[a] + 1) * strides[a] for a in range(len(spatial))).astype(np.int64)
     plane = index.sum(axis=0)
@@ -85,8 +85,9 @@ def residuals(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     def behind(padded: np.ndarray, axis: int) -> np.ndarray:
         # The neighbour one step back along `axis` of every node (0 beyond the grid's start).
-        return padded[tuple(slice(None) if a == 0 else slice(0, -1) if a == axis else slice(1, None)
-                            for a in range(q.ndim))]
+        return padded[
+            tuple(slice(None) if a == 0 else slice(0, -1) if a == axis else slice(1, None) for a in range(q.ndim))
+        ]
 
     qp = np.zeros(tuple(n + (a > 0) for a, n in enumerate(q.shape)), dtype=np.int64)
     qp[body] = q

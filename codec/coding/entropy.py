@@ -141,12 +141,13 @@ def _cheapest(flat: np.ndarray) -> tuple[SymbolModel, float]:
     magnitude = values.astype(np.float64)
     candidates = [
         SymbolModel(0, _float16(float((np.abs(magnitude) * counts).sum() / n)), lo, hi),
-        SymbolModel(1, _float16(math.sqrt(float((magnitude ** 2 * counts).sum() / n))), lo, hi),
+        SymbolModel(1, _float16(math.sqrt(float((magnitude**2 * counts).sum() / n))), lo, hi),
     ]
     if hi - lo < MAX_TABLE:
         candidates.append(SymbolModel(TABLE, 1.0, lo, hi, table_counts(values, counts, lo, hi)))
-    return min(((m, _histogram_bits(values, counts, m) + m.overhead_bits) for m in candidates),
-               key=lambda pair: pair[1])
+    return min(
+        ((m, _histogram_bits(values, counts, m) + m.overhead_bits) for m in candidates), key=lambda pair: pair[1]
+    )
 
 
 def table_counts(values: np.ndarray, counts: np.ndarray, lo: int, hi: int) -> tuple[int, ...]:
@@ -240,8 +241,9 @@ def decode(data: bytes, models: list[SymbolModel], shapes: list[tuple[int, ...]]
                 out.append(_decode_context(decoder, tuple(shape), model))
             else:
                 size = math.prod(shape)
-                out.append(_decode_values(decoder, size, model, None if model.constant else _coder_model(model))
-                           .reshape(shape))
+                out.append(
+                    _decode_values(decoder, size, model, None if model.constant else _coder_model(model)).reshape(shape)
+                )
         # A stream whose encoder made it ends where its last symbol does; words beyond that (what a
         # checksum forged over tampered bytes would let through) are refused, not ignored.
         exhausted = decoder.maybe_exhausted()

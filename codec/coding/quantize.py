@@ -107,8 +107,9 @@ def latent_qsteps(grids: Sequence[np.ndarray], bits_per_value: float) -> list[np
     return latent_qsteps_near(grids, bits_per_value)[0]
 
 
-def latent_qsteps_near(grids: Sequence[np.ndarray], bits_per_value: float,
-                       guess: float | None = None) -> tuple[list[np.ndarray], float | None]:
+def latent_qsteps_near(
+    grids: Sequence[np.ndarray], bits_per_value: float, guess: float | None = None
+) -> tuple[list[np.ndarray], float | None]:
     """`latent_qsteps`, and the multiplier found (log2, relative to the stack's RMS; None for a zero
     stack). With the `guess` of a previous search, a warm search first: training refreshes the
     qsteps every LATENT_QSTEP_EVERY steps, the multiplier barely moves in between, and a cold search

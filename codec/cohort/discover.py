@@ -41,8 +41,9 @@ def discover(input_dir: Path, output_dir: Path) -> tuple[list[VolumeJob], list[V
         for name in names:
             if name.lower().endswith(NIFTI_SUFFIXES):
                 stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
-                jobs.append(_job(input_dir, output_dir, rel / name, "", rel / f"{stem}.moec", "",
-                                 _nifti_voxels(folder / name)))
+                jobs.append(
+                    _job(input_dir, output_dir, rel / name, "", rel / f"{stem}.moec", "", _nifti_voxels(folder / name))
+                )
         if not any(not n.lower().endswith(NIFTI_SUFFIXES) for n in names):
             continue
         try:
@@ -52,11 +53,21 @@ def discover(input_dir: Path, output_dir: Path) -> tuple[list[VolumeJob], list[V
                 # The stem comes from the files' headers: made safe here too, whatever series_stem does.
                 stem = safe_name(series_stem(info, scan.series))
                 out = (rel.parent / f"{folder.name}.moec") if len(scan.series) == 1 else rel / f"{stem}.moec"
-                found.append(_job(input_dir, output_dir, rel, str(info.uid), out, str(info.modality),
-                                  int(info.rows) * int(info.columns) * len(info.files)))
+                found.append(
+                    _job(
+                        input_dir,
+                        output_dir,
+                        rel,
+                        str(info.uid),
+                        out,
+                        str(info.modality),
+                        int(info.rows) * int(info.columns) * len(info.files),
+                    )
+                )
         except Exception as exc:  # one damaged file must not stop the run: its folder is a failed row
-            broken.append(_broken(_posix(rel), f"cannot scan the folder {_posix(rel)} for DICOM series: "
-                                               f"{in_one_line(exc)}"))
+            broken.append(
+                _broken(_posix(rel), f"cannot scan the folder {_posix(rel)} for DICOM series: {in_one_line(exc)}")
+            )
             continue
         jobs += found
         for path, why in scan.unreadable:
@@ -66,9 +77,23 @@ def discover(input_dir: Path, output_dir: Path) -> tuple[list[VolumeJob], list[V
         try:
             job.checked_target()
         except OutputError as exc:
-            broken.append(VolumeResult(input=job.input, series=job.series, output=job.output, modality=job.modality,
-                                       shape="", bytes=None, ratio=None, psnr=None, ssim=None, seconds=0.0,
-                                       status="failed", error=str(exc), settings=""))
+            broken.append(
+                VolumeResult(
+                    input=job.input,
+                    series=job.series,
+                    output=job.output,
+                    modality=job.modality,
+                    shape="",
+                    bytes=None,
+                    ratio=None,
+                    psnr=None,
+                    ssim=None,
+                    seconds=0.0,
+                    status="failed",
+                    error=str(exc),
+                    settings="",
+                )
+            )
             continue
         inside.append(job)
     return inside, broken
@@ -97,8 +122,7 @@ def _suffixed(job: VolumeJob, output_dir: Path) -> VolumeJob:
     return replace(job, output=renamed, target=output_dir / renamed)
 
 
-def _job(input_dir: Path, output_dir: Path, rel: Path, series: str, out: Path, modality: str,
-         voxels: int) -> VolumeJob:
+def _job(input_dir: Path, output_dir: Path, rel: Path, series: str, out: Path, modality: str, voxels: int) -> VolumeJob:
     return VolumeJob(_posix(rel), series, out.as_posix(), modality, input_dir / rel, output_dir / out, voxels)
 
 
@@ -107,8 +131,21 @@ def _posix(rel: Path) -> str:
 
 
 def _broken(name: str, error: str) -> VolumeResult:
-    return VolumeResult(input=name, series="", output="", modality="", shape="", bytes=None, ratio=None, psnr=None,
-                        ssim=None, seconds=0.0, status="failed", error=error, settings="")
+    return VolumeResult(
+        input=name,
+        series="",
+        output="",
+        modality="",
+        shape="",
+        bytes=None,
+        ratio=None,
+        psnr=None,
+        ssim=None,
+        seconds=0.0,
+        status="failed",
+        error=error,
+        settings="",
+    )
 
 
 def _nifti_voxels(path: Path) -> int:

@@ -86,8 +86,7 @@ class Cluster:
     """A started engine: the dask client this run uses, and the LocalCluster it started (None on a
     cluster that already runs). A context manager: leaving it closes both, whatever happened."""
 
-    def __init__(self, client: Client, local: LocalCluster | None, engine: Engine, threads: int | None,
-                 described: str):
+    def __init__(self, client: Client, local: LocalCluster | None, engine: Engine, threads: int | None, described: str):
         self.client = client
         self.local = local
         self.engine = engine
@@ -98,8 +97,12 @@ class Cluster:
         """Every volume of `todo` compressed, its row yielded as it finishes (in no set order)."""
         from distributed import as_completed
 
-        futures = {self.client.submit(compress_one, job, settings, threads=self.threads, limit=self.engine.memory,
-                                      key=task_key(job, settings)): job for job in todo}
+        futures = {
+            self.client.submit(
+                compress_one, job, settings, threads=self.threads, limit=self.engine.memory, key=task_key(job, settings)
+            ): job
+            for job in todo
+        }
         for future in as_completed(futures):
             job = futures[future]
             try:
@@ -118,8 +121,9 @@ class Cluster:
     def __enter__(self) -> Cluster:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -140,15 +144,26 @@ def start(todo: list[VolumeJob], engine: Engine) -> Cluster:
     # dask's nannies otherwise start every worker with 1. OpenMP reads its wait policy when torch
     # loads it: busy-waiting threads of several workers on the same cores steal each other's time.
     env = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                         silence_logs=logging.ERROR, env=env)
+    local = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+        env=env,
+    )
     try:
         client = Client(local)
     except BaseException:
         local.close(timeout=10)
         raise
-    return Cluster(client, local, engine, threads,
-                   f"a local cluster of {workers} worker process(es) x {threads} torch thread(s) ({cores()} cores)")
+    return Cluster(
+        client,
+        local,
+        engine,
+        threads,
+        f"a local cluster of {workers} worker process(es) x {threads} torch thread(s) ({cores()} cores)",
+    )
 
 
 def _task_error(exc: BaseException) -> str:
@@ -172,14 +187,18 @@ def connect(address: str) -> Client:
         return Client(address, timeout="20s")
     except (OSError, TimeoutError, TypeError, ValueError) as exc:
         if tls:
-            raise MoecError(f"cannot connect to the dask scheduler at {address} over TLS ({in_one_line(exc)}); "
-                            f"check the certificate configuration: {_TLS_KEYS}") from None
+            raise MoecError(
+                f"cannot connect to the dask scheduler at {address} over TLS ({in_one_line(exc)}); "
+                f"check the certificate configuration: {_TLS_KEYS}"
+            ) from None
         raise MoecError(f"cannot reach the dask scheduler at {address}: {in_one_line(exc)}") from None
 
 
-_TLS_KEYS = ("dask's distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and "
-             "distributed.comm.tls.client.key (or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
-             "..._CLIENT__CERT and ..._CLIENT__KEY), the CA and this client's certificate for the cluster")
+_TLS_KEYS = (
+    "dask's distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and "
+    "distributed.comm.tls.client.key (or DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+    "..._CLIENT__CERT and ..._CLIENT__KEY), the CA and this client's certificate for the cluster"
+)
 
 
 def _check_tls_configuration(address: str) -> None:
@@ -194,7 +213,8 @@ def _check_tls_configuration(address: str) -> None:
     try:
         context = Security().get_connection_args("client")["ssl_context"]
     except (OSError, ValueError) as exc:  # a certificate file missing or unreadable, a bad TLS version
-        raise MoecError(f"the TLS certificate configuration for {address} cannot be used ({in_one_line(exc)}); "
-                        f"check {_TLS_KEYS}") from None
+        raise MoecError(
+            f"the TLS certificate configuration for {address} cannot be used ({in_one_line(exc)}); check {_TLS_KEYS}"
+        ) from None
     if context is None:
         raise MoecError(f"{address} is a TLS address but dask's configuration names no certificate; set {_TLS_KEYS}")

@@ -63,7 +63,7 @@ class VolumeJob:
         """The target resolved, or OutputError unless it is `output` inside the output folder (links
         followed): checked before every write, since the name came in part from a file's contents."""
         parts = PurePosixPath(self.output).parts
-        if not parts or len(parts) > len(self.target.parts) or self.target.parts[-len(parts):] != parts:
+        if not parts or len(parts) > len(self.target.parts) or self.target.parts[-len(parts) :] != parts:
             raise OutputError(f"refusing to write {self.target}: it is not {self.output} in an output folder")
         return check_inside(self.target.parents[len(parts) - 1], self.target)
 
@@ -108,9 +108,21 @@ FIELDS = tuple(f.name for f in fields(VolumeResult))
 
 def failed_row(job: VolumeJob, settings: CohortSettings, error: str, seconds: float = 0.0) -> VolumeResult:
     """The row of a volume that could not be compressed, saying why."""
-    return VolumeResult(input=job.input, series=job.series, output=job.output, modality=job.modality, shape="",
-                        bytes=None, ratio=None, psnr=None, ssim=None, seconds=seconds, status="failed", error=error,
-                        settings=settings.key)
+    return VolumeResult(
+        input=job.input,
+        series=job.series,
+        output=job.output,
+        modality=job.modality,
+        shape="",
+        bytes=None,
+        ratio=None,
+        psnr=None,
+        ssim=None,
+        seconds=seconds,
+        status="failed",
+        error=error,
+        settings=settings.key,
+    )
 
 
 def in_one_line(exc: BaseException) -> str:

@@ -57,8 +57,10 @@ def remove_stale_parts(output_dir: Path, targets: Iterable[Path]) -> list[Path]:
 def _is_part_of(candidate: str, name: str) -> bool:
     prefix = f".{name}."
     suffix = suffixes_of(Path(name)).lower()
-    return (candidate.startswith(prefix)
-            and re.fullmatch(r"[a-z0-9_]+\.part" + re.escape(suffix), candidate[len(prefix):]) is not None)
+    return (
+        candidate.startswith(prefix)
+        and re.fullmatch(r"[a-z0-9_]+\.part" + re.escape(suffix), candidate[len(prefix) :]) is not None
+    )
 
 
 #: What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection"): such a cell is
@@ -98,11 +100,21 @@ def _parse(row: dict) -> VolumeResult:
     def number(kind: Callable[[str], Any], text: str) -> Any:
         return None if text == "" else kind(text)
 
-    return VolumeResult(input=cells["input"], series=cells["series"], output=cells["output"],
-                        modality=cells["modality"], shape=cells["shape"], bytes=number(int, cells["bytes"]),
-                        ratio=number(float, cells["ratio"]), psnr=number(float, cells["psnr"]),
-                        ssim=number(float, cells["ssim"]), seconds=float(cells["seconds"] or 0.0),
-                        status=cells["status"], error=cells["error"], settings=cells["settings"])
+    return VolumeResult(
+        input=cells["input"],
+        series=cells["series"],
+        output=cells["output"],
+        modality=cells["modality"],
+        shape=cells["shape"],
+        bytes=number(int, cells["bytes"]),
+        ratio=number(float, cells["ratio"]),
+        psnr=number(float, cells["psnr"]),
+        ssim=number(float, cells["ssim"]),
+        seconds=float(cells["seconds"] or 0.0),
+        status=cells["status"],
+        error=cells["error"],
+        settings=cells["settings"],
+    )
 
 
 class Manifest:
@@ -134,8 +146,10 @@ class Manifest:
                     continue  # a row cut short (a copy, a disk full): its volume simply runs again
                 self.rows[result.key] = result
         except csv.Error as exc:
-            raise OutputError(f"the manifest {path} is not a readable CSV file ({exc}); move it away or give "
-                              "the batch another output folder") from None
+            raise OutputError(
+                f"the manifest {path} is not a readable CSV file ({exc}); move it away or give "
+                "the batch another output folder"
+            ) from None
         finally:
             csv.field_size_limit(bound)
 

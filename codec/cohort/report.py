@@ -67,9 +67,16 @@ def by_modality(rows: tuple[VolumeResult, ...]) -> list[ModalityStat]:
         ok = [r for r in mine if r.ok]
         psnrs = [r.psnr for r in ok if r.psnr is not None]
         ratios = [r.ratio for r in ok if r.ratio is not None]
-        stats.append(ModalityStat(modality, len(ok), len(mine) - len(ok),
-                                  statistics.fmean(ratios) if ratios else None,
-                                  statistics.fmean(psnrs) if psnrs else None, min(psnrs) if psnrs else None))
+        stats.append(
+            ModalityStat(
+                modality,
+                len(ok),
+                len(mine) - len(ok),
+                statistics.fmean(ratios) if ratios else None,
+                statistics.fmean(psnrs) if psnrs else None,
+                min(psnrs) if psnrs else None,
+            )
+        )
     return stats
 
 
@@ -111,24 +118,35 @@ def table(rows: tuple[VolumeResult, ...], width: int = 150) -> str:
     low = low_rows(rows)
     names = {r.key: terminal_safe(r.name) for r in rows}
     name_width = min(48, max([6] + [len(name) for name in names.values()]))
-    lines = [f"{'':4}  {'volume':<{name_width}}  {'modality':<8}  {'shape':<13}  {'ratio':>8}  {'PSNR':>8}  "
-             f"{'SSIM':>6}  {'seconds':>7}"]
+    lines = [
+        f"{'':4}  {'volume':<{name_width}}  {'modality':<8}  {'shape':<13}  {'ratio':>8}  {'PSNR':>8}  "
+        f"{'SSIM':>6}  {'seconds':>7}"
+    ]
     for r in worst_first(rows):
         name = names[r.key]
-        name = name if len(name) <= name_width else "..." + name[-(name_width - 3):]
+        name = name if len(name) <= name_width else "..." + name[-(name_width - 3) :]
         modality = terminal_safe(modality_of(r))
         if not r.ok:
             text = f"FAIL  {name:<{name_width}}  {modality:<8}  {terminal_safe(r.error)}"
             lines.append(text if len(text) <= width else text[: width - 3] + "...")
             continue
         mark = "low " if r.key in low else "ok  "
-        lines.append(f"{mark}  {name:<{name_width}}  {modality:<8}  {terminal_safe(r.shape):<13}  {r.ratio:>7.1f}x  "
-                     f"{_num(r.psnr, '.2f'):>8}  {_num(r.ssim, '.4f'):>6}  {r.seconds:>7.0f}")
+        lines.append(
+            f"{mark}  {name:<{name_width}}  {modality:<8}  {terminal_safe(r.shape):<13}  {r.ratio:>7.1f}x  "
+            f"{_num(r.psnr, '.2f'):>8}  {_num(r.ssim, '.4f'):>6}  {r.seconds:>7.0f}"
+        )
     lines.append("")
     for s in by_modality(rows):
-        lines.append(f"{terminal_safe(s.modality)}: {s.ok} compressed" + (f", {s.failed} failed" if s.failed else "")
-                     + (f"; mean {s.mean_ratio:.1f}x, mean PSNR {_num(s.mean_psnr, '.2f')} dB, worst "
-                        f"{_num(s.worst_psnr, '.2f')} dB" if s.ok else ""))
+        lines.append(
+            f"{terminal_safe(s.modality)}: {s.ok} compressed"
+            + (f", {s.failed} failed" if s.failed else "")
+            + (
+                f"; mean {s.mean_ratio:.1f}x, mean PSNR {_num(s.mean_psnr, '.2f')} dB, worst "
+                f"{_num(s.worst_psnr, '.2f')} dB"
+                if s.ok
+                else ""
+            )
+        )
     if low:
         lines.append(f"low: more than {LOW_DB:g} dB below the median PSNR of its modality")
     return "\n".join(lines)
@@ -139,8 +157,9 @@ def check_available() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise MoecError("--report draws its figure with matplotlib, which is not installed: "
-                        "pip install 'moec-napari[bench]'") from None
+        raise MoecError(
+            "--report draws its figure with matplotlib, which is not installed: pip install 'moec-napari[bench]'"
+        ) from None
 
 
 def write_report(rows: tuple[VolumeResult, ...], folder: str | Path, title: str) -> tuple[Path, Path]:
@@ -153,20 +172,33 @@ def write_report(rows: tuple[VolumeResult, ...], folder: str | Path, title: str)
     _plot(rows, png, title)
     low = low_rows(rows)
     stats = by_modality(rows)
-    text = [f"# {md_text(title)}", "", f"![PSNR and ratio per volume, by modality]({png.name})", "",
-            "| modality | compressed | failed | mean ratio | mean PSNR (dB) | worst PSNR (dB) |",
-            "|---|---:|---:|---:|---:|---:|"]
+    text = [
+        f"# {md_text(title)}",
+        "",
+        f"![PSNR and ratio per volume, by modality]({png.name})",
+        "",
+        "| modality | compressed | failed | mean ratio | mean PSNR (dB) | worst PSNR (dB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for s in stats:
-        text.append(f"| {md_text(s.modality)} | {s.ok} | {s.failed} | {_num(s.mean_ratio, '.1f')} | "
-                    f"{_num(s.mean_psnr, '.2f')} | {_num(s.worst_psnr, '.2f')} |")
-    text += ["", f"Worst first; *low*: more than {LOW_DB:g} dB below the median PSNR of its modality.", "",
-             "| | volume | modality | shape | ratio | PSNR (dB) | SSIM | seconds |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+        text.append(
+            f"| {md_text(s.modality)} | {s.ok} | {s.failed} | {_num(s.mean_ratio, '.1f')} | "
+            f"{_num(s.mean_psnr, '.2f')} | {_num(s.worst_psnr, '.2f')} |"
+        )
+    text += [
+        "",
+        f"Worst first; *low*: more than {LOW_DB:g} dB below the median PSNR of its modality.",
+        "",
+        "| | volume | modality | shape | ratio | PSNR (dB) | SSIM | seconds |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for r in worst_first(rows):
         if r.ok:
             mark = "**low**" if r.key in low else "ok"
-            text.append(f"| {mark} | {md_code(r.name)} | {md_text(modality_of(r))} | {md_text(r.shape)} | "
-                        f"{r.ratio:.1f}x | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.4f')} | {r.seconds:.0f} |")
+            text.append(
+                f"| {mark} | {md_code(r.name)} | {md_text(modality_of(r))} | {md_text(r.shape)} | "
+                f"{r.ratio:.1f}x | {_num(r.psnr, '.2f')} | {_num(r.ssim, '.4f')} | {r.seconds:.0f} |"
+            )
         else:
             text.append(f"| **failed** | {md_code(r.name)} | {md_text(modality_of(r))} | | | | | {md_text(r.error)} |")
     atomic_write_bytes(md, ("\n".join(text) + "\n").encode("utf-8"))
@@ -186,14 +218,20 @@ def _plot(rows: tuple[VolumeResult, ...], path: Path, title: str) -> None:
     low = low_rows(rows)
     x = list(range(len(ok)))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, min(18.0, 0.35 * len(ok) + 3)), 6.5), sharex=True)
-    top.bar(x, [r.psnr or 0.0 for r in ok], color=[colours[modality_of(r)] for r in ok],
-            edgecolor=["black" if r.key in low else "none" for r in ok], linewidth=1.5)
+    top.bar(
+        x,
+        [r.psnr or 0.0 for r in ok],
+        color=[colours[modality_of(r)] for r in ok],
+        edgecolor=["black" if r.key in low else "none" for r in ok],
+        linewidth=1.5,
+    )
     top.set_ylabel("PSNR (dB)")
     bottom.bar(x, [r.ratio for r in ok], color=[colours[modality_of(r)] for r in ok])
     bottom.set_ylabel("ratio (raw voxels / file)")
     if modalities:
-        top.legend(handles=[Patch(color=colours[m], label=_plot_text(m)) for m in modalities], loc="lower right",
-                   fontsize=8)
+        top.legend(
+            handles=[Patch(color=colours[m], label=_plot_text(m)) for m in modalities], loc="lower right", fontsize=8
+        )
     failed = sum(1 for r in rows if not r.ok)
     top.set_title(_plot_text(title) + (f" ({failed} failed, not shown)" if failed else ""), fontsize=10)
     if len(ok) <= 60:

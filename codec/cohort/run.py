@@ -82,8 +82,14 @@ class Done:
 Event = Refused | Started | Finished | Done
 
 
-def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, settings: CohortSettings, *,
-        engine: engines.Engine | None = None, force: bool = False) -> Generator[Event, None, None]:
+def run(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    settings: CohortSettings,
+    *,
+    engine: engines.Engine | None = None,
+    force: bool = False,
+) -> Generator[Event, None, None]:
     """Compress every volume under `input_dir` into `output_dir` (or go on with a run begun there),
     recording each in the manifest as it finishes, on `engine` (None: a LocalCluster laid out for
     this machine). MoecError, before any work, for folders that cannot be used or a manifest of
@@ -111,12 +117,20 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, settings: C
     manifest = Manifest(output_dir / MANIFEST)
     done = [job for job in jobs if is_finished(job, manifest.rows.get(job.key), settings)]
     todo = [job for job in jobs if job not in done]
-    other = [job for job in todo if (row := manifest.rows.get(job.key)) is not None and row.ok
-             and row.settings != settings.key and job.target.exists()]
+    other = [
+        job
+        for job in todo
+        if (row := manifest.rows.get(job.key)) is not None
+        and row.ok
+        and row.settings != settings.key
+        and job.target.exists()
+    ]
     if other and not force:
         before = terminal_safe(manifest.rows[other[0].key].settings)
-        raise OutputError(f"{len(other)} volume(s) in {output_dir} were compressed with other settings ({before}); "
-                          "use --force to compress them again with these, or give the batch another output folder")
+        raise OutputError(
+            f"{len(other)} volume(s) in {output_dir} were compressed with other settings ({before}); "
+            "use --force to compress them again with these, or give the batch another output folder"
+        )
     for row in broken:
         refused = replace(row, settings=settings.key)
         manifest.record(refused)
@@ -134,8 +148,11 @@ def run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, settings: C
     keys = [job.key for job in jobs] + [row.key for row in broken]
     rows = tuple(manifest.rows[k] for k in sorted(set(keys)) if k in manifest.rows)
     compressed = len(todo) - sum(1 for job in todo if not manifest.rows[job.key].ok)
-    yield Done(CohortSummary(rows, compressed, len(done), sum(1 for r in rows if not r.ok),
-                             time.perf_counter() - start, described))
+    yield Done(
+        CohortSummary(
+            rows, compressed, len(done), sum(1 for r in rows if not r.ok), time.perf_counter() - start, described
+        )
+    )
 
 
 def _means(ok: list[VolumeResult]) -> tuple[float | None, float | None]:

@@ -17,8 +17,9 @@ from codec.io.limits import MemoryLimit
 from codec.settings import TrainConfig
 
 
-def compress_one(job: VolumeJob, settings: CohortSettings, *, threads: int | None = None,
-                 limit: MemoryLimit | None = None) -> VolumeResult:
+def compress_one(
+    job: VolumeJob, settings: CohortSettings, *, threads: int | None = None, limit: MemoryLimit | None = None
+) -> VolumeResult:
     """Compress one volume as `moec compress` does, write its file atomically, measure the file
     written; never raises for a bad volume: the row says what went wrong. `limit`: the memory the
     task may plan to hold (None: the default share of the memory of the machine it runs on)."""
@@ -38,10 +39,16 @@ def compress_one(job: VolumeJob, settings: CohortSettings, *, threads: int | Non
         job.checked_target()  # before any work: a refused path should not cost a training
         torch.set_num_threads(threads or _worker_threads())
         volume = load_volume(job.source, job.series or None, limit=limit or MemoryLimit.default(), compressing=True)
-        train = TrainConfig(minutes=settings.minutes, steps=settings.steps, batch_size=settings.batch_size,
-                            seed=settings.seed, device=settings.device)
-        file_settings = pipeline.Settings(ratio=settings.ratio, experts=settings.experts,
-                                          keep_identity=settings.keep_identity)
+        train = TrainConfig(
+            minutes=settings.minutes,
+            steps=settings.steps,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            device=settings.device,
+        )
+        file_settings = pipeline.Settings(
+            ratio=settings.ratio, experts=settings.experts, keep_identity=settings.keep_identity
+        )
         compression = pipeline.Compression(volume, file_settings, train).train()
         if compression.fitter.steps_run == 0:
             raise MoecError("the time budget ended before the first training step")
@@ -52,10 +59,21 @@ def compress_one(job: VolumeJob, settings: CohortSettings, *, threads: int | Non
         moecfile.write(job.target, data)
         evaluation = compression.evaluate(moecfile.read(job.target))
         q = evaluation.quality
-        return VolumeResult(input=job.input, series=job.series, output=job.output, modality=job.modality,
-                            shape="x".join(map(str, volume.shape)), bytes=len(data), ratio=evaluation.ratio,
-                            psnr=q.psnr if math.isfinite(q.psnr) else None, ssim=q.ssim,
-                            seconds=time.perf_counter() - start, status="ok", error="", settings=settings.key)
+        return VolumeResult(
+            input=job.input,
+            series=job.series,
+            output=job.output,
+            modality=job.modality,
+            shape="x".join(map(str, volume.shape)),
+            bytes=len(data),
+            ratio=evaluation.ratio,
+            psnr=q.psnr if math.isfinite(q.psnr) else None,
+            ssim=q.ssim,
+            seconds=time.perf_counter() - start,
+            status="ok",
+            error="",
+            settings=settings.key,
+        )
     except MoecError as exc:
         return failed_row(job, settings, str(exc), time.perf_counter() - start)
     except MemoryError:

@@ -86,12 +86,19 @@ class DecodeCost:
 
     def text(self) -> str:
         """'about 1.2 GiB of memory and 3 s on this machine (2 cores)'."""
-        return (f"about {size_text(self.memory)} of memory and {duration_text(self.seconds)} on this machine "
-                f"({cpu_cores()} core{'s' if cpu_cores() != 1 else ''})")
+        return (
+            f"about {size_text(self.memory)} of memory and {duration_text(self.seconds)} on this machine "
+            f"({cpu_cores()} core{'s' if cpu_cores() != 1 else ''})"
+        )
 
     def to_json(self) -> dict:
-        return {"shape": list(self.shape), "voxels": self.voxels, "memory_bytes": self.memory,
-                "multiply_adds": self.macs, "seconds": self.seconds}
+        return {
+            "shape": list(self.shape),
+            "voxels": self.voxels,
+            "memory_bytes": self.memory,
+            "multiply_adds": self.macs,
+            "seconds": self.seconds,
+        }
 
 
 def cpu_cores() -> int:
@@ -119,6 +126,7 @@ def duration_text(seconds: float) -> str:
 
 
 # --- multiply-adds per voxel, part by part -------------------------------------------------------
+
 
 def _encoder(m: ModelConfig, tile: tuple[int, ...]) -> float:
     """The shared encoder: a latent grid read over the tile as separable products (LatentGrid.
@@ -182,7 +190,12 @@ def _voxel(m: ModelConfig, tile: tuple[int, ...]) -> float:
 #: Every part of a decode, in the order a voxel runs through them. A model field that changes the
 #: work changes the function of its part; a new part is a new entry.
 PARTS: tuple[tuple[str, Callable[[ModelConfig, tuple[int, ...]], float]], ...] = (
-    ("encoder", _encoder), ("router", _router), ("experts", _experts), ("decoder", _decoder), ("voxel", _voxel))
+    ("encoder", _encoder),
+    ("router", _router),
+    ("experts", _experts),
+    ("decoder", _decoder),
+    ("voxel", _voxel),
+)
 
 
 def macs_per_voxel(model: ModelConfig, tile: tuple[int, ...]) -> dict[str, float]:
@@ -191,6 +204,7 @@ def macs_per_voxel(model: ModelConfig, tile: tuple[int, ...]) -> dict[str, float
 
 
 # --- memory ---------------------------------------------------------------------------------------
+
 
 def working_bytes(model: ModelConfig, tile_voxels: int) -> int:
     """Bytes a decode holds for its tiles in flight: per tile, TILE_BYTES_PER_VOXEL and a latent
@@ -214,9 +228,17 @@ def output_bytes_per_voxel(values: np.dtype | str | type, *, labels: bool, confi
     return np.dtype(values).itemsize + (1 if labels else 0) + (4 if confidence else 0)
 
 
-def decode_cost(meta: MoecMeta, shape: tuple[int, ...] | None = None, *, values: np.dtype | str | type = np.float32,
-                labels: bool = True, confidence: bool = True, beside: int = 0, held: int | None = None,
-                fixed: int = 0) -> DecodeCost:
+def decode_cost(
+    meta: MoecMeta,
+    shape: tuple[int, ...] | None = None,
+    *,
+    values: np.dtype | str | type = np.float32,
+    labels: bool = True,
+    confidence: bool = True,
+    beside: int = 0,
+    held: int | None = None,
+    fixed: int = 0,
+) -> DecodeCost:
     """The cost of decoding `meta`'s file on the grid `shape` (None: the file's own).
 
     `values`, `labels` and `confidence` say what the decode keeps for the whole grid (what
@@ -231,8 +253,14 @@ def decode_cost(meta: MoecMeta, shape: tuple[int, ...] | None = None, *, values:
     tile_voxels = math.prod(tile)
     model = meta.model
     outputs = voxels * output_bytes_per_voxel(values, labels=labels, confidence=confidence)
-    memory = ((outputs if held is None else min(outputs, held)) + voxels * beside + working_bytes(model, tile_voxels)
-              + model.parameter_count() * BYTES_PER_PARAMETER + DECODE_BYTES + fixed)
+    memory = (
+        (outputs if held is None else min(outputs, held))
+        + voxels * beside
+        + working_bytes(model, tile_voxels)
+        + model.parameter_count() * BYTES_PER_PARAMETER
+        + DECODE_BYTES
+        + fixed
+    )
     macs = float(voxels) * sum(macs_per_voxel(model, tile).values())
     return DecodeCost(tuple(grid.shape), voxels, int(memory), macs, macs / macs_per_second())
 
@@ -243,8 +271,14 @@ def max_seconds(minutes: float | None) -> float | None:
     return None if minutes <= 0 else 60.0 * minutes
 
 
-def check(cost: DecodeCost, memory: MemoryLimit, max_seconds: float | None, *, what: str = "this decode",
-          time_option: str = TIME_OPTION) -> None:
+def check(
+    cost: DecodeCost,
+    memory: MemoryLimit,
+    max_seconds: float | None,
+    *,
+    what: str = "this decode",
+    time_option: str = TIME_OPTION,
+) -> None:
     """ResourceLimitError, in one line with the estimate, the limit and the option that raises it,
     when `cost` is above the memory limit or its time above `max_seconds` (None: no time limit).
     `what` names the decode: "decoding ct.moec on a 2048 x 1024 x 1024 grid"."""
@@ -254,7 +288,8 @@ def check(cost: DecodeCost, memory: MemoryLimit, max_seconds: float | None, *, w
         raise ResourceLimitError(
             f"{what} would take about {duration_text(cost.seconds)} on this machine "
             f"({cost.macs / cost.voxels:,.0f} multiply-adds per voxel), above the limit of "
-            f"{duration_text(max_seconds)}; if the file is trusted, raise the limit ({time_option} {minutes})")
+            f"{duration_text(max_seconds)}; if the file is trusted, raise the limit ({time_option} {minutes})"
+        )
 
 
 def grid_text(shape: tuple[int, ...]) -> str:

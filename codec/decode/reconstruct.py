@@ -123,15 +123,15 @@ class Tiling:
 
 
 @torch.no_grad()
-def predict(model: MoEC, coords: torch.Tensor,
-             feats: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: MoEC, coords: torch.Tensor, feats: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Network output on the [-1, 1] scale, expert labels (k+1) and gate confidence for coordinates
     (and their features, when computed already)."""
     device = next(model.parameters()).device
     coords = coords.to(device)
     values, choice, confidence = model.infer(coords, model.features(coords) if feats is None else feats)
-    return (values.float().cpu().numpy(), (choice + 1).to(torch.uint8).cpu().numpy(),
-            confidence.float().cpu().numpy())
+    return (values.float().cpu().numpy(), (choice + 1).to(torch.uint8).cpu().numpy(), confidence.float().cpu().numpy())
 
 
 def slice_axis(affine: np.ndarray) -> int:
@@ -169,24 +169,33 @@ def box_of(region: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ..
     return tuple(out)
 
 
-def _decode_tile(model: MoEC, meta: MoecMeta, shape: tuple[int, ...], box: tuple[slice, ...],
-                 chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decode_tile(
+    model: MoEC, meta: MoecMeta, shape: tuple[int, ...], box: tuple[slice, ...], chunk: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values (as stored, floor applied), labels and confidence of one whole tile, box-shaped."""
     coords, picked = selection_coords(shape, box)
     feats = None
     if isinstance(model.encoder, LatentGrid):
         device = next(model.parameters()).device
         feats = model.encoder.box_features([a.to(device) for a in selection_axes(shape, box)])
-    parts = [predict(model, coords[a:b], None if feats is None else feats[a:b])
-             for a, b in flat_chunks(coords.shape[0], chunk)]
+    parts = [
+        predict(model, coords[a:b], None if feats is None else feats[a:b])
+        for a, b in flat_chunks(coords.shape[0], chunk)
+    ]
     values = apply_floor(_as_stored(np.concatenate([p[0] for p in parts]), meta), meta.floor, meta.vmin)
     labels = np.concatenate([p[1] for p in parts])
     confidence = np.concatenate([p[2] for p in parts])
     return values.reshape(picked), labels.reshape(picked), confidence.reshape(picked)
 
 
-def decode_region(moec: MoecFile, region: tuple[slice, ...], *, shape: tuple[int, ...] | None = None,
-                  device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK) -> RegionDecode:
+def decode_region(
+    moec: MoecFile,
+    region: tuple[slice, ...],
+    *,
+    shape: tuple[int, ...] | None = None,
+    device: str | torch.device = "cpu",
+    chunk: int = DEFAULT_CHUNK,
+) -> RegionDecode:
     """Decode a box of voxels: exactly (bit for bit) those voxels of `reconstruct(moec, shape=shape)`.
 
     `region` holds one slice per axis (missing trailing axes are whole; step 1; numpy's rules for
@@ -203,13 +212,18 @@ def decode_region(moec: MoecFile, region: tuple[slice, ...], *, shape: tuple[int
     confidence = np.empty(picked, dtype=np.float32)
     if values.size:
         model = moec.model.to(device).eval()
-        gather(grid, box, lambda slab, time: _decode_tile(model, meta, grid.shape, grid.box(slab, time), chunk),
-               (values, labels, confidence))
+        gather(
+            grid,
+            box,
+            lambda slab, time: _decode_tile(model, meta, grid.shape, grid.box(slab, time), chunk),
+            (values, labels, confidence),
+        )
     return RegionDecode(values, labels, confidence)
 
 
-def gather(grid: Tiling, box: tuple[slice, ...], tile: Callable[[int, int], Sequence[np.ndarray]],
-           outs: Sequence[np.ndarray]) -> None:
+def gather(
+    grid: Tiling, box: tuple[slice, ...], tile: Callable[[int, int], Sequence[np.ndarray]], outs: Sequence[np.ndarray]
+) -> None:
     """Fill `outs` (arrays of the box's shape) from the tiles that hold `box`: `tile(slab, time)`
     gives a tile's arrays, one per out, each of the tile's shape."""
     for slab, time in grid.covering(box):
@@ -223,10 +237,16 @@ def gather(grid: Tiling, box: tuple[slice, ...], tile: Callable[[int, int], Sequ
             out[dst] = part[src]
 
 
-def reconstruct(moec: MoecFile, *, chunk: int = DEFAULT_CHUNK, device: str | torch.device = "cpu",
-                on_chunk: Callable[[int, int], None] | None = None,
-                shape: tuple[int, ...] | None = None, labels: bool = True,
-                confidence: bool = True) -> Reconstruction:
+def reconstruct(
+    moec: MoecFile,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    device: str | torch.device = "cpu",
+    on_chunk: Callable[[int, int], None] | None = None,
+    shape: tuple[int, ...] | None = None,
+    labels: bool = True,
+    confidence: bool = True,
+) -> Reconstruction:
     """Decode every voxel of a .moec file tile by tile (bounded memory), on the file's grid or, with
     `shape`, on another one covering the same box (the volume then carries the resampled affine
     and header). `chunk` is the most voxels the network sees at once; the labels and the
@@ -241,9 +261,16 @@ def reconstruct(moec: MoecFile, *, chunk: int = DEFAULT_CHUNK, device: str | tor
     return Reconstruction(output_volume(meta, values), outs[0], outs[1])
 
 
-def decode_stored(moec: MoecFile, shape: tuple[int, ...] | None = None, *, labels: bool = False,
-                  confidence: bool = False, device: str | torch.device = "cpu", chunk: int = DEFAULT_CHUNK,
-                  on_chunk: Callable[[int, int], None] | None = None) -> StoredReconstruction:
+def decode_stored(
+    moec: MoecFile,
+    shape: tuple[int, ...] | None = None,
+    *,
+    labels: bool = False,
+    confidence: bool = False,
+    device: str | torch.device = "cpu",
+    chunk: int = DEFAULT_CHUNK,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> StoredReconstruction:
     """`reconstruct` for writing: the values go straight into an array of the file's stored dtype,
     tile by tile, so nothing of the grid's size is held beside it (an int16 grid takes 2 bytes a
     voxel, not real units' 4 and their copies). Bit for bit what `save_volume` writes of
@@ -260,8 +287,10 @@ def decode_stored(moec: MoecFile, shape: tuple[int, ...] | None = None, *, label
 
 
 def _optional_outs(shape: tuple[int, ...], labels: bool, confidence: bool) -> tuple[np.ndarray | None, ...]:
-    return (np.empty(shape, dtype=np.uint8) if labels else None,
-            np.empty(shape, dtype=np.float32) if confidence else None)
+    return (
+        np.empty(shape, dtype=np.uint8) if labels else None,
+        np.empty(shape, dtype=np.float32) if confidence else None,
+    )
 
 
 def _place_optional(outs: tuple[np.ndarray | None, ...], tile: tuple[slice, ...], parts: Sequence[np.ndarray]) -> None:
@@ -270,9 +299,9 @@ def _place_optional(outs: tuple[np.ndarray | None, ...], tile: tuple[slice, ...]
             out[tile] = part
 
 
-def _decoded_tiles(moec: MoecFile, grid: Tiling, device: str | torch.device, chunk: int,
-                   on_chunk: Callable[[int, int], None] | None
-                   ) -> Iterator[tuple[tuple[slice, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+def _decoded_tiles(
+    moec: MoecFile, grid: Tiling, device: str | torch.device, chunk: int, on_chunk: Callable[[int, int], None] | None
+) -> Iterator[tuple[tuple[slice, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Every tile of `grid` with its decoded (values, labels, confidence), in order, decoded
     TILE_WORKERS at a time with at most TILES_AHEAD more waiting: what a decode holds beside its
     output stays a few tiles whatever the grid (codec.decode.cost counts it)."""
@@ -305,8 +334,9 @@ def output_volume(meta: MoecMeta, values: Any) -> Volume:
     """A Volume of decoded `values` (numpy, or a lazy array of their shape) on the file's grid or on
     a resampled one (the affine and header follow the shape of `values`)."""
     affine, header = grid_geometry(meta, tuple(int(n) for n in values.shape))
-    return Volume(data=values, affine=affine, header=header, stored_dtype=meta.dtype, slope=meta.slope,
-                  inter=meta.inter)
+    return Volume(
+        data=values, affine=affine, header=header, stored_dtype=meta.dtype, slope=meta.slope, inter=meta.inter
+    )
 
 
 def grid_geometry(meta: MoecMeta, shape: tuple[int, ...]) -> tuple[np.ndarray, bytes]:
@@ -329,9 +359,15 @@ def _as_stored(unit: np.ndarray, meta: MoecMeta) -> np.ndarray:
     return through_stored(from_unit(unit, meta.vmin, meta.vmax), meta.dtype, meta.slope, meta.inter)
 
 
-def render(model: MoEC, shape: tuple[int, ...], vmin: float, vmax: float,
-           selection: tuple[slice | int, ...], *,
-           chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render(
+    model: MoEC,
+    shape: tuple[int, ...],
+    vmin: float,
+    vmax: float,
+    selection: tuple[slice | int, ...],
+    *,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode part of the grid (a slice, a strided subsample) for previews: real units (unrounded),
     labels and confidence, shaped like the selection (integer axes kept as length 1)."""
     coords, picked = selection_coords(shape, selection)

@@ -29,7 +29,7 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
     total = 0.0
     flat_a, flat_b = a.reshape(-1), b.reshape(-1)
     for start in range(0, flat_a.size, 1 << 22):
-        d = flat_a[start:start + (1 << 22)].astype(np.float64) - flat_b[start:start + (1 << 22)]
+        d = flat_a[start : start + (1 << 22)].astype(np.float64) - flat_b[start : start + (1 << 22)]
         total += float(np.dot(d, d))
     return total / max(flat_a.size, 1)
 
@@ -51,7 +51,7 @@ def _ssim_sum_3d(a: np.ndarray, b: np.ndarray, peak: float, slab: int) -> tuple[
         stop = min(start + slab, n0 - _PAD)
         lo, hi = start - _PAD, stop + _PAD
         _, smap = structural_similarity(a[lo:hi], b[lo:hi], win_size=SSIM_WINDOW, data_range=peak, full=True)
-        inner = smap[_PAD:_PAD + (stop - start), _PAD:-_PAD, _PAD:-_PAD]
+        inner = smap[_PAD : _PAD + (stop - start), _PAD:-_PAD, _PAD:-_PAD]
         total += float(inner.sum(dtype=np.float64))
         count += inner.size
     return total, count
@@ -73,8 +73,11 @@ def ssim(original: np.ndarray, recon: np.ndarray, peak: float | None = None, *, 
             total, count = total + s, count + c
         return total / count, "3D" if a.ndim == 3 else "3D, mean over time frames"
     if min(spatial[:2]) >= SSIM_WINDOW:
-        values = [structural_similarity(fa[:, :, k], fb[:, :, k], win_size=SSIM_WINDOW, data_range=peak)
-                  for fa, fb in frames for k in range(fa.shape[2])]
+        values = [
+            structural_similarity(fa[:, :, k], fb[:, :, k], win_size=SSIM_WINDOW, data_range=peak)
+            for fa, fb in frames
+            for k in range(fa.shape[2])
+        ]
         return float(np.mean(values)), "2D per slice (an axis is shorter than 7 voxels)"
     return math.nan, "not computed (the volume is thinner than SSIM's 7-voxel window)"
 
@@ -159,8 +162,9 @@ class ExpertStat:
     parameters: int
 
 
-def expert_table(original: np.ndarray, recon: np.ndarray, labels: np.ndarray, *, experts: int,
-                 parameters_per_expert: int) -> list[ExpertStat]:
+def expert_table(
+    original: np.ndarray, recon: np.ndarray, labels: np.ndarray, *, experts: int, parameters_per_expert: int
+) -> list[ExpertStat]:
     peak = peak_of(original)
     flat_labels = labels.reshape(-1)
     counts = np.bincount(flat_labels, minlength=experts + 1)

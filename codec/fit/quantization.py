@@ -57,8 +57,7 @@ class LatentRate:
         flat_over = self._flat_since is not None and fraction - self._flat_since >= FLAT_SHARE
         if not self._qsteps or step % LATENT_QSTEP_EVERY == 0 or flat_over:
             found, self._scale = latent_qsteps_near(self._values(), self.bits, self._scale)
-            self._qsteps = {name: torch.tensor(s, device=self.grids[name].device)
-                            for name, s in zip(self.grids, found)}
+            self._qsteps = {name: torch.tensor(s, device=self.grids[name].device) for name, s in zip(self.grids, found)}
             flat = not any(bool(p.detach().any()) for p in self.grids.values())
             self._flat_since = fraction if flat else None
         return self._qsteps
@@ -68,8 +67,13 @@ class Quantization:
     """The qsteps a model trains through: the latents' during the joint stage, the frozen encoder's
     and router's and the trained experts' and decoder's in the final stage."""
 
-    def __init__(self, model: MoEC, quant: QuantConfig, device: torch.device,
-                 file_qsteps: Callable[[], dict[str, np.ndarray]] | None = None):
+    def __init__(
+        self,
+        model: MoEC,
+        quant: QuantConfig,
+        device: torch.device,
+        file_qsteps: Callable[[], dict[str, np.ndarray]] | None = None,
+    ):
         """`file_qsteps()`: the qsteps the written file would store the experts and decoder at now
         (asked once the encoder and router are frozen; MoecError when the file cannot be sized)."""
         self.model = model
@@ -121,8 +125,10 @@ class Quantization:
         except MoecError:
             return  # the file cannot be sized now (the encoder will say why): the default qsteps
         self.trained_qsteps = qsteps
-        self._trained_torch = {name: torch.from_numpy(np.asarray(qstep, dtype=np.float32)).to(self.device)
-                               for name, qstep in qsteps.items()}
+        self._trained_torch = {
+            name: torch.from_numpy(np.asarray(qstep, dtype=np.float32)).to(self.device)
+            for name, qstep in qsteps.items()
+        }
 
     def final_qsteps(self) -> dict[str, torch.Tensor] | None:
         """The qsteps the final stage trains the experts and decoder through (None: float16)."""
@@ -133,5 +139,6 @@ class Quantization:
         coordinate_layer = self.model.config.coordinate_layer
         return {
             name: max_qsteps_torch(p, self.quant.bits_for(name, coordinate_layer), self.quant.granularity)
-            for name, p in self.model.named_tensors() if name.startswith(("experts.", "decoder."))
+            for name, p in self.model.named_tensors()
+            if name.startswith(("experts.", "decoder."))
         }

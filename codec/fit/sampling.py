@@ -65,8 +65,7 @@ class VoxelSampler:
     """Draws training voxels of one volume (see the module's docstring). `roi`: a boolean mask in
     the volume's shape, or None; `share`: the a above, in [0, 1]."""
 
-    def __init__(self, unit: np.ndarray, share: float, roi: np.ndarray | None = None,
-                 roi_weight: float = 1.0):
+    def __init__(self, unit: np.ndarray, share: float, roi: np.ndarray | None = None, roi_weight: float = 1.0):
         if not 0.0 <= share <= 1.0:
             raise ValueError("the activity share must be in [0, 1]")
         self.total = total = int(np.asarray(unit).size)

@@ -45,9 +45,16 @@ class Schedule:
         router_steps = 0
         if fresh and config.router_pretraining and has_router:
             router_steps = config.pretrain_steps if steps is None else min(config.pretrain_steps, steps // 3)
-        return cls(router_steps, steps is not None, config.lr * (1.0 if fresh else CONTINUE_LR_FACTOR),
-                   config.pretrain_lr, config.lr_decay, config.final_fraction, config.cubic_from,
-                   config.latent_qat_from)
+        return cls(
+            router_steps,
+            steps is not None,
+            config.lr * (1.0 if fresh else CONTINUE_LR_FACTOR),
+            config.pretrain_lr,
+            config.lr_decay,
+            config.final_fraction,
+            config.cubic_from,
+            config.latent_qat_from,
+        )
 
     def at(self, fraction: float, steps_done: int, decay_from: float) -> Point:
         """The next step of a run that has done `steps_done` steps and `fraction` of its budget;

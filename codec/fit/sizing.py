@@ -71,11 +71,20 @@ def architecture(settings: Settings, dims: int = 3) -> Architecture:
     assert settings.experts is not None
     encoder = settings.encoder_for(dims)
     layers = settings.expert_layers if settings.expert_layers is not None else (2 if encoder == "grid" else 3)
-    return Architecture(experts=settings.experts, top_k=settings.top_k, partition=settings.partition,
-                        expert_layers=layers, encoder_layers=0 if encoder == "grid" else settings.encoder_layers,
-                        encoder_share=settings.encoder_share, encoder=encoder, grid_channels=settings.grid_channels,
-                        grid_levels=settings.grid_levels, grid_spacing_power=settings.grid_spacing_power,
-                        latent_share=settings.latent_share, router_features=settings.router_features)
+    return Architecture(
+        experts=settings.experts,
+        top_k=settings.top_k,
+        partition=settings.partition,
+        expert_layers=layers,
+        encoder_layers=0 if encoder == "grid" else settings.encoder_layers,
+        encoder_share=settings.encoder_share,
+        encoder=encoder,
+        grid_channels=settings.grid_channels,
+        grid_levels=settings.grid_levels,
+        grid_spacing_power=settings.grid_spacing_power,
+        latent_share=settings.latent_share,
+        router_features=settings.router_features,
+    )
 
 
 def quantization(settings: Settings) -> QuantConfig:
@@ -120,9 +129,14 @@ def thick_slices(spacing: tuple[float, ...]) -> bool:
     return max(spacing) >= THICK_SLICES * min(spacing)
 
 
-def grid_layout(shape: tuple[int, ...], latents: int, channels: int, levels: int,
-                spacing: tuple[float, ...] | None = None,
-                power: float = 0.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def grid_layout(
+    shape: tuple[int, ...],
+    latents: int,
+    channels: int,
+    levels: int,
+    spacing: tuple[float, ...] | None = None,
+    power: float = 0.0,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The latent grid (finest nodes per axis, levels each axis holds) whose levels hold at most
     `latents` latents, never fewer than 2 nodes per axis nor more nodes than voxels.
 
@@ -160,30 +174,67 @@ def grid_layout(shape: tuple[int, ...], latents: int, channels: int, levels: int
     return finest(lo), holds(finest(lo))
 
 
-def config_for(width: int, arch: Architecture, shape: tuple[int, ...], *, encoder_width: int | None = None,
-               router_width: int | None = None, finest: tuple[int, ...] = (),
-               hold: tuple[int, ...] = ()) -> ModelConfig:
+def config_for(
+    width: int,
+    arch: Architecture,
+    shape: tuple[int, ...],
+    *,
+    encoder_width: int | None = None,
+    router_width: int | None = None,
+    finest: tuple[int, ...] = (),
+    hold: tuple[int, ...] = (),
+) -> ModelConfig:
     dims = len(shape)
     if arch.encoder == "grid":
-        return ModelConfig(dims=dims, experts=arch.experts, top_k=arch.top_k, partition=arch.partition,
-                           encoder_width=MIN_WIDTH, encoder_layers=0,
-                           router_width=router_width or min(32, max(MIN_WIDTH, width // 2)),
-                           expert_width=width, expert_layers=arch.expert_layers, omega0=arch.omega0,
-                           encoder="grid", grid_channels=arch.grid_channels, grid_levels=arch.grid_levels,
-                           grid_finest=finest or (2,) * dims, grid_hold=hold, router_features=arch.router_features)
+        return ModelConfig(
+            dims=dims,
+            experts=arch.experts,
+            top_k=arch.top_k,
+            partition=arch.partition,
+            encoder_width=MIN_WIDTH,
+            encoder_layers=0,
+            router_width=router_width or min(32, max(MIN_WIDTH, width // 2)),
+            expert_width=width,
+            expert_layers=arch.expert_layers,
+            omega0=arch.omega0,
+            encoder="grid",
+            grid_channels=arch.grid_channels,
+            grid_levels=arch.grid_levels,
+            grid_finest=finest or (2,) * dims,
+            grid_hold=hold,
+            router_features=arch.router_features,
+        )
     if arch.partition == "blocks":
-        return ModelConfig(dims=dims, experts=arch.experts, top_k=1, partition="blocks", encoder_width=MIN_WIDTH,
-                           encoder_layers=0, router_width=MIN_WIDTH, expert_width=width,
-                           expert_layers=arch.expert_layers, omega0=arch.omega0,
-                           block_grid=block_grid(shape, arch.experts))
+        return ModelConfig(
+            dims=dims,
+            experts=arch.experts,
+            top_k=1,
+            partition="blocks",
+            encoder_width=MIN_WIDTH,
+            encoder_layers=0,
+            router_width=MIN_WIDTH,
+            expert_width=width,
+            expert_layers=arch.expert_layers,
+            omega0=arch.omega0,
+            block_grid=block_grid(shape, arch.experts),
+        )
     if encoder_width is None:
         encoder_width = width if arch.experts == 1 else max(MIN_WIDTH, round(width * arch.encoder_share))
     if router_width is None:
         router_width = min(32, max(MIN_WIDTH, encoder_width // 2))
-    return ModelConfig(dims=dims, experts=arch.experts, top_k=arch.top_k, partition="learned",
-                       encoder_width=encoder_width, encoder_layers=arch.encoder_layers, router_width=router_width,
-                       expert_width=width, expert_layers=arch.expert_layers, omega0=arch.omega0,
-                       router_features=arch.router_features)
+    return ModelConfig(
+        dims=dims,
+        experts=arch.experts,
+        top_k=arch.top_k,
+        partition="learned",
+        encoder_width=encoder_width,
+        encoder_layers=arch.encoder_layers,
+        router_width=router_width,
+        expert_width=width,
+        expert_layers=arch.expert_layers,
+        omega0=arch.omega0,
+        router_features=arch.router_features,
+    )
 
 
 def check_architecture(arch: Architecture, quant: QuantConfig, dims: int) -> None:
@@ -211,6 +262,7 @@ MAX_SYNTHESIS_MACS = 2560
 def synthesis_width_limit(config: ModelConfig) -> int:
     """The widest experts of this configuration whose per-voxel multiply-adds stay within
     MAX_SYNTHESIS_MACS (at least MIN_WIDTH)."""
+
     def macs(width: int) -> int:
         return config.feature_width * width + (config.expert_layers - 1) * width * width + width * config.out_channels
 
@@ -220,8 +272,16 @@ def synthesis_width_limit(config: ModelConfig) -> int:
     return width
 
 
-def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, *, arch: Architecture, quant: QuantConfig,
-               header: int, spacing: tuple[float, ...] | None = None) -> Plan:
+def plan_model(
+    shape: tuple[int, ...],
+    itemsize: int,
+    ratio: float,
+    *,
+    arch: Architecture,
+    quant: QuantConfig,
+    header: int,
+    spacing: tuple[float, ...] | None = None,
+) -> Plan:
     """The widest network of this architecture whose file meets `ratio`, or RatioError. `spacing`
     (voxel sizes) shapes a latent grid (grid_layout)."""
     if not (math.isfinite(ratio) and ratio > 0):
@@ -238,8 +298,14 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, *, arch: Arc
         network = payload_estimate(narrowest, quant) - math.ceil(quant.latent_bits * narrowest.latent_count() / 8)
         latent_bytes = min(arch.latent_share * payload, payload - network)
         latents = int(max(0.0, latent_bytes) * 8 / quant.latent_bits)
-        finest, hold = grid_layout(shape, latents, arch.grid_channels, arch.grid_levels,
-                                   None if spacing is None else tuple(spacing[:3]), arch.grid_spacing_power)
+        finest, hold = grid_layout(
+            shape,
+            latents,
+            arch.grid_channels,
+            arch.grid_levels,
+            None if spacing is None else tuple(spacing[:3]),
+            arch.grid_spacing_power,
+        )
 
     def size(config: ModelConfig) -> int:
         return header + payload_estimate(config, quant)
@@ -256,8 +322,14 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, *, arch: Arc
         if size(capped) < (lower + upper) // 2:
             network = payload_estimate(capped, quant) - math.ceil(quant.latent_bits * capped.latent_count() / 8)
             latents = int(max(0, payload - network) * 8 / quant.latent_bits)
-            finest, hold = grid_layout(shape, latents, arch.grid_channels, arch.grid_levels,
-                                       None if spacing is None else tuple(spacing[:3]), arch.grid_spacing_power)
+            finest, hold = grid_layout(
+                shape,
+                latents,
+                arch.grid_channels,
+                arch.grid_levels,
+                None if spacing is None else tuple(spacing[:3]),
+                arch.grid_spacing_power,
+            )
 
     smallest = size(build(MIN_WIDTH))
     if smallest > upper:
@@ -265,15 +337,21 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, *, arch: Arc
         raise RatioError(
             f"a ratio of {ratio:g}x cannot be reached for this volume ({raw} raw bytes): the header takes "
             f"{header} bytes and the smallest useful network {smallest - header} more; "
-            + (f"the highest reachable ratio is about {math.floor(highest * 10) / 10:g}x" if highest >= 1 else
-               "no file would be smaller than the raw voxels: the volume is too small to compress"),
-            highest=highest)
+            + (
+                f"the highest reachable ratio is about {math.floor(highest * 10) / 10:g}x"
+                if highest >= 1
+                else "no file would be smaller than the raw voxels: the volume is too small to compress"
+            ),
+            highest=highest,
+        )
     largest = size(build(widest))
     if largest < lower:
         lowest = raw / largest
         raise RatioError(
             f"a ratio of {ratio:g}x is too low: even the widest network ({widest}) gives a file of "
-            f"{largest} bytes; the lowest reachable ratio is about {math.ceil(lowest * 10) / 10:g}x", lowest=lowest)
+            f"{largest} bytes; the lowest reachable ratio is about {math.ceil(lowest * 10) / 10:g}x",
+            lowest=lowest,
+        )
     # Aim for the middle of the window when a post-training step search will correct the estimate.
     target = upper if quant.float16 else (lower + upper) // 2
     lo, hi = MIN_WIDTH, widest
@@ -291,8 +369,14 @@ def plan_model(shape: tuple[int, ...], itemsize: int, ratio: float, *, arch: Arc
     return Plan(best, quant, float(ratio), raw, header, lower, upper, size(best))
 
 
-def _refine_exact(base: ModelConfig, arch: Architecture, shape: tuple[int, ...],
-                  size: Callable[[ModelConfig], int], lower: int, upper: int) -> ModelConfig:
+def _refine_exact(
+    base: ModelConfig,
+    arch: Architecture,
+    shape: tuple[int, ...],
+    size: Callable[[ModelConfig], int],
+    lower: int,
+    upper: int,
+) -> ModelConfig:
     """Float16 sizes are exact, so search the encoder and router widths near `base` for the largest
     file within [lower, upper]: the expert width alone moves in steps too coarse for a 5% window."""
     if size(base) >= lower or arch.partition == "blocks":
@@ -310,8 +394,7 @@ def _refine_exact(base: ModelConfig, arch: Architecture, shape: tuple[int, ...],
     return best
 
 
-def fit_to_window(size_at: Callable[[float], int], upper: int, iterations: int = 30,
-                  finest: float = 2.0**-16) -> float:
+def fit_to_window(size_at: Callable[[float], int], upper: int, iterations: int = 30, finest: float = 2.0**-16) -> float:
     """The multiplier of the qsteps (coarser as it grows) that gives the largest file
     not above `upper`: every byte of the window buys precision. Sizes fall as the multiplier grows;
     bracket by doubling, then bisect in log space. Nothing below `finest` is tried: finer qsteps

@@ -129,15 +129,24 @@ def _warm_up_optimizer() -> None:
         _optimizer_ready = True
 
 
-def train_record(config: TrainConfig, steps: int, stage_steps: list[int], *, runs: int,
-                 roi_voxels: int | None = None) -> dict:
+def train_record(
+    config: TrainConfig, steps: int, stage_steps: list[int], *, runs: int, roi_voxels: int | None = None
+) -> dict:
     """How a model was made, for the file's header (no timestamps: files stay reproducible); a
     region of interest adds its size and weight (a file made without one has no "roi" field)."""
-    record = {"seed": config.seed, "steps": steps, "stages": stage_steps, "runs": runs,
-              "minutes": None if config.steps is not None else config.minutes, "batch": config.batch_size,
-              "lr": config.lr, "balance": config.balance_weight, "gate_gradient": config.gate_gradient,
-              "sample_activity": config.sample_activity,
-              "pretrain": config.pretrain_target if config.router_pretraining else "none"}
+    record = {
+        "seed": config.seed,
+        "steps": steps,
+        "stages": stage_steps,
+        "runs": runs,
+        "minutes": None if config.steps is not None else config.minutes,
+        "batch": config.batch_size,
+        "lr": config.lr,
+        "balance": config.balance_weight,
+        "gate_gradient": config.gate_gradient,
+        "sample_activity": config.sample_activity,
+        "pretrain": config.pretrain_target if config.router_pretraining else "none",
+    }
     if roi_voxels is not None:
         record["roi"] = {"voxels": roi_voxels, "weight": config.roi_weight}
     return record
@@ -164,9 +173,17 @@ class _Run:
 class Fitter:
     """Owns a volume's training state: the model, the sampler, and the record of what was run."""
 
-    def __init__(self, volume: Volume, model_config: ModelConfig, quant: QuantConfig,
-                 config: TrainConfig = TrainConfig(), *, file_qsteps: FileQSteps | None = None,
-                 roi: np.ndarray | None = None, sampler: VoxelSampler | None = None):
+    def __init__(
+        self,
+        volume: Volume,
+        model_config: ModelConfig,
+        quant: QuantConfig,
+        config: TrainConfig = TrainConfig(),
+        *,
+        file_qsteps: FileQSteps | None = None,
+        roi: np.ndarray | None = None,
+        sampler: VoxelSampler | None = None,
+    ):
         self.volume = volume
         mask = None if roi is None else check_roi(roi, volume.shape)
         #: The number of voxels in the region of interest (codec.io.roi), None without one.
@@ -178,15 +195,17 @@ class Fitter:
         self.model = MoEC(model_config, seed=config.seed).to(self.device)
         self.model.gate_gradient = config.gate_gradient
         #: The qsteps the model trains through (the latents', the frozen prefix's, the file's).
-        self.quantization = Quantization(self.model, quant, self.device,
-                                         None if file_qsteps is None else lambda: file_qsteps(self))
+        self.quantization = Quantization(
+            self.model, quant, self.device, None if file_qsteps is None else lambda: file_qsteps(self)
+        )
         #: The random numbers of the batches drawn.
         self.rng = torch.Generator().manual_seed(config.seed + 1)
         #: Draws the batches: busy voxels and the region of interest more often, weighted back. One
         #: built for another Fitter of the same volume, configuration and region may be passed in
         #: (`sampler`): its strata are costly to build on a large volume, in time and memory.
-        self.sampler = sampler or VoxelSampler(self.target.cpu().numpy().reshape(self.shape),
-                                               config.sample_activity, mask, config.roi_weight)
+        self.sampler = sampler or VoxelSampler(
+            self.target.cpu().numpy().reshape(self.shape), config.sample_activity, mask, config.roi_weight
+        )
         self.steps_run = 0
         self.stage_steps = {stage: 0 for stage in STAGES}
         self.runs = 0
@@ -210,8 +229,13 @@ class Fitter:
         return self.quantization.trained_qsteps
 
     def record(self) -> dict:
-        return train_record(self.config, self.steps_run, [self.stage_steps[s] for s in STAGES],
-                            runs=self.runs, roi_voxels=self.roi_voxels)
+        return train_record(
+            self.config,
+            self.steps_run,
+            [self.stage_steps[s] for s in STAGES],
+            runs=self.runs,
+            roi_voxels=self.roi_voxels,
+        )
 
     # --- the generator --------------------------------------------------------------------------
     def fit(self, minutes: float | None = None, steps: int | None = None) -> Generator[Progress, None, None]:
@@ -219,8 +243,9 @@ class Fitter:
         if steps is None and minutes is None:
             steps, minutes = self.config.steps, self.config.minutes
         run = self._run = _Run(Budget(steps, minutes))
-        schedule = Schedule.for_run(self.config, steps=steps, fresh=self.steps_run == 0,
-                                    has_router=self.model.router is not None)
+        schedule = Schedule.for_run(
+            self.config, steps=steps, fresh=self.steps_run == 0, has_router=self.model.router is not None
+        )
         self.runs += 1
         stage = optimizer = None
         decay_from = 0.0  # the learning rate decays over the reconstruction stages, not the router's
@@ -239,8 +264,17 @@ class Fitter:
                 run.done += 1
                 self.steps_run += 1
                 self.stage_steps[stage] += 1
-                progress = Progress(self.steps_run, stage, loss, psnr_of_mse(mse), run.clock.elapsed(),
-                                    min(1.0, run.fraction()), point.lr, share, balance)
+                progress = Progress(
+                    self.steps_run,
+                    stage,
+                    loss,
+                    psnr_of_mse(mse),
+                    run.clock.elapsed(),
+                    min(1.0, run.fraction()),
+                    point.lr,
+                    share,
+                    balance,
+                )
                 self.history.append(progress)
                 yield progress
         finally:
@@ -313,8 +347,9 @@ class Fitter:
         weight = None if draw.weight is None else draw.weight.to(self.device)
         return flat, coords_from_flat(flat, self.shape), self.target[flat], weight
 
-    def _step(self, stage: str, optimizer: torch.optim.Optimizer, fraction: float,
-              latent_qat: bool) -> tuple[float, float, tuple[float, ...], float]:
+    def _step(
+        self, stage: str, optimizer: torch.optim.Optimizer, fraction: float, latent_qat: bool
+    ) -> tuple[float, float, tuple[float, ...], float]:
         """One optimisation step: (loss as reported, MSE, expert shares, balancing loss)."""
         model = self.model
         n = model.config.experts

@@ -27,8 +27,16 @@ from dataclasses import dataclass
 
 from codec.errors import MoecFormatError
 
-__all__ = ["MAGIC", "VERSION", "READABLE_VERSIONS", "HEADER_DICTIONARY", "Container", "pack_container",
-           "unpack_container", "MoecFormatError"]
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "READABLE_VERSIONS",
+    "HEADER_DICTIONARY",
+    "Container",
+    "pack_container",
+    "unpack_container",
+    "MoecFormatError",
+]
 
 MAGIC = b"MOEC"
 #: 2 added the latent-grid encoder (model fields) and frequency-table symbol models; a version-1
@@ -133,32 +141,33 @@ def unpack_container(data: bytes, name: str = "the file") -> Container:
     end = at + _U32.size + payload_len
     if end + _U32.size != len(data):
         if end + _U32.size > len(data):
-            raise MoecFormatError(
-                f"{name} is truncated: {len(data)} bytes where its header promises {end + _U32.size}"
-            )
+            raise MoecFormatError(f"{name} is truncated: {len(data)} bytes where its header promises {end + _U32.size}")
         raise MoecFormatError(f"{name} has {len(data) - end - _U32.size} unexpected bytes after its end")
     (crc,) = _U32.unpack_from(data, end)
     if zlib.crc32(data[:end]) != crc:
         raise MoecFormatError(f"{name} is corrupt: its checksum does not match its contents")
     try:
         inflater = zlib.decompressobj(zdict=HEADER_DICTIONARY) if version >= 5 else zlib.decompressobj()
-        inner = inflater.decompress(data[_PREFIX.size:at], MAX_INFLATED_HEADER + 1)
+        inner = inflater.decompress(data[_PREFIX.size : at], MAX_INFLATED_HEADER + 1)
         if len(inner) > MAX_INFLATED_HEADER or inflater.unconsumed_tail or not inflater.eof:
             raise MoecFormatError(f"{name} has a malformed header (bad length or not fully deflated)")
     except zlib.error as exc:
         raise MoecFormatError(f"{name} has a header that cannot be inflated ({exc})") from None
     if len(inner) < _U16.size or _U16.unpack_from(inner, 0)[0] != NIFTI_HEADER_BYTES:
         raise MoecFormatError(f"{name} has no valid NIfTI header")
-    nifti = inner[_U16.size:_U16.size + NIFTI_HEADER_BYTES]
+    nifti = inner[_U16.size : _U16.size + NIFTI_HEADER_BYTES]
     if len(nifti) != NIFTI_HEADER_BYTES:
         raise MoecFormatError(f"{name} has a truncated NIfTI header")
     try:
-        meta = json.loads(inner[_U16.size + NIFTI_HEADER_BYTES:].decode("utf-8"), parse_constant=_reject_constant,
-                          parse_float=_finite_float)
+        meta = json.loads(
+            inner[_U16.size + NIFTI_HEADER_BYTES :].decode("utf-8"),
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
     except MoecFormatError:
         raise
     except (ValueError, RecursionError) as exc:
         raise MoecFormatError(f"{name} has an unreadable header ({type(exc).__name__})") from None
     if not isinstance(meta, dict):
         raise MoecFormatError(f"{name} has a header that is not a record")
-    return Container(version, meta, nifti, data[at + _U32.size:end])
+    return Container(version, meta, nifti, data[at + _U32.size : end])

@@ -66,19 +66,25 @@ class MoecMeta:
         return math.prod(self.shape) * self.dtype.itemsize
 
     def to_json(self) -> dict:
-        return {
-            "shape": list(self.shape),
-            "dtype": self.dtype.name,
-            "scaling": [self.slope, self.inter],
-            "range": [self.vmin, self.vmax],
-            "coords": COORDINATE_CONVENTION,
-            "model": self.model.to_dict(),
-            "weights": {"bits": self.quant.bits, "extra": self.quant.first_layer_extra_bits,
-                        "granularity": self.quant.granularity},
-            "train": self.train,
-            "made_by": self.made_by,
-        } | ({} if self.floor is None else {"floor": self.floor}) | (
-            {} if self.dicom is None else {"dicom": identity_to_json(self.dicom)})
+        return (
+            {
+                "shape": list(self.shape),
+                "dtype": self.dtype.name,
+                "scaling": [self.slope, self.inter],
+                "range": [self.vmin, self.vmax],
+                "coords": COORDINATE_CONVENTION,
+                "model": self.model.to_dict(),
+                "weights": {
+                    "bits": self.quant.bits,
+                    "extra": self.quant.first_layer_extra_bits,
+                    "granularity": self.quant.granularity,
+                },
+                "train": self.train,
+                "made_by": self.made_by,
+            }
+            | ({} if self.floor is None else {"floor": self.floor})
+            | ({} if self.dicom is None else {"dicom": identity_to_json(self.dicom)})
+        )
 
 
 def made_by() -> dict:
@@ -91,9 +97,20 @@ def describe(volume: Volume, model: ModelConfig, quant: QuantConfig, train: dict
     if not np.allclose(hdr.get_best_affine(), volume.affine, atol=1e-6):
         hdr.set_sform(volume.affine, code=int(hdr["sform_code"]) or 2)
     vmin, vmax = volume.value_range
-    return MoecMeta(shape=volume.shape, dtype=np.dtype(volume.stored_dtype), slope=volume.slope, inter=volume.inter,
-                    vmin=vmin, vmax=vmax, nifti=bytes(hdr.binaryblock), model=model, quant=quant, train=dict(train),
-                    made_by=made_by(), dicom=volume.dicom)
+    return MoecMeta(
+        shape=volume.shape,
+        dtype=np.dtype(volume.stored_dtype),
+        slope=volume.slope,
+        inter=volume.inter,
+        vmin=vmin,
+        vmax=vmax,
+        nifti=bytes(hdr.binaryblock),
+        model=model,
+        quant=quant,
+        train=dict(train),
+        made_by=made_by(),
+        dicom=volume.dicom,
+    )
 
 
 def _int(value: Any, name: str, lo: int, hi: int) -> int:
@@ -119,31 +136,53 @@ def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
+
 #: The training record's fields (codec.fit.train.train_record) and what each must be. The record only
 #: informs (`moec info`, the plugin), but what reads it must be able to trust its types.
 _TRAIN_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "seed": int, "steps": int, "runs": int, "batch": int, "minutes": (int, float, type(None)),
-                 "lr": (int, float), "balance": (int, float), "gate_gradient": (int, float), "pretrain": str,
-                 "sample_activity": (int, float)}
+    "seed": int,
+    "steps": int,
+    "runs": int,
+    "batch": int,
+    "minutes": (int, float, type(None)),
+    "lr": (int, float),
+    "balance": (int, float),
+    "gate_gradient": (int, float),
+    "pretrain": str,
+    "sample_activity": (int, float),
+}
 
 
 def _train_record(d: dict) -> dict:
     for key, kind in _TRAIN_FIELDS.items():
         value = d.get(key)
-        if key in d and (not isinstance(value, kind) or isinstance(value, bool)
-                         or (isinstance(value, float) and not math.isfinite(value))):
+        if key in d and (
+            not isinstance(value, kind)
+            or isinstance(value, bool)
+            or (isinstance(value, float) and not math.isfinite(value))
+        ):
             raise MoecFormatError(f"the training record's field {key!r} is malformed: {_short(value)}")
     stages = d.get("stages", [0, 0, 0])
-    if not (isinstance(stages, list) and len(stages) == 3
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in stages)):
+    if not (
+        isinstance(stages, list)
+        and len(stages) == 3
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in stages)
+    ):
         raise MoecFormatError(f"the training record's field 'stages' must be three step counts, not {_short(stages)}")
     roi = d.get("roi")
-    if "roi" in d and not (isinstance(roi, dict) and isinstance(roi.get("voxels"), int)
-                           and not isinstance(roi.get("voxels"), bool) and roi["voxels"] > 0
-                           and isinstance(roi.get("weight"), (int, float)) and not isinstance(roi.get("weight"), bool)
-                           and math.isfinite(roi["weight"]) and roi["weight"] >= 1):
-        raise MoecFormatError(f"the training record's field 'roi' must give the region's voxels and weight, "
-                              f"not {_short(roi)}")
+    if "roi" in d and not (
+        isinstance(roi, dict)
+        and isinstance(roi.get("voxels"), int)
+        and not isinstance(roi.get("voxels"), bool)
+        and roi["voxels"] > 0
+        and isinstance(roi.get("weight"), (int, float))
+        and not isinstance(roi.get("weight"), bool)
+        and math.isfinite(roi["weight"])
+        and roi["weight"] >= 1
+    ):
+        raise MoecFormatError(
+            f"the training record's field 'roi' must give the region's voxels and weight, not {_short(roi)}"
+        )
     return d
 
 
@@ -153,8 +192,10 @@ _MADE_BY_TEXT = re.compile(r"[A-Za-z0-9_.+-]{1,40}")
 
 
 def _made_by(d: dict) -> dict:
-    if len(d) > 16 or not all(isinstance(k, str) and isinstance(v, str) and _MADE_BY_TEXT.fullmatch(k)
-                              and _MADE_BY_TEXT.fullmatch(v) for k, v in d.items()):
+    if len(d) > 16 or not all(
+        isinstance(k, str) and isinstance(v, str) and _MADE_BY_TEXT.fullmatch(k) and _MADE_BY_TEXT.fullmatch(v)
+        for k, v in d.items()
+    ):
         raise MoecFormatError("the header's made_by entry must name at most 16 packages and versions in plain text")
     return d
 
@@ -166,6 +207,7 @@ def _field(d: dict, key: str, kind: type, where: str = "header") -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise MoecFormatError(f"the {where} field {key!r} has the wrong type")
     return value
+
 
 #: Model fields that format version 1 did not have, with the value every version-1 file means.
 _ADDED_IN_2 = {"encoder": "siren", "grid_channels": 2, "grid_levels": 4, "grid_finest": [], "router_features": True}
@@ -193,12 +235,24 @@ _COUNT = partial(_int, lo=0, hi=4096)
 #: How each field of a stored model configuration is read, with its limits: a field ModelConfig
 #: gains must be added here, or every file describing it is refused.
 MODEL_FIELDS: dict[str, Callable[[Any, str], Any]] = {
-    "dims": _COUNT, "experts": _COUNT, "top_k": _COUNT, "partition": partial(_choice, options=PARTITIONS),
-    "encoder_width": _COUNT, "encoder_layers": _COUNT, "router_width": _COUNT, "expert_width": _COUNT,
-    "expert_layers": _COUNT, "out_channels": _COUNT, "omega0": _float,
-    "block_grid": partial(_axes, lo=1, hi=64), "encoder": partial(_choice, options=ENCODERS),
-    "grid_channels": _COUNT, "grid_levels": _COUNT, "grid_finest": partial(_axes, lo=1, hi=1024),
-    "grid_hold": partial(_axes, lo=0, hi=8), "router_features": _flag,
+    "dims": _COUNT,
+    "experts": _COUNT,
+    "top_k": _COUNT,
+    "partition": partial(_choice, options=PARTITIONS),
+    "encoder_width": _COUNT,
+    "encoder_layers": _COUNT,
+    "router_width": _COUNT,
+    "expert_width": _COUNT,
+    "expert_layers": _COUNT,
+    "out_channels": _COUNT,
+    "omega0": _float,
+    "block_grid": partial(_axes, lo=1, hi=64),
+    "encoder": partial(_choice, options=ENCODERS),
+    "grid_channels": _COUNT,
+    "grid_levels": _COUNT,
+    "grid_finest": partial(_axes, lo=1, hi=1024),
+    "grid_hold": partial(_axes, lo=0, hi=8),
+    "router_features": _flag,
     "grid_interpolation": partial(_choice, options=GRID_INTERPOLATIONS),
 }
 
@@ -251,15 +305,20 @@ def parse_meta(container: Container) -> MoecMeta:
     # Decoding computes in float32; loading refuses a volume by the same rule, so that every volume
     # that loads makes a file that reads back.
     if not scaling_fits(slope, inter, vmin, vmax):
-        raise MoecFormatError(f"the intensity range {vmin:g} .. {vmax:g} or the scaling (slope {slope:g}, "
-                              f"intercept {inter:g}) is beyond what a NIfTI volume can hold")
+        raise MoecFormatError(
+            f"the intensity range {vmin:g} .. {vmax:g} or the scaling (slope {slope:g}, "
+            f"intercept {inter:g}) is beyond what a NIfTI volume can hold"
+        )
     if _field(j, "coords", str) != COORDINATE_CONVENTION:
         raise MoecFormatError(f"unknown coordinate convention {j['coords']!r}")
     model = _model_config(_field(j, "model", dict), len(shape), container.version)
     w = _field(j, "weights", dict)
     try:
-        quant = QuantConfig(_int(w.get("bits"), "weights.bits", 2, 16), _int(w.get("extra"), "weights.extra", 0, 6),
-                            _field(w, "granularity", str, "weights"))
+        quant = QuantConfig(
+            _int(w.get("bits"), "weights.bits", 2, 16),
+            _int(w.get("extra"), "weights.extra", 0, 6),
+            _field(w, "granularity", str, "weights"),
+        )
     except ValueError as exc:
         raise MoecFormatError(str(exc)) from None
     train = _train_record(_field(j, "train", dict))
@@ -270,7 +329,7 @@ def parse_meta(container: Container) -> MoecMeta:
         affine = hdr.get_best_affine()
     except Exception as exc:  # nibabel reports a bad header with several exception types
         raise MoecFormatError(f"the stored NIfTI header is invalid ({exc})") from None
-    if dims[: len(shape)] != shape or any(d != 1 for d in dims[len(shape):]):
+    if dims[: len(shape)] != shape or any(d != 1 for d in dims[len(shape) :]):
         raise MoecFormatError(f"the NIfTI header's shape {dims} does not match the volume's {shape}")
     if not np.isfinite(affine).all():
         raise MoecFormatError("the NIfTI header's affine is not finite")
@@ -286,9 +345,22 @@ def parse_meta(container: Container) -> MoecMeta:
     dicom = identity_from_json(j["dicom"]) if "dicom" in j else None
     if dicom is not None and len(shape) != 3:
         raise MoecFormatError("a DICOM series is 3D; the header's dicom entry is on a 4D volume")
-    return MoecMeta(shape=shape, dtype=np.dtype(dtype_name), slope=slope, inter=inter, vmin=vmin, vmax=vmax,
-                    nifti=container.nifti, model=model, quant=quant, train=train, made_by=made,
-                    version=container.version, floor=floor, dicom=dicom)
+    return MoecMeta(
+        shape=shape,
+        dtype=np.dtype(dtype_name),
+        slope=slope,
+        inter=inter,
+        vmin=vmin,
+        vmax=vmax,
+        nifti=container.nifti,
+        model=model,
+        quant=quant,
+        train=train,
+        made_by=made,
+        version=container.version,
+        floor=floor,
+        dicom=dicom,
+    )
 
 
 def read_meta(data: bytes, name: str = "the file") -> MoecMeta:

@@ -63,8 +63,9 @@ def from_bytes(data: bytes, name: str = "the file") -> MoecFile:
 def read(path: str | Path) -> MoecFile:
     path = Path(path)
     if not path.is_file():
-        raise MoecFormatError(f"{path} is a folder, not a .moec file" if path.is_dir()
-                              else f"no such .moec file: {path}")
+        raise MoecFormatError(
+            f"{path} is a folder, not a .moec file" if path.is_dir() else f"no such .moec file: {path}"
+        )
     size = path.stat().st_size
     if size > MAX_PARAMETERS * 4 + (1 << 20):
         raise MoecFormatError(f"{path} is {size} bytes, far larger than any .moec file")

@@ -44,8 +44,9 @@ MAX_WEIGHTS_PER_BYTE = 64
 _TABLE_ENTRY = struct.Struct("<Bhhe")
 
 
-def tensor_qsteps(model: MoEC, quant: QuantConfig,
-                  fixed: Mapping[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
+def tensor_qsteps(
+    model: MoEC, quant: QuantConfig, fixed: Mapping[str, np.ndarray | None] | None = None
+) -> dict[str, np.ndarray]:
     """Each tensor's qsteps: `fixed` ones as they are (the frozen encoder and router),
     latent grids at the qsteps their rate asks for, the rest from their largest weight at the
     configured bit width. Unrounded: `scaled_qsteps` turns them into the stored float16 qsteps."""
@@ -64,16 +65,20 @@ def tensor_qsteps(model: MoEC, quant: QuantConfig,
     return qsteps
 
 
-def scaled_qsteps(base: dict[str, np.ndarray], multiplier: float,
-                  fixed: Mapping[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
+def scaled_qsteps(
+    base: dict[str, np.ndarray], multiplier: float, fixed: Mapping[str, np.ndarray | None] | None = None
+) -> dict[str, np.ndarray]:
     """`base` qsteps times `multiplier` (coarser as it grows), as stored; `fixed` ones untouched."""
     fixed = fixed or {}
-    return {name: qstep if name in fixed else to_float16(np.clip(qstep * multiplier, 6.0e-8, 6.0e4))
-            for name, qstep in base.items()}
+    return {
+        name: qstep if name in fixed else to_float16(np.clip(qstep * multiplier, 6.0e-8, 6.0e4))
+        for name, qstep in base.items()
+    }
 
 
-def finest_multiplier(model: MoEC, base: dict[str, np.ndarray],
-                      fixed: Mapping[str, np.ndarray | None] | None = None) -> float:
+def finest_multiplier(
+    model: MoEC, base: dict[str, np.ndarray], fixed: Mapping[str, np.ndarray | None] | None = None
+) -> float:
     """The smallest multiplier of `base` at which every scaled tensor still holds its largest
     weight in a symbol (MAX_SYMBOL); finer, symbols clip and the weights come out wrong."""
     fixed = fixed or {}
@@ -83,9 +88,10 @@ def finest_multiplier(model: MoEC, base: dict[str, np.ndarray],
         qsteps = scaled_qsteps(base, multiplier, fixed)
         return any(np.max(w / qsteps[name], initial=0.0) > MAX_SYMBOL for name, w in peaks.items())
 
-    multiplier = max((float(np.max(w / (np.asarray(base[name]) * MAX_SYMBOL), initial=0.0))
-                      for name, w in peaks.items()),
-                     default=0.0)
+    multiplier = max(
+        (float(np.max(w / (np.asarray(base[name]) * MAX_SYMBOL), initial=0.0)) for name, w in peaks.items()),
+        default=0.0,
+    )
     # Small qsteps are float16 subnormals, stored up to several percent finer than asked.
     while multiplier > 0 and clips(multiplier):
         multiplier *= 1.05
@@ -144,8 +150,9 @@ def _read_entry(payload: bytes, at: int) -> tuple[int, int, int, float, int]:
     return family, lo, hi, float(scale), at + _TABLE_ENTRY.size
 
 
-def _read_model(payload: bytes, at: int, family: int, lo: int, hi: int,
-                scale: float) -> tuple[entropy.SymbolModel, int]:
+def _read_model(
+    payload: bytes, at: int, family: int, lo: int, hi: int, scale: float
+) -> tuple[entropy.SymbolModel, int]:
     """The rest of a symbol model whose fixed entry has been read: its table or its bins."""
     if family == entropy.TABLE:
         if hi - lo >= entropy.MAX_TABLE:
@@ -207,7 +214,7 @@ def decode_tensors(meta: MoecMeta, payload: bytes) -> list[np.ndarray]:
         out, at = [], 0
         for _, shape in shapes:
             n = math.prod(shape)
-            out.append(flat[at:at + n].reshape(shape))
+            out.append(flat[at : at + n].reshape(shape))
             at += n
         return out
     models, qsteps, at = read_table(meta, payload)

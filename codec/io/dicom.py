@@ -69,6 +69,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # --- identity ---------------------------------------------------------------------------------------
 
+
 def identity_of(ds: Any) -> DicomIdentity:
     """The identity of a pydicom dataset; a value its VR does not allow (or that pydicom cannot even
     convert) is dropped, not refused, so that a real archive's small liberties never stop a
@@ -227,9 +228,16 @@ def _header_of(ds: Any, folder: Path) -> _Header:
     synthetic = not valid_value(found, "UI")
     uid = synthetic_uid(folder, number, found) if synthetic else found
     modality = _text(ds, "Modality").upper()
-    return _Header(uid, synthetic, modality if valid_value(modality, "CS") else "",
-                   number if valid_value(number, "IS") else "", _text(ds, "SeriesDescription"), rows, columns,
-                   _bits_allocated(ds))
+    return _Header(
+        uid,
+        synthetic,
+        modality if valid_value(modality, "CS") else "",
+        number if valid_value(number, "IS") else "",
+        _text(ds, "SeriesDescription"),
+        rows,
+        columns,
+        _bits_allocated(ds),
+    )
 
 
 def scan_folder(folder: Path) -> FolderScan:
@@ -267,14 +275,28 @@ def scan_folder(folder: Path) -> FolderScan:
     series = []
     for uid, members in groups.items():
         first = members[0][1]
-        series.append(SeriesInfo(uid, Path(folder), tuple(p for p, _ in members), first.modality, first.number,
-                                 first.description, first.rows, first.columns, first.bits_allocated))
+        series.append(
+            SeriesInfo(
+                uid,
+                Path(folder),
+                tuple(p for p, _ in members),
+                first.modality,
+                first.number,
+                first.description,
+                first.rows,
+                first.columns,
+                first.bits_allocated,
+            )
+        )
     series.sort(key=lambda s: (_number_key(s.number), s.uid))
     anonymous = sum(header.synthetic for members in groups.values() for _, header in members)
     if anonymous:
         slices = "1 slice" if anonymous == 1 else f"{anonymous} slices"
-        warnings.warn(f"{slices} in {folder} {'has' if anonymous == 1 else 'have'} no valid SeriesInstanceUID; "
-                      "grouped by folder and series number", stacklevel=2)
+        warnings.warn(
+            f"{slices} in {folder} {'has' if anonymous == 1 else 'have'} no valid SeriesInstanceUID; "
+            "grouped by folder and series number",
+            stacklevel=2,
+        )
     return FolderScan(tuple(series), tuple(unreadable), other)
 
 
@@ -322,8 +344,9 @@ def choose_series(folder: Path, series: str | None = None) -> tuple[SeriesInfo, 
         shown = series if len(series) <= 64 else series[:61] + "..."
         raise DicomError(f"{folder} holds no series {shown} (it holds {held})")
     if len(scan.series) > 1:
-        raise SeriesChoiceError(f"{folder} holds {len(scan.series)} DICOM series; choose one with --series UID",
-                                scan.series)
+        raise SeriesChoiceError(
+            f"{folder} holds {len(scan.series)} DICOM series; choose one with --series UID", scan.series
+        )
     return scan.series[0], scan
 
 
@@ -348,8 +371,10 @@ def _component(text: str, max_length: int, fallback: str) -> str:
 
 # --- reading ----------------------------------------------------------------------------------------
 
-def load_series(path: str | os.PathLike, series: str | None = None, *, limit: MemoryLimit | None = None,
-                compressing: bool = False) -> Volume:
+
+def load_series(
+    path: str | os.PathLike, series: str | None = None, *, limit: MemoryLimit | None = None, compressing: bool = False
+) -> Volume:
     """A DICOM series as a Volume: `path` is its folder, or one of its files (its series is then
     the one read unless `series` names another). DicomError on anything that is not one volume,
     ResourceLimitError (before any pixel is read) when it would need more memory than `limit`
@@ -369,7 +394,8 @@ def read_series(info: SeriesInfo, *, limit: MemoryLimit | None = None, compressi
     need = (compress_bytes if compressing else load_bytes)(info.voxels, info.itemsize)
     what = "compressing" if compressing else "loading"
     (limit if limit is not None else MemoryLimit.default()).check(
-        need, f"{what} the DICOM series {info.uid} in {info.folder} ({info.columns} x {info.rows} x {len(info.files)})")
+        need, f"{what} the DICOM series {info.uid} in {info.folder} ({info.columns} x {info.rows} x {len(info.files)})"
+    )
     return _assemble(info, [_read_slice(f, (info.rows, info.columns)) for f in info.files])
 
 
@@ -389,13 +415,18 @@ def _numbers(ds: Any, keyword: str, count: int, path: Path) -> np.ndarray:
     value = ds.get(keyword)
     try:
         # A string is an invalid value pydicom could not split: its characters are no coordinates.
-        numbers = (np.array([float(v) for v in value], dtype=np.float64)
-                   if value is not None and not isinstance(value, (str, bytes)) else None)
+        numbers = (
+            np.array([float(v) for v in value], dtype=np.float64)
+            if value is not None and not isinstance(value, (str, bytes))
+            else None
+        )
     except (TypeError, ValueError, OverflowError):
         numbers = None
     if numbers is None or numbers.shape != (count,) or not np.isfinite(numbers).all():
-        raise DicomError(f"{path} has no valid {keyword}: the slices cannot be placed in space "
-                         "(MoEC needs ImagePositionPatient, ImageOrientationPatient and PixelSpacing)")
+        raise DicomError(
+            f"{path} has no valid {keyword}: the slices cannot be placed in space "
+            "(MoEC needs ImagePositionPatient, ImageOrientationPatient and PixelSpacing)"
+        )
     return numbers
 
 
@@ -435,11 +466,14 @@ def _read_checked_slice(path: Path, shape: tuple[int, int] | None) -> _Slice:
     except Exception as exc:
         raise DicomError(f"{path} is not a readable DICOM file: {_why(exc)}") from None
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise DicomError(f"{path} is a multi-frame (enhanced) DICOM image; MoEC reads series of single-frame "
-                         "slices (convert it first, for example with dcm2niix)")
+        raise DicomError(
+            f"{path} is a multi-frame (enhanced) DICOM image; MoEC reads series of single-frame "
+            "slices (convert it first, for example with dcm2niix)"
+        )
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise DicomError(f"{path} is a colour image ({ds.get('PhotometricInterpretation', '?')}); "
-                         "MoEC compresses grey-level volumes")
+        raise DicomError(
+            f"{path} is a colour image ({ds.get('PhotometricInterpretation', '?')}); MoEC compresses grey-level volumes"
+        )
     if "PixelData" not in ds:
         raise DicomError(f"{path} has no pixel data")
     try:
@@ -447,8 +481,10 @@ def _read_checked_slice(path: Path, shape: tuple[int, int] | None) -> _Slice:
     except _Invalid as exc:
         raise DicomError(f"{path} is not a readable DICOM image: {exc}") from None
     if shape is not None and size != shape:
-        raise DicomError(f"{path} is {size[1]} x {size[0]} where its series' first slice is {shape[1]} x {shape[0]}: "
-                         "the series mixes image sizes; a volume needs one size for every slice")
+        raise DicomError(
+            f"{path} is {size[1]} x {size[0]} where its series' first slice is {shape[1]} x {shape[0]}: "
+            "the series mixes image sizes; a volume needs one size for every slice"
+        )
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and syntax.is_compressed:
@@ -460,8 +496,10 @@ def _read_checked_slice(path: Path, shape: tuple[int, int] | None) -> _Slice:
             # pydicom names each plugin that would decode it as "name - requires ...": the names suffice.
             plugins = [d.split(" - ")[0] for d in decoder.missing_dependencies] if decoder is not None else []
             needs = f"pydicom needs one of: {', '.join(plugins)}" if plugins else "pydicom has no decoder for it"
-            raise DicomError(f"{path} is stored as {syntax.name} ({syntax}), which this installation cannot "
-                             f"decode ({needs}); install one, or decompress the series first (gdcmconv --raw)")
+            raise DicomError(
+                f"{path} is stored as {syntax.name} ({syntax}), which this installation cannot "
+                f"decode ({needs}); install one, or decompress the series first (gdcmconv --raw)"
+            )
     try:
         pixels = np.asarray(ds.pixel_array)
     except Exception as exc:
@@ -470,15 +508,25 @@ def _read_checked_slice(path: Path, shape: tuple[int, int] | None) -> _Slice:
         raise DicomError(f"{path} holds {pixels.ndim}D pixel data, not one image")
     orientation = _numbers(ds, "ImageOrientationPatient", 6, path)
     rows, columns = orientation[:3], orientation[3:]
-    if not (abs(np.linalg.norm(rows) - 1) < 1e-3 and abs(np.linalg.norm(columns) - 1) < 1e-3
-            and abs(float(rows @ columns)) < 1e-3):
+    if not (
+        abs(np.linalg.norm(rows) - 1) < 1e-3
+        and abs(np.linalg.norm(columns) - 1) < 1e-3
+        and abs(float(rows @ columns)) < 1e-3
+    ):
         raise DicomError(f"{path}'s ImageOrientationPatient is not two perpendicular unit vectors")
     spacing = _numbers(ds, "PixelSpacing", 2, path)
     if not (spacing > 0).all():
         raise DicomError(f"{path} has a PixelSpacing that is not positive")
-    return _Slice(path, pixels, _numbers(ds, "ImagePositionPatient", 3, path), orientation,
-                  (float(spacing[0]), float(spacing[1])), _scaling(ds, "RescaleSlope", 1.0, path),
-                  _scaling(ds, "RescaleIntercept", 0.0, path), identity_of(ds))
+    return _Slice(
+        path,
+        pixels,
+        _numbers(ds, "ImagePositionPatient", 3, path),
+        orientation,
+        (float(spacing[0]), float(spacing[1])),
+        _scaling(ds, "RescaleSlope", 1.0, path),
+        _scaling(ds, "RescaleIntercept", 0.0, path),
+        identity_of(ds),
+    )
 
 
 def _assemble(info: SeriesInfo, slices: list[_Slice]) -> Volume:
@@ -495,8 +543,10 @@ def _assemble(info: SeriesInfo, slices: list[_Slice]) -> Volume:
     first = slices[0]
     for s in slices[1:]:
         if np.abs(s.orientation - first.orientation).max() > _GEOMETRY_TOLERANCE:
-            raise DicomError(f"{where} mixes slice orientations ({s.path.name} and {first.path.name}); "
-                             "a volume needs one orientation")
+            raise DicomError(
+                f"{where} mixes slice orientations ({s.path.name} and {first.path.name}); "
+                "a volume needs one orientation"
+            )
         if max(abs(a - b) for a, b in zip(s.spacing, first.spacing)) > _GEOMETRY_TOLERANCE * max(first.spacing):
             raise DicomError(f"{where} mixes pixel spacings ({s.path.name} and {first.path.name})")
     row_cos, col_cos = first.orientation[:3], first.orientation[3:]
@@ -508,13 +558,17 @@ def _assemble(info: SeriesInfo, slices: list[_Slice]) -> Volume:
     gaps = np.diff(depth)
     if gaps.min() < 1e-3:
         i = int(np.argmin(gaps))
-        raise DicomError(f"{where} has two slices at the same position ({slices[i].path.name} and "
-                         f"{slices[i + 1].path.name}): several phases, echoes or volumes in one series; "
-                         "MoEC reads one 3D volume")
+        raise DicomError(
+            f"{where} has two slices at the same position ({slices[i].path.name} and "
+            f"{slices[i + 1].path.name}): several phases, echoes or volumes in one series; "
+            "MoEC reads one 3D volume"
+        )
     mean = float(gaps.mean())
     if gaps.max() - gaps.min() > _SPACING_TOLERANCE * mean:
-        raise DicomError(f"{where} has uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm between "
-                         "positions: a missing slice?); one affine cannot place such slices")
+        raise DicomError(
+            f"{where} has uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm between "
+            "positions: a missing slice?); one affine cannot place such slices"
+        )
     row_spacing, column_spacing = first.spacing
     lps = np.eye(4)
     lps[:3, 0] = row_cos * column_spacing  # along a row: the column index
@@ -539,8 +593,16 @@ def _assemble(info: SeriesInfo, slices: list[_Slice]) -> Volume:
         stored = _holding_dtype(real)
     header = _nifti_header(raw.shape, stored, affine, slope, inter)
     size = sum(s.path.stat().st_size for s in slices)
-    volume = from_array(real, affine=affine, header=header, dtype=stored, slope=slope, inter=inter,
-                        source=info.folder, source_bytes=size)
+    volume = from_array(
+        real,
+        affine=affine,
+        header=header,
+        dtype=stored,
+        slope=slope,
+        inter=inter,
+        source=info.folder,
+        source_bytes=size,
+    )
     identity = slices[0].identity
     if not identity.series_uid:  # a group scan_folder named: the name --series and the manifest know it by
         identity = replace(identity, series_uid=info.uid)
@@ -587,8 +649,9 @@ def check_series_output(folder: str | os.PathLike, force: bool) -> None:
             raise OutputError(f"{folder} exists and is not empty; use --force to replace the series MoEC wrote there")
         foreign = next((p for p in sorted(folder.iterdir()) if not _written_here(p)), None)
         if foreign is not None:
-            raise OutputError(f"{folder} holds files MoEC did not write ({foreign.name}); refusing to replace it, "
-                              "even with --force")
+            raise OutputError(
+                f"{folder} holds files MoEC did not write ({foreign.name}); refusing to replace it, even with --force"
+            )
 
 
 def _written_here(path: Path) -> bool:
@@ -629,8 +692,15 @@ def derived_identity(identity: DicomIdentity, source_digest: str) -> DicomIdenti
     return filed
 
 
-def write_series(volume: Volume, identity: DicomIdentity, folder: str | os.PathLike, *, ratio: float,
-                 source_digest: str, force: bool = False) -> list[Path]:
+def write_series(
+    volume: Volume,
+    identity: DicomIdentity,
+    folder: str | os.PathLike,
+    *,
+    ratio: float,
+    source_digest: str,
+    force: bool = False,
+) -> list[Path]:
     """Write a reconstruction as a new DICOM series in `folder`: marked lossy (LossyImageCompression
     01, a DERIVED image type, the ratio), new series and instance UIDs, the original's patient,
     study and frame of reference kept where the identity has them (a de-identified one gets a

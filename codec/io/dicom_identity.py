@@ -45,8 +45,9 @@ class DicomIdentity:
     def deidentified(self) -> DicomIdentity:
         """Only what describes the series (modality, number, description): no patient, no study and
         no UID that would lead back to the original in an archive."""
-        return DicomIdentity(modality=self.modality, series_number=self.series_number,
-                             series_description=self.series_description)
+        return DicomIdentity(
+            modality=self.modality, series_number=self.series_number, series_description=self.series_description
+        )
 
 
 PATIENT_FIELDS = ("patient_name", "patient_id", "patient_birth_date", "patient_sex")
@@ -54,13 +55,21 @@ STUDY_FIELDS = ("study_uid", "study_date", "study_time", "study_description", "s
 
 #: field -> (DICOM keyword, value representation). The VR bounds what a value may be.
 KEYWORDS = {
-    "study_uid": ("StudyInstanceUID", "UI"), "series_uid": ("SeriesInstanceUID", "UI"),
-    "modality": ("Modality", "CS"), "patient_name": ("PatientName", "PN"), "patient_id": ("PatientID", "LO"),
-    "patient_birth_date": ("PatientBirthDate", "DA"), "patient_sex": ("PatientSex", "CS"),
-    "study_date": ("StudyDate", "DA"), "study_time": ("StudyTime", "TM"),
-    "study_description": ("StudyDescription", "LO"), "study_id": ("StudyID", "SH"),
-    "accession_number": ("AccessionNumber", "SH"), "series_number": ("SeriesNumber", "IS"),
-    "series_description": ("SeriesDescription", "LO"), "frame_of_reference_uid": ("FrameOfReferenceUID", "UI"),
+    "study_uid": ("StudyInstanceUID", "UI"),
+    "series_uid": ("SeriesInstanceUID", "UI"),
+    "modality": ("Modality", "CS"),
+    "patient_name": ("PatientName", "PN"),
+    "patient_id": ("PatientID", "LO"),
+    "patient_birth_date": ("PatientBirthDate", "DA"),
+    "patient_sex": ("PatientSex", "CS"),
+    "study_date": ("StudyDate", "DA"),
+    "study_time": ("StudyTime", "TM"),
+    "study_description": ("StudyDescription", "LO"),
+    "study_id": ("StudyID", "SH"),
+    "accession_number": ("AccessionNumber", "SH"),
+    "series_number": ("SeriesNumber", "IS"),
+    "series_description": ("SeriesDescription", "LO"),
+    "frame_of_reference_uid": ("FrameOfReferenceUID", "UI"),
 }
 #: PS3.5 table 6.2-1: the longest value of each representation (PN: three groups of 64).
 _MAX_LENGTH = {"UI": 64, "CS": 16, "PN": 194, "LO": 64, "SH": 16, "DA": 8, "TM": 16, "IS": 12}

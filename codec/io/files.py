@@ -18,7 +18,7 @@ def suffixes_of(path: Path) -> str:
     name = path.name
     for known in (".nii.gz", ".nii", ".npy", ".moec"):
         if name.lower().endswith(known):
-            return name[-len(known):]
+            return name[-len(known) :]
     return path.suffix
 
 
@@ -132,8 +132,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     target = Path(path)
     check_writable(target)
     parent = parent_of(target)
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.",
-                                    suffix=f".part{suffixes_of(target).lower()}")
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=f".part{suffixes_of(target).lower()}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -78,7 +78,8 @@ class MemoryLimit:
             raise ResourceLimitError(
                 f"{what} would need about {size_text(needed)} of memory, above the limit of "
                 f"{size_text(self.bytes)}; if the file is trusted and the machine has the memory, "
-                f"raise the limit ({self.option} {_ceil_size(needed)})")
+                f"raise the limit ({self.option} {_ceil_size(needed)})"
+            )
 
 
 def _ceil_size(n: float) -> str:

@@ -51,8 +51,9 @@ FORMATS = (
 )
 
 
-def load_volume(path: str | Path, series: str | None = None, *, limit: MemoryLimit | None = None,
-                compressing: bool = False) -> Volume:
+def load_volume(
+    path: str | Path, series: str | None = None, *, limit: MemoryLimit | None = None, compressing: bool = False
+) -> Volume:
     """Load a .nii, .nii.gz or .npy file, or a DICOM series (its folder, or one of its files; `series`
     a SeriesInstanceUID where the folder holds several), as a Volume in real units, or raise
     VolumeError (DicomError for DICOM input).

@@ -68,8 +68,19 @@ DAMAGE_SCAN_BYTES = 64 << 20
 _CHUNK = 1 << 20
 _NIFTI2_HEADER_BYTES = 540
 #: What nibabel and zlib raise on files that are not what they claim; each becomes a VolumeError.
-_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, KeyError, IndexError, TypeError,
-                OverflowError, struct.error, zlib.error)
+_READ_ERRORS = (
+    ImageFileError,
+    HeaderDataError,
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    OverflowError,
+    struct.error,
+    zlib.error,
+)
 
 
 @dataclass(frozen=True)
@@ -96,11 +107,13 @@ def _nifti_layout(path: Path, head: bytes) -> _Layout:
     # sizeof_hdr gives the byte order: nibabel would guess it from dim[0], the very field in question.
     sizes = {struct.unpack(order + "i", head[:4])[0]: order for order in "<>"} if len(head) >= 4 else {}
     if NIFTI1_HEADER_BYTES in sizes and len(head) >= NIFTI1_HEADER_BYTES:
-        hdr: nib.Nifti1Header = nib.Nifti1Header(binaryblock=head[:NIFTI1_HEADER_BYTES],
-                                                 endianness=sizes[NIFTI1_HEADER_BYTES], check=False)
+        hdr: nib.Nifti1Header = nib.Nifti1Header(
+            binaryblock=head[:NIFTI1_HEADER_BYTES], endianness=sizes[NIFTI1_HEADER_BYTES], check=False
+        )
     elif _NIFTI2_HEADER_BYTES in sizes and len(head) >= _NIFTI2_HEADER_BYTES:
-        hdr = nib.Nifti2Header(binaryblock=head[:_NIFTI2_HEADER_BYTES], endianness=sizes[_NIFTI2_HEADER_BYTES],
-                               check=False)
+        hdr = nib.Nifti2Header(
+            binaryblock=head[:_NIFTI2_HEADER_BYTES], endianness=sizes[_NIFTI2_HEADER_BYTES], check=False
+        )
     else:
         raise VolumeError(f"{unreadable}: it does not begin with a NIfTI-1 or NIfTI-2 header")
     dim = [int(d) for d in hdr["dim"]]
@@ -181,11 +194,15 @@ def _inflate_voxels(path: Path, layout: _Layout) -> np.ndarray:
     try:
         data = np.empty(layout.nbytes, dtype=np.uint8)
     except (MemoryError, ValueError):
-        raise ResourceLimitError(f"loading {path} ({shape_text(layout.shape)} {layout.dtype.name}) needs "
-                                 f"{size_text(layout.nbytes)} for its voxels alone, more than this machine "
-                                 "can allocate") from None
-    short = VolumeError(f"{path} is damaged: its header declares {layout.nbytes} bytes of voxels from byte "
-                        f"{layout.offset}, its data end before them")
+        raise ResourceLimitError(
+            f"loading {path} ({shape_text(layout.shape)} {layout.dtype.name}) needs "
+            f"{size_text(layout.nbytes)} for its voxels alone, more than this machine "
+            "can allocate"
+        ) from None
+    short = VolumeError(
+        f"{path} is damaged: its header declares {layout.nbytes} bytes of voxels from byte "
+        f"{layout.offset}, its data end before them"
+    )
     filled = skipped = extra = 0
     try:
         with gzip.open(path, "rb") as stream:
@@ -205,7 +222,8 @@ def _inflate_voxels(path: Path, layout: _Layout) -> np.ndarray:
                 if extra > GZIP_SLACK_BYTES:
                     raise VolumeError(
                         f"{path} is damaged: it inflates to more than the {layout.offset + layout.nbytes} bytes "
-                        f"its header declares ({shape_text(layout.shape)} {layout.dtype.name} voxels)")
+                        f"its header declares ({shape_text(layout.shape)} {layout.dtype.name} voxels)"
+                    )
     except (OSError, EOFError, zlib.error) as exc:
         raise VolumeError(f"{path} is damaged: {_gzip_why(exc)}") from None
     return np.ndarray(layout.shape, dtype=layout.dtype, buffer=data, order="F")
@@ -215,9 +233,11 @@ def _check_scaling(path: Path, slope: float, inter: float) -> None:
     with np.errstate(all="ignore"):
         as32 = np.array([slope, inter], dtype=np.float32)
     if not (np.isfinite(as32).all() and abs(slope) >= FLOAT32_TINY):
-        raise VolumeError(f"{path}'s scaling (slope {slope:g}, intercept {inter:g}) is beyond what MoEC computes in "
-                          f"(float32, whose smallest normal number is {FLOAT32_TINY:.2g}); the header's scl_slope "
-                          "is likely wrong")
+        raise VolumeError(
+            f"{path}'s scaling (slope {slope:g}, intercept {inter:g}) is beyond what MoEC computes in "
+            f"(float32, whose smallest normal number is {FLOAT32_TINY:.2g}); the header's scl_slope "
+            "is likely wrong"
+        )
 
 
 def load_nifti(path: Path, limit: MemoryLimit, compressing: bool) -> Volume:
@@ -227,15 +247,18 @@ def load_nifti(path: Path, limit: MemoryLimit, compressing: bool) -> Volume:
     try:
         layout = _nifti_layout(path, head)
         if not _is_gzip_name(path) and layout.offset + layout.nbytes > size:
-            raise VolumeError(f"{path} is truncated: its header declares {layout.nbytes} bytes of voxels from byte "
-                              f"{layout.offset}, the file has {size} bytes")
+            raise VolumeError(
+                f"{path} is truncated: its header declares {layout.nbytes} bytes of voxels from byte "
+                f"{layout.offset}, the file has {size} bytes"
+            )
         # nibabel holds the header's extensions (the bytes before the voxels) in memory too.
         extensions = max(layout.offset - layout.header_bytes, 0)
         described = f"{shape_text(layout.shape)} {layout.dtype.name}"
         if extensions > _CHUNK:
             described += f" after {size_text(extensions)} of header extensions"
-        check_memory(limit, compressing, layout.voxels, layout.dtype, f"loading {path} ({described})",
-                      beside=extensions)
+        check_memory(
+            limit, compressing, layout.voxels, layout.dtype, f"loading {path} ({described})", beside=extensions
+        )
     except (VolumeError, ResourceLimitError):
         _refuse_if_damaged(path)
         raise
@@ -244,10 +267,15 @@ def load_nifti(path: Path, limit: MemoryLimit, compressing: bool) -> Volume:
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise VolumeError(f"{path} is not a NIfTI image")
         proxy = img.dataobj
-        if (tuple(proxy.shape), int(proxy.offset), np.dtype(proxy.dtype)) != (layout.shape, layout.offset,
-                                                                            layout.dtype):
-            raise VolumeError(f"{path} is not a readable NIfTI file: its header is inconsistent (nibabel reads "
-                              "its shape, datatype or voxel offset differently)")
+        if (tuple(proxy.shape), int(proxy.offset), np.dtype(proxy.dtype)) != (
+            layout.shape,
+            layout.offset,
+            layout.dtype,
+        ):
+            raise VolumeError(
+                f"{path} is not a readable NIfTI file: its header is inconsistent (nibabel reads "
+                "its shape, datatype or voxel offset differently)"
+            )
         stored = check_stored_dtype(img.get_data_dtype(), str(path))
         slope, inter = float(proxy.slope), float(proxy.inter)
         _check_scaling(path, slope, inter)
@@ -277,15 +305,30 @@ def load_nifti(path: Path, limit: MemoryLimit, compressing: bool) -> Volume:
             data = data * np.float32(slope)  # then in place: one float32 copy at a time, as the limit counts
             data += np.float32(inter)
         scaling = f"{path}'s scaling (slope {slope:g}, intercept {inter:g})"
-        if not (np.isfinite(data).all() and span_fits(data)
-                and scaling_fits(slope, inter, float(data.min()), float(data.max()))):
-            raise VolumeError(f"{scaling} takes its values beyond the range MoEC computes in (float32); the "
-                              "header's scl_slope is likely wrong")
+        if not (
+            np.isfinite(data).all()
+            and span_fits(data)
+            and scaling_fits(slope, inter, float(data.min()), float(data.max()))
+        ):
+            raise VolumeError(
+                f"{scaling} takes its values beyond the range MoEC computes in (float32); the "
+                "header's scl_slope is likely wrong"
+            )
         if varied and data.min() == data.max():
-            raise VolumeError(f"{scaling} makes all its distinct stored values one value in float32, the precision "
-                              "MoEC computes in; the header's scl_slope is likely wrong")
-    return Volume(data=data, affine=affine, header=header, stored_dtype=stored, slope=slope, inter=inter, source=path,
-                  source_bytes=size)
+            raise VolumeError(
+                f"{scaling} makes all its distinct stored values one value in float32, the precision "
+                "MoEC computes in; the header's scl_slope is likely wrong"
+            )
+    return Volume(
+        data=data,
+        affine=affine,
+        header=header,
+        stored_dtype=stored,
+        slope=slope,
+        inter=inter,
+        source=path,
+        source_bytes=size,
+    )
 
 
 def save_nifti(
@@ -314,5 +357,3 @@ def save_nifti(
 def save_labels(like: Volume, labels: np.ndarray, path: str | Path, descrip: str) -> None:
     """Write a uint8 label volume (expert k as label k+1) with `like`'s affine."""
     save_nifti(like, np.asarray(labels, dtype=np.uint8), path, descrip, intent="label")
-
-

@@ -47,8 +47,10 @@ def load_npy(path: Path, limit: MemoryLimit, compressing: bool) -> Volume:
     voxels = math.prod(shape)
     check_memory(limit, compressing, voxels, stored, f"loading {path} ({shape_text(shape)} {stored.name})")
     if size - start < voxels * stored.itemsize:
-        raise VolumeError(f"{path} is truncated: its header declares {voxels * stored.itemsize} bytes of "
-                          f"{shape_text(shape)} {stored.name} values, the file holds {max(size - start, 0)}")
+        raise VolumeError(
+            f"{path} is truncated: its header declares {voxels * stored.itemsize} bytes of "
+            f"{shape_text(shape)} {stored.name} values, the file holds {max(size - start, 0)}"
+        )
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

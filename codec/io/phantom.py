@@ -15,13 +15,22 @@ from codec.io.volume import Volume, from_array, synthetic_header
 
 TISSUES = ("air", "fat", "muscle", "lung", "liver", "kidney", "bone", "vessel")
 #: Mean CT value of each tissue, in Hounsfield units.
-HU = {"air": -1000.0, "fat": -100.0, "muscle": 45.0, "lung": -820.0, "liver": 65.0, "kidney": 30.0,
-      "bone": 850.0, "vessel": 180.0}
+HU = {
+    "air": -1000.0,
+    "fat": -100.0,
+    "muscle": 45.0,
+    "lung": -820.0,
+    "liver": 65.0,
+    "kidney": 30.0,
+    "bone": 850.0,
+    "vessel": 180.0,
+}
 SPACING = (1.5, 1.5, 3.0)
 
 
-def _ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: tuple[float, float, float],
-               radii: tuple[float, float, float]) -> np.ndarray:
+def _ellipsoid(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: tuple[float, float, float], radii: tuple[float, float, float]
+) -> np.ndarray:
     return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2
 
 
@@ -41,7 +50,7 @@ def phantom_arrays(shape: tuple[int, int, int] = (96, 80, 48), seed: int = 0) ->
         paint(_ellipsoid(x, y, z, (0.4 * side, 0.02, 0.35), (0.3, 0.42, 0.62)) < 1, "lung")
         paint(_ellipsoid(x, y, z, (0.42 * side, 0.32, -0.55), (0.12, 0.1, 0.22)) < 1, "kidney")
     paint(_ellipsoid(x, y, z, (-0.32, -0.05, -0.45), (0.38, 0.35, 0.4)) < 1, "liver")
-    radius = np.sqrt(x ** 2 + (y * 1.25) ** 2)
+    radius = np.sqrt(x**2 + (y * 1.25) ** 2)
     ribs = (np.abs(radius - 0.76) < 0.035) & (np.cos(z * 22.0) > 0.55) & (z > -0.1)
     paint(ribs & body, "bone")
     paint(_ellipsoid(x, y, z, (0, 0.45, 0), (0.1, 0.09, 2.0)) < 1, "bone")  # spine

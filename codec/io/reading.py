@@ -8,8 +8,9 @@ import numpy as np
 from codec.io.limits import MemoryLimit, compress_bytes, load_bytes
 
 
-def check_memory(limit: MemoryLimit, compressing: bool, voxels: int, dtype: np.dtype, what: str,
-                 beside: int = 0) -> None:
+def check_memory(
+    limit: MemoryLimit, compressing: bool, voxels: int, dtype: np.dtype, what: str, beside: int = 0
+) -> None:
     """ResourceLimitError when loading (or, with `compressing`, compressing) `voxels` stored as
     `dtype`, and `beside` bytes more, would exceed `limit`; `what` names the load in the refusal."""
     estimate = compress_bytes if compressing else load_bytes

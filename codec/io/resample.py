@@ -51,8 +51,10 @@ def check_shape(shape: Any, ndim: int) -> tuple[int, ...]:
     if any(n < 1 for n in out):
         raise VolumeError(f"every axis of an output shape needs at least one voxel, not {' x '.join(map(str, out))}")
     if math.prod(out) > MAX_OUTPUT_VOXELS:
-        raise VolumeError(f"an output grid of {' x '.join(map(str, out))} voxels is too large to decode "
-                          f"(at most {MAX_OUTPUT_VOXELS:,} voxels)")
+        raise VolumeError(
+            f"an output grid of {' x '.join(map(str, out))} voxels is too large to decode "
+            f"(at most {MAX_OUTPUT_VOXELS:,} voxels)"
+        )
     return out
 
 

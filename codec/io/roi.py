@@ -23,8 +23,10 @@ def check_roi(mask: np.ndarray, shape: tuple[int, ...], where: str = "the ROI") 
     if mask.ndim == 3 and len(shape) == 4 and mask.shape == tuple(shape[:3]):
         mask = np.broadcast_to(mask[..., None], shape)
     if mask.shape != tuple(shape):
-        raise VolumeError(f"{where} is {' x '.join(map(str, mask.shape))} voxels, the volume "
-                          f"{' x '.join(map(str, shape))}: a mask must be on the volume's grid")
+        raise VolumeError(
+            f"{where} is {' x '.join(map(str, mask.shape))} voxels, the volume "
+            f"{' x '.join(map(str, shape))}: a mask must be on the volume's grid"
+        )
     if mask.dtype.kind == "f" and not np.isfinite(mask).all():
         raise VolumeError(f"{where} holds NaN or infinite values")
     mask = mask != 0
@@ -55,6 +57,8 @@ def load_roi(path: str | Path, shape: tuple[int, ...], affine: np.ndarray | None
     if affine is not None:
         spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
         if not np.allclose(image.affine[:3], np.asarray(affine)[:3], atol=0.1 * float(spacing.min())):
-            raise VolumeError(f"the ROI {path.name} has the volume's shape but another affine: it would mark "
-                              "other anatomy (write the mask on the volume's grid)")
+            raise VolumeError(
+                f"the ROI {path.name} has the volume's shape but another affine: it would mark "
+                "other anatomy (write the mask on the volume's grid)"
+            )
     return mask

@@ -23,9 +23,18 @@ WRITE_VOXELS = 1 << 20
 WRITE_BYTES = 4 * 8 * WRITE_VOXELS
 
 
-def write_volume(path: Path, data: np.ndarray, header: bytes, *, dtype: np.dtype, descrip: str, slope: float = 1.0,
-                 inter: float = 0.0, intent: str | None = None,
-                 convert: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+def write_volume(
+    path: Path,
+    data: np.ndarray,
+    header: bytes,
+    *,
+    dtype: np.dtype,
+    descrip: str,
+    slope: float = 1.0,
+    inter: float = 0.0,
+    intent: str | None = None,
+    convert: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> None:
     """Write a decoded grid as .nii, .nii.gz or .npy, atomically and slab by slab, holding a few
     slabs beside `data`: the file `save_nifti` (or `save_volume` for .npy) writes of the same
     voxels, with `header` (the output grid's NIfTI-1 header) made the output's as they make it.
@@ -37,8 +46,9 @@ def write_volume(path: Path, data: np.ndarray, header: bytes, *, dtype: np.dtype
     atomic_write(path, lambda tmp: _stream_nifti(tmp, hdr, data, convert))
 
 
-def nifti_output_header(raw: bytes, shape: tuple[int, ...], dtype: np.dtype, descrip: str, *, slope: float,
-                        inter: float, intent: str | None) -> nib.Nifti1Header:
+def nifti_output_header(
+    raw: bytes, shape: tuple[int, ...], dtype: np.dtype, descrip: str, *, slope: float, inter: float, intent: str | None
+) -> nib.Nifti1Header:
     """The header nibabel writes for codec.io.volume.save_nifti of a `shape` array of `dtype`
     under `raw`: the same steps (trailing singleton axes restored, the scaling set after the image
     is made), the image holding a zero-stride stand-in for the voxels."""
@@ -53,8 +63,9 @@ def nifti_output_header(raw: bytes, shape: tuple[int, ...], dtype: np.dtype, des
     return img.header
 
 
-def _stream_nifti(tmp: Path, hdr: nib.Nifti1Header, data: np.ndarray,
-                  convert: Callable[[np.ndarray], np.ndarray] | None) -> None:
+def _stream_nifti(
+    tmp: Path, hdr: nib.Nifti1Header, data: np.ndarray, convert: Callable[[np.ndarray], np.ndarray] | None
+) -> None:
     out = hdr.get_data_dtype()
     # nibabel's Opener: gzip (at nibabel's level) for a .nii.gz name, as nib.save writes it.
     with nib.openers.Opener(str(tmp), "wb") as handle:
@@ -73,22 +84,26 @@ def _fortran_parts(data: np.ndarray) -> Iterator[np.ndarray]:
         if x * y <= WRITE_VOXELS:
             depth = WRITE_VOXELS // (x * y)
             for a in range(0, z, depth):
-                yield volume[:, :, a:a + depth]
+                yield volume[:, :, a : a + depth]
         else:
             rows = max(1, WRITE_VOXELS // x)
             for c in range(z):
                 for b in range(0, y, rows):
-                    yield volume[:, b:b + rows, c]
+                    yield volume[:, b : b + rows, c]
 
 
-def _stream_npy(tmp: Path, data: np.ndarray, dtype: np.dtype,
-                convert: Callable[[np.ndarray], np.ndarray] | None) -> None:
+def _stream_npy(
+    tmp: Path, data: np.ndarray, dtype: np.dtype, convert: Callable[[np.ndarray], np.ndarray] | None
+) -> None:
     """What np.save writes of `data` in `dtype` (C order), slab by slab along the first axis."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": tuple(data.shape)}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(data.shape),
+    }
     rows = max(1, WRITE_VOXELS // max(1, math.prod(data.shape[1:])))
     with open(tmp, "wb") as handle:
         np.lib.format.write_array_header_1_0(handle, header)
         for a in range(0, data.shape[0], rows):
-            part = data[a:a + rows]
+            part = data[a : a + rows]
             handle.write(np.asarray(part if convert is None else convert(part)).astype(dtype).tobytes())

@@ -97,15 +97,21 @@ def check_voxels(array: np.ndarray, what: str = "the input") -> np.ndarray:
         raise VolumeError(f"{what} is {array.ndim}D (shape {array.shape}); MoEC compresses 3D and 4D volumes")
     flat = [axis for axis in range(3) if array.shape[axis] == 1]
     if len(flat) == 3 and array.ndim == 3:
-        raise VolumeError(f"{what} is a single voxel (shape {array.shape}); MoEC compresses 3D and 4D volumes of "
-                          "at least 2 voxels per axis")
+        raise VolumeError(
+            f"{what} is a single voxel (shape {array.shape}); MoEC compresses 3D and 4D volumes of "
+            "at least 2 voxels per axis"
+        )
     if flat:
         # Compression interpolates between voxels along every spatial axis: it needs two along each.
         axes = ("axis " if len(flat) == 1 else "axes ") + " and ".join(str(axis) for axis in flat)
-        raise VolumeError(f"{what} has one voxel along {axes} (shape {array.shape}), so it is "
-                          f"{3 - len(flat)}D; MoEC compresses 3D volumes of at least 2 voxels per axis")
-    beyond = VolumeError(f"{what} holds values whose range (max - min) is beyond float32, the precision MoEC "
-                         f"computes in ({_FLOAT32_MAX:.1e}); rescale them before compressing")
+        raise VolumeError(
+            f"{what} has one voxel along {axes} (shape {array.shape}), so it is "
+            f"{3 - len(flat)}D; MoEC compresses 3D volumes of at least 2 voxels per axis"
+        )
+    beyond = VolumeError(
+        f"{what} holds values whose range (max - min) is beyond float32, the precision MoEC "
+        f"computes in ({_FLOAT32_MAX:.1e}); rescale them before compressing"
+    )
     with np.errstate(over="ignore"):
         data = np.asarray(array, dtype=np.float32)
     finite = np.isfinite(data)
@@ -165,8 +171,16 @@ def from_array(
         header = synthetic_header(data.shape, stored, affine)
     if len(header) != NIFTI1_HEADER_BYTES:
         raise VolumeError(f"a NIfTI-1 header has {NIFTI1_HEADER_BYTES} bytes, not {len(header)}")
-    return Volume(data=data, affine=affine, header=bytes(header), stored_dtype=stored, slope=float(slope),
-                  inter=float(inter), source=source, source_bytes=source_bytes)
+    return Volume(
+        data=data,
+        affine=affine,
+        header=bytes(header),
+        stored_dtype=stored,
+        slope=float(slope),
+        inter=float(inter),
+        source=source,
+        source_bytes=source_bytes,
+    )
 
 
 #: The smallest normal float32: a slope below it cannot be undone in the precision MoEC computes in.
@@ -181,8 +195,9 @@ def scaling_fits(slope: float, inter: float, vmin: float, vmax: float) -> bool:
         as32 = np.array([vmin, vmax, slope, inter], dtype=np.float32)
         span = as32[1] - as32[0]
         ends = (as32[:2] - as32[3]) / as32[2]
-    return bool(np.isfinite(as32).all() and np.isfinite(span) and np.isfinite(ends).all()
-                and abs(slope) >= FLOAT32_TINY)
+    return bool(
+        np.isfinite(as32).all() and np.isfinite(span) and np.isfinite(ends).all() and abs(slope) >= FLOAT32_TINY
+    )
 
 
 def to_stored(data: np.ndarray, dtype: np.dtype, slope: float = 1.0, inter: float = 0.0) -> np.ndarray:

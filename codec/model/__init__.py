@@ -7,5 +7,15 @@ from codec.model.config import ENCODERS, PARTITIONS, ModelConfig, grid_levels, i
 from codec.model.latents import LatentGrid, interpolation_matrix
 from codec.model.network import MoEC, Output, Routing
 
-__all__ = ["ENCODERS", "PARTITIONS", "LatentGrid", "ModelConfig", "MoEC", "Output", "Routing", "grid_levels",
-           "interpolation_matrix", "is_latent"]
+__all__ = [
+    "ENCODERS",
+    "PARTITIONS",
+    "LatentGrid",
+    "ModelConfig",
+    "MoEC",
+    "Output",
+    "Routing",
+    "grid_levels",
+    "interpolation_matrix",
+    "is_latent",
+]

@@ -90,10 +90,12 @@ class ModelConfig:
                 out.append(f"grid_channels must be {low}..{high} and grid_levels 1..8")
             if len(self.grid_finest) != self.dims or not all(2 <= n <= 1024 for n in self.grid_finest):
                 out.append(f"grid_finest {self.grid_finest} must give 2..1024 nodes on each of {self.dims} axes")
-            if self.grid_hold and (len(self.grid_hold) != self.dims
-                                   or not all(0 <= h < self.grid_levels for h in self.grid_hold)):
-                out.append(f"grid_hold {self.grid_hold} must give 0..{self.grid_levels - 1} levels on each of "
-                           f"{self.dims} axes")
+            if self.grid_hold and (
+                len(self.grid_hold) != self.dims or not all(0 <= h < self.grid_levels for h in self.grid_hold)
+            ):
+                out.append(
+                    f"grid_hold {self.grid_hold} must give 0..{self.grid_levels - 1} levels on each of {self.dims} axes"
+                )
             if self.grid_interpolation not in GRID_INTERPOLATIONS:
                 out.append(f"grid_interpolation must be one of {GRID_INTERPOLATIONS}, not {self.grid_interpolation!r}")
         elif self.grid_finest or self.grid_hold or self.grid_interpolation != "linear":
@@ -141,8 +143,10 @@ class ModelConfig:
         shapes: list[tuple[str, tuple[int, ...]]] = []
         width_in = self.dims
         if self.encoder == "grid":
-            shapes += [(f"encoder.grid{level}", (self.grid_channels, *res))
-                       for level, res in enumerate(self.grid_resolutions())]
+            shapes += [
+                (f"encoder.grid{level}", (self.grid_channels, *res))
+                for level, res in enumerate(self.grid_resolutions())
+            ]
             if self.grid_interpolation == "cubic":  # the refinement's learned taps, per level and axis
                 shapes.append(("encoder.taps", (self.grid_levels, 3)))
             width_in = self.feature_width
@@ -203,8 +207,9 @@ def grid_levels(finest: tuple[int, ...], hold: tuple[int, ...], levels: int) -> 
     """Nodes per axis of `levels` grid levels below `finest`: level l has ceil(n / 2^(l - h)) nodes
     on an axis of n finest nodes that holds h levels (at least 2)."""
     hold = hold or (0,) * len(finest)
-    return [tuple(max(2, math.ceil(n / 2 ** max(0, level - h))) for n, h in zip(finest, hold))
-            for level in range(levels)]
+    return [
+        tuple(max(2, math.ceil(n / 2 ** max(0, level - h))) for n, h in zip(finest, hold)) for level in range(levels)
+    ]
 
 
 def is_latent(name: str) -> bool:

@@ -33,8 +33,9 @@ def coords_from_flat(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor
     return coords
 
 
-def selection_coords(shape: tuple[int, ...],
-                     selection: tuple[slice | int, ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
+def selection_coords(
+    shape: tuple[int, ...], selection: tuple[slice | int, ...]
+) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Coordinates (C order) of the voxels picked by `selection` (an int or a slice per axis), and
     the picked shape (integer axes kept as length 1)."""
     axes = selection_axes(shape, selection)
@@ -45,8 +46,10 @@ def selection_coords(shape: tuple[int, ...],
 def selection_axes(shape: tuple[int, ...], selection: tuple[slice | int, ...]) -> list[torch.Tensor]:
     """Positions in [-1, 1] along each axis of the voxels picked by `selection`: the selection's
     coordinates are their product (C order)."""
-    return [torch.from_numpy(axis_positions(np.atleast_1d(np.arange(n)[sel]).astype(np.float32), n))
-            for n, sel in zip(shape, selection)]
+    return [
+        torch.from_numpy(axis_positions(np.atleast_1d(np.arange(n)[sel]).astype(np.float32), n))
+        for n, sel in zip(shape, selection)
+    ]
 
 
 def flat_chunks(total: int, size: int) -> Iterator[tuple[int, int]]:

@@ -80,7 +80,7 @@ class LatentGrid(FakeQuantizable):
             # products stay small.
             for axis in sorted(range(3), key=lambda k: weights[k].shape[0] / weights[k].shape[1]):
                 part = torch.einsum(_CONTRACT[axis], part, weights[axis])
-            out[..., at:at + channels] = part.permute(1, 2, 3, 0)
+            out[..., at : at + channels] = part.permute(1, 2, 3, 0)
             at += channels
         return out.reshape(-1, width)
 
@@ -184,14 +184,19 @@ def refine(grid: torch.Tensor, axis: int, outer: float | torch.Tensor = CATMULL_
     before = 2 * grid.narrow(axis, 0, 1) - grid.narrow(axis, 1, 1)
     after = 2 * grid.narrow(axis, n - 1, 1) - grid.narrow(axis, n - 2, 1)
     padded = torch.cat([before, grid, after], dim=axis)
-    middle = ((0.5 + outer) * (padded.narrow(axis, 1, n - 1) + padded.narrow(axis, 2, n - 1))
-              - outer * (padded.narrow(axis, 0, n - 1) + padded.narrow(axis, 3, n - 1)))
+    middle = (0.5 + outer) * (padded.narrow(axis, 1, n - 1) + padded.narrow(axis, 2, n - 1)) - outer * (
+        padded.narrow(axis, 0, n - 1) + padded.narrow(axis, 3, n - 1)
+    )
     pairs = torch.stack([grid.narrow(axis, 0, n - 1), middle], dim=axis + 1).flatten(axis, axis + 1)
     return torch.cat([pairs, grid.narrow(axis, n - 1, 1)], dim=axis)
 
 
-def refinement_matrix(nodes: int, outer: float | torch.Tensor = CATMULL_ROM,
-                      device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def refinement_matrix(
+    nodes: int,
+    outer: float | torch.Tensor = CATMULL_ROM,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """(2 nodes - 1, nodes): `refine` along one axis as a matrix (differentiable in `outer`)."""
     if isinstance(outer, torch.Tensor):
         device = outer.device

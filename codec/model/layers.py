@@ -34,8 +34,16 @@ class SirenStack(FakeQuantizable):
     initialisation; a stack that reads encoder features uses the hidden-layer one throughout.
     """
 
-    def __init__(self, groups: int, width_in: int, width: int, layers: int, omega0: float,
-                 first_omega: bool, generator: torch.Generator):
+    def __init__(
+        self,
+        groups: int,
+        width_in: int,
+        width: int,
+        layers: int,
+        omega0: float,
+        first_omega: bool,
+        generator: torch.Generator,
+    ):
         super().__init__()
         self.omega0 = omega0
         self.layers = layers

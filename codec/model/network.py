@@ -58,15 +58,29 @@ class MoEC(nn.Module):
         if config.encoder == "grid":
             self.encoder = LatentGrid(config.grid_channels, config.grid_resolutions(), config.grid_interpolation)
         elif config.uses_encoder:
-            self.encoder = SirenStack(1, config.dims, config.encoder_width, config.encoder_layers, config.omega0,
-                                      first_omega=True, generator=generator)
+            self.encoder = SirenStack(
+                1,
+                config.dims,
+                config.encoder_width,
+                config.encoder_layers,
+                config.omega0,
+                first_omega=True,
+                generator=generator,
+            )
         if config.has_router:
             # The router reads the raw coordinates beside the encoder features: sine features alone
             # made smooth partitions hard to learn for some initialisations (the router's pretraining
             # stalled on the phantom for some seeds: docs/history.md).
             self.router = Router(config.router_inputs, config.router_width, config.experts, generator)
-        self.experts = SirenStack(config.experts, width_in, config.expert_width, config.expert_layers,
-                                  config.omega0, first_omega=not config.uses_encoder, generator=generator)
+        self.experts = SirenStack(
+            config.experts,
+            width_in,
+            config.expert_width,
+            config.expert_layers,
+            config.omega0,
+            first_omega=not config.uses_encoder,
+            generator=generator,
+        )
         self.decoder = Decoder(config.expert_width, config.out_channels, config.omega0, generator)
 
     def read_latents(self, interpolation: str) -> None:
@@ -179,7 +193,7 @@ class MoEC(nn.Module):
         start = 0
         for expert, part in enumerate(grouped.split(counts)):
             if counts[expert]:
-                rows = order[start:start + counts[expert]]
+                rows = order[start : start + counts[expert]]
                 values.index_copy_(0, rows, self.decoder(self.experts.run(expert, part))[:, 0])
             start += counts[expert]
         return values, choice, confidence
@@ -203,5 +217,5 @@ class MoEC(nn.Module):
         """
         for prefix, module in (("experts.", self.experts), ("decoder.", self.decoder), ("encoder.", self.encoder)):
             if isinstance(module, FakeQuantizable):
-                chosen = {n[len(prefix):]: s for n, s in (qsteps or {}).items() if n.startswith(prefix)}
+                chosen = {n[len(prefix) :]: s for n, s in (qsteps or {}).items() if n.startswith(prefix)}
                 module.fake_qsteps = chosen or None

@@ -60,8 +60,9 @@ def block_local(coords: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     return local
 
 
-def intensity_clusters(unit: np.ndarray, shape: tuple[int, ...], n: int, seed: int = 0,
-                       sigma: float = 1.5, spatial: float = 1.0) -> np.ndarray:
+def intensity_clusters(
+    unit: np.ndarray, shape: tuple[int, ...], n: int, seed: int = 0, sigma: float = 1.5, spatial: float = 1.0
+) -> np.ndarray:
     """k-means labels (uint8, C-order flat) on (Gaussian-smoothed intensity, spatial * position).
 
     `unit` is the volume on the [-1, 1] training scale, flat in C order. The smoothing keeps the

@@ -17,5 +17,19 @@ from codec.pipeline.rate import SizedFile, file_bytes, file_qsteps, sized_file
 from codec.pipeline.trial import Candidate, Trial
 from codec.settings import Settings
 
-__all__ = ["Candidate", "Compressed", "Compression", "Evaluation", "Plan", "Settings", "SizedFile", "Trial",
-           "evaluate", "file_bytes", "file_qsteps", "make_plan", "new_fitter", "sized_file"]
+__all__ = [
+    "Candidate",
+    "Compressed",
+    "Compression",
+    "Evaluation",
+    "Plan",
+    "Settings",
+    "SizedFile",
+    "Trial",
+    "evaluate",
+    "file_bytes",
+    "file_qsteps",
+    "make_plan",
+    "new_fitter",
+    "sized_file",
+]

@@ -53,8 +53,13 @@ class Compression:
     A Compression is driven from one thread (the plugin's worker): a GUI reads the Progress it
     yields, never its Fitter."""
 
-    def __init__(self, volume: Volume, settings: Settings = Settings(), train: TrainConfig = TrainConfig(),
-                 roi: np.ndarray | None = None):
+    def __init__(
+        self,
+        volume: Volume,
+        settings: Settings = Settings(),
+        train: TrainConfig = TrainConfig(),
+        roi: np.ndarray | None = None,
+    ):
         if volume.dicom is not None and not settings.keep_identity:
             # The header is planned and written from this volume: without the patient, the file never holds it.
             volume = dataclasses.replace(volume, dicom=volume.dicom.deidentified())
@@ -82,8 +87,9 @@ class Compression:
             candidate.fitter = new_fitter(self.volume, candidate.plan, self.train_config, roi=self.roi, sampler=shared)
         return candidate.fitter
 
-    def run(self, minutes: float | None = None, steps: int | None = None,
-            should_stop: Callable[[], bool] | None = None) -> Generator[Progress, None, None]:
+    def run(
+        self, minutes: float | None = None, steps: int | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> Generator[Progress, None, None]:
         """Train for a budget (default: the TrainConfig's; a later run continues the model),
         yielding Progress after every step, until the budget ends or `should_stop()` says so. A
         generator closed early (Ctrl-C, a cancelled worker) leaves a model that encodes."""
@@ -106,8 +112,11 @@ class Compression:
         scale = (total - spent) / total if total > 0 else 1.0
         try:
             for progress in run:
-                yield dataclasses.replace(progress, fraction=min(1.0, spent / total + scale * progress.fraction),
-                                          seconds=others_seconds + progress.seconds)
+                yield dataclasses.replace(
+                    progress,
+                    fraction=min(1.0, spent / total + scale * progress.fraction),
+                    seconds=others_seconds + progress.seconds,
+                )
                 if should_stop is not None and should_stop():
                     break
         finally:
@@ -121,8 +130,9 @@ class Compression:
         """What the trial tries, in a sentence for a user ("" where there is one candidate)."""
         return self.trial.text()
 
-    def _trial(self, budget: Budget, should_stop: Callable[[], bool] | None
-               ) -> Generator[Progress, None, tuple[Generator[Progress, None, None], float] | None]:
+    def _trial(
+        self, budget: Budget, should_stop: Callable[[], bool] | None
+    ) -> Generator[Progress, None, tuple[Generator[Progress, None, None], float] | None]:
         """Train the candidates of each round (Trial.rounds) until each has had its share of the
         budget past its router stage (the learned partition's first, cheap steps are not counted
         against it: the candidates are compared on as much reconstruction training), keep the
@@ -133,8 +143,9 @@ class Compression:
         first_budget = trial.first_budget(budget)
         tried: list[Candidate] = []  # those whose trial is over, in order
 
-        def round_of(contenders: list[Candidate], kept: Candidate | None
-                     ) -> Generator[Progress, None, Candidate | None]:
+        def round_of(
+            contenders: list[Candidate], kept: Candidate | None
+        ) -> Generator[Progress, None, Candidate | None]:
             """Train each contender for its trial; the best of them and `kept`, or None when stopped."""
             for candidate in contenders:
                 self._current = candidate
@@ -144,8 +155,12 @@ class Compression:
                 started: float | None = None  # where its reconstruction training began
                 for progress in candidate.run:
                     used = budget.used(progress.step, progress.seconds)
-                    yield dataclasses.replace(progress, fraction=min(1.0, (before + used) / total),
-                                              seconds=before_seconds + progress.seconds, trying=candidate.name)
+                    yield dataclasses.replace(
+                        progress,
+                        fraction=min(1.0, (before + used) / total),
+                        seconds=before_seconds + progress.seconds,
+                        trying=candidate.name,
+                    )
                     if should_stop is not None and should_stop():
                         return None
                     if progress.stage != "router" and started is None:
@@ -220,15 +235,21 @@ class Compression:
         data = sized.data
         notes = list(self.notes)
         if sized.below:
-            why = ("training stopped in the router stage, so the latent grid is still empty"
-                   if self.plan.model.encoder == "grid" and fitter.stage_steps["router"] == fitter.steps_run else
-                   "the grid and router take no more bytes at their steps")
-            notes.append(f"the file is smaller than asked ({len(data):,} bytes, the window starts at "
-                         f"{self.plan.lower_bytes:,} bytes): every other weight already has the finest step it "
-                         f"can be stored with, and {why}")
+            why = (
+                "training stopped in the router stage, so the latent grid is still empty"
+                if self.plan.model.encoder == "grid" and fitter.stage_steps["router"] == fitter.steps_run
+                else "the grid and router take no more bytes at their steps"
+            )
+            notes.append(
+                f"the file is smaller than asked ({len(data):,} bytes, the window starts at "
+                f"{self.plan.lower_bytes:,} bytes): every other weight already has the finest step it "
+                f"can be stored with, and {why}"
+            )
         if not sized.floored:
-            notes.append("the file has no floor for the decoder (its few header bytes did not fit below the "
-                         "size window's top): values below the volume's background are kept as decoded")
+            notes.append(
+                "the file has no floor for the decoder (its few header bytes did not fit below the "
+                "size window's top): values below the volume's background are kept as decoded"
+            )
         return Compressed(data, fitter.steps_run, tuple(fitter.record()["stages"]), tuple(notes))
 
     def evaluate(self, moec: MoecFile, device: str = "cpu") -> Evaluation:

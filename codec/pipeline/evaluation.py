@@ -34,8 +34,13 @@ def evaluate(original: Volume, moec: MoecFile, *, device: str = "cpu", roi: np.n
     recon = reconstruct(moec, device=device)
     assert recon.labels is not None  # reconstruct keeps them unless told not to
     q = quality(original.data, recon.volume.data, dtype=original.stored_dtype, slope=original.slope)
-    table = expert_table(original.data, recon.volume.data, recon.labels, experts=moec.meta.model.experts,
-                         parameters_per_expert=moec.meta.model.expert_parameter_count())
+    table = expert_table(
+        original.data,
+        recon.volume.data,
+        recon.labels,
+        experts=moec.meta.model.experts,
+        parameters_per_expert=moec.meta.model.expert_parameter_count(),
+    )
     file_ratio = original.source_bytes / moec.nbytes if original.source_bytes else None
     region = None if roi is None else region_quality(original.data, recon.volume.data, check_roi(roi, original.shape))
     return Evaluation(moec, recon, q, table, moec.ratio, file_ratio, region)

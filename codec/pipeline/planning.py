@@ -27,17 +27,38 @@ def make_plan(volume: Volume, settings: Settings, train: TrainConfig = TrainConf
     holds = (arch.grid_levels - 1,) * len(volume.shape) if thick else ()
     example = sizing.config_for(sizing.MIN_WIDTH, arch, volume.shape, finest=(999,) * len(volume.shape), hold=holds)
     # A record with large counters: the header can only shrink once the real numbers are known.
-    meta = describe(volume, example, quant, train_record(train, 10**6, [10**6] * 3, runs=9,
-                                                                roi_voxels=10**9 if roi else None))
+    meta = describe(
+        volume, example, quant, train_record(train, 10**6, [10**6] * 3, runs=9, roi_voxels=10**9 if roi else None)
+    )
     header = sizing.header_bytes(meta.nifti, meta.to_json())
-    return sizing.plan_model(volume.shape, volume.stored_dtype.itemsize, settings.ratio, arch=arch, quant=quant,
-                             header=header, spacing=volume.spacing)
+    return sizing.plan_model(
+        volume.shape,
+        volume.stored_dtype.itemsize,
+        settings.ratio,
+        arch=arch,
+        quant=quant,
+        header=header,
+        spacing=volume.spacing,
+    )
 
 
-def new_fitter(volume: Volume, plan: Plan, config: TrainConfig, *, roi: np.ndarray | None = None,
-               sampler: VoxelSampler | None = None) -> Fitter:
+def new_fitter(
+    volume: Volume,
+    plan: Plan,
+    config: TrainConfig,
+    *,
+    roi: np.ndarray | None = None,
+    sampler: VoxelSampler | None = None,
+) -> Fitter:
     """A Fitter for the plan, told the file's qsteps for its final stage; `roi` (a mask of the
     volume's shape) weights its voxels (codec.io.roi); `sampler`: another Fitter's voxel sampler of
     the same volume, configuration and region, to reuse."""
-    return Fitter(volume, plan.model, plan.quant, config, file_qsteps=lambda fitter: file_qsteps(fitter, plan),
-                  roi=roi, sampler=sampler)
+    return Fitter(
+        volume,
+        plan.model,
+        plan.quant,
+        config,
+        file_qsteps=lambda fitter: file_qsteps(fitter, plan),
+        roi=roi,
+        sampler=sampler,
+    )

@@ -66,8 +66,10 @@ def sized_file(fitter: Fitter, plan: Plan) -> SizedFile:
     model = fitter.model
     # A weight beyond LARGEST_WEIGHT has no stored form.
     if not all(torch.isfinite(p).all() and p.abs().max() <= LARGEST_WEIGHT for p in model.parameters()):
-        raise MoecError(f"training diverged after {fitter.steps_run} steps (weights are no longer finite numbers, "
-                        "or too large to store); nothing was written: try a lower learning rate (--lr)")
+        raise MoecError(
+            f"training diverged after {fitter.steps_run} steps (weights are no longer finite numbers, "
+            "or too large to store); nothing was written: try a lower learning rate (--lr)"
+        )
     meta = _meta(fitter, plan)
 
     def landed(data: bytes, floored: bool = True) -> SizedFile:

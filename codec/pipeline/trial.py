@@ -91,8 +91,9 @@ class Trial:
         text = "trying " + " and ".join(experts_text(c.experts) for c in first)
         rates = sorted({c.latent_bits for c in self.candidates} - {first[0].latent_bits}, reverse=True)
         if rates:
-            text += (f" at {first[0].latent_bits:g} bits per latent, then the kept number at "
-                     + " and ".join(f"{r:g}" for r in rates))
+            text += f" at {first[0].latent_bits:g} bits per latent, then the kept number at " + " and ".join(
+                f"{r:g}" for r in rates
+            )
         return text + f", for {100 * self.share:g}% of the budget each; the best trains on"
 
     def each(self, budget: Budget) -> float:
@@ -130,5 +131,7 @@ class Trial:
         if len(trained) < 2:
             return ""
         tried = ", ".join(f"{c.name} {c.psnr:.2f} dB" for c in trained)
-        return (f"tried {tried} after {100 * self.share:g}% of the budget each "
-                f"(PSNR of the file on a sample of voxels); kept {kept.name}")
+        return (
+            f"tried {tried} after {100 * self.share:g}% of the budget each "
+            f"(PSNR of the file on a sample of voxels); kept {kept.name}"
+        )

@@ -33,12 +33,14 @@ def phantom_nifti(tmp_path):
 @pytest.fixture
 def oriented_nifti(tmp_path):
     """A factory: a random int16 volume under the given affine, written by nibabel."""
+
     def make(affine: np.ndarray, name: str, shape=(12, 10, 8)):
         rng = np.random.default_rng(0)
         raw = rng.integers(0, 1000, size=shape).astype(np.int16)
         path = tmp_path / f"{name}.nii.gz"
         write_nifti(path, raw, affine)
         return path, raw
+
     return make
 
 
@@ -56,6 +58,7 @@ def widget_on(make_napari_viewer, qtbot):
         widget = MoecWidget(viewer)
         viewer.window.add_dock_widget(widget)
         return viewer, widget
+
     return make
 
 

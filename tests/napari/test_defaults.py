@@ -76,5 +76,6 @@ def test_the_widget_and_the_checks_read_one_table_of_ranges(qtbot, monkeypatch):
     with pytest.raises(ValueError, match="roi_weight must be a number from 1 to 50"):
         settings.TrainConfig(roi_weight=60.0)
     from codec.model.config import ModelConfig
+
     with pytest.raises(ValueError, match="experts must be 1..12"):
         ModelConfig(experts=13)

@@ -10,16 +10,20 @@ from moec_napari.layers import META, volume_of_layer
 from ..conftest import PATIENT, dicom_affine, write_dicom_series, write_nifti
 from ..test_dicom import ct_raw
 
-AXIAL = {"row_cos": np.array([1.0, 0.0, 0.0]), "col_cos": np.array([0.0, 1.0, 0.0]),
-         "origin": np.array([-90.0, -110.0, -40.0])}
+AXIAL = {
+    "row_cos": np.array([1.0, 0.0, 0.0]),
+    "col_cos": np.array([0.0, 1.0, 0.0]),
+    "origin": np.array([-90.0, -110.0, -40.0]),
+}
 
 
 def test_a_dicom_folder_opens_through_the_plugin_like_its_nifti(make_napari_viewer, tmp_path):
     raw = ct_raw((24, 20, 12))
     write_dicom_series(tmp_path / "axial", raw, slope=1.0, inter=-1024.0, **AXIAL)
     nifti = tmp_path / "axial.nii.gz"
-    write_nifti(nifti, raw, dicom_affine(AXIAL["row_cos"], AXIAL["col_cos"], AXIAL["origin"], (0.8, 0.7), 2.5),
-                inter=-1024.0)
+    write_nifti(
+        nifti, raw, dicom_affine(AXIAL["row_cos"], AXIAL["col_cos"], AXIAL["origin"], (0.8, 0.7), 2.5), inter=-1024.0
+    )
     viewer = make_napari_viewer()
     [series] = viewer.open(str(tmp_path / "axial"), plugin="moec-napari")
     [reference] = viewer.open(str(nifti), plugin="moec-napari")
@@ -35,8 +39,16 @@ def test_a_dicom_folder_opens_through_the_plugin_like_its_nifti(make_napari_view
 
     # A folder of two series gives a layer each; files and other folders are not ours.
     write_dicom_series(tmp_path / "exam", raw, series_uid="1.2.3.9.1", series_number=2, description="Lung", **AXIAL)
-    write_dicom_series(tmp_path / "exam", raw[:16, :14, :10], series_uid="1.2.3.9.2", series_number=5,
-                       modality="MR", description="T2", seed=3, **AXIAL)
+    write_dicom_series(
+        tmp_path / "exam",
+        raw[:16, :14, :10],
+        series_uid="1.2.3.9.2",
+        series_number=5,
+        modality="MR",
+        description="T2",
+        seed=3,
+        **AXIAL,
+    )
     layers = viewer.open(str(tmp_path / "exam"), plugin="moec-napari")
     assert [layer.name for layer in layers] == ["exam S2_Lung", "exam S5_T2"]
     assert layers[1].data.shape == (10, 14, 16)

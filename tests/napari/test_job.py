@@ -15,8 +15,13 @@ from moec_napari.layers import orientation_of
 def test_previews_are_the_displayed_slice_of_the_current_model_and_run_returns_a_result():
     volume, _ = make_phantom((32, 28, 16))
     orientation = orientation_of(volume)
-    job = TrainingJob(volume, orientation, pipeline.Settings(ratio=12, experts=4),
-                      TrainConfig(steps=120, batch_size=2048), preview_every=0.0)
+    job = TrainingJob(
+        volume,
+        orientation,
+        pipeline.Settings(ratio=12, experts=4),
+        TrainConfig(steps=120, batch_size=2048),
+        preview_every=0.0,
+    )
     job.view = (0, 5)  # display axis 0 (superior-inferior), slice 5
     items = []
     run = job.run()

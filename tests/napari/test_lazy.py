@@ -30,8 +30,10 @@ def moec_file(tmp_path_factory):
     source = folder / "ct.nii.gz"
     save_volume(volume, source)
     path = folder / "ct.moec"
-    assert moec(["compress", str(source), "-o", str(path), "--ratio", "40", "--steps", "40", "--batch", "1024",
-                 "--quiet"]) == 0
+    assert (
+        moec(["compress", str(source), "-o", str(path), "--ratio", "40", "--steps", "40", "--batch", "1024", "--quiet"])
+        == 0
+    )
     return path
 
 
@@ -54,8 +56,9 @@ def _on_screen(layer) -> np.ndarray:
     return np.asarray(layer._slice.image.raw)
 
 
-def test_opening_adds_layers_before_the_volume_is_decoded_and_slices_decode_exactly(make_napari_viewer, moec_file,
-                                                                                     full):
+def test_opening_adds_layers_before_the_volume_is_decoded_and_slices_decode_exactly(
+    make_napari_viewer, moec_file, full
+):
     viewer = make_napari_viewer()
     for data, kwargs, kind in get_reader(str(moec_file))(str(moec_file)):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
@@ -69,8 +72,11 @@ def test_opening_adds_layers_before_the_volume_is_decoded_and_slices_decode_exac
     labels.visible = confidence.visible = True
 
     orientation = Orientation.from_dict(recon.metadata["moec"]["orientation"])
-    expected = {"values": orientation.to_display(full.volume.data), "labels": orientation.to_display(full.labels),
-                "confidence": orientation.to_display(full.confidence)}
+    expected = {
+        "values": orientation.to_display(full.volume.data),
+        "labels": orientation.to_display(full.labels),
+        "confidence": orientation.to_display(full.confidence),
+    }
     for index in (0, 17, recon.data.shape[0] - 1):
         viewer.dims.set_point(0, recon.data_to_world((index, 0, 0))[0])
         for layer, part in ((recon, "values"), (labels, "labels"), (confidence, "confidence")):

@@ -41,8 +41,22 @@ def test_npe2_validates_the_installed_plugin():
 
 
 def test_the_wheel_ships_the_manifest_and_its_entry_point(tmp_path):
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
     wheel = next(tmp_path.glob("moec_napari-*.whl"))
     with zipfile.ZipFile(wheel) as archive:

@@ -70,8 +70,9 @@ def test_labels_writer_and_moec_writer(make_napari_viewer, oriented_nifti, tmp_p
     viewer = make_napari_viewer()
     data, kwargs, _ = get_reader(str(path))(str(path))[0]
     layer = viewer.add_image(data, **kwargs)
-    labels = viewer.add_labels((layer.data > 500).astype(np.uint8), metadata=layer.metadata,
-                               scale=layer.scale, translate=layer.translate)
+    labels = viewer.add_labels(
+        (layer.data > 500).astype(np.uint8), metadata=layer.metadata, scale=layer.scale, translate=layer.translate
+    )
     out = tmp_path / "mask.nii.gz"
     write_labels(str(out), labels.data, _layer_attributes(labels))
     img = nib.load(str(out))

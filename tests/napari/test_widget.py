@@ -146,8 +146,26 @@ def test_plugin_compression_decompresses_with_the_cli_in_file_order(widget_on, p
 
 def test_cli_compression_loads_in_the_plugin_in_file_order(widget_on, phantom_nifti, qtbot, tmp_path):
     path, out = tmp_path / "cli.moec", tmp_path / "cli.nii.gz"
-    assert moec(["compress", str(phantom_nifti), "-o", str(path), "--ratio", "12", "--experts", "4",
-                 "--steps", str(FAST_STEPS), "--batch", "2048", "--quiet"]) == 0
+    assert (
+        moec(
+            [
+                "compress",
+                str(phantom_nifti),
+                "-o",
+                str(path),
+                "--ratio",
+                "12",
+                "--experts",
+                "4",
+                "--steps",
+                str(FAST_STEPS),
+                "--batch",
+                "2048",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert moec(["decompress", str(path), "-o", str(out)]) == 0
     viewer, widget = widget_on(phantom_nifti)
     widget.load_moec(path)
@@ -161,8 +179,26 @@ def test_opening_a_moec_file_alone_gives_its_layers(make_napari_viewer, phantom_
     from moec_napari.reader import get_reader
 
     path = tmp_path / "alone.moec"
-    assert moec(["compress", str(phantom_nifti), "-o", str(path), "--ratio", "12", "--experts", "4",
-                 "--steps", "30", "--batch", "1024", "--quiet"]) == 0
+    assert (
+        moec(
+            [
+                "compress",
+                str(phantom_nifti),
+                "-o",
+                str(path),
+                "--ratio",
+                "12",
+                "--experts",
+                "4",
+                "--steps",
+                "30",
+                "--batch",
+                "1024",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     viewer = make_napari_viewer()
     layers = [getattr(viewer, f"add_{kind}")(data, **kwargs) for data, kwargs, kind in get_reader(str(path))(str(path))]
     assert [type(layer).__name__ for layer in layers] == ["Image", "Labels", "Image"]
@@ -194,8 +230,9 @@ def test_an_impossible_ratio_is_a_notification(widget_on, phantom_nifti, qtbot):
     assert widget.worker is None
 
 
-def test_the_encoder_choice_reaches_the_file_and_a_bad_pairing_is_a_notification(widget_on, phantom_nifti, qtbot,
-                                                                                  tmp_path):
+def test_the_encoder_choice_reaches_the_file_and_a_bad_pairing_is_a_notification(
+    widget_on, phantom_nifti, qtbot, tmp_path
+):
     viewer, widget = widget_on(phantom_nifti)
     seen = []
     notification_manager.notification_ready.connect(lambda n: seen.append(n))
