@@ -15,7 +15,7 @@ import os
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
-from codec.cohort.jobs import VolumeJob, VolumeResult, in_one_line
+from codec.cohort.jobs import VolumeJob, VolumeResult, failed, in_one_line
 from codec.errors import OutputError
 from codec.io.files import name_key, safe_name
 
@@ -66,34 +66,18 @@ def discover(input_dir: Path, output_dir: Path) -> tuple[list[VolumeJob], list[V
                 )
         except Exception as exc:  # one damaged file must not stop the run: its folder is a failed row
             broken.append(
-                _broken(_posix(rel), f"cannot scan the folder {_posix(rel)} for DICOM series: {in_one_line(exc)}")
+                failed(_posix(rel), f"cannot scan the folder {_posix(rel)} for DICOM series: {in_one_line(exc)}")
             )
             continue
         jobs += found
         for path, why in scan.unreadable:
-            broken.append(_broken((rel / path.name).as_posix(), f"{path.name} is not a readable DICOM file: {why}"))
+            broken.append(failed((rel / path.name).as_posix(), f"{path.name} is not a readable DICOM file: {why}"))
     inside = []
     for job in tell_apart(jobs, output_dir):
         try:
             job.checked_target()
         except OutputError as exc:
-            broken.append(
-                VolumeResult(
-                    input=job.input,
-                    series=job.series,
-                    output=job.output,
-                    modality=job.modality,
-                    shape="",
-                    bytes=None,
-                    ratio=None,
-                    psnr=None,
-                    ssim=None,
-                    seconds=0.0,
-                    status="failed",
-                    error=str(exc),
-                    settings="",
-                )
-            )
+            broken.append(failed(job.input, str(exc), series=job.series, output=job.output, modality=job.modality))
             continue
         inside.append(job)
     return inside, broken
@@ -128,24 +112,6 @@ def _job(input_dir: Path, output_dir: Path, rel: Path, series: str, out: Path, m
 
 def _posix(rel: Path) -> str:
     return rel.as_posix() if str(rel) != "." else "."
-
-
-def _broken(name: str, error: str) -> VolumeResult:
-    return VolumeResult(
-        input=name,
-        series="",
-        output="",
-        modality="",
-        shape="",
-        bytes=None,
-        ratio=None,
-        psnr=None,
-        ssim=None,
-        seconds=0.0,
-        status="failed",
-        error=error,
-        settings="",
-    )
 
 
 def _nifti_voxels(path: Path) -> int:

@@ -108,11 +108,34 @@ FIELDS = tuple(f.name for f in fields(VolumeResult))
 
 def failed_row(job: VolumeJob, settings: CohortSettings, error: str, seconds: float = 0.0) -> VolumeResult:
     """The row of a volume that could not be compressed, saying why."""
-    return VolumeResult(
-        input=job.input,
+    return failed(
+        job.input,
+        error,
         series=job.series,
         output=job.output,
         modality=job.modality,
+        seconds=seconds,
+        settings=settings.key,
+    )
+
+
+def failed(
+    name: str,
+    error: str,
+    *,
+    series: str = "",
+    output: str = "",
+    modality: str = "",
+    seconds: float = 0.0,
+    settings: str = "",
+) -> VolumeResult:
+    """A failed row for `name` (a volume, a file or a folder of the input), saying why; a row found
+    before any settings apply leaves them empty (the run records its own)."""
+    return VolumeResult(
+        input=name,
+        series=series,
+        output=output,
+        modality=modality,
         shape="",
         bytes=None,
         ratio=None,
@@ -121,7 +144,7 @@ def failed_row(job: VolumeJob, settings: CohortSettings, error: str, seconds: fl
         seconds=seconds,
         status="failed",
         error=error,
-        settings=settings.key,
+        settings=settings,
     )
 
 

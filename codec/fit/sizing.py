@@ -291,6 +291,11 @@ def plan_model(
     check_architecture(arch, quant, len(shape))
     finest: tuple[int, ...] = ()
     hold: tuple[int, ...] = ()
+
+    def layout(latents: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        voxel = None if spacing is None else tuple(spacing[:3])
+        return grid_layout(shape, latents, arch.grid_channels, arch.grid_levels, voxel, arch.grid_spacing_power)
+
     if arch.encoder == "grid":
         payload = (lower + upper) // 2 - header
         # The latents get their share, but never the bytes the narrowest experts need.
@@ -298,14 +303,7 @@ def plan_model(
         network = payload_estimate(narrowest, quant) - math.ceil(quant.latent_bits * narrowest.latent_count() / 8)
         latent_bytes = min(arch.latent_share * payload, payload - network)
         latents = int(max(0.0, latent_bytes) * 8 / quant.latent_bits)
-        finest, hold = grid_layout(
-            shape,
-            latents,
-            arch.grid_channels,
-            arch.grid_levels,
-            None if spacing is None else tuple(spacing[:3]),
-            arch.grid_spacing_power,
-        )
+        finest, hold = layout(latents)
 
     def size(config: ModelConfig) -> int:
         return header + payload_estimate(config, quant)
@@ -322,14 +320,7 @@ def plan_model(
         if size(capped) < (lower + upper) // 2:
             network = payload_estimate(capped, quant) - math.ceil(quant.latent_bits * capped.latent_count() / 8)
             latents = int(max(0, payload - network) * 8 / quant.latent_bits)
-            finest, hold = grid_layout(
-                shape,
-                latents,
-                arch.grid_channels,
-                arch.grid_levels,
-                None if spacing is None else tuple(spacing[:3]),
-                arch.grid_spacing_power,
-            )
+            finest, hold = layout(latents)
 
     smallest = size(build(MIN_WIDTH))
     if smallest > upper:
