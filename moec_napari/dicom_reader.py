@@ -1,6 +1,7 @@
 """npe2 reader for DICOM: drag a folder of one or more series onto the viewer, get a layer per series.
 
-A separate contribution from the NIfTI and .moec reader (reader.py), for directories only. Each
+A layer is named by its series' SeriesDescription where it has one, else by the folder. A separate
+contribution from the NIfTI and .moec reader (reader.py), for directories only. Each
 series becomes an Image layer through `layers.image_layer`, so it is oriented, scaled and described
 exactly like a NIfTI of the same voxels; the layer's metadata also keeps the series' patient and
 study identity (codec.io.dicom.DicomIdentity, as the .moec header stores it).
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from codec.errors import DicomError
 from codec.format.dicom_entry import identity_to_json
-from codec.io.dicom import choose_series, is_dicom_file, read_series, scan_folder, series_stem
+from codec.io.dicom import SeriesInfo, choose_series, is_dicom_file, read_series, scan_folder, series_stem
 
 from .layers import image_layer
 
@@ -38,6 +39,17 @@ def get_dicom_reader(path):
     return read_dicom_folder
 
 
+def layer_name(info: SeriesInfo, siblings: tuple[SeriesInfo, ...], folder: str) -> str:
+    """What a radiologist calls a series: its SeriesDescription ("Lung", "T2 AX"), with its stem
+    where another series of the folder has the same one; the folder's name (and the series' stem
+    among several) where it has none."""
+    stem = series_stem(info, siblings)
+    if info.description:
+        same = sum(1 for s in siblings if s.description == info.description)
+        return info.description if same == 1 else f"{info.description} ({stem})"
+    return folder if len(siblings) == 1 else f"{folder} {stem}"
+
+
 def read_dicom_folder(path: str) -> list[tuple]:
     """One Image layer per series of the folder; a series that cannot be read is said in a warning
     (napari shows it) while the others open, and the error is raised when none can."""
@@ -52,7 +64,7 @@ def read_dicom_folder(path: str) -> list[tuple]:
         except DicomError as exc:
             problems.append(str(exc))
             continue
-        name = folder.name if len(scan.series) == 1 else f"{folder.name} {series_stem(info, scan.series)}"
+        name = layer_name(info, scan.series, folder.name)
         layers.append(image_layer(volume, name, dicom=identity_to_json(volume.dicom)))  # type: ignore[arg-type]  # read from DICOM
     if not layers:
         raise DicomError(problems[0])

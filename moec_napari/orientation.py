@@ -1,10 +1,15 @@
 """File voxel order <-> display order, and the layer transforms that put voxels where the affine says.
 
 `codec` always works in the file's own voxel order; only the plugin reorients, for display
-(docs/design.md, "Data flow"). Display order is the closest canonical (RAS) orientation with the axes reversed,
-(t,) S, A, R, so that napari's default view shows axial slices (rows anterior-posterior, columns
-left-right) with a slider through the slices, and the layer gets a diagonal scale and translate.
-Napari's world axes are therefore (t,) z, y, x in the NIfTI's RAS millimetres, reversed.
+(docs/design.md, "Data flow"). Display order is the closest LPI orientation (RAS with every axis
+flipped) with the axes reversed, (t,) I, P, L, so that napari's *default* camera (depth towards the
+viewer, world axis -2 pointing down, -1 pointing right) shows the radiologists' views without touching
+the camera: axial slices on the slider (superior first) with anterior up and the patient's right on the
+screen's left; coronal and sagittal views with the head up (and the face on the left); and a 3D view
+that is the patient, not its mirror image ((I, P, L) is right-handed, like napari's (z, y, x)). The
+flips are in the data, never a negative scale, so painting and `to_file` stay exact. The layer gets a
+diagonal (positive) scale and translate, or a full affine for oblique volumes. Napari's world axes
+are therefore (t,) z, y, x = I, P, L in millimetres: the NIfTI's RAS millimetres negated and reversed.
 
 The transform is stored in each layer's metadata as plain lists, so it survives napari's metadata
 handling and can be undone whenever voxels go back to `codec` or to a file.
@@ -19,8 +24,12 @@ import numpy as np
 
 SPATIAL = 3
 RAS = nib.orientations.axcodes2ornt("RAS")
+#: The canonical orientation the display reverses: RAS with every axis flipped (see the module doc).
+LPI = nib.orientations.axcodes2ornt("LPI")
 ornt_transform = nib.orientations.ornt_transform
-AXIS_LABELS_3D = ("z (S)", "y (A)", "x (R)")
+AXIS_LABELS_3D = ("z (I)", "y (P)", "x (L)")
+#: World millimetres (canonical LPI) from RAS millimetres.
+_RAS_TO_LPI = np.diag([-1.0, -1.0, -1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,11 @@ class Orientation:
         return np.asarray(self.ornt, dtype=np.float64)
 
     @property
+    def _to_canonical(self) -> np.ndarray:
+        """nibabel orientation transform, file axes -> canonical LPI axes (target axis, flip)."""
+        return ornt_transform(self._ornt, LPI)
+
+    @property
     def ndim(self) -> int:
         return len(self.file_shape)
 
@@ -70,7 +84,7 @@ class Orientation:
     def to_display(self, array):
         """File voxel order -> display order: a view of a numpy array, a lazy dask array of a dask
         array (flips and a transpose only, never np.asarray, which would decode a lazy file whole)."""
-        transform = ornt_transform(self._ornt, RAS)
+        transform = self._to_canonical
         flips = tuple(slice(None, None, -1) if flip < 0 else slice(None) for _, flip in transform)
         order = list(range(array.ndim))
         order[:SPATIAL] = np.argsort(transform[:, 0]).tolist()
@@ -80,7 +94,7 @@ class Orientation:
     def to_file(self, array: np.ndarray) -> np.ndarray:
         """Display order -> file voxel order (contiguous, ready for codec or a file)."""
         canonical = np.transpose(array, self._reverse())
-        return np.ascontiguousarray(nib.orientations.apply_orientation(canonical, ornt_transform(RAS, self._ornt)))
+        return np.ascontiguousarray(nib.orientations.apply_orientation(canonical, ornt_transform(LPI, self._ornt)))
 
     def file_selection(self, display_axis: int, index: int) -> tuple[slice | int, ...]:
         """The file-order selection (an int on one axis, full slices elsewhere) holding the display
@@ -89,8 +103,9 @@ class Orientation:
         if display_axis < n - SPATIAL:  # a time axis: same position in both orders
             return tuple(index if a == n - 1 - display_axis else slice(None) for a in range(n))
         canonical_axis = n - 1 - display_axis
-        file_axis = next(a for a, (target, _) in enumerate(self.ornt) if target == canonical_axis)
-        flip = self.ornt[file_axis][1] < 0
+        transform = self._to_canonical
+        file_axis = next(a for a, (target, _) in enumerate(transform) if target == canonical_axis)
+        flip = transform[file_axis][1] < 0
         position = self.file_shape[file_axis] - 1 - index if flip else index
         return tuple(position if a == file_axis else slice(None) for a in range(n))
 
@@ -99,8 +114,8 @@ class Orientation:
         n = self.ndim
         if file_axis >= SPATIAL:
             return n - 1 - file_axis, index
-        target, flip = self.ornt[file_axis]
-        return n - 1 - target, (self.file_shape[file_axis] - 1 - index if flip < 0 else index)
+        target, flip = self._to_canonical[file_axis]
+        return n - 1 - int(target), (self.file_shape[file_axis] - 1 - index if flip < 0 else index)
 
     def slab_to_display(self, slab: np.ndarray, display_axis: int) -> np.ndarray:
         """A file-order slab picked by `file_selection` (its picked axis kept as length 1) -> the
@@ -123,12 +138,13 @@ class Orientation:
 
     # --- transforms ---------------------------------------------------------------------------------
     def canonical_affine(self) -> np.ndarray:
-        """Voxel (canonical RAS index) -> RAS mm."""
-        inv = nib.orientations.inv_ornt_aff(self._ornt, self.file_shape[:SPATIAL])
-        return np.asarray(self.affine) @ inv
+        """Voxel (canonical LPI index) -> LPI mm (RAS mm negated)."""
+        inv = nib.orientations.inv_ornt_aff(self._to_canonical, self.file_shape[:SPATIAL])
+        return _RAS_TO_LPI @ np.asarray(self.affine) @ inv
 
     def display_affine(self) -> np.ndarray:
-        """Display index (t, k, j, i reversed) -> world (t, z, y, x): the affine with axes reversed."""
+        """Display index (t, k, j, i reversed) -> world (t, z, y, x) = (t, I, P, L) mm: the canonical
+        affine with axes reversed."""
         canonical = self.canonical_affine()
         n = self.ndim
         display = np.eye(n + 1)

@@ -1,7 +1,9 @@
 """npe2 reader: NIfTI volumes in real units, and .moec files decoded into their layers.
 
-Readers are synchronous in npe2, so a .moec file's layers are lazy (moec_napari.lazy): the reader
-returns once the header and weights are read, and napari decodes the slab on screen when it draws it.
+Layers show in the radiologists' orientation under napari's default camera (moec_napari.orientation):
+the reader never turns the viewer's camera. Readers are synchronous in npe2, so a .moec file's layers
+are lazy (moec_napari.lazy): the reader returns once the header and weights are read, and napari
+decodes the slab on screen when it draws it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 from codec.format import moecfile
 from codec.io.load import load_volume
 
-from .layers import file_stem, image_layer, moec_layers
+from .layers import file_stem, image_layer, lock_read_only_layers, moec_layers
 from .lazy import lazy_decode
 
 
@@ -35,4 +37,17 @@ def read_moec(path: str) -> list[tuple]:
     data = Path(path).read_bytes()
     moec = moecfile.from_bytes(data, path)
     volume, labels, confidence, _ = lazy_decode(moec)
+    _lock_experts_layers()
     return moec_layers(volume, labels, confidence, data, moec.meta, file_stem(path), source=Path(path))
+
+
+def _lock_experts_layers() -> None:
+    """The experts layer is read-only, but a reader returns layer data and napari's Labels take no
+    `editable` argument: the viewer opening the file (napari's current one) sets it on insertion."""
+    try:
+        from napari import current_viewer
+    except ImportError:  # pragma: no cover - the plugin runs inside napari
+        return
+    viewer = current_viewer()
+    if viewer is not None:
+        lock_read_only_layers(viewer)

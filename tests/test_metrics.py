@@ -76,3 +76,20 @@ def test_expert_table_shares_and_region_psnr():
     assert table[0].psnr == pytest.approx(40.0)
     assert table[1].psnr == math.inf and math.isnan(table[2].psnr)
     assert all(t.parameters == 50 for t in table)
+
+
+def test_the_body_mask_keeps_the_air_inside_the_body():
+    """A chest: soft tissue around two lungs of air, air around the body. Otsu alone puts the lungs
+    out of the body; the body mask is the outline with its holes filled, lungs included."""
+    original = np.full((40, 48, 24), -1000.0, dtype=np.float32)  # air around
+    original[6:34, 6:42, :] = 40.0  # the body, through every slice like a chest CT's field of view
+    original[10:30, 10:22, 2:22] = -850.0  # right lung
+    original[10:30, 26:38, 2:22] = -850.0  # left lung
+    original[0, 0, 0] = 40.0  # a stray bright voxel outside is not body
+    mask = foreground(original)
+    assert mask[10:30, 10:22, 2:22].all() and mask[10:30, 26:38, 2:22].all()
+    assert mask[20, 24, 12] and not mask[1, 1, 12] and not mask[0, 0, 0]
+    assert not mask[38, 24, 12]  # the air around stays out (the dilation is two voxels)
+    q = quality(original, original + 1.0, dtype=np.dtype(np.int16))
+    body = (34 - 6 + 4) * (42 - 6 + 4) * 24 / original.size
+    assert q.body_share == pytest.approx(body, rel=0.05)

@@ -29,9 +29,9 @@ def test_a_dicom_folder_opens_through_the_plugin_like_its_nifti(make_napari_view
     [reference] = viewer.open(str(nifti), plugin="moec-napari")
     np.testing.assert_array_equal(series.data, reference.data)
     np.testing.assert_allclose(series.scale, reference.scale, atol=1e-6)
-    np.testing.assert_allclose(series.scale, (2.5, 0.8, 0.7), atol=1e-6)  # display order: S, A, R
+    np.testing.assert_allclose(series.scale, (2.5, 0.8, 0.7), atol=1e-6)  # display order: I, P, L
     np.testing.assert_allclose(series.translate, reference.translate, atol=1e-4)
-    assert series.name == "axial" and tuple(series.contrast_limits) == tuple(reference.contrast_limits)
+    assert series.name == "Thorax" and tuple(series.contrast_limits) == tuple(reference.contrast_limits)
     assert series.metadata[META]["dicom"]["PatientID"] == PATIENT["PatientID"]
     # What the widget compresses is the series' own voxels, in its file order.
     volume, _ = volume_of_layer(series)
@@ -50,7 +50,7 @@ def test_a_dicom_folder_opens_through_the_plugin_like_its_nifti(make_napari_view
         **AXIAL,
     )
     layers = viewer.open(str(tmp_path / "exam"), plugin="moec-napari")
-    assert [layer.name for layer in layers] == ["exam S2_Lung", "exam S5_T2"]
+    assert [layer.name for layer in layers] == ["Lung", "T2"]  # a series is named by its description
     assert layers[1].data.shape == (10, 14, 16)
     assert get_dicom_reader(str(nifti)) is None and get_dicom_reader(str(tmp_path / "nothing")) is None
     (tmp_path / "empty").mkdir()

@@ -38,7 +38,8 @@ def test_layers_put_every_voxel_where_the_nifti_affine_does(make_napari_viewer, 
         file_index = orientation.file_index(display_index)
         world = np.asarray(layer.data_to_world(display_index))
         expected = (affine @ np.r_[file_index, 1.0])[:3]
-        np.testing.assert_allclose(world[::-1], expected, atol=1e-6)  # napari's world is (z, y, x)
+        # napari's world is (z, y, x) = (I, P, L): the RAS millimetres negated and reversed
+        np.testing.assert_allclose(-world[::-1], expected, atol=1e-6)
         assert layer.data[display_index] == raw[file_index]
     del rng
 
@@ -47,7 +48,7 @@ def test_the_scale_is_the_voxel_spacing_and_axes_are_labelled(make_napari_viewer
     path, _ = oriented_nifti(lps_affine(), "lps")
     data, kwargs, kind = get_reader(str(path))(str(path))[0]
     assert kwargs["scale"] == pytest.approx((2.5, 0.8, 0.8))
-    assert kwargs["axis_labels"] == ("z (S)", "y (A)", "x (R)")
+    assert kwargs["axis_labels"] == ("z (I)", "y (P)", "x (L)")
 
 
 def test_image_writer_restores_the_files_voxel_order_affine_and_dtype(make_napari_viewer, oriented_nifti, tmp_path):
