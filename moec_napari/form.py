@@ -5,6 +5,9 @@ back into `Settings` and `TrainConfig`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
@@ -44,6 +47,8 @@ class SettingsForm(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         file_, train = choices.Settings(), choices.TrainConfig()
+        #: The layer behind each item of a layer box (None: "none", or a chosen layer no longer open), by id(box).
+        self._layers: dict[int, list[Any]] = {}
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
@@ -165,17 +170,33 @@ class SettingsForm(QWidget):
             self.keep_identity,
         ]
 
-    def set_choices(self, box: QComboBox, names: list[str], fallback: str | None = None) -> None:
-        """Refill a combo box, keeping its choice when it is still there (else `fallback`), silently."""
-        current = box.currentText()
+    def set_layers(self, box: QComboBox, layers: Sequence[Any], none: bool = False) -> None:
+        """Refill a layer box with these layers, silently, keeping the chosen layer by identity (so
+        through a rename), else by name. With `none`, a first item "none", and a chosen layer that is
+        no longer open stays chosen under its name, with no layer behind it: Train then says so in
+        words rather than run without it."""
+        chosen, text = self.chosen(box), box.currentText()
+        items: list[Any] = ([None] if none else []) + list(layers)
+        names = (["none"] if none else []) + [layer.name for layer in layers]
+        index = next((i for i, layer in enumerate(items) if chosen is not None and layer is chosen), -1)
+        if index < 0 and text in names:
+            index = names.index(text)
+        if index < 0 and none and text not in ("", "none"):
+            items.append(None)
+            names.append(text)
+            index = len(names) - 1
         box.blockSignals(True)
         box.clear()
         box.addItems(names)
-        if current in names:
-            box.setCurrentText(current)
-        elif fallback is not None:
-            box.setCurrentText(fallback)
+        box.setCurrentIndex(max(index, 0) if names else -1)
         box.blockSignals(False)
+        self._layers[id(box)] = items
+
+    def chosen(self, box: QComboBox) -> Any:
+        """The layer chosen in a layer box (None: none, or one no longer open)."""
+        items = self._layers.get(id(box), [])
+        index = box.currentIndex()
+        return items[index] if 0 <= index < len(items) else None
 
     def settings(self) -> choices.Settings:
         return choices.Settings(

@@ -161,8 +161,13 @@ class TrainingJob:
     def run(
         self, minutes: float | None = None, steps: int | None = None
     ) -> Generator[Progress | Preview, None, Result]:
-        """Train (the config's budget, or the one given to continue), then encode and decode."""
+        """Train (the config's budget, or the one given to continue), then encode and decode. The
+        stop request is cleared here, when the run is asked for, not when a worker first advances
+        the generator: a Stop pressed in between still stops it."""
         self.stop_requested = False
+        return self._run(minutes, steps)
+
+    def _run(self, minutes: float | None, steps: int | None) -> Generator[Progress | Preview, None, Result]:
         last_progress = last_preview = 0.0
         progress = None
         run = self.compression.run(minutes=minutes, steps=steps)

@@ -5,7 +5,10 @@ widget's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from qtpy.QtCore import Qt, Signal
+from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFormLayout,
@@ -38,6 +41,22 @@ METRICS = (
     ("worst", "Worst slice"),
 )
 
+#: What each figure means, as the metrics' tooltips; every one is measured on the decoded file.
+METRIC_TIPS = {
+    "ratio": "Raw voxel bytes divided by the .moec file's bytes (and the source file's bytes, when known)",
+    "file": "The size of the .moec file Save writes, and the training steps behind it",
+    "psnr": "Peak signal-to-noise ratio of the whole decoded volume against the original; higher is better",
+    "ssim": "Structural similarity of the decoded volume to the original (1 = identical)",
+    "max": "The largest absolute difference of any voxel, in the volume's units",
+    "p99": "99% of the voxels differ from the original by less than this, in the volume's units",
+    "body": "PSNR over the voxels inside the body (air around the patient left out)",
+    "roi": "PSNR and largest error inside and outside the region of interest trained with",
+    "worst": "The slice (file axis k) whose PSNR is lowest: 'Go to worst slice' shows it",
+}
+
+#: An RGBA colour (floats in 0..1) for an expert's label in the experts layer, or None.
+LabelColor = Callable[[int], Sequence[float] | None]
+
 
 def metric_texts(r: Result) -> dict[str, str]:
     """The metrics box's lines for a result, by METRICS key."""
@@ -69,14 +88,20 @@ class ResultsPanel(QWidget):
     worst_requested = Signal()
     expert_chosen = Signal(object)  # the expert (0-based) whose region alone to show, or None: all
 
+    #: The table numbers experts as the experts layer labels them: 1..N.
+    SWATCH_ROLE = Qt.ItemDataRole.DecorationRole
+
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.windows = QGroupBox("CT window")
         windows = QHBoxLayout(self.windows)
-        for name in CT_WINDOWS:
+        for name, (level, width) in CT_WINDOWS.items():
             button = QPushButton(name)
+            button.setToolTip(
+                f"{name} window on the original and the reconstruction: level {level:g} HU, width {width:g} HU"
+            )
             button.clicked.connect(lambda _=False, n=name: self.window_chosen.emit(n))
             windows.addWidget(button)
         layout.addWidget(self.windows)
@@ -88,10 +113,14 @@ class ResultsPanel(QWidget):
             label = QLabel("–")
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             label.setWordWrap(True)  # a long figure wraps instead of widening the dock past the window
-            metrics_form.addRow(title, label)
+            label.setToolTip(METRIC_TIPS[key])
+            title_label = QLabel(title)
+            title_label.setToolTip(METRIC_TIPS[key])
+            metrics_form.addRow(title_label, label)
             self.metrics[key] = label
         layout.addWidget(self.metrics_box)
         self.worst_button = QPushButton("Go to worst slice")
+        self.worst_button.setToolTip("Move the slider to the slice with the lowest PSNR")
         self.worst_button.clicked.connect(self.worst_requested.emit)
         layout.addWidget(self.worst_button)
         self.table = QTableWidget(0, 4)
@@ -99,7 +128,11 @@ class ResultsPanel(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setToolTip("Select an expert to show only its region in the experts layer")
+        self.table.setToolTip(
+            "Experts numbered as the experts layer labels them, with its colour; select one to show only its region"
+        )
+        #: The expert (0-based) of each row.
+        self.row_experts: list[int] = []
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.table.verticalHeader().setVisible(False)  # type: ignore[union-attr]  # a table has headers
         self.table.horizontalHeader().setSectionResizeMode(  # type: ignore[union-attr]
@@ -115,6 +148,7 @@ class ResultsPanel(QWidget):
         """A new training run: no figures, no table, no curves."""
         self.curves.clear()
         self.table.setRowCount(0)
+        self.row_experts = []
         for label in self.metrics.values():
             label.setText("–")
         self.set_measured(False)
@@ -122,18 +156,27 @@ class ResultsPanel(QWidget):
     def set_measured(self, measured: bool) -> None:
         self.worst_button.setEnabled(measured)
 
-    def show_result(self, r: Result) -> None:
+    def show_result(self, r: Result, color: LabelColor | None = None) -> None:
+        """The figures of `r`; `color(label)`: the experts layer's colour of a label, for the swatches."""
         for key, text in metric_texts(r).items():
             self.metrics[key].setText(text)
+        self.table.clearSelection()  # every region shown again: the rows may be another model's
         self.table.setRowCount(len(r.experts))
+        self.row_experts = [e.expert for e in r.experts]
         for row, e in enumerate(r.experts):
-            cells = (str(e.expert), f"{100 * e.share:.1f}%", db_text(e.psnr), f"{e.parameters:,}")
+            label = e.expert + 1  # the experts layer's label, the number the user sees there
+            cells = (str(label), f"{100 * e.share:.1f}%", db_text(e.psnr), f"{e.parameters:,}")
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if col == 0:
+                    rgba = color(label) if color is not None else None
+                    if rgba is not None:
+                        item.setData(self.SWATCH_ROLE, QColor.fromRgbF(*(float(c) for c in rgba[:4])))
+                    item.setToolTip(f"Expert {label}: label {label} in the experts layer")
                 self.table.setItem(row, col, item)
         self.set_measured(True)
 
     def _on_selection(self) -> None:
         rows = {i.row() for i in self.table.selectedIndexes()}
-        self.expert_chosen.emit(min(rows) if rows else None)
+        self.expert_chosen.emit(self.row_experts[min(rows)] if rows else None)

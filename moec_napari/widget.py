@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from .layers import (
     expert_colormap,
     is_ct,
     layer_orientation,
+    lock_read_only_layers,
     lossy_name,
     moec_of,
     transforms_of,
@@ -60,15 +63,34 @@ def training_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-def _camera(viewer):
-    """napari 0.9 moved the camera to viewer.scene; older versions keep viewer.camera."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
-
-
 def _grid(viewer):
     canvas = getattr(viewer, "canvas", None)
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+#: The derived layers a result fills, and the Result field each takes.
+ROLES = (("reconstruction", "values"), ("error", "error"), ("experts", "labels"), ("confidence", "confidence"))
+
+
+@dataclass(frozen=True, eq=False)
+class Canvases:
+    """Copies of the kept result's arrays, made in the worker when a Continue starts: the previews
+    of the new run draw into these, so the earlier result stays whole, to be kept or shown again."""
+
+    arrays: dict[str, np.ndarray]  # role -> array
+
+
+def _continued(run: Generator[Progress | Preview, None, Result], previous: Result | None):
+    """A Continue's work: fresh canvases for the previews (copies of `previous`, off the GUI thread),
+    then the job's run."""
+    if previous is not None:
+        yield Canvases({role: np.array(getattr(previous, field)) for role, field in ROLES})
+    return (yield from run)
+
+
+def _better(new: Result, old: Result) -> bool:
+    """Whether the new file is at least as good as the old, by PSNR of the decoded file (a NaN never is)."""
+    return bool(new.quality.psnr >= old.quality.psnr)
 
 
 class MoecWidget(QWidget):
@@ -81,18 +103,27 @@ class MoecWidget(QWidget):
         self.viewer = napari_viewer
         self.job: TrainingJob | None = None
         self.worker = None
-        self.result: Result | None = None
+        self.result: Result | None = None  # what is on screen and what Save .moec writes
+        #: After a Continue, the file not kept (the earlier one, or the new one when it was worse):
+        #: "Use the other result" swaps it with `result`.
+        self.other: Result | None = None
+        self._previous: Result | None = None  # the result a running Continue must beat
+        self._source_lost: str | None = None  # the source layer's name, removed while training
+        self._ct_checked: tuple[Any, bool] | None = None  # (layer, looks like CT) of the chosen volume
         self.source = None  # the Image layer being compressed
         self.derived: dict[str, Any] = {}  # role -> layer
         self._linking = False
         self._build()
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_layers)
+        # The experts layers this widget adds are a result, not something to paint on.
+        lock_read_only_layers(self.viewer)
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
+        self.viewer.layers.events.removed.connect(self._on_removed)
         self.viewer.layers.events.moved.connect(self._refresh_layers)
         self.viewer.dims.events.current_step.connect(self._on_dims)
-        # Radiological convention for the axial view of our display order: anterior up, the
-        # patient's right on the screen's left.
-        _camera(self.viewer).orientation = ("towards", "up", "left")
+        # The camera stays napari's default: the layers' display order (orientation.py, LPI) is what
+        # makes the views radiological, so turning the camera here would mirror them again.
         self._refresh_layers()
         self._set_busy(False)
 
@@ -117,13 +148,21 @@ class MoecWidget(QWidget):
         self.continue_button = QPushButton("Continue")
         self.train_button.setToolTip("Train a new model on the selected volume")
         self.stop_button.setToolTip("Stop at the next step and keep the model trained so far")
-        self.continue_button.setToolTip("Train the current model further for the time budget")
+        self.continue_button.setToolTip(
+            "Train the latest model further for the time budget; the earlier file stays unless the new one is better"
+        )
         self.train_button.clicked.connect(self.train)
         self.stop_button.clicked.connect(self.stop)
         self.continue_button.clicked.connect(self.continue_training)
         for b in (self.train_button, self.stop_button, self.continue_button):
             buttons.addWidget(b)
         layout.addLayout(buttons)
+        self.swap_button = QPushButton("Use the other result")
+        self.swap_button.setToolTip(
+            "Show, and keep for Save .moec, the other file of the last Continue (the earlier one or the new one)"
+        )
+        self.swap_button.clicked.connect(self.use_other_result)
+        layout.addWidget(self.swap_button)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.status = QLabel("Choose a volume and press Train.")
@@ -134,6 +173,10 @@ class MoecWidget(QWidget):
         files = QHBoxLayout()
         self.save_button = QPushButton("Save .moec…")
         self.load_button = QPushButton("Load .moec…")
+        self.save_button.setToolTip("Write the file on screen (the figures below) as a .moec file")
+        self.load_button.setToolTip(
+            "Decode a .moec file: beside the selected volume and measured against it when shapes match, else alone"
+        )
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
         self.decode_scale = spin(
@@ -172,9 +215,22 @@ class MoecWidget(QWidget):
         ]
 
     def _refresh_layers(self, event=None) -> None:
-        self.form.set_choices(self.form.layer_box, [layer.name for layer in self._image_layers()])
-        self.form.set_choices(self.form.roi_box, ["none"] + [layer.name for layer in self._roi_layers()], "none")
+        self.form.set_layers(self.form.layer_box, self._image_layers())
+        self.form.set_layers(self.form.roi_box, self._roi_layers(), none=True)
         self._on_layer_chosen()
+
+    def _on_inserted(self, event) -> None:
+        event.value.events.name.connect(self._refresh_layers)  # renames update every box
+        self._refresh_layers()
+
+    def _on_removed(self, event) -> None:
+        layer = event.value
+        layer.events.name.disconnect(self._refresh_layers)
+        if layer is self.source and self.worker is not None and self.job is not None:
+            self._source_lost = layer.name
+            self.job.request_stop()
+            self._say(f"The source layer {layer.name!r} was removed: training stops, keeping the model so far…")
+        self._refresh_layers()
 
     def _roi_layers(self) -> list[Labels]:
         """Labels layers a user painted or opened (not the expert assignments this widget makes)."""
@@ -188,9 +244,14 @@ class MoecWidget(QWidget):
         """The chosen ROI layer's painted voxels in the file order of `layer` (None: no ROI);
         MoecError when it is not on that layer's grid."""
         name = self.form.roi_box.currentText()
-        if name in ("", "none") or name not in self.viewer.layers:
+        if name in ("", "none"):
             return None
-        painted = np.asarray(self.viewer.layers[name].data) != 0
+        roi = self.form.chosen(self.form.roi_box)
+        if roi is None or roi not in self.viewer.layers:
+            raise MoecError(
+                f"the ROI layer {name!r} is no longer open: open or paint it again, or choose another ROI or none"
+            )
+        painted = np.asarray(roi.data) != 0
         if painted.shape != tuple(layer.data.shape):
             raise MoecError(
                 f"the ROI layer {name!r} is {' x '.join(map(str, painted.shape))} voxels, the volume "
@@ -200,23 +261,35 @@ class MoecWidget(QWidget):
         return painted if orientation is None else orientation.to_file(painted)
 
     def selected_layer(self) -> Image | None:
-        name = self.form.layer_box.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        layer = self.form.chosen(self.form.layer_box)
+        return layer if layer is not None and layer in self.viewer.layers else None
 
     def _on_layer_chosen(self, *_) -> None:
         layer = self.selected_layer()
-        if layer is not None:
-            lo, hi = float(np.min(layer.data)), float(np.max(layer.data))
-            self.results.windows.setVisible(is_ct(lo, hi))
-        else:
+        if layer is None:
             self.results.windows.setVisible(False)
+        else:
+            if self._ct_checked is None or self._ct_checked[0] is not layer:  # a whole volume's range: once
+                self._ct_checked = (layer, is_ct(float(np.min(layer.data)), float(np.max(layer.data))))
+            self.results.windows.setVisible(self._ct_checked[1])
         self._update_buttons()
+
+    # --- messages ---------------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        """A message in the status line and the viewer's status bar."""
+        self.status.setText(text)
+        self.viewer.status = f"MoEC: {text}"
+
+    def _error(self, text: str) -> None:
+        """An error: a notification, repeated in the status line and the viewer's status bar (a toast is clipped)."""
+        show_error(f"MoEC: {text}")
+        self._say(f"Error: {text}")
 
     # --- training -----------------------------------------------------------------------------------
     def train(self) -> None:
         layer = self.selected_layer()
         if layer is None:
-            show_error("MoEC: open a 3D or 4D image layer first")
+            self._error("open a 3D or 4D image layer first")
             return
         try:
             volume, orientation = volume_of_layer(layer)
@@ -224,23 +297,49 @@ class MoecWidget(QWidget):
                 volume, orientation, self.form.settings(), self.form.train_config(), roi=self.roi_mask(layer)
             )
         except (MoecError, ValueError) as exc:
-            show_error(f"MoEC: {exc}")
+            self._error(str(exc))
             return
-        self.job, self.source, self.result = job, layer, None
+        self.job, self.source, self.result, self.other, self._previous = job, layer, None, None, None
+        self._source_lost = None
         self.results.clear()
         self._make_derived_layers(layer, job.max_experts, self.form.ratio.value())
         self._start(job.run())
 
     def continue_training(self) -> None:
+        """Train further; the result on screen stays (and is what Save writes) unless the new file is better."""
         if self.job is None or self.worker is not None:
             return
+        if self.source is None or self.source not in self.viewer.layers:
+            self._error("the source volume is no longer open: open it and press Train")
+            return
         minutes, steps = self.form.budget()
-        self._start(self.job.run(minutes=minutes, steps=steps))
+        self._previous, self.other = self.result, None
+        self._start(_continued(self.job.run(minutes=minutes, steps=steps), self._previous))
 
     def stop(self) -> None:
         if self.job is not None and self.worker is not None:
             self.job.request_stop()
             self.status.setText(self.status.text() + " — stopping, keeping the model trained so far…")
+
+    def use_other_result(self) -> None:
+        """Swap the result on screen (and saved) with the other file of the last Continue."""
+        if self.other is None or self.worker is not None:
+            return
+        self.result, self.other = self.other, self.result
+        self._show_result(self.result)
+        self._say(
+            f"Now showing the {self._which(self.result)} file: {self._psnr(self.result)} "
+            f"(the {self._which(self.other)} one: {self._psnr(self.other)}). "
+            "Use the other result switches back."
+        )
+
+    def _which(self, r: Result | None) -> str:
+        """'earlier' or 'new', of the two files of the last Continue."""
+        return "new" if r is not None and self.job is not None and r is self.job.result else "earlier"
+
+    @staticmethod
+    def _psnr(r: Result | None) -> str:
+        return "–" if r is None else db_text(r.quality.psnr)
 
     def _start(self, generator) -> None:
         torch.set_num_threads(training_threads())
@@ -269,11 +368,38 @@ class MoecWidget(QWidget):
             self.results.curves.add(item.step, item.loss, item.psnr)
         elif isinstance(item, Preview):
             self._show_preview(item)
+        elif isinstance(item, Canvases):
+            for role, array in item.arrays.items():
+                layer = self.derived.get(role)
+                if layer is not None and layer in self.viewer.layers:
+                    layer.data = array
 
     def _on_result(self, result) -> None:
         if isinstance(result, Result):
-            self.result = result
-            self._show_result(result)
+            previous, self._previous = self._previous, None
+            if previous is None:
+                self.result, self.other = result, None
+                self._show_result(result)
+            elif _better(result, previous):
+                self.result, self.other = result, previous
+                self._show_result(result)
+                self.status.setText(
+                    self.status.text() + f" Better than the earlier file: {self._psnr(result)} against "
+                    f"{self._psnr(previous)}; Use the other result goes back to it."
+                )
+            else:
+                self.result, self.other = previous, result
+                self._show_result(previous)
+                stopped = ", stopped" if result.stopped else ""
+                self.status.setText(
+                    f"Kept the earlier file: {self._psnr(previous)} against {self._psnr(result)} for the "
+                    f"new one ({result.steps} steps{stopped}); Use the other result switches to it."
+                )
+            if self._source_lost is not None:
+                self.status.setText(
+                    f"Training stopped: the source layer {self._source_lost!r} was removed. " + self.status.text()
+                )
+            self.viewer.status = f"MoEC: {self.status.text()}"
         elif isinstance(result, list):  # a loaded file on its own: its lazy layers, decoded as shown
             for data, kwargs, kind in result:
                 self.viewer.add_image(data, **kwargs) if kind == "image" else self.viewer.add_labels(data, **kwargs)
@@ -283,7 +409,11 @@ class MoecWidget(QWidget):
             )
 
     def _on_error(self, exc) -> None:
-        show_error(f"MoEC: {exc}")
+        previous, self._previous = self._previous, None
+        if previous is not None:  # a Continue failed: the earlier file is still the one
+            self.result = previous
+            self._show_result(previous)
+        self._error(str(exc))
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -298,7 +428,9 @@ class MoecWidget(QWidget):
     def _update_buttons(self) -> None:
         busy = self.worker is not None
         self.train_button.setEnabled(not busy and self.selected_layer() is not None)
-        self.continue_button.setEnabled(not busy and self.job is not None)
+        self.continue_button.setEnabled(not busy and self.job is not None and self._source_lost is None)
+        self.swap_button.setEnabled(not busy and self.other is not None)
+        self.swap_button.setVisible(self.other is not None)
         self.save_button.setEnabled(not busy and self.result is not None)
         self.load_button.setEnabled(not busy)
         self.results.set_measured(self.result is not None)
@@ -412,12 +544,8 @@ class MoecWidget(QWidget):
         if not self.derived or self.source is None:
             return
         name = lossy_name(self.source.name, r.ratio)
-        for role, values in (
-            ("reconstruction", r.values),
-            ("error", r.error),
-            ("experts", r.labels),
-            ("confidence", r.confidence),
-        ):
+        for role, field in ROLES:
+            values = getattr(r, field)
             layer = self.derived[role]
             if layer not in self.viewer.layers:
                 continue
@@ -436,7 +564,8 @@ class MoecWidget(QWidget):
         recon_meta.update(moec_bytes=r.data, ratio=r.ratio, role="reconstruction")
         self._set_error_limits(r.error_limit)
         self.progress.setValue(1000)
-        self.results.show_result(r)
+        experts = self.derived["experts"]
+        self.results.show_result(r, experts.get_color if experts in self.viewer.layers else None)
         q = r.quality
         self.status.setText(
             f"Done: {r.ratio:.1f}x, PSNR {db_text(q.psnr)}, SSIM {q.ssim:.4f}"
@@ -492,7 +621,7 @@ class MoecWidget(QWidget):
             try:
                 self.save_moec(path)
             except (MoecError, OSError) as exc:
-                show_error(f"MoEC: {exc}")
+                self._error(str(exc))
 
     def load_moec(self, path: str | Path) -> None:
         """Decode a .moec file in the background; beside the selected volume when shapes match."""
@@ -500,7 +629,7 @@ class MoecWidget(QWidget):
         try:
             data = path.read_bytes()
         except OSError as exc:
-            show_error(f"MoEC: cannot read {path}: {exc}")
+            self._error(f"cannot read {path}: {exc}")
             return
         layer = self.selected_layer()
         volume = orientation = None
@@ -514,10 +643,10 @@ class MoecWidget(QWidget):
             scale = self.decode_scale.value()
             shape = None if scale == 1.0 else spatially_scaled(meta.shape, scale)
         except MoecError as exc:
-            show_error(f"MoEC: {exc}")
+            self._error(str(exc))
             return
         if volume is not None and meta.shape == volume.shape and shape in (None, meta.shape):
-            self.source, self.job = layer, None
+            self.source, self.job, self.other, self._previous, self._source_lost = layer, None, None, None, None
             self._make_derived_layers(layer, meta.model.experts, meta.raw_bytes / len(data))
         else:
             volume = orientation = None

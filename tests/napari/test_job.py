@@ -70,3 +70,18 @@ def test_stop_request_ends_training_early_and_keeps_the_model():
         result = stop.value
     assert result.stopped and result.steps < 1000
     assert result.values.shape == volume.shape
+
+
+def test_a_stop_between_asking_for_a_run_and_its_first_step_still_stops_it():
+    """The widget asks for the run on the GUI thread and a worker starts it later: a Stop pressed in
+    between must not be cleared when the worker begins."""
+    volume, _ = make_phantom((32, 28, 16))
+    job = TrainingJob(volume, None, pipeline.Settings(ratio=12, experts=4), TrainConfig(steps=40, batch_size=1024))
+    run = job.run()
+    job.request_stop()
+    try:
+        while True:
+            next(run)
+    except StopIteration as stop:
+        result = stop.value
+    assert result.stopped and result.steps <= 1

@@ -52,3 +52,42 @@ def test_an_roi_on_another_grid_is_a_notification(widget_on, phantom_nifti, qtbo
     widget.train()
     qtbot.waitUntil(lambda: bool(seen), timeout=10_000)
     assert "ROI layer 'elsewhere'" in str(seen[0].message) and widget.worker is None
+
+
+def _items(box) -> list[str]:
+    return [box.itemText(i) for i in range(box.count())]
+
+
+def test_renamed_layers_are_followed_in_every_box(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    source = viewer.layers[0]
+    roi_layer = _paint(viewer, source)
+    widget.form.roi_box.setCurrentText("lesion")
+    source.name = "chest CT"
+    roi_layer.name = "nodule"
+    assert _items(widget.form.layer_box) == ["chest CT"] and widget.form.layer_box.currentText() == "chest CT"
+    assert _items(widget.form.roi_box) == ["none", "nodule"] and widget.form.roi_box.currentText() == "nodule"
+    assert widget.selected_layer() is source
+    assert widget.roi_mask(source).sum() == 4 * 6 * 8  # the renamed layer, still the region
+
+
+def test_a_removed_roi_is_an_error_in_words_never_a_run_without_it(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    source = viewer.layers[0]
+    roi_layer = _paint(viewer, source)
+    widget.form.roi_box.setCurrentText("lesion")
+    viewer.layers.remove(roi_layer)
+    assert widget.form.roi_box.currentText() == "lesion"  # still the choice, with no layer behind it
+    seen = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(n))
+    widget.form.steps.setValue(FAST_STEPS)
+    widget.train()
+    qtbot.waitUntil(lambda: bool(seen), timeout=10_000)
+    assert "ROI layer 'lesion' is no longer open" in str(seen[0].message)
+    assert widget.worker is None and widget.job is None
+    assert "no longer open" in widget.status.text() and "no longer open" in viewer.status
+    # Choosing none (or another region) trains again.
+    widget.form.roi_box.setCurrentText("none")
+    assert widget.roi_mask(source) is None and _items(widget.form.roi_box) == ["none", "lesion"]
+    viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="other")
+    assert _items(widget.form.roi_box) == ["none", "other"]  # the gone choice is dropped once not chosen

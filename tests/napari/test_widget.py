@@ -50,11 +50,19 @@ def test_training_produces_the_four_layers_beside_the_original(widget_on, phanto
     lo, hi = layers["error"].contrast_limits
     assert lo == pytest.approx(-hi) and hi > 0
     assert set(np.unique(layers["experts"].data)) <= set(range(1, 5))
+    assert not layers["experts"].editable  # a result to inspect, not a layer to paint on
     assert 0 < layers["confidence"].data.min() and layers["confidence"].data.max() <= 1
     from moec_napari.widget import _grid
 
     assert _grid(viewer).enabled
     assert widget.results.table.rowCount() == 4 and "dB" in widget.results.metrics["psnr"].text()
+    # One numbering: the table's experts are the experts layer's labels 1..N, with its colours.
+    table, experts = widget.results.table, layers["experts"]
+    assert [table.item(row, 0).text() for row in range(4)] == ["1", "2", "3", "4"]
+    for row in range(4):
+        swatch = table.item(row, 0).data(widget.results.SWATCH_ROLE)
+        assert swatch is not None
+        np.testing.assert_allclose(swatch.getRgbF(), experts.get_color(row + 1), atol=1 / 255)
     assert widget.results.curves.steps and widget.results.curves.steps[-1] <= widget.result.steps
 
 
@@ -228,6 +236,8 @@ def test_an_impossible_ratio_is_a_notification(widget_on, phantom_nifti, qtbot):
     widget.train()
     assert seen and "highest reachable" in str(seen[0].message)
     assert widget.worker is None
+    # Repeated where it is not clipped: the widget's status line and the viewer's status bar.
+    assert "highest reachable" in widget.status.text() and "highest reachable" in viewer.status
 
 
 def test_the_encoder_choice_reaches_the_file_and_a_bad_pairing_is_a_notification(
@@ -278,3 +288,44 @@ def test_one_network_hides_the_partition_layers(widget_on, phantom_nifti, qtbot)
     widget.train()
     wait_for(widget, qtbot)
     assert widget.derived["experts"].visible and widget.derived["confidence"].visible
+
+
+def test_removing_the_source_while_training_stops_the_job_with_a_message(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    source = viewer.layers[0]
+    _configure(widget, steps=100_000)
+    widget.train()
+    qtbot.waitUntil(lambda: widget.job.steps_done > 5, timeout=60_000)
+    viewer.layers.remove(source)
+    assert "'phantom' was removed" in widget.status.text()
+    wait_for(widget, qtbot)
+    assert widget.result.stopped and widget.result.steps < 100_000
+    assert "Training stopped: the source layer 'phantom' was removed" in widget.status.text()
+    assert "was removed" in viewer.status
+    assert not widget.continue_button.isEnabled() and not widget.train_button.isEnabled()
+    assert widget.save_button.isEnabled()  # the model trained so far is still a file to keep
+
+
+def test_save_load_presets_and_metrics_explain_themselves(widget_on, phantom_nifti):
+    from qtpy.QtWidgets import QLabel, QPushButton
+
+    viewer, widget = widget_on(phantom_nifti)
+    assert widget.save_button.toolTip() and widget.load_button.toolTip()
+    presets = widget.results.windows.findChildren(QPushButton)
+    assert len(presets) == 4 and all("level" in b.toolTip() and "width" in b.toolTip() for b in presets)
+    assert all(label.toolTip() for label in widget.results.metrics.values())
+    titles = [w for w in widget.results.metrics_box.findChildren(QLabel) if w not in widget.results.metrics.values()]
+    assert titles and all(t.toolTip() for t in titles)
+
+
+def test_the_dock_leaves_the_camera_alone(make_napari_viewer, phantom_nifti):
+    """The layers carry the radiological orientation (moec_napari.orientation): a camera turned by the
+    widget as well would mirror the views again."""
+    from moec_napari.widget import MoecWidget
+
+    viewer = make_napari_viewer()
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+    default = tuple(camera.orientation)
+    viewer.window.add_dock_widget(MoecWidget(viewer))
+    assert tuple(camera.orientation) == default
