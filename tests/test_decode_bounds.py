@@ -153,7 +153,7 @@ def test_the_header_is_checked_before_the_weights_are_decoded(files, tmp_path, c
     assert main(["decompress", str(forged), "-o", str(tmp_path / "f.nii"), "--max-decode-minutes", "0.001"]) == 1
     assert "--max-decode-minutes" in capsys.readouterr().err
     with pytest.raises(MoecFormatError):
-        cost.read_checked(forged, lambda meta: None)
+        moecfile.read(forged, admit=lambda meta: None)
 
 
 def test_eval_checks_the_same_estimate(files, tmp_path, capsys):

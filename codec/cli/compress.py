@@ -249,6 +249,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from codec.decode.reconstruct import decode_stored, reconstruct
     from codec.errors import MoecError
     from codec.fit.train import resolve_device
+    from codec.format import moecfile
     from codec.format.header import MoecMeta
     from codec.io.streaming import WRITE_BYTES, write_volume
     from codec.io.volume import to_stored
@@ -296,7 +297,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         )
         cost.check(estimate, limit, seconds, what=f"decoding {source.name} on a {cost.grid_text(estimate.shape)} grid")
 
-    moec = cost.read_checked(source, admit)
+    moec = moecfile.read(source, admit=admit)
     meta, shape = moec.meta, grid["shape"]
     tag = f"MoEC lossy {moec.ratio:.0f}x"
     if shape is not None:

@@ -181,6 +181,7 @@ def _latent_coding(data: bytes) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from codec import pipeline
     from codec.decode import cost
+    from codec.format import moecfile
     from codec.format.header import MoecMeta
     from codec.io.load import load_volume
 
@@ -199,7 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
 
     # The file's header first: a file that cannot be measured is refused before the original is read.
-    moec = cost.read_checked(source, admit)
+    moec = moecfile.read(source, admit=admit)
     original = load_volume(args.original, args.series, limit=limit)
     roi = None
     if args.roi:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 from codec.cohort.jobs import CohortSettings, VolumeJob, VolumeResult, failed_row, in_one_line
 from codec.cohort.task import compress_one
 from codec.errors import MoecError
-from codec.io.limits import MemoryLimit
+from codec.io.limits import MemoryLimit, cpu_cores, physical_memory
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -44,20 +43,6 @@ class Engine:
     workers: int | None = None
     threads: int | None = None
     memory: MemoryLimit | None = None
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
 
 
 def local_layout(todo: list[VolumeJob], engine: Engine, *, n_cores: int, memory: int) -> tuple[int, int]:
@@ -139,7 +124,7 @@ def start(todo: list[VolumeJob], engine: Engine) -> Cluster:
         slots = sum(w.get("nthreads", 1) for w in workers.values())
         where = f"the cluster at {engine.scheduler} ({len(workers)} worker(s), {slots} slot(s))"
         return Cluster(client, None, engine, engine.threads, where)
-    workers, threads = local_layout(todo, engine, n_cores=cores(), memory=memory_bytes())
+    workers, threads = local_layout(todo, engine, n_cores=cpu_cores(), memory=physical_memory())
     # Processes, not threads: torch.set_num_threads is process-wide. OMP_NUM_THREADS too, since
     # dask's nannies otherwise start every worker with 1. OpenMP reads its wait policy when torch
     # loads it: busy-waiting threads of several workers on the same cores steal each other's time.
@@ -162,7 +147,7 @@ def start(todo: list[VolumeJob], engine: Engine) -> Cluster:
         local,
         engine,
         threads,
-        f"a local cluster of {workers} worker process(es) x {threads} torch thread(s) ({cores()} cores)",
+        f"a local cluster of {workers} worker process(es) x {threads} torch thread(s) ({cpu_cores()} cores)",
     )
 
 

@@ -24,19 +24,15 @@ The time is the CPU's: a GPU decodes far faster, and the command line checks no 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from codec.decode.reconstruct import DEFAULT_CHUNK, TILE_WORKERS, TILES_AHEAD, tiling
 from codec.errors import ResourceLimitError
-from codec.format import moecfile
-from codec.format.header import MAX_PARAMETERS, MoecMeta, read_meta
-from codec.format.moecfile import MoecFile
-from codec.io.limits import MemoryLimit, size_text
+from codec.format.header import MoecMeta
+from codec.io.limits import MemoryLimit, cpu_cores, size_text
 from codec.model.config import ModelConfig
 
 #: Multiply-adds a second a decode sustains on the kind of CPU it was calibrated on (two cores of a
@@ -69,8 +65,6 @@ BYTES_PER_PARAMETER = 16
 DEFAULT_DECODE_MINUTES = 10.0
 #: The option that raises the time limit, named in the refusal.
 TIME_OPTION = "--max-decode-minutes"
-#: The largest file `moecfile.read` reads (every parameter in float32, and a megabyte of the rest).
-MAX_FILE_BYTES = MAX_PARAMETERS * 4 + (1 << 20)
 
 
 @dataclass(frozen=True)
@@ -99,14 +93,6 @@ class DecodeCost:
             "multiply_adds": self.macs,
             "seconds": self.seconds,
         }
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def macs_per_second() -> float:
@@ -294,14 +280,3 @@ def check(
 
 def grid_text(shape: tuple[int, ...]) -> str:
     return " x ".join(map(str, shape))
-
-
-def read_checked(path: str | os.PathLike, admit: Callable[[MoecMeta], None]) -> MoecFile:
-    """Read a .moec file, calling `admit` on its validated header before its weights are decoded
-    (`admit` raises to refuse: `check` of the decode it would start)."""
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
-        return moecfile.read(path)  # refused in the reader's own words
-    data = path.read_bytes()
-    admit(read_meta(data, str(path)))
-    return moecfile.from_bytes(data, str(path))

@@ -4,6 +4,7 @@ atomically). `from_bytes` rebuilds the stored network; decoding it to voxels is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +46,13 @@ def write(path: str | Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-def from_bytes(data: bytes, name: str = "the file") -> MoecFile:
-    """Bytes of a .moec file -> its header and the model with the stored weights."""
+def from_bytes(data: bytes, name: str = "the file", *, admit: Callable[[MoecMeta], None] | None = None) -> MoecFile:
+    """Bytes of a .moec file -> its header and the model with the stored weights. `admit` sees the
+    validated header before the weights are decoded, and raises to refuse (a decode's cost)."""
     container = unpack_container(data, name)
     meta = parse_meta(container)
+    if admit is not None:
+        admit(meta)
     tensors = decode_tensors(meta, container.payload)
     model = MoEC(meta.model)
     with torch.no_grad():
@@ -60,13 +64,18 @@ def from_bytes(data: bytes, name: str = "the file") -> MoecFile:
     return MoecFile(meta, model, len(data))
 
 
-def read(path: str | Path) -> MoecFile:
+#: The largest file `read` reads: every parameter in float32, and a megabyte of the rest.
+MAX_FILE_BYTES = MAX_PARAMETERS * 4 + (1 << 20)
+
+
+def read(path: str | Path, *, admit: Callable[[MoecMeta], None] | None = None) -> MoecFile:
+    """A .moec file from disk (see `from_bytes` for `admit`)."""
     path = Path(path)
     if not path.is_file():
         raise MoecFormatError(
             f"{path} is a folder, not a .moec file" if path.is_dir() else f"no such .moec file: {path}"
         )
     size = path.stat().st_size
-    if size > MAX_PARAMETERS * 4 + (1 << 20):
+    if size > MAX_FILE_BYTES:
         raise MoecFormatError(f"{path} is {size} bytes, far larger than any .moec file")
-    return from_bytes(path.read_bytes(), str(path))
+    return from_bytes(path.read_bytes(), str(path), admit=admit)

@@ -39,6 +39,14 @@ def physical_memory() -> int:
         return 8 * 2**30
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_memory_limit() -> int:
     return int(MEMORY_SHARE * physical_memory())
 
