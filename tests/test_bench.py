@@ -94,6 +94,32 @@ def test_a_classical_only_run_names_no_training_budget(phantom_file, tmp_path):
     )
     text = (out / "results.md").read_text()
     assert "| JPEG 2000 |" in text and "MoEC" not in text.splitlines()[0]
+    if classical.availability()["JPEG 2000"] is None:
+        # The kept setting's encode and decode seconds, in the cell and in their own table.
+        cell = json.loads((out / "cells" / "jpeg-2000@8.json").read_text())
+        assert cell["encode_seconds"] > 0 and cell["decode_seconds"] > 0
+        seconds = text.split("seconds to encode / decode")[1]
+        assert f"| JPEG 2000 | {cell['encode_seconds']:.2f} / {cell['decode_seconds']:.2f} |" in seconds
+
+
+def test_the_seconds_table_names_each_classical_codec_and_skips_old_cells():
+    from codec.bench.report import seconds_lines
+
+    def cell(method, target, **seconds):
+        return {"method": method, "target": target, "kind": "classical", "reached": True, **seconds}
+
+    rows = [
+        cell("AV1 (libaom)", 256.0, encode_seconds=12.345, decode_seconds=0.5),
+        cell("AV1 (libaom)", 1024.0, encode_seconds=8.0, decode_seconds=0.25),
+        cell("SPERR", 256.0, encode_seconds=0.61, decode_seconds=0.48),
+        cell("JPEG 2000", 256.0),  # cached before seconds were recorded
+        {"method": "AV1 (libaom)", "target": 4096.0, "kind": "classical", "reached": False, "note": "cannot reach"},
+    ]
+    lines = seconds_lines(rows, [256.0, 1024.0, 4096.0])
+    assert "| AV1 (libaom) | 12.35 / 0.50 | 8.00 / 0.25 |  |" in lines
+    assert "| SPERR | 0.61 / 0.48 |  |  |" in lines
+    assert not any("JPEG 2000" in line for line in lines)
+    assert seconds_lines(rows[3:], [256.0]) == []
 
 
 @pytest.mark.slow  # trains every MoEC row of a run

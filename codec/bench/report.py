@@ -94,6 +94,7 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
         for method in methods:
             row_text = " | ".join(_cell_text(by_key.get((method, r)), measure) for r in ratios)
             lines.append(f"| {method} | {row_text} |")
+    lines += seconds_lines(rows, ratios)
     lines += verdict_lines(rows, ratios)
     if seeded:
         lines += [
@@ -150,6 +151,27 @@ def markdown(cells: list[dict], describe: dict, skipped: dict) -> str:
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{c} ({why})" for c, why in skipped.items())]
     return "\n".join(lines) + "\n"
+
+
+def seconds_lines(rows: list[dict], ratios: list[float]) -> list[str]:
+    """The classical codecs' encode and decode seconds by ratio (the kept setting's encode, not the
+    search's, and its decode), where the cells recorded them (cells cached before did not)."""
+    timed = [r for r in rows if r["kind"] == "classical" and r.get("encode_seconds") is not None]
+    if not timed:
+        return []
+    by_key = {(r["method"], r["target"]): r for r in timed}
+    lines = [
+        "",
+        "Classical codecs, seconds to encode / decode at the kept setting (the search's other encodes not counted):",
+        "",
+        "| method | " + " | ".join(f"{r:g}x" for r in ratios) + " |",
+        "|---|" + "---|" * len(ratios),
+    ]
+    for method in dict.fromkeys(r["method"] for r in timed):
+        cells = [by_key.get((method, ratio)) for ratio in ratios]
+        text = " | ".join(f"{c['encode_seconds']:.2f} / {c['decode_seconds']:.2f}" if c else "" for c in cells)
+        lines.append(f"| {method} | {text} |")
+    return lines
 
 
 def volumes_markdown(out: Path, names: list[str]) -> str:

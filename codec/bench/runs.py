@@ -211,7 +211,10 @@ def run_volumes(
 def _summary(row: dict) -> str:
     if not row.get("reached"):
         return f"not reached: {row.get('note', '')}"
-    return f"{row['ratio']:.1f}x, PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}"
+    text = f"{row['ratio']:.1f}x, PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}"
+    if row.get("encode_seconds") is not None:
+        text += f", encode {row['encode_seconds']:.2f} s, decode {row['decode_seconds']:.2f} s"
+    return text
 
 
 def describe_missing() -> list[str]:

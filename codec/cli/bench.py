@@ -9,7 +9,13 @@ from pathlib import Path
 
 #: The command line's names for codec.bench.classical.CODECS (written here so that `moec --help`
 #: does not import the codecs' module).
-CODEC_KEYS = {"j2k": "JPEG 2000", "hevc": "HEVC (x265)", "h264": "H.264 (x264)"}
+CODEC_KEYS = {
+    "j2k": "JPEG 2000",
+    "hevc": "HEVC (x265)",
+    "h264": "H.264 (x264)",
+    "av1": "AV1 (libaom)",
+    "sperr": "SPERR",
+}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
