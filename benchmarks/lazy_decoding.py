@@ -43,15 +43,16 @@ def make_file(volume_path: Path, ratio: float, steps: int, folder: Path) -> Path
 
 def whole_volume(path: Path) -> dict:
     """The reader before: decode every voxel, then every slice is an array index."""
-    from moec_napari.layers import file_stem, moec_layers
+    from moec_napari.derived import file_layers
+    from moec_napari.layers import file_stem
 
     start = time.perf_counter()
     data = path.read_bytes()
     moec = moecfile.from_bytes(data, str(path))
     recon = reconstruct(moec)
-    layers = moec_layers(recon.volume, recon.labels, recon.confidence, data, moec.meta, file_stem(path))
+    layers = file_layers(recon.volume, recon.labels, recon.confidence, data, moec.meta, file_stem(path))
     middle = layers[0][0].shape[0] // 2
-    _ = [np.asarray(layer[0][middle]) for layer in layers]
+    _ = [_slice(layer[0], middle) for layer in layers]
     first = time.perf_counter() - start
     return {
         "reader": "whole volume decoded first",
@@ -69,7 +70,7 @@ def lazy(path: Path) -> dict:
     layers = read_moec(str(path))
     opened = time.perf_counter() - start
     middle = layers[0][0].shape[0] // 2
-    _ = [np.asarray(layer[0][middle]) for layer in layers]
+    _ = [_slice(layer[0], middle) for layer in layers]
     first = time.perf_counter() - start
     new = _scroll(layers, _spread(layers[0][0].shape[0], avoid=middle))
     cached = _scroll(layers, [middle] * 5)
@@ -88,12 +89,17 @@ def _spread(n: int, avoid: int | None = None, count: int = 8) -> list[int]:
     return [i for i in picks if avoid is None or abs(i - avoid) > 8]
 
 
+def _slice(array, i: int) -> np.ndarray:
+    """Slice i decoded exactly (a progressive array's plain indexing would give its coarse preview)."""
+    return array.exact(i) if hasattr(array, "exact") else np.asarray(array[i])
+
+
 def _scroll(layers, indices: list[int]) -> float:
     """Median seconds to show slice i of all three layers, for each i in turn."""
     times = []
     for i in indices:
         start = time.perf_counter()
-        _ = [np.asarray(layer[0][i]) for layer in layers]
+        _ = [_slice(layer[0], i) for layer in layers]
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
