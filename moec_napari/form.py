@@ -8,13 +8,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QVBoxLayout, QWidget
-from superqt import QCollapsible
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from codec import settings as choices
 
 #: A QSpinBox holds a C int.
 QT_INT_MAX = 2**31 - 1
+#: The characters of a layer's name a layer box shows before it cuts the name (the list shows it whole).
+LAYER_NAME_CHARS = 10
 
 
 def spin(widget, name, value, tip, decimals=None, step=None, zero=False):
@@ -31,6 +43,70 @@ def spin(widget, name, value, tip, decimals=None, step=None, zero=False):
         widget.setSingleStep(step)
     widget.setToolTip(tip)
     return widget
+
+
+def layer_combo(tip: str) -> QComboBox:
+    """A box of layer names that never widens the dock: a long name is cut in the box (its list shows
+    it whole), where a box sized to its longest name pushed the dock past the screen."""
+    box = QComboBox()
+    box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    box.setMinimumContentsLength(LAYER_NAME_CHARS)
+    box.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+    box.setToolTip(tip)
+    return box
+
+
+class Fold(QWidget):
+    """A section under a header button that folds it away and back (the header always shows).
+
+    Unlike superqt's QCollapsible, whose animation caps the section at its size hint, this only
+    shows or hides the section, so lines that wrap at a narrow dock are never cut off."""
+
+    toggled = Signal(bool)  # expanded, when the user clicks the header
+
+    def __init__(self, title: str, tip: str, expanded: bool = False, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._title = title
+        self._button = QPushButton()
+        self._button.setStyleSheet("text-align: left; padding-left: 4px;")
+        self._button.setToolTip(tip)
+        self._button.clicked.connect(self._on_click)
+        self._content = QWidget()
+        self._content.setToolTip(tip)
+        self._layout = QVBoxLayout(self._content)
+        self._layout.setContentsMargins(6, 0, 0, 0)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self._button)
+        layout.addWidget(self._content)
+        self._set(expanded)
+
+    def toggleButton(self) -> QPushButton:
+        return self._button
+
+    def content(self) -> QWidget:
+        return self._content
+
+    def addWidget(self, widget: QWidget) -> None:
+        self._layout.addWidget(widget)
+
+    def isExpanded(self) -> bool:
+        return not self._content.isHidden()
+
+    def expand(self) -> None:
+        self._set(True)
+
+    def collapse(self) -> None:
+        self._set(False)
+
+    def _set(self, expanded: bool) -> None:
+        self._button.setText(f"{'▾' if expanded else '▸'}  {self._title}")
+        self._content.setVisible(expanded)
+
+    def _on_click(self) -> None:
+        self._set(not self.isExpanded())
+        self.toggled.emit(self.isExpanded())
 
 
 def combo(options, current, tip: str) -> QComboBox:
@@ -52,8 +128,7 @@ class SettingsForm(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
-        self.layer_box = QComboBox()
-        self.layer_box.setToolTip("The image layer to compress (opened NIfTI volumes keep their orientation)")
+        self.layer_box = layer_combo("The image layer to compress (opened NIfTI volumes keep their orientation)")
         form.addRow("Volume", self.layer_box)
         self.ratio = spin(
             QDoubleSpinBox(),
@@ -78,8 +153,7 @@ class SettingsForm(QWidget):
         form.addRow("Top-k", self.top_k)
         self.minutes = spin(QDoubleSpinBox(), "minutes", train.minutes, "Training time budget in minutes", decimals=2)
         form.addRow("Minutes", self.minutes)
-        self.roi_box = QComboBox()
-        self.roi_box.setToolTip(
+        self.roi_box = layer_combo(
             "A Labels layer on the volume's grid whose painted voxels (any label) are the "
             "region of interest: their squared error counts 'ROI weight' times more, so they "
             "come out sharper for the same file size"
@@ -87,9 +161,12 @@ class SettingsForm(QWidget):
         form.addRow("ROI", self.roi_box)
         layout.addLayout(form)
 
-        self.advanced = QCollapsible("Advanced")
+        self.advanced = Fold(
+            "Advanced", "Show or hide the advanced settings: learning rate, seed, bit width, encoder, router…"
+        )
         adv = QWidget()
         adv_form = QFormLayout(adv)
+        adv_form.setContentsMargins(0, 0, 0, 0)
         self.lr = spin(QDoubleSpinBox(), "lr", train.lr, "Adam learning rate", decimals=5, step=5e-4)
         self.seed = spin(QSpinBox(), "seed", train.seed, "Random seed (initialisation and sampling)")
         self.balance = spin(
@@ -126,7 +203,7 @@ class SettingsForm(QWidget):
             "How much more a voxel of the ROI counts in training",
             decimals=1,
         )
-        self.keep_identity = QCheckBox()
+        self.keep_identity = QCheckBox("Keep patient identity")
         self.keep_identity.setChecked(file_.keep_identity)
         self.keep_identity.setToolTip(
             "Keep the patient's name, ID and birth date and the study of a DICOM volume in "
@@ -136,7 +213,7 @@ class SettingsForm(QWidget):
         for label, widget in (
             ("Learning rate", self.lr),
             ("Seed", self.seed),
-            ("Balancing weight", self.balance),
+            ("Balance weight", self.balance),
             ("Bits", self.bits),
             ("Steps", self.steps),
             ("Partition", self.partition),
@@ -144,9 +221,9 @@ class SettingsForm(QWidget):
             ("Router input", self.router_input),
             ("Grid channels", self.grid_channels),
             ("ROI weight", self.roi_weight),
-            ("Keep patient identity", self.keep_identity),
         ):
             adv_form.addRow(label, widget)
+        adv_form.addRow(self.keep_identity)  # the box's own text: no label column as wide as it
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
         #: Everything a running job must not see change.

@@ -1,10 +1,12 @@
 """The plugin's background work, with no Qt in it: training with previews, and loading a file.
 
 `TrainingJob.run` is a generator over `codec.pipeline.Compression.run`: it yields Progress (at most every
-0.1 s) and Preview (the displayed slice decoded at most every `preview_every` seconds), and
-returns a Result once training ends or is stopped. Everything heavy (previews, encoding, the full
-decode, the measurements) happens here, in the worker thread; the GUI thread only assigns arrays,
-and reads how far training is from `TrainingJob.snapshot` (the last Progress), never the Fitter.
+0.1 s) and Preview (the displayed slice decoded at most every `preview_every` seconds); once training
+ends or is stopped, a Preview of the model as it stands (at once: what Stop shows first), the Stage
+"encoding and measuring", the Decoded file's voxels, and it returns the measured Result. Everything
+heavy (previews, encoding, the full decode, the measurements) happens here, in the worker thread; the
+GUI thread only assigns arrays, and reads how far training is from `TrainingJob.snapshot` (the last
+Progress), never the Fitter.
 """
 
 from __future__ import annotations
@@ -16,15 +18,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from codec import pipeline
-from codec.decode.reconstruct import render
+from codec.decode.reconstruct import Reconstruction, reconstruct, render
 from codec.eval.metrics import ExpertStat, Quality, RegionQuality
 from codec.fit.train import Fitter, Progress, TrainConfig
 from codec.format import moecfile
 from codec.io.volume import Volume
+from codec.pipeline.trial import experts_text
 
+from .derived import file_layers
+from .layers import file_stem
+from .lazy import lazy_decode
+from .napari_compat import LayerData
 from .orientation import Orientation
 
 PROGRESS_EVERY = 0.1
+
+#: What the job is doing where it has no training progress to show (the bar is indeterminate).
+PREPARING = "preparing"
+ENCODING = "encoding and measuring"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A part of the job without a measure of progress: reading the volume, encoding and measuring."""
+
+    text: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +53,17 @@ class Preview:
     axis: int  # display axis the slice is taken along
     index: int
     values: np.ndarray
+    labels: np.ndarray
+    confidence: np.ndarray
+    error: np.ndarray
+    error_limit: float
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """The written file's voxels, decoded, in display order: shown before they are measured."""
+
+    values: np.ndarray  # real units
     labels: np.ndarray
     confidence: np.ndarray
     error: np.ndarray
@@ -75,32 +104,41 @@ def _display(orientation: Orientation | None, array: np.ndarray) -> np.ndarray:
     return array if orientation is None else orientation.to_display(array)
 
 
-def finish(
-    volume: Volume,
-    orientation: Orientation | None,
-    data: bytes,
-    steps: int,
-    stopped: bool,
-    moec: moecfile.MoecFile | None = None,
-    roi: np.ndarray | None = None,
-    notes: tuple[str, ...] = (),
-) -> Result:
-    """Decode `data` (unless already decoded), measure it against `volume` (and inside and outside
-    `roi`, file voxel order), in display order."""
-    moec = moec or moecfile.from_bytes(data)
-    evaluation = pipeline.evaluate(volume, moec, roi=roi)
-    recon = evaluation.reconstruction
+def decoded(volume: Volume, orientation: Orientation | None, recon: Reconstruction) -> Decoded:
+    """A file's reconstruction (with labels and confidence) against `volume`, in display order."""
     values = _display(orientation, recon.volume.data)
-    original = _display(orientation, volume.data)
-    model = moec.meta.model
-    error = values - original
-    return Result(
-        data,
+    error = values - _display(orientation, volume.data)
+    return Decoded(
         values,
         _display(orientation, recon.labels),  # type: ignore[arg-type]  # labels were asked for
         _display(orientation, recon.confidence),  # type: ignore[arg-type]  # and the confidence
         error,
         error_limit(error),
+    )
+
+
+def measured(
+    volume: Volume,
+    data: bytes,
+    moec: moecfile.MoecFile,
+    shown: Decoded,
+    recon: Reconstruction,
+    steps: int,
+    stopped: bool,
+    roi: np.ndarray | None = None,
+    notes: tuple[str, ...] = (),
+) -> Result:
+    """The Result of a decoded file: `shown` measured against `volume` (and inside and outside
+    `roi`, file voxel order)."""
+    evaluation = pipeline.evaluate(volume, moec, roi=roi, reconstruction=recon)
+    model = moec.meta.model
+    return Result(
+        data,
+        shown.values,
+        shown.labels,
+        shown.confidence,
+        shown.error,
+        shown.error_limit,
         evaluation.quality,
         evaluation.experts,
         evaluation.ratio,
@@ -112,6 +150,22 @@ def finish(
         evaluation.roi,
         notes,
     )
+
+
+def finish(
+    volume: Volume,
+    orientation: Orientation | None,
+    data: bytes,
+    steps: int,
+    stopped: bool,
+    moec: moecfile.MoecFile | None = None,
+    roi: np.ndarray | None = None,
+    notes: tuple[str, ...] = (),
+) -> Result:
+    """Decode `data` (unless already read) and measure it against `volume`, in display order."""
+    moec = moec or moecfile.from_bytes(data)
+    recon = reconstruct(moec)
+    return measured(volume, data, moec, decoded(volume, orientation, recon), recon, steps, stopped, roi, notes)
 
 
 class TrainingJob:
@@ -151,23 +205,27 @@ class TrainingJob:
         return 0 if self.snapshot is None else self.snapshot.step
 
     @property
-    def max_experts(self) -> int:
-        """The most experts any model of this job can have (the expert layer's colours)."""
-        return max(c.plan.model.experts for c in self.compression.candidates)
+    def choice(self) -> str:
+        """What the first run chooses between, for a user ("choosing 4 experts or one network"),
+        or "" where there is one model."""
+        first = self.compression.rounds()
+        return "" if len(first) < 2 else "choosing " + " or ".join(experts_text(c.experts) for c in first)
 
     def request_stop(self) -> None:
         self.stop_requested = True
 
     def run(
         self, minutes: float | None = None, steps: int | None = None
-    ) -> Generator[Progress | Preview, None, Result]:
+    ) -> Generator[Progress | Preview | Stage | Decoded, None, Result]:
         """Train (the config's budget, or the one given to continue), then encode and decode. The
         stop request is cleared here, when the run is asked for, not when a worker first advances
         the generator: a Stop pressed in between still stops it."""
         self.stop_requested = False
         return self._run(minutes, steps)
 
-    def _run(self, minutes: float | None, steps: int | None) -> Generator[Progress | Preview, None, Result]:
+    def _run(
+        self, minutes: float | None, steps: int | None
+    ) -> Generator[Progress | Preview | Stage | Decoded, None, Result]:
         last_progress = last_preview = 0.0
         progress = None
         run = self.compression.run(minutes=minutes, steps=steps)
@@ -187,15 +245,24 @@ class TrainingJob:
             run.close()
         if progress is not None:
             yield progress
+        if self.view is not None and progress is not None and progress.stage != "router":
+            yield self.preview(*self.view)  # the model as it stands, on screen before the file is made
+        yield Stage(ENCODING)
         made = self.compression.encode()
-        self.result = finish(
+        moec = moecfile.from_bytes(made.data)
+        recon = reconstruct(moec)
+        shown = decoded(self.volume, self.orientation, recon)
+        yield shown
+        self.result = measured(
             self.volume,
-            self.orientation,
             made.data,
+            moec,
+            shown,
+            recon,
             made.steps,
             self.stop_requested,
-            roi=self.compression.roi,
-            notes=made.notes,
+            self.compression.roi,
+            made.notes,
         )
         return self.result
 
@@ -220,9 +287,16 @@ class TrainingJob:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class FileLayers:
+    """A .moec file opened without its original: its own layers (lazy), to add as they are."""
+
+    layers: list[LayerData]
+
+
 def load(
     volume: Volume | None, orientation: Orientation | None, data: bytes, name: str, shape: tuple[int, ...] | None = None
-):
+) -> Result | FileLayers:
     """Decode a .moec file for the plugin: a Result measured against `volume` when an open volume
     has its shape (and no other grid is asked for), else the file's own layers (reconstruction,
     experts, confidence), lazy, on its grid or on `shape`."""
@@ -230,8 +304,5 @@ def load(
     if volume is not None and volume.shape == moec.meta.shape and shape in (None, moec.meta.shape):
         steps = moec.meta.train.get("steps")
         return finish(volume, orientation, data, steps if isinstance(steps, int) else 0, stopped=False, moec=moec)
-    from .layers import file_stem, moec_layers
-    from .lazy import lazy_decode
-
     lazy, labels, confidence, _ = lazy_decode(moec, shape)
-    return moec_layers(lazy, labels, confidence, data, moec.meta, file_stem(name))
+    return FileLayers(file_layers(lazy, labels, confidence, data, moec.meta, file_stem(name)))

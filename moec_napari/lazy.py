@@ -259,16 +259,13 @@ class ProgressiveSource:
         """The box of one part (file voxel order, normalised slices): exact where decoded, else the
         preview with the exact tiles at hand laid over it, and the box's exact decode queued.
         Never decodes at full detail."""
-        dtype = _PARTS[part]
-        if 0 in _extent(box):
-            return np.empty(_extent(box), dtype=dtype)
-        held = self._held_box(part, box)
-        if held is not None:
-            return held
+        ready = self._at_hand(part, box)
+        if ready is not None:
+            return ready
         tiles = self.grid.covering(box)
         parts = [(tile, self.cache.peek(*tile)) for tile in tiles]
         missing = [tile for tile, found in parts if found is None]
-        out = self._preview(part, box) if missing else np.empty(_extent(box), dtype=dtype)
+        out = self._preview(part, box) if missing else np.empty(_extent(box), dtype=_PARTS[part])
         for (slab, time_), found in parts:
             where = None if found is None else _overlap(self.grid, box, slab, time_)
             if where is not None:
@@ -279,15 +276,18 @@ class ProgressiveSource:
 
     def exact(self, part: str, box: Box) -> np.ndarray:
         """The box of one part exactly, decoding what is missing on the calling thread."""
-        dtype = _PARTS[part]
-        if 0 in _extent(box):
-            return np.empty(_extent(box), dtype=dtype)
-        held = self._held_box(part, box)
-        if held is not None:
-            return held
-        out = np.empty(_extent(box), dtype=dtype)
+        ready = self._at_hand(part, box)
+        if ready is not None:
+            return ready
+        out = np.empty(_extent(box), dtype=_PARTS[part])
         gather(self.grid, box, lambda slab, time_: (getattr(self.cache.tile(slab, time_), part),), (out,))
         return out
+
+    def _at_hand(self, part: str, box: Box) -> np.ndarray | None:
+        """What needs neither a decode nor a preview: an empty box, or one held exactly."""
+        if 0 in _extent(box):
+            return np.empty(_extent(box), dtype=_PARTS[part])
+        return self._held_box(part, box)
 
     def _preview(self, part: str, box: Box) -> np.ndarray:
         coarse = self.coarse

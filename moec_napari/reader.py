@@ -2,8 +2,9 @@
 
 Layers show in the radiologists' orientation under napari's default camera (moec_napari.orientation):
 the reader never turns the viewer's camera. Readers are synchronous in npe2, so a .moec file's layers
-are lazy (moec_napari.lazy): the reader returns once the header and weights are read, and napari
-decodes the slab on screen when it draws it.
+are progressive (moec_napari.lazy): the reader returns once the header and weights are read; what
+napari draws is a coarse preview at once and the exact voxels when a background thread has decoded
+them (moec_napari.progressive refreshes the layers then).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 from codec.format import moecfile
 from codec.io.load import load_volume
 
-from .layers import file_stem, image_layer, lock_read_only_layers, moec_layers
+from .derived import file_layers
+from .layers import file_stem, image_layer, lock_read_only_layers
 from .lazy import lazy_decode
+from .progressive import follow_progressive_layers
 
 
 def get_reader(path):
@@ -37,13 +40,14 @@ def read_moec(path: str) -> list[tuple]:
     data = Path(path).read_bytes()
     moec = moecfile.from_bytes(data, path)
     volume, labels, confidence, _ = lazy_decode(moec)
-    _lock_experts_layers()
-    return moec_layers(volume, labels, confidence, data, moec.meta, file_stem(path), source=Path(path))
+    _follow_in_viewer()
+    return file_layers(volume, labels, confidence, data, moec.meta, file_stem(path), source=Path(path))
 
 
-def _lock_experts_layers() -> None:
-    """The experts layer is read-only, but a reader returns layer data and napari's Labels take no
-    `editable` argument: the viewer opening the file (napari's current one) sets it on insertion."""
+def _follow_in_viewer() -> None:
+    """The experts layer is read-only and the layers follow their background decodes, but a reader
+    returns layer data, not layers: the viewer opening the file (napari's current one) sets both on
+    insertion."""
     try:
         from napari import current_viewer
     except ImportError:  # pragma: no cover - the plugin runs inside napari
@@ -51,3 +55,4 @@ def _lock_experts_layers() -> None:
     viewer = current_viewer()
     if viewer is not None:
         lock_read_only_layers(viewer)
+        follow_progressive_layers(viewer)

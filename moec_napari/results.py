@@ -1,5 +1,5 @@
-"""The widget's results panel: CT window presets, the figures measured on the decoded file, the
-per-expert table and the training curves. It shows what it is given and says, through signals,
+"""The widget's results panel: the training curves, CT window presets, the figures measured on the
+decoded file and the per-expert table. It shows what it is given and says, through signals,
 what the user asked for (a window, the worst slice, one expert's region); the wiring is the
 widget's."""
 
@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -25,9 +26,10 @@ from qtpy.QtWidgets import (
 
 from codec.eval import db_text
 
+from .appearance import CT_WINDOWS
 from .curves import CurvesWidget
+from .form import Fold
 from .job import Result
-from .layers import CT_WINDOWS
 
 METRICS = (
     ("ratio", "Ratio"),
@@ -53,6 +55,16 @@ METRIC_TIPS = {
     "roi": "PSNR and largest error inside and outside the region of interest trained with",
     "worst": "The slice (file axis k) whose PSNR is lowest: 'Go to worst slice' shows it",
 }
+
+#: The per-expert table's columns: a short title that fits a dock's width, and what it means.
+TABLE_COLUMNS = (
+    ("Expert", "The expert's label in the experts layer (1..N), with its colour there"),
+    ("Voxels", "The share of the volume's voxels this expert reconstructs"),
+    ("PSNR", "PSNR of the decoded file over this expert's voxels alone (the whole volume's peak)"),
+    ("Params", "The expert network's number of parameters (weights and biases)"),
+)
+#: Rows the table shows before it scrolls.
+TABLE_ROWS = 8
 
 #: An RGBA colour (floats in 0..1) for an expert's label in the experts layer, or None.
 LabelColor = Callable[[int], Sequence[float] | None]
@@ -81,8 +93,14 @@ def metric_texts(r: Result) -> dict[str, str]:
 
 
 class ResultsPanel(QWidget):
-    """The figures of a finished model: metrics, CT window presets, the worst slice and the
-    per-expert table; it tells the widget what the user picks through its signals."""
+    """The figures of a finished model: training curves, CT window presets, metrics, the worst slice
+    and the per-expert table; it tells the widget what the user picks through its signals.
+
+    Top to bottom: the curves first, so they are in view while training without scrolling; then
+    the presets; then the metrics and the experts, each in a section that folds (closed until a
+    result is shown, open after one unless the user folded it). Nothing in it is wider than a
+    dock beside a volume: the presets are one row of short names, long figures wrap, and the
+    table's columns share its width."""
 
     window_chosen = Signal(str)  # a CT window preset's name
     worst_requested = Signal()
@@ -95,19 +113,33 @@ class ResultsPanel(QWidget):
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        self.curves = CurvesWidget()
+        layout.addWidget(self.curves)
+
         self.windows = QGroupBox("CT window")
+        self.windows.setToolTip("Window presets for CT (Hounsfield units), on the original and the reconstruction")
         windows = QHBoxLayout(self.windows)
+        windows.setContentsMargins(4, 2, 4, 4)
+        windows.setSpacing(4)
         for name, (level, width) in CT_WINDOWS.items():
             button = QPushButton(name)
             button.setToolTip(
                 f"{name} window on the original and the reconstruction: level {level:g} HU, width {width:g} HU"
             )
+            button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
             button.clicked.connect(lambda _=False, n=name: self.window_chosen.emit(n))
             windows.addWidget(button)
         layout.addWidget(self.windows)
 
-        self.metrics_box = QGroupBox("Measured on the decoded file")
+        self.metrics_section = Fold(
+            "Measured on the decoded file",
+            "The figures of the file Save writes, measured on its decoded volume against the original; "
+            "click to fold or unfold",
+        )
+        self.metrics_box = QWidget()
         metrics_form = QFormLayout(self.metrics_box)
+        metrics_form.setContentsMargins(0, 0, 0, 0)
+        metrics_form.setVerticalSpacing(2)
         self.metrics: dict[str, QLabel] = {}
         for key, title in METRICS:
             label = QLabel("–")
@@ -118,13 +150,23 @@ class ResultsPanel(QWidget):
             title_label.setToolTip(METRIC_TIPS[key])
             metrics_form.addRow(title_label, label)
             self.metrics[key] = label
-        layout.addWidget(self.metrics_box)
+        self.metrics_section.addWidget(self.metrics_box)
         self.worst_button = QPushButton("Go to worst slice")
         self.worst_button.setToolTip("Move the slider to the slice with the lowest PSNR")
         self.worst_button.clicked.connect(self.worst_requested.emit)
-        layout.addWidget(self.worst_button)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["Expert", "Voxels", "PSNR", "Parameters"])
+        self.metrics_section.addWidget(self.worst_button)
+        layout.addWidget(self.metrics_section)
+
+        self.experts_section = Fold(
+            "Experts",
+            "Each expert's share of the voxels, its PSNR and its size; select a row to show only its "
+            "region; click to fold or unfold",
+        )
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        for col, (title, tip) in enumerate(TABLE_COLUMNS):
+            header_item = QTableWidgetItem(title)
+            header_item.setToolTip(tip)
+            self.table.setHorizontalHeaderItem(col, header_item)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -134,14 +176,21 @@ class ResultsPanel(QWidget):
         #: The expert (0-based) of each row.
         self.row_experts: list[int] = []
         self.table.itemSelectionChanged.connect(self._on_selection)
-        self.table.verticalHeader().setVisible(False)  # type: ignore[union-attr]  # a table has headers
-        self.table.horizontalHeader().setSectionResizeMode(  # type: ignore[union-attr]
-            QHeaderView.ResizeMode.Stretch
-        )
-        self.table.setMinimumHeight(140)
-        layout.addWidget(self.table)
-        self.curves = CurvesWidget()
-        layout.addWidget(self.curves)
+        header, rows = self.table.horizontalHeader(), self.table.verticalHeader()
+        assert header is not None and rows is not None  # a table has headers
+        rows.setVisible(False)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)  # the columns share the dock's width
+        header.setMinimumSectionSize(30)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setWordWrap(False)
+        self.experts_section.addWidget(self.table)
+        layout.addWidget(self.experts_section)
+        #: Whether the user last unfolded (True) or folded (False) each section; None: the section
+        #: follows the results, open when there are figures.
+        self._user_choice: dict[Fold, bool | None] = {self.metrics_section: None, self.experts_section: None}
+        for section in self._user_choice:
+            section.toggled.connect(lambda expanded, s=section: self._user_choice.__setitem__(s, expanded))
+        self._fit_table()
         self.set_measured(False)
 
     def clear(self) -> None:
@@ -151,7 +200,23 @@ class ResultsPanel(QWidget):
         self.row_experts = []
         for label in self.metrics.values():
             label.setText("–")
+        self._fit_table()
+        self._unfold(False)
         self.set_measured(False)
+
+    def _unfold(self, shown: bool) -> None:
+        """Open the sections when there are figures to show and close them when not, unless the user chose."""
+        for section, choice in self._user_choice.items():
+            section.expand() if (shown if choice is None else choice) else section.collapse()
+
+    def _fit_table(self) -> None:
+        """The table as tall as its rows, up to TABLE_ROWS of them (more scroll), at least two."""
+        header, rows = self.table.horizontalHeader(), self.table.verticalHeader()
+        assert header is not None and rows is not None  # a table has headers
+        shown = min(max(self.table.rowCount(), 2), TABLE_ROWS)
+        self.table.setFixedHeight(
+            header.sizeHint().height() + 2 * self.table.frameWidth() + shown * rows.defaultSectionSize()
+        )
 
     def set_measured(self, measured: bool) -> None:
         self.worst_button.setEnabled(measured)
@@ -175,6 +240,8 @@ class ResultsPanel(QWidget):
                         item.setData(self.SWATCH_ROLE, QColor.fromRgbF(*(float(c) for c in rgba[:4])))
                     item.setToolTip(f"Expert {label}: label {label} in the experts layer")
                 self.table.setItem(row, col, item)
+        self._fit_table()
+        self._unfold(True)
         self.set_measured(True)
 
     def _on_selection(self) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from codec.io.phantom import TISSUES, make_phantom
 
-from .layers import image_layer, metadata_for, orientation_of
+from .layer_meta import Role
+from .layers import image_layer, orientation_of, record_of
 
 
 def phantom() -> list[tuple]:
@@ -15,7 +16,7 @@ def phantom() -> list[tuple]:
         orientation.to_display(tissues),
         {
             "name": "phantom tissues",
-            "metadata": {**metadata_for(volume, orientation, "tissues"), "tissues": list(TISSUES)},
+            "metadata": {**record_of(volume, orientation, Role.TISSUES).metadata(), "tissues": list(TISSUES)},
             "visible": False,
             **orientation.layer_kwargs(),
         },

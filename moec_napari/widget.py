@@ -1,16 +1,21 @@
 """The MoEC dock widget: compress the selected volume, watch it train, compare and inspect.
 
-The widget owns no science: training, encoding, decoding and measuring are `codec`'s, driven through
-`job.TrainingJob` in a napari `thread_worker`. The GUI thread only assigns layer data and contrast
-limits, so the viewer stays responsive while torch trains on the other core.
+The widget is wiring. The science (training, encoding, decoding, measuring) is `codec`'s, driven
+through `job.TrainingJob` in a napari worker; reading the volume out of its layer happens there too.
+The GUI thread only checks what a click asks for, assigns layer data and contrast limits, and adds
+the derived layers one per turn of the event loop, so no click holds the viewer. What the job says
+goes through `activity.JobActivity`, the layout through `comparison.Comparison`, the derived
+layers' names and looks through `derived.DerivedLayers`.
 """
 
 from __future__ import annotations
 
-import math
+import functools
+import importlib
 import os
-from collections.abc import Generator
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,9 @@ import torch
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
@@ -31,6 +38,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from codec import settings as choices
 from codec.errors import MoecError
 from codec.eval import db_text
 from codec.fit.train import Progress
@@ -38,24 +46,26 @@ from codec.format import moecfile
 from codec.format.header import read_meta
 from codec.io.files import refuse_overwrite
 from codec.io.resample import spatially_scaled
+from codec.io.volume import Volume
 
+from .activity import JobActivity
+from .appearance import CT_WINDOWS, is_ct, value_unit, window_limits
+from .comparison import FLIP_KEY, Comparison
+from .derived import DerivedLayers
 from .form import SettingsForm, spin
-from .job import Preview, Result, TrainingJob, load
-from .layers import (
-    CT_WINDOWS,
-    ERROR_COLORMAP,
-    META,
-    expert_colormap,
-    is_ct,
-    layer_orientation,
-    lock_read_only_layers,
-    lossy_name,
-    moec_of,
-    transforms_of,
-    volume_of_layer,
-    window_limits,
-)
+from .job import PREPARING, Decoded, FileLayers, Preview, Result, Stage, TrainingJob, load
+from .layer_meta import DERIVED, LayerMeta, Role, role_of
+from .layers import file_stem, layer_orientation, lock_read_only_layers, transforms_of, volume_from, volume_of_layer
+from .napari_compat import add_layer
+from .orientation import Orientation
+from .progressive import follow_progressive_layers
 from .results import ResultsPanel
+
+
+def _warm_up_imports() -> None:
+    """napari's first Labels layer imports pandas (about 0.6 s): imported here, on a thread, while
+    the user sets up, it is not a stall of the viewer when the first result's layers appear."""
+    threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
 
 
 def training_threads() -> int:
@@ -63,13 +73,10 @@ def training_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-def _grid(viewer):
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
-
-
-#: The derived layers a result fills, and the Result field each takes.
-ROLES = (("reconstruction", "values"), ("error", "error"), ("experts", "labels"), ("confidence", "confidence"))
+#: The Result (and Decoded) field each derived layer shows.
+FIELDS = {Role.RECONSTRUCTION: "values", Role.ERROR: "error", Role.EXPERTS: "labels", Role.CONFIDENCE: "confidence"}
+#: The derived layers shown on demand, and the box that shows each.
+ON_DEMAND = ((Role.ERROR, "Error"), (Role.EXPERTS, "Experts"), (Role.CONFIDENCE, "Confidence"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,14 +84,50 @@ class Canvases:
     """Copies of the kept result's arrays, made in the worker when a Continue starts: the previews
     of the new run draw into these, so the earlier result stays whole, to be kept or shown again."""
 
-    arrays: dict[str, np.ndarray]  # role -> array
+    arrays: dict[Role, np.ndarray]
 
 
-def _continued(run: Generator[Progress | Preview, None, Result], previous: Result | None):
+def _continued(run: Generator[Any, None, Result], previous: Result | None):
     """A Continue's work: fresh canvases for the previews (copies of `previous`, off the GUI thread),
     then the job's run."""
     if previous is not None:
-        yield Canvases({role: np.array(getattr(previous, field)) for role, field in ROLES})
+        yield Canvases({role: np.array(getattr(previous, field)) for role, field in FIELDS.items()})
+    return (yield from run)
+
+
+@dataclass(frozen=True)
+class LayerSnapshot:
+    """What a Train click takes from the source layer and the ROI layer on the GUI thread (array
+    references and records, nothing copied); the worker turns them into a Volume and a mask."""
+
+    data: Any
+    meta: LayerMeta | None
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    what: str
+    roi: Any = None  # the ROI layer's painted array (display order), or None
+
+    def read(self) -> tuple[Volume, Orientation | None, np.ndarray | None]:
+        volume, orientation = volume_from(
+            self.data, self.meta, scale=self.scale, translate=self.translate, what=self.what
+        )
+        if self.roi is None:
+            return volume, orientation, None
+        painted = np.asarray(self.roi) != 0
+        return volume, orientation, painted if orientation is None else orientation.to_file(painted)
+
+
+def _training(
+    snapshot: LayerSnapshot, make_job: Callable[[Volume, Orientation | None, np.ndarray | None], TrainingJob]
+) -> Generator[Any, None, Result]:
+    """A Train click's work in the worker: read the volume, make the job, hand it to the GUI (which
+    may then ask it to stop), train. The run is asked for before the job is handed over, so a Stop
+    that reaches the job is never cleared by the run's start."""
+    yield Stage(PREPARING)
+    volume, orientation, roi = snapshot.read()
+    job = make_job(volume, orientation, roi)
+    run = job.run()
+    yield job
     return (yield from run)
 
 
@@ -95,11 +138,13 @@ def _better(new: Result, old: Result) -> bool:
 
 class MoecWidget(QWidget):
     """The dock widget's wiring: a settings form (form.SettingsForm) and a results panel
-    (results.ResultsPanel) around the training job, the derived layers beside the source volume, and
-    .moec files saved and loaded. One job at a time; its worker reports back on the GUI thread."""
+    (results.ResultsPanel) around the training job, the derived layers beside the source volume
+    laid out by a Comparison, and .moec files saved and loaded. One job at a time; its worker
+    reports back on the GUI thread."""
 
     def __init__(self, napari_viewer):
         super().__init__()
+        _warm_up_imports()
         self.viewer = napari_viewer
         self.job: TrainingJob | None = None
         self.worker = None
@@ -109,15 +154,27 @@ class MoecWidget(QWidget):
         self.other: Result | None = None
         self._previous: Result | None = None  # the result a running Continue must beat
         self._source_lost: str | None = None  # the source layer's name, removed while training
+        self._stop_pending = False  # Stop pressed while the job was being prepared
+        self._failure: str | None = None  # the running worker's error, said again when it ends
         self._ct_checked: tuple[Any, bool] | None = None  # (layer, looks like CT) of the chosen volume
         self.source = None  # the Image layer being compressed
-        self.derived: dict[str, Any] = {}  # role -> layer
+        self.derived: dict[Role, Any] = {}  # role -> layer
+        self.looks: DerivedLayers | None = None  # how the derived layers are named and drawn
+        #: The steps of laying out a result not taken yet, one per turn of the event loop.
+        self._to_add: list[Callable[[], None]] = []
         self._linking = False
         self._build()
+        self.activity = JobActivity(self.progress, self._say)
+        self.comparison = Comparison(self.viewer)
+        self._adder = QTimer(self)
+        self._adder.setSingleShot(True)
+        self._adder.setInterval(0)
+        self._adder.timeout.connect(self._add_next_layer)
         for layer in self.viewer.layers:
             layer.events.name.connect(self._refresh_layers)
         # The experts layers this widget adds are a result, not something to paint on.
         lock_read_only_layers(self.viewer)
+        follow_progressive_layers(self.viewer)  # a loaded file's layers refresh as their voxels decode
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._on_removed)
         self.viewer.layers.events.moved.connect(self._refresh_layers)
@@ -134,6 +191,8 @@ class MoecWidget(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        # Never sideways: the content follows the dock's width (long texts wrap, boxes shrink).
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         outer.addWidget(scroll)
         content = QWidget()
         scroll.setWidget(content)
@@ -147,7 +206,9 @@ class MoecWidget(QWidget):
         self.stop_button = QPushButton("Stop")
         self.continue_button = QPushButton("Continue")
         self.train_button.setToolTip("Train a new model on the selected volume")
-        self.stop_button.setToolTip("Stop at the next step and keep the model trained so far")
+        self.stop_button.setToolTip(
+            "Stop at the next step: the model as it stands is shown at once, then encoded and measured"
+        )
         self.continue_button.setToolTip(
             "Train the latest model further for the time budget; the earlier file stays unless the new one is better"
         )
@@ -164,11 +225,40 @@ class MoecWidget(QWidget):
         self.swap_button.clicked.connect(self.use_other_result)
         layout.addWidget(self.swap_button)
         self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
+        self.progress.setToolTip("The share of the training budget spent; moving stripes: a stage without a measure")
         self.status = QLabel("Choose a volume and press Train.")
         self.status.setWordWrap(True)
+        self.status.setToolTip("What the job is doing, and the last message")
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+
+        view = QHBoxLayout()
+        self.show_boxes: dict[Role, QCheckBox] = {}
+        for role, title in ON_DEMAND:
+            box = QCheckBox(title)
+            box.setToolTip(
+                "Show, in a view of its own: "
+                + {
+                    Role.ERROR: "the error map (MoEC − original, in the volume's units)",
+                    Role.EXPERTS: "the expert each voxel went to (the learned partition)",
+                    Role.CONFIDENCE: "the router's confidence in its choice (0 to 1)",
+                }[role]
+            )
+            box.toggled.connect(lambda on, r=role: self.comparison.show_role(r, on))
+            view.addWidget(box)
+            self.show_boxes[role] = box
+        layout.addLayout(view)
+        layout_buttons = QHBoxLayout()
+        self.grid_button = QPushButton("Side by side")
+        self.grid_button.setToolTip("The original and the reconstruction side by side (and what Show adds)")
+        self.grid_button.clicked.connect(lambda: self.comparison.side_by_side())
+        key = FLIP_KEY.replace("-", "+")
+        self.flip_button = QPushButton(f"Flip ({key})")
+        self.flip_button.setToolTip(f"The original, then the reconstruction, alone in the same place: {key} flips")
+        self.flip_button.clicked.connect(lambda: self.comparison.flip())
+        layout_buttons.addWidget(self.grid_button)
+        layout_buttons.addWidget(self.flip_button)
+        layout.addLayout(layout_buttons)
 
         files = QHBoxLayout()
         self.save_button = QPushButton("Save .moec…")
@@ -179,6 +269,10 @@ class MoecWidget(QWidget):
         )
         self.save_button.clicked.connect(self._save_dialog)
         self.load_button.clicked.connect(self._load_dialog)
+        files.addWidget(self.save_button)
+        files.addWidget(self.load_button)
+        layout.addLayout(files)
+        scale_row = QHBoxLayout()
         self.decode_scale = spin(
             QDoubleSpinBox(),
             "decode_scale",
@@ -190,11 +284,12 @@ class MoecWidget(QWidget):
             step=0.25,
         )
         self.decode_scale.setSuffix(" ×")
-        files.addWidget(self.save_button)
-        files.addWidget(self.load_button)
-        files.addWidget(QLabel("at"))
-        files.addWidget(self.decode_scale)
-        layout.addLayout(files)
+        scale_label = QLabel("Load at")
+        scale_label.setToolTip(self.decode_scale.toolTip())
+        scale_row.addWidget(scale_label)
+        scale_row.addWidget(self.decode_scale)
+        scale_row.addStretch(1)
+        layout.addLayout(scale_row)
         self.inputs = [*self.form.inputs, self.decode_scale]
 
         self.results = ResultsPanel()
@@ -209,9 +304,7 @@ class MoecWidget(QWidget):
         return [
             layer
             for layer in self.viewer.layers
-            if isinstance(layer, Image)
-            and (moec_of(layer) or {}).get("role", "original") == "original"
-            and layer.data.ndim in (3, 4)
+            if isinstance(layer, Image) and role_of(layer) is Role.ORIGINAL and layer.data.ndim in (3, 4)
         ]
 
     def _refresh_layers(self, event=None) -> None:
@@ -226,23 +319,21 @@ class MoecWidget(QWidget):
     def _on_removed(self, event) -> None:
         layer = event.value
         layer.events.name.disconnect(self._refresh_layers)
-        if layer is self.source and self.worker is not None and self.job is not None:
+        if layer is self.source and self.worker is not None:
             self._source_lost = layer.name
-            self.job.request_stop()
+            self._request_stop()
             self._say(f"The source layer {layer.name!r} was removed: training stops, keeping the model so far…")
         self._refresh_layers()
 
     def _roi_layers(self) -> list[Labels]:
         """Labels layers a user painted or opened (not the expert assignments this widget makes)."""
         return [
-            layer
-            for layer in self.viewer.layers
-            if isinstance(layer, Labels) and (moec_of(layer) or {}).get("role") != "experts"
+            layer for layer in self.viewer.layers if isinstance(layer, Labels) and role_of(layer) is not Role.EXPERTS
         ]
 
-    def roi_mask(self, layer: Image) -> np.ndarray | None:
-        """The chosen ROI layer's painted voxels in the file order of `layer` (None: no ROI);
-        MoecError when it is not on that layer's grid."""
+    def _roi_data(self, layer: Image) -> Any:
+        """The chosen ROI layer's painted array (display order; None: no ROI), checked to be on
+        `layer`'s grid; MoecError saying why not. Nothing is copied here."""
         name = self.form.roi_box.currentText()
         if name in ("", "none"):
             return None
@@ -251,14 +342,21 @@ class MoecWidget(QWidget):
             raise MoecError(
                 f"the ROI layer {name!r} is no longer open: open or paint it again, or choose another ROI or none"
             )
-        painted = np.asarray(roi.data) != 0
-        if painted.shape != tuple(layer.data.shape):
+        if tuple(roi.data.shape) != tuple(layer.data.shape):
             raise MoecError(
-                f"the ROI layer {name!r} is {' x '.join(map(str, painted.shape))} voxels, the volume "
+                f"the ROI layer {name!r} is {' x '.join(map(str, roi.data.shape))} voxels, the volume "
                 f"{' x '.join(map(str, layer.data.shape))}: paint it on a layer of the volume's shape"
             )
+        return roi.data
+
+    def roi_mask(self, layer: Image) -> np.ndarray | None:
+        """The chosen ROI's painted voxels in the file order of `layer` (None: no ROI)."""
+        painted = self._roi_data(layer)
+        if painted is None:
+            return None
+        mask = np.asarray(painted) != 0
         orientation = layer_orientation(layer)
-        return painted if orientation is None else orientation.to_file(painted)
+        return mask if orientation is None else orientation.to_file(mask)
 
     def selected_layer(self) -> Image | None:
         layer = self.form.chosen(self.form.layer_box)
@@ -286,24 +384,42 @@ class MoecWidget(QWidget):
         self._say(f"Error: {text}")
 
     # --- training -----------------------------------------------------------------------------------
+    def _snapshot(self, layer: Image) -> LayerSnapshot:
+        """What training reads from the layers, checked in words (RGB, one slice, a missing or
+        misfit ROI) from shapes alone: the reading itself is the worker's."""
+        what = f"layer {layer.name!r}"
+        if getattr(layer, "rgb", False):
+            raise MoecError(f"{what} is an RGB image; MoEC compresses grey-level volumes")
+        meta = LayerMeta.of(layer)
+        if meta is None or not meta.has_file_order:
+            shape = tuple(layer.data.shape)
+            if len(shape) < 3 or min(shape[:3]) < 2:
+                volume_of_layer(layer)  # refuses it, in words, from its shape
+        return LayerSnapshot(
+            layer.data, meta, tuple(layer.scale), tuple(layer.translate), what, roi=self._roi_data(layer)
+        )
+
     def train(self) -> None:
         layer = self.selected_layer()
         if layer is None:
             self._error("open a 3D or 4D image layer first")
             return
         try:
-            volume, orientation = volume_of_layer(layer)
-            job = TrainingJob(
-                volume, orientation, self.form.settings(), self.form.train_config(), roi=self.roi_mask(layer)
-            )
+            snapshot = self._snapshot(layer)
         except (MoecError, ValueError) as exc:
             self._error(str(exc))
             return
-        self.job, self.source, self.result, self.other, self._previous = job, layer, None, None, None
-        self._source_lost = None
+        settings, config = self.form.settings(), self.form.train_config()
+
+        def make_job(volume: Volume, orientation: Orientation | None, roi: np.ndarray | None) -> TrainingJob:
+            return TrainingJob(volume, orientation, settings, config, roi=roi)
+
+        self.job, self.source, self.result, self.other, self._previous = None, layer, None, None, None
+        self._source_lost, self._stop_pending = None, False
+        self._remove_derived()
         self.results.clear()
-        self._make_derived_layers(layer, job.max_experts, self.form.ratio.value())
-        self._start(job.run())
+        self.activity.start(PREPARING)
+        self._start(_training(snapshot, make_job))
 
     def continue_training(self) -> None:
         """Train further; the result on screen stays (and is what Save writes) unless the new file is better."""
@@ -314,12 +430,21 @@ class MoecWidget(QWidget):
             return
         minutes, steps = self.form.budget()
         self._previous, self.other = self.result, None
+        self._stop_pending = False
+        self.activity.start("training")
         self._start(_continued(self.job.run(minutes=minutes, steps=steps), self._previous))
 
     def stop(self) -> None:
-        if self.job is not None and self.worker is not None:
+        if self.worker is None:
+            return
+        self._request_stop()
+        self._say(self.status.text() + " — stopping: the model as it stands shows at once, then it is encoded…")
+
+    def _request_stop(self) -> None:
+        if self.job is not None:
             self.job.request_stop()
-            self.status.setText(self.status.text() + " — stopping, keeping the model trained so far…")
+        else:  # still preparing: the job stops as soon as it exists
+            self._stop_pending = True
 
     def use_other_result(self) -> None:
         """Swap the result on screen (and saved) with the other file of the last Continue."""
@@ -344,7 +469,8 @@ class MoecWidget(QWidget):
     def _start(self, generator) -> None:
         torch.set_num_threads(training_threads())
         self._on_dims()
-        worker = create_worker(lambda: (yield from generator))
+        # Errors are the widget's to show (_on_error), in words, not napari's traceback dialog.
+        worker = create_worker(lambda: (yield from generator), _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
         self._run(worker)
 
@@ -359,15 +485,22 @@ class MoecWidget(QWidget):
 
     def _on_yielded(self, item) -> None:
         if isinstance(item, Progress):
-            self.progress.setValue(int(1000 * item.fraction))
-            psnr = "" if math.isnan(item.psnr) else f" · PSNR {item.psnr:.2f} dB"
-            trying = f"trying {item.trying} · " if item.trying else ""
-            self.status.setText(
-                f"{trying}step {item.step} · {item.stage} · loss {item.loss:.5f}{psnr} · {item.seconds:.0f} s"
-            )
-            self.results.curves.add(item.step, item.loss, item.psnr)
+            self.activity.training(item, self.job.choice if self.job is not None else "")
+            self.results.curves.add(item.step, item.loss, item.psnr, run=item.trying)
         elif isinstance(item, Preview):
             self._show_preview(item)
+        elif isinstance(item, Stage):
+            self.activity.stage(item.text)
+        elif isinstance(item, TrainingJob):  # the volume is read and the ratio can be met
+            self.job = item
+            if self.source is not None and self.source in self.viewer.layers:
+                self._make_derived_layers(self.source, item.compression.plan.ratio)
+            self._on_dims()
+            if self._stop_pending or self._source_lost is not None:
+                item.request_stop()
+        elif isinstance(item, Decoded):
+            self._show_arrays(item)
+            self._say("Encoding and measuring: the decoded file is on screen; measuring it…")
         elif isinstance(item, Canvases):
             for role, array in item.arrays.items():
                 layer = self.derived.get(role)
@@ -375,6 +508,7 @@ class MoecWidget(QWidget):
                     layer.data = array
 
     def _on_result(self, result) -> None:
+        self.activity.finish()
         if isinstance(result, Result):
             previous, self._previous = self._previous, None
             if previous is None:
@@ -400,24 +534,32 @@ class MoecWidget(QWidget):
                     f"Training stopped: the source layer {self._source_lost!r} was removed. " + self.status.text()
                 )
             self.viewer.status = f"MoEC: {self.status.text()}"
-        elif isinstance(result, list):  # a loaded file on its own: its lazy layers, decoded as shown
-            for data, kwargs, kind in result:
-                self.viewer.add_image(data, **kwargs) if kind == "image" else self.viewer.add_labels(data, **kwargs)
-            show_info(
-                "MoEC: the file's layers are shown alone (decoded slab by slab as you scroll); open a "
-                "volume of its shape and load at 1 × to measure it"
+        elif isinstance(result, FileLayers):  # a loaded file on its own: its lazy layers, decoded as shown
+            for layer_data in result.layers:
+                add_layer(self.viewer, layer_data)
+            self._say(
+                "The file's layers are shown alone (decoded as you scroll); open a volume of its shape "
+                "and load at 1 × to measure it"
             )
+            show_info(f"MoEC: {self.status.text()}")
 
     def _on_error(self, exc) -> None:
+        self.activity.finish(done=False)
         previous, self._previous = self._previous, None
         if previous is not None:  # a Continue failed: the earlier file is still the one
             self.result = previous
             self._show_result(previous)
-        self._error(str(exc))
+        elif self.result is None:  # nothing trained: the empty layers made for it go
+            self._remove_derived()
+        self._failure = str(exc)
+        self._error(self._failure)
 
     def _on_finished(self) -> None:
         self.worker = None
         self._set_busy(False)
+        if self._failure is not None:  # the last word, whatever the worker said before it failed
+            self._say(f"Error: {self._failure}")
+            self._failure = None
 
     def _set_busy(self, busy: bool) -> None:
         for widget in self.inputs:
@@ -433,6 +575,13 @@ class MoecWidget(QWidget):
         self.swap_button.setVisible(self.other is not None)
         self.save_button.setEnabled(not busy and self.result is not None)
         self.load_button.setEnabled(not busy)
+        shown = bool(self.derived)
+        # One network draws every voxel: it has no partition (nor a router's confidence) to show.
+        partition = self.result is None or self.result.experts_count > 1
+        for role, box in self.show_boxes.items():
+            box.setEnabled(shown and (role is Role.ERROR or partition))
+        self.grid_button.setEnabled(shown)
+        self.flip_button.setEnabled(shown)
         self.results.set_measured(self.result is not None)
 
     def _on_dims(self, event=None) -> None:
@@ -451,54 +600,84 @@ class MoecWidget(QWidget):
         self.job.view = (layer_axis, int(np.clip(index, 0, self.source.data.shape[layer_axis] - 1)))
 
     # --- layers ---------------------------------------------------------------------------------------
-    def _make_derived_layers(self, source: Image, experts: int, ratio: float) -> None:
-        """Reconstruction, error, experts and gate confidence beside the source, with its transforms."""
+    def _remove_derived(self) -> None:
+        self._adder.stop()
+        self._to_add = []
         for layer in self.derived.values():
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-        shape = source.data.shape
-        base = lossy_name(source.name, ratio)
-        placement = transforms_of(source)
-        meta = {META: {**(moec_of(source) or {}), "role": "reconstruction"}}
-        recon = self.viewer.add_image(
-            np.zeros(shape, np.float32),
-            name=base,
-            colormap="gray",
-            contrast_limits=source.contrast_limits,
-            metadata=meta,
-            **placement,
+        self.derived = {}
+        self._update_buttons()
+
+    def _make_derived_layers(self, source: Image, ratio: float, moec_bytes: bytes | None = None) -> None:
+        """Reconstruction, error, experts and gate confidence beside the source, with its transforms,
+        added one per turn of the event loop (each takes napari a good part of 100 ms)."""
+        self._remove_derived()
+        lo, hi = (float(v) for v in source.contrast_limits)
+        vmin, vmax = self._ct_range(source)
+        self.looks = DerivedLayers(
+            stem=source.name,
+            ratio=ratio,
+            original=LayerMeta.of(source) or LayerMeta(),
+            placement=transforms_of(source),
+            experts=int(choices.RANGES["experts"][1]),  # one colour per expert any model may have
+            limits=(lo, hi),
+            unit=value_unit(vmin, vmax),
+            moec_bytes=moec_bytes,
         )
-        error = self.viewer.add_image(
-            np.zeros(shape, np.float32),
-            name=f"{base} error",
-            colormap=ERROR_COLORMAP,
-            contrast_limits=(-1.0, 1.0),
-            metadata={META: {"role": "error"}},
-            **placement,
-        )
-        labels = self.viewer.add_labels(
-            np.zeros(shape, np.uint8),
-            name=f"{base} experts",
-            colormap=expert_colormap(experts),
-            metadata={META: {"role": "experts", **{k: v for k, v in (moec_of(source) or {}).items() if k != "role"}}},
-            **placement,
-        )
-        confidence = self.viewer.add_image(
-            np.zeros(shape, np.float32),
-            name=f"{base} gate confidence",
-            colormap="viridis",
-            contrast_limits=(0.0, 1.0),
-            metadata={META: {"role": "confidence"}},
-            **placement,
-        )
-        self.derived = {"reconstruction": recon, "error": error, "experts": labels, "confidence": confidence}
-        self._link_contrast(source, recon)
-        grid = _grid(self.viewer)
-        if hasattr(grid, "spacing"):  # napari >= 0.6: a gap, or the five views read as one image
-            grid.spacing = 0.05
-        grid.enabled = True
-        self.viewer.layers.selection.active = source  # the layer controls show the original's window
-        self.viewer.reset_view()
+        self._to_add = [
+            functools.partial(self.comparison.begin, source),
+            *(functools.partial(self._add_derived, *each) for each in self.looks.empty(tuple(source.data.shape))),
+            self._layers_added,
+        ]
+        for box in self.show_boxes.values():
+            box.blockSignals(True)
+            box.setChecked(False)
+            box.blockSignals(False)
+        self._adder.start()
+
+    def _ct_range(self, layer: Image) -> tuple[float, float]:
+        """A range that says whether `layer` is CT (appearance.is_ct), from the check made when it was chosen."""
+        if self._ct_checked is not None and self._ct_checked[0] is layer:
+            return (-1000.0, 1000.0) if self._ct_checked[1] else (0.0, 1.0)
+        return float(np.min(layer.data)), float(np.max(layer.data))
+
+    def _add_next_layer(self) -> None:
+        if not self._to_add or self.source is None or self.source not in self.viewer.layers:
+            self._to_add = []
+            return
+        self._to_add.pop(0)()
+        if self._to_add:
+            self._adder.start()
+
+    def _add_derived(self, role: Role, layer_data: Any) -> None:
+        layer = add_layer(self.viewer, layer_data)
+        self.derived[role] = layer
+        self.comparison.add(role, layer)
+        if role is Role.RECONSTRUCTION:
+            self._link_contrast(self.source, layer)
+        box = self.show_boxes.get(role)
+        if box is not None:
+            layer.events.visible.connect(lambda event, b=box, shown=layer: self._sync_box(b, shown))
+
+    def _flush_layers(self) -> None:
+        """Take the steps left at once: a result has come before the last turns of the event loop."""
+        self._adder.stop()
+        while self._to_add:
+            self._add_next_layer()
+
+    def _layers_added(self) -> None:
+        self.viewer.layers.selection.active = self.source  # the layer controls show the original's window
+        self.comparison.reset_soon()
+        self._update_buttons()
+
+    @staticmethod
+    def _sync_box(box: QCheckBox, layer: Any) -> None:
+        """The Show box follows the layer's eye in the layer list (and a flip)."""
+        if box.isChecked() != layer.visible:
+            box.blockSignals(True)
+            box.setChecked(layer.visible)
+            box.blockSignals(False)
 
     def _link_contrast(self, a: Image, b: Image) -> None:
         """Changing the window on the original or the reconstruction changes both."""
@@ -519,14 +698,16 @@ class MoecWidget(QWidget):
         b.events.contrast_limits.connect(follow(b, a))
 
     def _show_preview(self, p: Preview) -> None:
+        if self.source is None:
+            return
         index: Any = [slice(None)] * self.source.ndim
         index[p.axis] = p.index
         index = tuple(index)
         for role, values in (
-            ("reconstruction", p.values),
-            ("experts", p.labels),
-            ("confidence", p.confidence),
-            ("error", p.error),
+            (Role.RECONSTRUCTION, p.values),
+            (Role.EXPERTS, p.labels),
+            (Role.CONFIDENCE, p.confidence),
+            (Role.ERROR, p.error),
         ):
             layer = self.derived.get(role)
             if layer is None or layer not in self.viewer.layers:
@@ -536,38 +717,40 @@ class MoecWidget(QWidget):
         self._set_error_limits(p.error_limit)
 
     def _set_error_limits(self, limit: float) -> None:
-        layer = self.derived.get("error")
-        if layer is not None:
+        layer = self.derived.get(Role.ERROR)
+        if layer is not None and layer in self.viewer.layers:
             layer.contrast_limits = (-limit, limit)
 
+    def _show_arrays(self, shown: Decoded | Result) -> None:
+        """A decoded file's voxels in the derived layers. The layers take the worker's arrays (no
+        copy: copying four volumes here stalls the event loop); previews of a continued run then
+        draw into them, which is what is on screen, while the file's bytes stay in `result.data`."""
+        self._flush_layers()
+        for role, field in FIELDS.items():
+            layer = self.derived.get(role)
+            if layer is not None and layer in self.viewer.layers:
+                layer.data = getattr(shown, field)
+        self._set_error_limits(shown.error_limit)
+
     def _show_result(self, r: Result) -> None:
-        if not self.derived or self.source is None:
+        if self.source is None or self.looks is None:
             return
-        name = lossy_name(self.source.name, r.ratio)
-        for role, field in ROLES:
-            values = getattr(r, field)
-            layer = self.derived[role]
-            if layer not in self.viewer.layers:
-                continue
-            # The layer takes the worker's array (no copy: copying four volumes here stalled the
-            # event loop; docs/benchmarks.md, "Responsiveness of the viewer (`benchmarks/responsiveness.py`)").
-            # Previews of a continued run then draw into it, which is what is on screen; the file's
-            # bytes stay in `result.data`.
-            layer.data = values
-            suffix = "gate confidence" if role == "confidence" else role
-            layer.name = name if role == "reconstruction" else f"{name} {suffix}"
-        # One network draws every voxel: there is no partition, so its layers would be one flat colour.
-        for role in ("experts", "confidence"):
-            if self.derived[role] in self.viewer.layers:
-                self.derived[role].visible = r.experts_count > 1
-        recon_meta = self.derived["reconstruction"].metadata.setdefault(META, {})
-        recon_meta.update(moec_bytes=r.data, ratio=r.ratio, role="reconstruction")
-        self._set_error_limits(r.error_limit)
-        self.progress.setValue(1000)
-        experts = self.derived["experts"]
-        self.results.show_result(r, experts.get_color if experts in self.viewer.layers else None)
+        self._show_arrays(r)
+        self.looks = replace(self.looks, ratio=r.ratio, moec_bytes=r.data)
+        for role in DERIVED:
+            layer = self.derived.get(role)
+            if layer is not None and layer in self.viewer.layers:
+                layer.name = self.looks.name(role)
+                layer.metadata = {**layer.metadata, **self.looks.record(role).metadata()}
+        if r.experts_count == 1:  # no partition to show (_update_buttons disables its boxes)
+            for role in (Role.EXPERTS, Role.CONFIDENCE):
+                self.comparison.show_role(role, False)
+        experts = self.derived.get(Role.EXPERTS)
+        self.results.show_result(
+            r, experts.get_color if experts is not None and experts in self.viewer.layers else None
+        )
         q = r.quality
-        self.status.setText(
+        self._say(
             f"Done: {r.ratio:.1f}x, PSNR {db_text(q.psnr)}, SSIM {q.ssim:.4f}"
             + (" (stopped; Continue trains further)" if r.stopped else "")
             + "".join(f" Note: {note}." for note in r.notes)
@@ -575,18 +758,19 @@ class MoecWidget(QWidget):
         self._update_buttons()
 
     def _show_expert(self, expert: int | None) -> None:
-        """Only this expert's region in the experts layer (None: every region)."""
-        layer = self.derived.get("experts")
+        """Only this expert's region in the experts layer (None: every region); the layer is shown."""
+        layer = self.derived.get(Role.EXPERTS)
         if layer is None or layer not in self.viewer.layers:
             return
         if expert is not None:
             layer.selected_label = expert + 1
+            self.comparison.show_role(Role.EXPERTS, True)
         layer.show_selected_label = expert is not None
 
     def apply_window(self, name: str) -> None:
         """A CT window preset on the original (the reconstruction follows through the link)."""
         limits = window_limits(*CT_WINDOWS[name])
-        for layer in (self.selected_layer(), self.derived.get("reconstruction")):
+        for layer in (self.selected_layer(), self.derived.get(Role.RECONSTRUCTION)):
             if layer is not None and layer in self.viewer.layers:
                 layer.contrast_limits = limits
 
@@ -609,7 +793,8 @@ class MoecWidget(QWidget):
     def save_moec(self, path: str | Path) -> None:
         if self.result is None:
             raise MoecError("nothing to save yet: train or load a model first")
-        refuse_overwrite(path, (moec_of(self.source) or {}).get("source") if self.source is not None else None)
+        meta = LayerMeta.of(self.source) if self.source is not None else None
+        refuse_overwrite(path, meta.source if meta is not None else None)
         moecfile.write(path, self.result.data)
         show_info(f"MoEC: wrote {path} ({len(self.result.data):,} bytes, {self.result.ratio:.1f}x)")
 
@@ -645,12 +830,14 @@ class MoecWidget(QWidget):
         except MoecError as exc:
             self._error(str(exc))
             return
-        if volume is not None and meta.shape == volume.shape and shape in (None, meta.shape):
+        if volume is not None and layer is not None and meta.shape == volume.shape and shape in (None, meta.shape):
             self.source, self.job, self.other, self._previous, self._source_lost = layer, None, None, None, None
-            self._make_derived_layers(layer, meta.model.experts, meta.raw_bytes / len(data))
+            self.result = None
+            self._make_derived_layers(layer, meta.raw_bytes / len(data), data)
         else:
             volume = orientation = None
-        self._run(create_worker(load, volume, orientation, data, str(path), shape))
+        self.activity.start(f"decoding {file_stem(path)}")
+        self._run(create_worker(load, volume, orientation, data, str(path), shape, _ignore_errors=True))
 
     def _load_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load MoEC file", "", "MoEC files (*.moec)")

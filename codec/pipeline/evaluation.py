@@ -26,13 +26,22 @@ class Evaluation:
     roi: RegionQuality | None = None  # inside and outside the region of interest, when one was given
 
 
-def evaluate(original: Volume, moec: MoecFile, *, device: str = "cpu", roi: np.ndarray | None = None) -> Evaluation:
-    """Decode `moec` and measure it against `original` (same shape, file voxel order), and inside
-    and outside `roi` (a mask of that shape) when given."""
+def evaluate(
+    original: Volume,
+    moec: MoecFile,
+    *,
+    device: str = "cpu",
+    roi: np.ndarray | None = None,
+    reconstruction: Reconstruction | None = None,
+) -> Evaluation:
+    """Decode `moec` (unless its `reconstruction` with labels is given: a caller that showed the
+    decoded voxels first) and measure it against `original` (same shape, file voxel order), and
+    inside and outside `roi` (a mask of that shape) when given."""
     if original.shape != moec.meta.shape:
         raise ValueError(f"the .moec file holds a {moec.meta.shape} volume, the original is {original.shape}")
-    recon = reconstruct(moec, device=device)
-    assert recon.labels is not None  # reconstruct keeps them unless told not to
+    recon = reconstruction if reconstruction is not None else reconstruct(moec, device=device)
+    if recon.labels is None:
+        raise ValueError("measuring a file needs its expert labels: decode it with labels")
     q = quality(original.data, recon.volume.data, dtype=original.stored_dtype, slope=original.slope)
     table = expert_table(
         original.data,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from moec_napari.dicom_reader import get_dicom_reader
-from moec_napari.layers import META, volume_of_layer
+from moec_napari.layer_meta import META
+from moec_napari.layers import volume_of_layer
 
 from ..conftest import PATIENT, dicom_affine, write_dicom_series, write_nifti
 from ..test_dicom import ct_raw

@@ -8,7 +8,8 @@ from codec import pipeline
 from codec.decode.reconstruct import render
 from codec.fit.train import Progress, TrainConfig
 from codec.io.phantom import make_phantom
-from moec_napari.job import Preview, Result, TrainingJob, error_limit
+from moec_napari.job import ENCODING, Decoded, FileLayers, Preview, Result, Stage, TrainingJob, error_limit, load
+from moec_napari.layer_meta import META
 from moec_napari.layers import orientation_of
 
 
@@ -85,3 +86,47 @@ def test_a_stop_between_asking_for_a_run_and_its_first_step_still_stops_it():
     except StopIteration as stop:
         result = stop.value
     assert result.stopped and result.steps <= 1
+
+
+def test_after_a_stop_the_model_as_it_stands_comes_first_then_the_file_then_its_figures():
+    """What Stop shows at once is a preview of the stopped model; the decoded file follows before it
+    is measured; a stage says what happens in between."""
+    volume, _ = make_phantom((32, 28, 16))
+    job = TrainingJob(volume, None, pipeline.Settings(ratio=12, experts=4), TrainConfig(steps=100_000, batch_size=1024))
+    job.view = (0, 5)
+    run = job.run()
+    for item in run:
+        if isinstance(item, Progress) and item.stage != "router" and item.step > 20:
+            job.request_stop()
+            break
+    after = []
+    try:
+        while True:
+            after.append(next(run))
+    except StopIteration as stop:
+        result = stop.value
+    kinds = [type(i).__name__ for i in after if not isinstance(i, Progress)]
+    assert kinds == ["Preview", "Stage", "Decoded"], kinds
+    stage = next(i for i in after if isinstance(i, Stage))
+    assert stage.text == ENCODING
+    shown = next(i for i in after if isinstance(i, Decoded))
+    assert result.stopped and shown.values is result.values and shown.labels is result.labels
+    np.testing.assert_allclose(result.error, result.values - volume.data, atol=1e-3)
+
+
+def test_a_file_without_its_original_opens_as_typed_layers(tmp_path):
+    volume, _ = make_phantom((32, 28, 16))
+    job = TrainingJob(volume, None, pipeline.Settings(ratio=12, experts=4), TrainConfig(steps=40, batch_size=1024))
+    run = job.run()
+    try:
+        while True:
+            next(run)
+    except StopIteration as stop:
+        data = stop.value.data
+    opened = load(None, None, data, str(tmp_path / "ct.moec"))
+    assert isinstance(opened, FileLayers)
+    roles = [kwargs["metadata"][META]["role"] for _, kwargs, _ in opened.layers]
+    assert roles == ["reconstruction", "experts", "confidence"]
+    assert [kind for *_, kind in opened.layers] == ["image", "labels", "image"]
+    measured = load(volume, None, data, "ct.moec")
+    assert isinstance(measured, Result) and measured.data == data

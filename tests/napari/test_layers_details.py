@@ -14,7 +14,9 @@ from codec.io.load import save_volume
 from codec.io.phantom import make_phantom
 from codec.io.volume import from_array
 from codec.settings import RANGES
-from moec_napari.layers import META, expert_colormap, layer_orientation, volume_of_layer
+from moec_napari.appearance import expert_colormap
+from moec_napari.layer_meta import META
+from moec_napari.layers import layer_orientation, volume_of_layer
 from moec_napari.writer import write_image, write_labels
 
 from ..conftest import write_dicom_series, write_nifti

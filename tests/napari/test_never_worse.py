@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from codec.eval import db_text
-from moec_napari.layers import META
+from moec_napari.layer_meta import META
 
 from .conftest import FAST_STEPS, wait_for
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from codec.errors import MoecFormatError, OutputError
-from moec_napari.layers import META, layer_orientation
+from moec_napari.layer_meta import META
+from moec_napari.layers import layer_orientation
 from moec_napari.reader import get_reader
 from moec_napari.sample import phantom
 from moec_napari.writer import write_image, write_labels, write_moec

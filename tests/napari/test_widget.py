@@ -11,7 +11,8 @@ from napari.utils.notifications import notification_manager
 from codec.cli import main as moec
 from codec.eval.metrics import psnr
 from codec.format import moecfile
-from moec_napari.layers import META, layer_orientation
+from moec_napari.layer_meta import META
+from moec_napari.layers import layer_orientation
 
 from .conftest import FAST_STEPS, wait_for
 
@@ -52,9 +53,9 @@ def test_training_produces_the_four_layers_beside_the_original(widget_on, phanto
     assert set(np.unique(layers["experts"].data)) <= set(range(1, 5))
     assert not layers["experts"].editable  # a result to inspect, not a layer to paint on
     assert 0 < layers["confidence"].data.min() and layers["confidence"].data.max() <= 1
-    from moec_napari.widget import _grid
+    from moec_napari.napari_compat import grid
 
-    assert _grid(viewer).enabled
+    assert grid(viewer).enabled
     assert widget.results.table.rowCount() == 4 and "dB" in widget.results.metrics["psnr"].text()
     # One numbering: the table's experts are the experts layer's labels 1..N, with its colours.
     table, experts = widget.results.table, layers["experts"]
@@ -104,7 +105,8 @@ def test_stop_keeps_a_usable_model_and_continue_improves_it(widget_on, phantom_n
     viewer, widget = widget_on(phantom_nifti)
     _configure(widget, steps=100_000)
     widget.train()
-    qtbot.waitUntil(lambda: widget.job.steps_done > 600, timeout=60_000)  # 300 router steps, then joint
+    # 300 router steps, then joint
+    qtbot.waitUntil(lambda: widget.job is not None and widget.job.steps_done > 600, timeout=60_000)
     widget.stop()
     wait_for(widget, qtbot)
     first = widget.result
@@ -234,8 +236,9 @@ def test_an_impossible_ratio_is_a_notification(widget_on, phantom_nifti, qtbot):
     notification_manager.notification_ready.connect(lambda n: seen.append(n))
     widget.form.ratio.setValue(100000)
     widget.train()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
     assert seen and "highest reachable" in str(seen[0].message)
-    assert widget.worker is None
+    assert not widget.derived and len(viewer.layers) == 1  # no empty layers left behind
     # Repeated where it is not clipped: the widget's status line and the viewer's status bar.
     assert "highest reachable" in widget.status.text() and "highest reachable" in viewer.status
 
@@ -250,7 +253,8 @@ def test_the_encoder_choice_reaches_the_file_and_a_bad_pairing_is_a_notification
     widget.form.encoder.setCurrentText("grid")
     widget.form.partition.setCurrentText("blocks")
     widget.train()
-    assert seen and "block partition" in str(seen[0].message) and widget.worker is None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)  # settings are checked in the worker
+    assert seen and "block partition" in str(seen[0].message) and "block partition" in widget.status.text()
     widget.form.partition.setCurrentText("learned")
     widget.form.router_input.setCurrentText("coordinates")
     widget.form.grid_channels.setValue(1)
@@ -282,12 +286,21 @@ def test_one_network_hides_the_partition_layers(widget_on, phantom_nifti, qtbot)
     widget.train()
     wait_for(widget, qtbot)
     assert widget.result.experts_count == 1
-    assert widget.derived["reconstruction"].visible and widget.derived["error"].visible
-    assert not widget.derived["experts"].visible and not widget.derived["confidence"].visible
+    assert widget.derived["reconstruction"].visible
+    # The error, the partition and the confidence are on demand; one network has no partition to show.
+    assert not any(widget.derived[role].visible for role in ("error", "experts", "confidence"))
+    boxes = widget.show_boxes
+    assert boxes["error"].isEnabled() and not boxes["experts"].isEnabled() and not boxes["confidence"].isEnabled()
+    boxes["error"].setChecked(True)
+    assert widget.derived["error"].visible
     _configure(widget, experts=4)
     widget.train()
     wait_for(widget, qtbot)
-    assert widget.derived["experts"].visible and widget.derived["confidence"].visible
+    assert boxes["experts"].isEnabled() and not boxes["experts"].isChecked()
+    boxes["experts"].setChecked(True)
+    assert widget.derived["experts"].visible and not widget.derived["confidence"].visible
+    widget.derived["experts"].visible = False  # the layer's eye and the box agree
+    assert not boxes["experts"].isChecked()
 
 
 def test_removing_the_source_while_training_stops_the_job_with_a_message(widget_on, phantom_nifti, qtbot):
@@ -295,7 +308,7 @@ def test_removing_the_source_while_training_stops_the_job_with_a_message(widget_
     source = viewer.layers[0]
     _configure(widget, steps=100_000)
     widget.train()
-    qtbot.waitUntil(lambda: widget.job.steps_done > 5, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.job is not None and widget.job.steps_done > 5, timeout=60_000)
     viewer.layers.remove(source)
     assert "'phantom' was removed" in widget.status.text()
     wait_for(widget, qtbot)
