@@ -11,6 +11,10 @@ Needs a display (Xvfb):
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/responsiveness.py [--minutes 1]
 
+With --volume ct --stop-after S it trains the development chest CT and presses Stop after S
+seconds; it also times the Train and Stop clicks' handlers, and how long after Stop the stopped
+model's slice, the decoded file and its figures are on screen ("clicks" in the JSON).
+
 Viewing a .moec (--lazy): compresses the development chest CT once (1024x, 300 steps, kept in
 benchmarks/results/tmp/), opens it with the plugin's reader alone in a fresh viewer, and measures
 the same 10 ms tick gaps phase by phase: opening; scrolling axial slices every 250 ms; switching to
@@ -90,6 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=1.0, help="training budget (default 1)")
     parser.add_argument("--ratio", type=float, default=256.0)
+    parser.add_argument("--volume", choices=("template", "ct"), default="template", help="the volume trained on")
+    parser.add_argument(
+        "--stop-after", type=float, default=None, help="press Stop this many seconds after Train (default: no Stop)"
+    )
     parser.add_argument("--lazy", action="store_true", help="view a lazy .moec instead of training")
     parser.add_argument("--key", default="lazy", help="the JSON entry of a --lazy run (default lazy)")
     args = parser.parse_args()
@@ -104,12 +112,14 @@ def training(args) -> None:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
+    from moec_napari.job import Decoded, Preview
     from moec_napari.reader import get_reader
     from moec_napari.widget import MoecWidget, training_threads
 
+    path = CT if args.volume == "ct" else BRAIN
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1600, 1000)
-    for data, kwargs, kind in get_reader(str(BRAIN))(str(BRAIN)):
+    for data, kwargs, kind in get_reader(str(path))(str(path)):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     widget = MoecWidget(viewer)
     viewer.window.add_dock_widget(widget)
@@ -134,13 +144,33 @@ def training(args) -> None:
     scroll.timeout.connect(move)
     app = QApplication.instance()
 
+    def on_item(item) -> None:
+        """Record, after the widget has shown it, when each kind of item first arrived (after a Stop)."""
+        now = time.perf_counter()
+        stopped = "stop" in phases
+        if isinstance(item, Preview) and stopped:
+            phases.setdefault("stop_preview", now)
+        elif isinstance(item, Decoded):
+            phases.setdefault("decoded", now)
+        elif type(item).__name__ == "Progress":
+            phases.setdefault("first_progress", now)
+
     def started() -> None:
         phases["training"] = time.perf_counter()
         tick.start()
         scroll.start()
         widget.train()
+        phases["train_click_ms"] = 1000 * (time.perf_counter() - phases["training"])
+        widget.worker.yielded.connect(on_item)  # connected after the widget's own: runs after it
         widget.worker.returned.connect(lambda _: phases.__setitem__("shown", time.perf_counter()))
         widget.worker.finished.connect(lambda: QTimer.singleShot(int(1000 * IDLE_S), finish))
+        if args.stop_after is not None:
+            QTimer.singleShot(int(1000 * args.stop_after), stop)
+
+    def stop() -> None:
+        phases["stop"] = time.perf_counter()
+        widget.stop()
+        phases["stop_click_ms"] = 1000 * (time.perf_counter() - phases["stop"])
 
     def finish() -> None:
         phases["end"] = time.perf_counter()
@@ -186,11 +216,28 @@ def training(args) -> None:
     )
     r = rows[0]
     print(
-        f"\ntraining: {args.minutes:g} min budget, {r['torch_threads']} torch thread(s), {r['steps']} steps, "
-        f"PSNR {r['psnr']:.2f} dB; result shown {phases['shown'] - phases['training']:.1f} s after Train"
+        f"\ntraining {path.name}: {args.minutes:g} min budget, {r['torch_threads']} torch thread(s), "
+        f"{r['steps']} steps, PSNR {r['psnr']:.2f} dB; result shown {phases['shown'] - phases['training']:.1f} s "
+        "after Train"
     )
+
+    def since(a: str, b: str) -> float | None:
+        return phases[b] - phases[a] if a in phases and b in phases else None
+
+    clicks = {
+        "volume": path.name,
+        "train_click_ms": phases["train_click_ms"],
+        "train_to_first_progress_s": since("training", "first_progress"),
+        "stop_click_ms": phases.get("stop_click_ms"),
+        "stop_to_model_on_screen_s": since("stop", "stop_preview"),
+        "stop_to_decoded_file_s": since("stop", "decoded"),
+        "stop_to_figures_s": since("stop", "shown"),
+        "train_to_figures_s": since("training", "shown"),
+    }
+    for name, value in clicks.items():
+        print(f"{name}: {value if isinstance(value, str) or value is None else f'{value:.2f}'}")
     gaps = np.diff(np.asarray(ticks)) * 1000.0
-    entries = {**kept_entries(), "rows": rows, "gaps_ms": gaps.round(2).tolist()}
+    entries = {**kept_entries(), "rows": rows, "clicks": clicks, "gaps_ms": gaps.round(2).tolist()}
     print(f"wrote {save('responsiveness', entries)}")
 
 

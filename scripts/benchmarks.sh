@@ -29,6 +29,7 @@ COMMANDS=(
     ".venv/bin/python benchmarks/batch.py"
     "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/lazy_decoding.py --viewer"
     ".venv/bin/python benchmarks/roi.py --steps 1000 --seeds 2"
+    ".venv/bin/python benchmarks/time_to_quality.py --resume"
     ".venv/bin/python benchmarks/hostile_inputs.py"
 )
 
