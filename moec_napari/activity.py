@@ -57,6 +57,7 @@ class JobActivity:
         self._description = ""
         self._updated = 0.0  # time.monotonic() of the activity bar's last update
         self._opening = False  # the activity bar is to open on the next turn of the event loop
+        self._job = 0  # counts the jobs ended: a bar opened for an ended job is closed at once
 
     def start(self, text: str) -> None:
         """A new job, in a stage without progress (`text`). The activity dock's bar opens on the
@@ -72,7 +73,12 @@ class JobActivity:
         if not self._opening:  # the job ended first
             return
         self._opening = False
-        self.activity = progress(total=0, desc=self._description)
+        job = self._job
+        activity = progress(total=0, desc=self._description)  # napari runs the event loop in here
+        if job != self._job:  # and the job ended in there
+            activity.close()
+            return
+        self.activity = activity
 
     @property
     def running(self) -> bool:
@@ -114,7 +120,13 @@ class JobActivity:
             return
         self._updated = now
         self._describe(activity, f"MoEC: {choice if p.trying and choice else 'training'}")
+        if self._ended(activity):  # the event loop ran in there, and the job ended
+            return
         activity.update(value - activity.n)
+
+    def _ended(self, activity: progress) -> bool:
+        """Whether `activity` is no longer this job's bar."""
+        return self.activity is not activity
 
     def _describe(self, activity: progress, text: str) -> None:
         if text != self._description:
@@ -126,6 +138,7 @@ class JobActivity:
         self.bar.setRange(0, STEPS)
         self.bar.setValue(STEPS if done else 0)
         self._opening = False
+        self._job += 1
         if self.activity is not None:
             self.activity.close()
             self.activity = None

@@ -7,11 +7,13 @@ error map carries a colour bar (its name states the sign and the unit). Outside 
 derived layers that would cover the images (error, confidence, experts) are drawn translucent.
 Flip (a key, FLIP_KEY) shows the original and the reconstruction alone, in the same place, one
 after the other. Every change of layout resets the view once napari has laid its views out, so no
-view opens zoomed in or off centre; outside the grid the user's zoom stays.
+view opens zoomed in or off centre (a view added, shown, hidden or removed); outside the grid the
+user's zoom stays.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from qtpy.QtCore import QTimer
@@ -28,6 +30,22 @@ GRID_STRIDE = 1
 OVER_IMAGES = {Role.ERROR: 0.5, Role.CONFIDENCE: 0.4, Role.EXPERTS: 0.5}
 
 
+def _bind_flip_key(viewer: Any, comparison: Comparison) -> None:
+    """FLIP_KEY flips the viewer's latest comparison. Bound once per viewer, through a weak
+    reference: a closed dock's comparison (and the layers it holds) is not kept alive by the key."""
+    viewer._moec_flip_target = weakref.ref(comparison)
+    if getattr(viewer, "_moec_flip_bound", False):
+        return
+
+    def flip(_viewer: Any) -> None:
+        target = viewer._moec_flip_target()
+        if target is not None:
+            target.flip()
+
+    viewer.bind_key(FLIP_KEY, flip, overwrite=True)
+    viewer._moec_flip_bound = True
+
+
 class Comparison:
     """The layout of one original and its derived layers (role -> layer) in `viewer`."""
 
@@ -38,9 +56,11 @@ class Comparison:
         #: While flipped: the layer shown now, and the visibility of each layer before the flip.
         self.flipped: Any = None
         self._before_flip: dict[Any, bool] = {}
+        #: The grid's and the scale bar's state before `begin`, given back by `end`.
+        self._before: tuple[bool, bool] | None = None
         g = grid(viewer)
         g.events.enabled.connect(self._on_grid)
-        viewer.bind_key(FLIP_KEY, lambda _viewer: self.flip(), overwrite=True)
+        _bind_flip_key(viewer, self)
         self._reset = QTimer()
         self._reset.setSingleShot(True)
         self._reset.setInterval(0)
@@ -58,9 +78,12 @@ class Comparison:
         """Lay out `source` alone, side by side with what `add` brings: the grid, the scale bar and
         the source's name. (Each step costs napari a good part of 100 ms: the widget takes them one
         per turn of the event loop.)"""
-        self.source, self.derived, self.flipped = source, {}, None
-        set_grid(self.viewer, enabled=True, stride=GRID_STRIDE)
+        self._unflip()
         bar = scale_bar(self.viewer)
+        if self._before is None:
+            self._before = (bool(grid(self.viewer).enabled), bool(bar.visible))
+        self.source, self.derived = source, {}
+        set_grid(self.viewer, enabled=True, stride=GRID_STRIDE)
         bar.visible = True
         if hasattr(bar, "gridded"):
             bar.gridded = True
@@ -79,11 +102,25 @@ class Comparison:
         layer.events.visible.connect(self._on_layout)
         self._on_grid()
 
-    def show(self, source: Any, derived: dict[Role, Any]) -> None:
-        """Lay out `source` and its `derived` layers side by side, named, with the scale bar."""
-        self.begin(source)
-        for role, layer in derived.items():
-            self.add(role, layer)
+    def forget(self, layer: Any) -> None:
+        """A derived layer the user removed: the comparison goes on without it."""
+        self.derived = {role: kept for role, kept in self.derived.items() if kept is not layer}
+        if self.flipped is layer:
+            self._unflip()
+        self._on_layout()
+
+    def end(self) -> None:
+        """No comparison any more: the grid and the scale bar as they were before `begin`, the
+        original's name off the canvas."""
+        self._unflip()
+        if self._alive(self.source):
+            overlay = name_overlay(self.source)
+            if overlay is not None:
+                overlay.visible = False
+        if self._before is not None:
+            grid(self.viewer).enabled, scale_bar(self.viewer).visible = self._before
+            self._before = None
+        self.source, self.derived = None, {}
 
     @staticmethod
     def _name(layer: Any) -> None:

@@ -227,7 +227,8 @@ class TrainingJob:
         self, minutes: float | None, steps: int | None
     ) -> Generator[Progress | Preview | Stage | Decoded, None, Result]:
         last_progress = last_preview = 0.0
-        progress = None
+        progress = said = None
+        stopped = False  # a Stop during training (one later, while encoding, changes nothing)
         run = self.compression.run(minutes=minutes, steps=steps)
         try:
             for progress in run:
@@ -235,15 +236,17 @@ class TrainingJob:
                 now = time.monotonic()
                 if now - last_progress >= PROGRESS_EVERY:
                     last_progress = now
+                    said = progress
                     yield progress
                 if self.stop_requested:
+                    stopped = True
                     break
                 if self.view is not None and now - last_preview >= self.preview_every and progress.stage != "router":
                     yield self.preview(*self.view)
                     last_preview = time.monotonic()
         finally:
             run.close()
-        if progress is not None:
+        if progress is not None and progress is not said:  # the last step, unless just said
             yield progress
         if self.view is not None and progress is not None and progress.stage != "router":
             yield self.preview(*self.view)  # the model as it stands, on screen before the file is made
@@ -251,19 +254,10 @@ class TrainingJob:
         made = self.compression.encode()
         moec = moecfile.from_bytes(made.data)
         recon = reconstruct(moec)
-        shown = decoded(self.volume, self.orientation, recon)
-        yield shown
-        self.result = measured(
-            self.volume,
-            made.data,
-            moec,
-            shown,
-            recon,
-            made.steps,
-            self.stop_requested,
-            self.compression.roi,
-            made.notes,
-        )
+        decoded_file = decoded(self.volume, self.orientation, recon)
+        yield decoded_file
+        roi = self.compression.roi
+        self.result = measured(self.volume, made.data, moec, decoded_file, recon, made.steps, stopped, roi, made.notes)
         return self.result
 
     def preview(self, axis: int, index: int) -> Preview:

@@ -68,6 +68,10 @@ def _warm_up_imports() -> None:
     threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
 
 
+#: torch's thread count when the plugin was loaded, given back when a job ends.
+_TORCH_THREADS = torch.get_num_threads()
+
+
 def training_threads() -> int:
     """Leave a core to the viewer: torch's threads compete with Qt's event loop otherwise."""
     return max(1, (os.cpu_count() or 2) - 1)
@@ -131,6 +135,23 @@ def _training(
     return (yield from run)
 
 
+def _loading(
+    snapshot: LayerSnapshot | None, data: bytes, name: str, shape: tuple[int, ...] | None
+) -> Result | FileLayers:
+    """A Load's work in the worker: read the open volume (when the file is measured against it),
+    then decode the file (job.load)."""
+    volume, orientation, _ = snapshot.read() if snapshot is not None else (None, None, None)
+    return load(volume, orientation, data, name, shape)
+
+
+def _file_shape(layer: Any) -> tuple[int, ...]:
+    """A layer's shape in its file's voxel order (as displayed, for a layer the plugin did not open)."""
+    meta = LayerMeta.of(layer)
+    if meta is not None and meta.has_file_order and meta.orientation is not None:
+        return tuple(meta.orientation.file_shape)
+    return tuple(layer.data.shape)
+
+
 def _better(new: Result, old: Result) -> bool:
     """Whether the new file is at least as good as the old, by PSNR of the decoded file (a NaN never is)."""
     return bool(new.quality.psnr >= old.quality.psnr)
@@ -163,6 +184,9 @@ class MoecWidget(QWidget):
         #: The steps of laying out a result not taken yet, one per turn of the event loop.
         self._to_add: list[Callable[[], None]] = []
         self._linking = False
+        self._links: list[tuple[Any, Callable[..., None]]] = []  # the contrast link's (layer, handler)
+        #: What the running worker does: "train" (Train or Continue) or "load"; None when idle.
+        self._work: str | None = None
         self._build()
         self.activity = JobActivity(self.progress, self._say)
         self.comparison = Comparison(self.viewer)
@@ -319,7 +343,13 @@ class MoecWidget(QWidget):
     def _on_removed(self, event) -> None:
         layer = event.value
         layer.events.name.disconnect(self._refresh_layers)
-        if layer is self.source and self.worker is not None:
+        for role, derived in list(self.derived.items()):
+            if derived is layer:  # the user removed it: the comparison goes on without it
+                del self.derived[role]
+                self.comparison.forget(layer)
+        if not self.derived and self.source is not None and self._work is None:
+            self.comparison.end()
+        if layer is self.source and self.worker is not None and self._work == "train":
             self._source_lost = layer.name
             self._request_stop()
             self._say(f"The source layer {layer.name!r} was removed: training stops, keeping the model so far…")
@@ -384,9 +414,9 @@ class MoecWidget(QWidget):
         self._say(f"Error: {text}")
 
     # --- training -----------------------------------------------------------------------------------
-    def _snapshot(self, layer: Image) -> LayerSnapshot:
-        """What training reads from the layers, checked in words (RGB, one slice, a missing or
-        misfit ROI) from shapes alone: the reading itself is the worker's."""
+    def _snapshot(self, layer: Image, *, roi: bool = True) -> LayerSnapshot:
+        """What training (or a Load, `roi` False) reads from the layers, checked in words (RGB, one
+        slice, a missing or misfit ROI) from shapes alone: the reading itself is the worker's."""
         what = f"layer {layer.name!r}"
         if getattr(layer, "rgb", False):
             raise MoecError(f"{what} is an RGB image; MoEC compresses grey-level volumes")
@@ -396,10 +426,17 @@ class MoecWidget(QWidget):
             if len(shape) < 3 or min(shape[:3]) < 2:
                 volume_of_layer(layer)  # refuses it, in words, from its shape
         return LayerSnapshot(
-            layer.data, meta, tuple(layer.scale), tuple(layer.translate), what, roi=self._roi_data(layer)
+            layer.data,
+            meta,
+            tuple(layer.scale),
+            tuple(layer.translate),
+            what,
+            roi=self._roi_data(layer) if roi else None,
         )
 
     def train(self) -> None:
+        if self.worker is not None:
+            return
         layer = self.selected_layer()
         if layer is None:
             self._error("open a 3D or 4D image layer first")
@@ -415,11 +452,11 @@ class MoecWidget(QWidget):
             return TrainingJob(volume, orientation, settings, config, roi=roi)
 
         self.job, self.source, self.result, self.other, self._previous = None, layer, None, None, None
-        self._source_lost, self._stop_pending = None, False
+        self._source_lost, self._stop_pending, self.looks = None, False, None
         self._remove_derived()
         self.results.clear()
         self.activity.start(PREPARING)
-        self._start(_training(snapshot, make_job))
+        self._start(_training(snapshot, make_job), "train")
 
     def continue_training(self) -> None:
         """Train further; the result on screen stays (and is what Save writes) unless the new file is better."""
@@ -431,11 +468,13 @@ class MoecWidget(QWidget):
         minutes, steps = self.form.budget()
         self._previous, self.other = self.result, None
         self._stop_pending = False
+        if any(role not in self.derived for role in DERIVED):  # the user removed some: shown again
+            self._make_derived_layers(self.source, self.result.ratio if self.result else self.form.ratio.value())
         self.activity.start("training")
-        self._start(_continued(self.job.run(minutes=minutes, steps=steps), self._previous))
+        self._start(_continued(self.job.run(minutes=minutes, steps=steps), self._previous), "train")
 
     def stop(self) -> None:
-        if self.worker is None:
+        if self.worker is None or self._work != "train":
             return
         self._request_stop()
         self._say(self.status.text() + " — stopping: the model as it stands shows at once, then it is encoded…")
@@ -466,20 +505,22 @@ class MoecWidget(QWidget):
     def _psnr(r: Result | None) -> str:
         return "–" if r is None else db_text(r.quality.psnr)
 
-    def _start(self, generator) -> None:
+    def _start(self, generator, work: str) -> None:
+        # torch's thread count is the process's: training leaves a core to the viewer, and
+        # _on_finished gives it back (a decode's last bits depend on it).
         torch.set_num_threads(training_threads())
         self._on_dims()
         # Errors are the widget's to show (_on_error), in words, not napari's traceback dialog.
         worker = create_worker(lambda: (yield from generator), _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
-        self._run(worker)
+        self._run(worker, work)
 
-    def _run(self, worker) -> None:
+    def _run(self, worker, work: str) -> None:
         """Connect a worker's outcome to the widget and start it; inputs stay disabled until it ends."""
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
-        self.worker = worker
+        self.worker, self._work = worker, work
         self._set_busy(True)
         worker.start()
 
@@ -549,13 +590,15 @@ class MoecWidget(QWidget):
         if previous is not None:  # a Continue failed: the earlier file is still the one
             self.result = previous
             self._show_result(previous)
-        elif self.result is None:  # nothing trained: the empty layers made for it go
+        elif self.result is None:  # nothing trained: the empty layers made for it go, and the job
             self._remove_derived()
+            self.job = None
         self._failure = str(exc)
         self._error(self._failure)
 
     def _on_finished(self) -> None:
-        self.worker = None
+        self.worker, self._work = None, None
+        torch.set_num_threads(_TORCH_THREADS)
         self._set_busy(False)
         if self._failure is not None:  # the last word, whatever the worker said before it failed
             self._say(f"Error: {self._failure}")
@@ -564,7 +607,7 @@ class MoecWidget(QWidget):
     def _set_busy(self, busy: bool) -> None:
         for widget in self.inputs:
             widget.setEnabled(not busy)
-        self.stop_button.setEnabled(busy)
+        self.stop_button.setEnabled(busy and self._work == "train")
         self._update_buttons()
 
     def _update_buttons(self) -> None:
@@ -603,10 +646,12 @@ class MoecWidget(QWidget):
     def _remove_derived(self) -> None:
         self._adder.stop()
         self._to_add = []
-        for layer in self.derived.values():
+        self._unlink_contrast()
+        self.comparison.end()
+        layers, self.derived = list(self.derived.values()), {}  # removing them calls _on_removed
+        for layer in layers:
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-        self.derived = {}
         self._update_buttons()
 
     def _make_derived_layers(self, source: Image, ratio: float, moec_bytes: bytes | None = None) -> None:
@@ -680,7 +725,9 @@ class MoecWidget(QWidget):
             box.blockSignals(False)
 
     def _link_contrast(self, a: Image, b: Image) -> None:
-        """Changing the window on the original or the reconstruction changes both."""
+        """Changing the window on the original or the reconstruction changes both. The handlers are
+        kept, to be disconnected with the layers: an emitter holds a closure, and with it the
+        reconstruction's whole volume, for as long as it is connected."""
 
         def follow(src, dst):
             def handler(event=None):
@@ -694,8 +741,14 @@ class MoecWidget(QWidget):
 
             return handler
 
-        a.events.contrast_limits.connect(follow(a, b))
-        b.events.contrast_limits.connect(follow(b, a))
+        self._links = [(a, follow(a, b)), (b, follow(b, a))]
+        for layer, handler in self._links:
+            layer.events.contrast_limits.connect(handler)
+
+    def _unlink_contrast(self) -> None:
+        for layer, handler in self._links:
+            layer.events.contrast_limits.disconnect(handler)
+        self._links = []
 
     def _show_preview(self, p: Preview) -> None:
         if self.source is None:
@@ -723,8 +776,8 @@ class MoecWidget(QWidget):
 
     def _show_arrays(self, shown: Decoded | Result) -> None:
         """A decoded file's voxels in the derived layers. The layers take the worker's arrays (no
-        copy: copying four volumes here stalls the event loop); previews of a continued run then
-        draw into them, which is what is on screen, while the file's bytes stay in `result.data`."""
+        copy: copying four volumes here stalls the event loop); a Continue's previews draw into
+        copies of them (Canvases), so the earlier result stays whole."""
         self._flush_layers()
         for role, field in FIELDS.items():
             layer = self.derived.get(role)
@@ -733,15 +786,14 @@ class MoecWidget(QWidget):
         self._set_error_limits(shown.error_limit)
 
     def _show_result(self, r: Result) -> None:
-        if self.source is None or self.looks is None:
-            return
         self._show_arrays(r)
-        self.looks = replace(self.looks, ratio=r.ratio, moec_bytes=r.data)
-        for role in DERIVED:
-            layer = self.derived.get(role)
-            if layer is not None and layer in self.viewer.layers:
-                layer.name = self.looks.name(role)
-                layer.metadata = {**layer.metadata, **self.looks.record(role).metadata()}
+        if self.looks is not None:
+            self.looks = replace(self.looks, ratio=r.ratio, moec_bytes=r.data)
+            for role in DERIVED:
+                layer = self.derived.get(role)
+                if layer is not None and layer in self.viewer.layers:
+                    layer.name = self.looks.name(role)
+                    layer.metadata = {**layer.metadata, **self.looks.record(role).metadata()}
         if r.experts_count == 1:  # no partition to show (_update_buttons disables its boxes)
             for role in (Role.EXPERTS, Role.CONFIDENCE):
                 self.comparison.show_role(role, False)
@@ -816,13 +868,6 @@ class MoecWidget(QWidget):
         except OSError as exc:
             self._error(f"cannot read {path}: {exc}")
             return
-        layer = self.selected_layer()
-        volume = orientation = None
-        if layer is not None:
-            try:
-                volume, orientation = volume_of_layer(layer)
-            except (MoecError, ValueError):
-                volume = None
         try:
             meta = read_meta(data, str(path))  # the header only: cheap, and refuses bad files early
             scale = self.decode_scale.value()
@@ -830,14 +875,20 @@ class MoecWidget(QWidget):
         except MoecError as exc:
             self._error(str(exc))
             return
-        if volume is not None and layer is not None and meta.shape == volume.shape and shape in (None, meta.shape):
+        layer = self.selected_layer()
+        snapshot = None
+        if layer is not None and _file_shape(layer) == tuple(meta.shape) and shape in (None, tuple(meta.shape)):
+            try:
+                snapshot = self._snapshot(layer, roi=False)  # read in the worker, measured against the file
+            except (MoecError, ValueError):
+                snapshot = None
+        if snapshot is not None and layer is not None:
             self.source, self.job, self.other, self._previous, self._source_lost = layer, None, None, None, None
             self.result = None
+            self.results.clear()
             self._make_derived_layers(layer, meta.raw_bytes / len(data), data)
-        else:
-            volume = orientation = None
         self.activity.start(f"decoding {file_stem(path)}")
-        self._run(create_worker(load, volume, orientation, data, str(path), shape, _ignore_errors=True))
+        self._run(create_worker(_loading, snapshot, data, str(path), shape, _ignore_errors=True), "load")
 
     def _load_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load MoEC file", "", "MoEC files (*.moec)")

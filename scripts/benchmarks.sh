@@ -25,10 +25,12 @@ COMMANDS=(
     ".venv/bin/moec compress $VOLUME -o $SAMPLE --ratio 256 --force"
     ".venv/bin/python benchmarks/entropy_coders.py $SAMPLE"
     ".venv/bin/python benchmarks/speed.py"
-    "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/responsiveness.py"
+    "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/responsiveness.py --volume ct --minutes 1 --stop-after 40"
+    "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/responsiveness.py --lazy"
     ".venv/bin/python benchmarks/batch.py"
     "xvfb-run -a -s '-screen 0 1600x1000x24' .venv/bin/python benchmarks/lazy_decoding.py --viewer"
     ".venv/bin/python benchmarks/roi.py --steps 1000 --seeds 2"
+    ".venv/bin/python benchmarks/classical_strongest.py"
     ".venv/bin/python benchmarks/time_to_quality.py --resume"
     ".venv/bin/python benchmarks/hostile_inputs.py"
 )

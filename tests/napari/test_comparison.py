@@ -71,6 +71,28 @@ def test_flip_shows_the_original_then_the_reconstruction_in_the_same_place(widge
     assert grid(viewer).enabled and source.visible and recon.visible and widget.derived[Role.EXPERTS].visible
 
 
+def test_a_new_run_after_a_flip_starts_from_the_original_and_links_nothing_twice(widget_on, phantom_nifti, qtbot):
+    viewer, widget = widget_on(phantom_nifti)
+    _configure(widget, experts=1)
+    widget.train()
+    wait_for(widget, qtbot)
+    source = widget.source
+    links = len(source.events.contrast_limits.callbacks)
+    widget.comparison.flip()
+    widget.comparison.flip()  # the reconstruction alone, the original hidden
+    assert not source.visible
+    widget.train()
+    wait_for(widget, qtbot)
+    assert source.visible and grid(viewer).enabled and widget.derived[Role.RECONSTRUCTION].visible
+    # The earlier reconstruction is let go: the window link is made anew, not added to.
+    assert len(source.events.contrast_limits.callbacks) == links
+    # Removing every derived layer ends the comparison: the grid as it was before.
+    for layer in list(widget.derived.values()):
+        viewer.layers.remove(layer)
+    assert not widget.derived and not grid(viewer).enabled
+    assert not widget.flip_button.isEnabled()
+
+
 def test_progress_says_the_stage_and_the_activity_dock_shows_the_job(widget_on, phantom_nifti, qtbot):
     viewer, widget = widget_on(phantom_nifti)
     _configure(widget, steps=100_000, experts=0)  # experts auto: the first run chooses
