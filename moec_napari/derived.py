@@ -49,13 +49,13 @@ class DerivedLayers:
     #: The unit of the values ("HU" for CT, "" where unknown): the error layer's name states it.
     unit: str = ""
     #: Said after the name when decoded on a grid other than the file's (" at 512x512x240").
-    grid: str = ""
+    suffix: str = ""
     #: The .moec bytes behind the reconstruction (what Save and the .moec writer write).
     moec_bytes: bytes | None = field(default=None, repr=False)
 
     @property
     def base(self) -> str:
-        return lossy_name(self.stem, self.ratio) + self.grid
+        return lossy_name(self.stem, self.ratio) + self.suffix
 
     def name(self, role: Role) -> str:
         if role is Role.RECONSTRUCTION:
@@ -107,7 +107,7 @@ def file_layers(
     another. No error layer: there is no original to measure against."""
     volume = replace(volume, source=source)
     orientation = orientation_of(volume)
-    grid = "" if volume.shape == tuple(meta.shape) else f" at {'x'.join(map(str, volume.shape))}"
+    suffix = "" if volume.shape == tuple(meta.shape) else f" at {'x'.join(map(str, volume.shape))}"
     derived = DerivedLayers(
         stem=stem,
         ratio=meta.raw_bytes / len(data),
@@ -116,7 +116,7 @@ def file_layers(
         experts=meta.model.experts,
         limits=starting_limits(meta.vmin, meta.vmax),
         unit=value_unit(meta.vmin, meta.vmax),
-        grid=grid,
+        suffix=suffix,
         moec_bytes=data,
     )
     show = orientation.to_display

@@ -100,7 +100,7 @@ def _continued(run: Generator[Any, None, Result], previous: Result | None):
 
 
 @dataclass(frozen=True)
-class LayerSnapshot:
+class SourceLayers:
     """What a Train click takes from the source layer and the ROI layer on the GUI thread (array
     references and records, nothing copied); the worker turns them into a Volume and a mask."""
 
@@ -122,25 +122,23 @@ class LayerSnapshot:
 
 
 def _training(
-    snapshot: LayerSnapshot, make_job: Callable[[Volume, Orientation | None, np.ndarray | None], TrainingJob]
+    taken: SourceLayers, make_job: Callable[[Volume, Orientation | None, np.ndarray | None], TrainingJob]
 ) -> Generator[Any, None, Result]:
     """A Train click's work in the worker: read the volume, make the job, hand it to the GUI (which
     may then ask it to stop), train. The run is asked for before the job is handed over, so a Stop
     that reaches the job is never cleared by the run's start."""
     yield Stage(PREPARING)
-    volume, orientation, roi = snapshot.read()
+    volume, orientation, roi = taken.read()
     job = make_job(volume, orientation, roi)
     run = job.run()
     yield job
     return (yield from run)
 
 
-def _loading(
-    snapshot: LayerSnapshot | None, data: bytes, name: str, shape: tuple[int, ...] | None
-) -> Result | FileLayers:
+def _loading(taken: SourceLayers | None, data: bytes, name: str, shape: tuple[int, ...] | None) -> Result | FileLayers:
     """A Load's work in the worker: read the open volume (when the file is measured against it),
     then decode the file (job.load)."""
-    volume, orientation, _ = snapshot.read() if snapshot is not None else (None, None, None)
+    volume, orientation, _ = taken.read() if taken is not None else (None, None, None)
     return load(volume, orientation, data, name, shape)
 
 
@@ -414,7 +412,7 @@ class MoecWidget(QWidget):
         self._say(f"Error: {text}")
 
     # --- training -----------------------------------------------------------------------------------
-    def _snapshot(self, layer: Image, *, roi: bool = True) -> LayerSnapshot:
+    def _source_layers(self, layer: Image, *, roi: bool = True) -> SourceLayers:
         """What training (or a Load, `roi` False) reads from the layers, checked in words (RGB, one
         slice, a missing or misfit ROI) from shapes alone: the reading itself is the worker's."""
         what = f"layer {layer.name!r}"
@@ -425,7 +423,7 @@ class MoecWidget(QWidget):
             shape = tuple(layer.data.shape)
             if len(shape) < 3 or min(shape[:3]) < 2:
                 volume_of_layer(layer)  # refuses it, in words, from its shape
-        return LayerSnapshot(
+        return SourceLayers(
             layer.data,
             meta,
             tuple(layer.scale),
@@ -442,7 +440,7 @@ class MoecWidget(QWidget):
             self._error("open a 3D or 4D image layer first")
             return
         try:
-            snapshot = self._snapshot(layer)
+            taken = self._source_layers(layer)
         except (MoecError, ValueError) as exc:
             self._error(str(exc))
             return
@@ -456,7 +454,7 @@ class MoecWidget(QWidget):
         self._remove_derived()
         self.results.clear()
         self.activity.start(PREPARING)
-        self._start(_training(snapshot, make_job), "train")
+        self._start(_training(taken, make_job), "train")
 
     def continue_training(self) -> None:
         """Train further; the result on screen stays (and is what Save writes) unless the new file is better."""
@@ -876,19 +874,19 @@ class MoecWidget(QWidget):
             self._error(str(exc))
             return
         layer = self.selected_layer()
-        snapshot = None
+        taken = None
         if layer is not None and _file_shape(layer) == tuple(meta.shape) and shape in (None, tuple(meta.shape)):
             try:
-                snapshot = self._snapshot(layer, roi=False)  # read in the worker, measured against the file
+                taken = self._source_layers(layer, roi=False)  # read in the worker, measured against the file
             except (MoecError, ValueError):
-                snapshot = None
-        if snapshot is not None and layer is not None:
+                taken = None
+        if taken is not None and layer is not None:
             self.source, self.job, self.other, self._previous, self._source_lost = layer, None, None, None, None
             self.result = None
             self.results.clear()
             self._make_derived_layers(layer, meta.raw_bytes / len(data), data)
         self.activity.start(f"decoding {file_stem(path)}")
-        self._run(create_worker(_loading, snapshot, data, str(path), shape, _ignore_errors=True), "load")
+        self._run(create_worker(_loading, taken, data, str(path), shape, _ignore_errors=True), "load")
 
     def _load_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load MoEC file", "", "MoEC files (*.moec)")
