@@ -99,6 +99,12 @@ def _continued(run: Generator[Any, None, Result], previous: Result | None):
     return (yield from run)
 
 
+def roi_in_file_order(painted: Any, orientation: Orientation | None) -> np.ndarray:
+    """An ROI layer's painted voxels (any label, display order) as a mask in the file's voxel order."""
+    mask = np.asarray(painted) != 0
+    return mask if orientation is None else orientation.to_file(mask)
+
+
 @dataclass(frozen=True)
 class SourceLayers:
     """What a Train click takes from the source layer and the ROI layer on the GUI thread (array
@@ -115,10 +121,7 @@ class SourceLayers:
         volume, orientation = volume_from(
             self.data, self.meta, scale=self.scale, translate=self.translate, what=self.what
         )
-        if self.roi is None:
-            return volume, orientation, None
-        painted = np.asarray(self.roi) != 0
-        return volume, orientation, painted if orientation is None else orientation.to_file(painted)
+        return volume, orientation, None if self.roi is None else roi_in_file_order(self.roi, orientation)
 
 
 def _training(
@@ -175,7 +178,7 @@ class MoecWidget(QWidget):
         self._source_lost: str | None = None  # the source layer's name, removed while training
         self._stop_pending = False  # Stop pressed while the job was being prepared
         self._failure: str | None = None  # the running worker's error, said again when it ends
-        self._ct_checked: tuple[Any, bool] | None = None  # (layer, looks like CT) of the chosen volume
+        self._range: tuple[Any, tuple[float, float]] | None = None  # (layer, its value range)
         self.source = None  # the Image layer being compressed
         self.derived: dict[Role, Any] = {}  # role -> layer
         self.looks: DerivedLayers | None = None  # how the derived layers are named and drawn
@@ -380,11 +383,7 @@ class MoecWidget(QWidget):
     def roi_mask(self, layer: Image) -> np.ndarray | None:
         """The chosen ROI's painted voxels in the file order of `layer` (None: no ROI)."""
         painted = self._roi_data(layer)
-        if painted is None:
-            return None
-        mask = np.asarray(painted) != 0
-        orientation = layer_orientation(layer)
-        return mask if orientation is None else orientation.to_file(mask)
+        return None if painted is None else roi_in_file_order(painted, layer_orientation(layer))
 
     def selected_layer(self) -> Image | None:
         layer = self.form.chosen(self.form.layer_box)
@@ -395,9 +394,7 @@ class MoecWidget(QWidget):
         if layer is None:
             self.results.windows.setVisible(False)
         else:
-            if self._ct_checked is None or self._ct_checked[0] is not layer:  # a whole volume's range: once
-                self._ct_checked = (layer, is_ct(float(np.min(layer.data)), float(np.max(layer.data))))
-            self.results.windows.setVisible(self._ct_checked[1])
+            self.results.windows.setVisible(is_ct(*self._value_range(layer)))
         self._update_buttons()
 
     # --- messages ---------------------------------------------------------------------------------
@@ -657,7 +654,6 @@ class MoecWidget(QWidget):
         added one per turn of the event loop (each takes napari a good part of 100 ms)."""
         self._remove_derived()
         lo, hi = (float(v) for v in source.contrast_limits)
-        vmin, vmax = self._ct_range(source)
         self.looks = DerivedLayers(
             stem=source.name,
             ratio=ratio,
@@ -665,7 +661,7 @@ class MoecWidget(QWidget):
             placement=transforms_of(source),
             experts=int(choices.RANGES["experts"][1]),  # one colour per expert any model may have
             limits=(lo, hi),
-            unit=value_unit(vmin, vmax),
+            unit=value_unit(*self._value_range(source)),
             moec_bytes=moec_bytes,
         )
         self._to_add = [
@@ -679,11 +675,12 @@ class MoecWidget(QWidget):
             box.blockSignals(False)
         self._adder.start()
 
-    def _ct_range(self, layer: Image) -> tuple[float, float]:
-        """A range that says whether `layer` is CT (appearance.is_ct), from the check made when it was chosen."""
-        if self._ct_checked is not None and self._ct_checked[0] is layer:
-            return (-1000.0, 1000.0) if self._ct_checked[1] else (0.0, 1.0)
-        return float(np.min(layer.data)), float(np.max(layer.data))
+    def _value_range(self, layer: Image) -> tuple[float, float]:
+        """`layer`'s range of values (whether it is CT, its unit): a whole volume's, measured once
+        per chosen layer."""
+        if self._range is None or self._range[0] is not layer:
+            self._range = (layer, (float(np.min(layer.data)), float(np.max(layer.data))))
+        return self._range[1]
 
     def _add_next_layer(self) -> None:
         if not self._to_add or self.source is None or self.source not in self.viewer.layers:
