@@ -229,7 +229,13 @@ class TrainingJob:
         last_progress = last_preview = 0.0
         progress = said = None
         stopped = False  # a Stop during training (one later, while encoding, changes nothing)
-        run = self.compression.run(minutes=minutes, steps=steps)
+
+        def should_stop() -> bool:  # also asked where training yields nothing (a trial's measures)
+            nonlocal stopped
+            stopped = stopped or self.stop_requested
+            return stopped
+
+        run = self.compression.run(minutes=minutes, steps=steps, should_stop=should_stop)
         try:
             for progress in run:
                 self.snapshot = progress
@@ -238,8 +244,7 @@ class TrainingJob:
                     last_progress = now
                     said = progress
                     yield progress
-                if self.stop_requested:
-                    stopped = True
+                if should_stop():
                     break
                 if self.view is not None and now - last_preview >= self.preview_every and progress.stage != "router":
                     yield self.preview(*self.view)

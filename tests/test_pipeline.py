@@ -151,6 +151,28 @@ def test_a_trial_stopped_early_keeps_the_better_of_those_that_trained():
     assert compression.chosen is first and made.steps == 10
 
 
+def test_a_stop_during_a_trial_waits_for_one_measure_not_the_round():
+    """Each candidate is measured as its trial ends, and a Stop asked meanwhile is honoured before
+    the next candidate trains (a Stop in the plugin waits for one measure, not a round's)."""
+    volume, _ = make_phantom((32, 28, 16))
+    config = TrainConfig(steps=200, batch_size=2048, trial_share=0.15)
+    compression = pipeline.Compression(volume, pipeline.Settings(ratio=12), config)
+    first, second = compression.candidates
+    # Stop is asked after the first candidate's last trial step, while it is measured.
+    progress = list(compression.run(should_stop=lambda: first.psnr is not None))
+    assert first.psnr is not None and second.fitter is None
+    assert {p.trying for p in progress} == {first.name}
+    made = compression.encode()
+    assert compression.chosen is first and made.steps == first.trial_steps
+    # A Stop asked while the candidate is measured abandons the measure; `encode` measures it then.
+    compression = pipeline.Compression(volume, pipeline.Settings(ratio=12), config)
+    first, second = compression.candidates
+    list(compression.run(should_stop=lambda: first.trial_steps > 0))
+    assert first.psnr is None and second.fitter is None
+    made = compression.encode()
+    assert compression.chosen is first and first.psnr is not None and made.steps == first.trial_steps
+
+
 def test_a_ratio_only_one_network_reaches_needs_no_trial():
     volume, _ = make_phantom((32, 28, 16))
     highest = {}

@@ -9,18 +9,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codec.decode.floor import apply_floor
+from codec.decode.floor import apply_floor, choose_floor
 from codec.decode.reconstruct import unfloored_values
 from codec.errors import MoecError
 from codec.fit.budget import Budget
 from codec.fit.sizing import Plan
 from codec.fit.train import Fitter, Progress, TrainConfig
-from codec.format import moecfile
 from codec.format.moecfile import MoecFile
 from codec.io.volume import Volume
 from codec.pipeline.evaluation import Evaluation, evaluate
 from codec.pipeline.planning import new_fitter
-from codec.pipeline.rate import file_bytes, sample_voxels, sized_file
+from codec.pipeline.rate import Interrupted, StopAsked, sample_voxels, sized_file, unfloored_file
 from codec.pipeline.trial import Candidate, Trial, candidates_for
 from codec.settings import Settings
 
@@ -171,6 +170,10 @@ class Compression:
                 candidate.trial_seconds = self.fitter.run_seconds()
                 tried.append(candidate)
                 self.fitter.pause()
+                # Measured now, one at a time and abandoned on a Stop (`encode` then measures it).
+                self._measure(candidate, should_stop)
+                if should_stop is not None and should_stop():
+                    return None
             return self._best(([] if kept is None else [kept]) + contenders)
 
         try:
@@ -202,11 +205,7 @@ class Compression:
         """The candidate of `trained` whose file is better now (each measured once, after its
         trial), said in a note; the others let go."""
         for candidate in trained:
-            if candidate.psnr is None:
-                try:
-                    candidate.psnr = _trial_psnr(self.volume, candidate, self.roi, self.train_config.roi_weight)
-                except MoecError:  # diverged: it cannot be kept (and if none can, encode says why)
-                    candidate.psnr = -np.inf
+            self._measure(candidate)
         kept = self.trial.best(trained)
         if note := self.trial.note(trained, kept):
             self.notes.append(note)
@@ -214,6 +213,19 @@ class Compression:
             if candidate is not kept:
                 _let_go(candidate)
         return kept
+
+    def _measure(self, candidate: Candidate, should_stop: StopAsked = None) -> None:
+        """The candidate's PSNR on a sample of voxels, once (-inf where it diverged: it cannot be
+        kept, and if none can, encode says why); left unmeasured when `should_stop()` says so."""
+        if candidate.psnr is None:
+            try:
+                candidate.psnr = _trial_psnr(
+                    self.volume, candidate, self.roi, self.train_config.roi_weight, should_stop
+                )
+            except Interrupted:
+                pass
+            except MoecError:
+                candidate.psnr = -np.inf
 
     def train(self) -> Compression:
         """Run the whole budget, without progress (scripts and tests)."""
@@ -265,16 +277,25 @@ def _let_go(candidate: Candidate) -> None:
     candidate.run = candidate.fitter = None
 
 
-def _trial_psnr(volume: Volume, candidate: Candidate, roi: np.ndarray | None, roi_weight: float) -> float:
+def _trial_psnr(
+    volume: Volume, candidate: Candidate, roi: np.ndarray | None, roi_weight: float, should_stop: StopAsked = None
+) -> float:
     """PSNR of the candidate's file as it would be written now, on a fixed sample of voxels (the
-    region of interest's weighted as in training)."""
+    region of interest's weighted as in training), with the decoder's floor chosen on that sample
+    (the written file's is chosen on more voxels: a trial needs a comparison, and a Stop waits for
+    it); Interrupted when `should_stop()` says so."""
     assert candidate.fitter is not None
-    moec = moecfile.from_bytes(file_bytes(candidate.fitter, candidate.plan))
+    moec = unfloored_file(candidate.fitter, candidate.plan, should_stop)
+    if should_stop is not None and should_stop():
+        raise Interrupted
     flat = sample_voxels(volume.data.size, TRIAL_VOXELS, seed=1)
-    values = apply_floor(unfloored_values(moec, flat), moec.meta.floor, moec.meta.vmin)
-    error = (values.astype(np.float64) - volume.data.reshape(-1)[flat.numpy()]) ** 2
+    original = volume.data.reshape(-1)[flat.numpy()]
+    values = unfloored_values(moec, flat)
+    meta = moec.meta
+    values = apply_floor(values, choose_floor(original, values, meta.vmin, meta.vmax), meta.vmin)
+    error = (values.astype(np.float64) - original) ** 2
     if roi is not None:
         error *= np.where(roi.reshape(-1)[flat.numpy()], roi_weight, 1.0)
-    span = float(moec.meta.vmax - moec.meta.vmin)
+    span = float(meta.vmax - meta.vmin)
     mse = float(error.mean())
     return 10.0 * np.log10(span * span / mse) if mse > 0 and span > 0 else np.inf

@@ -4,6 +4,9 @@ The experts' and decoder's quantization steps (qsteps) are searched (one multipl
 qsteps, the frozen encoder's and router's kept) for the largest file not above the window's top,
 and the decoder's floor (codec.decode.floor) is chosen on the weights as written. `SizedFile` says
 how the file was landed, so that a file below the window or without its floor is told, not silent.
+`unfloored_file` is the cheaper file a trial compares its candidates by; it takes `should_stop`
+(a trial's measure is abandoned on a Stop) and raises `Interrupted` between two codings of the
+weights.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from codec.fit.sizing import Plan
 from codec.fit.train import Fitter
 from codec.format import moecfile
 from codec.format.header import MoecMeta, describe
+from codec.format.moecfile import MoecFile
 from codec.format.payload import encode_payload, finest_multiplier, scaled_qsteps, tensor_qsteps
 from codec.io.volume import Volume
 
@@ -32,6 +36,17 @@ from codec.io.volume import Volume
 LARGEST_WEIGHT = 6.0e4 * MAX_SYMBOL
 #: Tries at landing a file with its floor: each try makes room for the floor's header bytes.
 FLOOR_TRIES = 3
+
+StopAsked = Callable[[], bool] | None
+
+
+class Interrupted(Exception):
+    """A file's landing abandoned because its caller's `should_stop()` said so."""
+
+
+def _checked(should_stop: StopAsked) -> None:
+    if should_stop is not None and should_stop():
+        raise Interrupted
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,18 +73,26 @@ def file_bytes(fitter: Fitter, plan: Plan) -> bytes:
     return sized_file(fitter, plan).data
 
 
+def unfloored_file(fitter: Fitter, plan: Plan, should_stop: StopAsked = None) -> MoecFile:
+    """The file of the model trained so far at the top of the plan's size window, without the
+    decoder's floor (which `sized_file` chooses on a million decoded voxels): what a trial compares
+    its candidates by. MoecError for a diverged model; Interrupted when `should_stop()` says so."""
+    _refuse_diverged(fitter)
+    meta = _meta(fitter, plan)
+    if plan.quant.float16:
+        payload = encode_payload(fitter.model, plan.quant, None)
+    else:
+        _, payload = _qstep_search(fitter, plan, should_stop)(meta, plan.upper_bytes)
+    return moecfile.from_bytes(moecfile.assemble(meta, payload))
+
+
 def sized_file(fitter: Fitter, plan: Plan) -> SizedFile:
     """The .moec bytes of the model trained so far, landed inside the plan's size window, with the
     decoder's floor (codec.decode.floor) chosen on the weights as written: at the qsteps the final
     stage trained at when that file lands in the window, else at the searched qsteps. MoecError
     for a diverged model."""
     model = fitter.model
-    # A weight beyond LARGEST_WEIGHT has no stored form.
-    if not all(torch.isfinite(p).all() and p.abs().max() <= LARGEST_WEIGHT for p in model.parameters()):
-        raise MoecError(
-            f"training diverged after {fitter.steps_run} steps (weights are no longer finite numbers, "
-            "or too large to store); nothing was written: try a lower learning rate (--lr)"
-        )
+    _refuse_diverged(fitter)
     meta = _meta(fitter, plan)
 
     def landed(data: bytes, floored: bool = True) -> SizedFile:
@@ -99,6 +122,15 @@ def sized_file(fitter: Fitter, plan: Plan) -> SizedFile:
     return landed(moecfile.assemble(meta, payload), floored=False)
 
 
+def _refuse_diverged(fitter: Fitter) -> None:
+    """MoecError where a weight is not finite or beyond LARGEST_WEIGHT (it has no stored form)."""
+    if not all(torch.isfinite(p).all() and p.abs().max() <= LARGEST_WEIGHT for p in fitter.model.parameters()):
+        raise MoecError(
+            f"training diverged after {fitter.steps_run} steps (weights are no longer finite numbers, "
+            "or too large to store); nothing was written: try a lower learning rate (--lr)"
+        )
+
+
 def _meta(fitter: Fitter, plan: Plan) -> MoecMeta:
     return describe(fitter.volume, fitter.model.config, plan.quant, fitter.record())
 
@@ -110,7 +142,7 @@ def _with_floor(volume: Volume, meta: MoecMeta, payload: bytes) -> bytes:
 QStepSearch = Callable[[MoecMeta, int], tuple[dict[str, np.ndarray], bytes]]
 
 
-def _qstep_search(fitter: Fitter, plan: Plan) -> QStepSearch:
+def _qstep_search(fitter: Fitter, plan: Plan, should_stop: StopAsked = None) -> QStepSearch:
     """search(meta, upper): the qsteps, and the payload they code to, of the largest file with
     header `meta` not above `upper` bytes: the frozen tensors' qsteps as they are, the others' base
     qsteps scaled by one searched multiplier. The base qsteps (a rate search for latent grids) are
@@ -122,6 +154,7 @@ def _qstep_search(fitter: Fitter, plan: Plan) -> QStepSearch:
 
     @functools.cache
     def payload_at(multiplier: float) -> bytes:
+        _checked(should_stop)
         return encode_payload(model, plan.quant, scaled_qsteps(base, multiplier, frozen))
 
     def search(meta: MoecMeta, upper: int) -> tuple[dict[str, np.ndarray], bytes]:

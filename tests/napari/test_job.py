@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 
 from codec import pipeline
@@ -112,6 +115,41 @@ def test_after_a_stop_the_model_as_it_stands_comes_first_then_the_file_then_its_
     shown = next(i for i in after if isinstance(i, Decoded))
     assert result.stopped and shown.values is result.values and shown.labels is result.labels
     np.testing.assert_allclose(result.error, result.values - volume.data, atol=1e-3)
+
+
+def test_a_stop_while_the_trial_measures_a_model_is_honoured_before_the_next_trains():
+    """The job hands its stop request to the compression, which asks it where training yields
+    nothing (a trial's measure of a model): a Stop pressed then shows the measured model's slice at
+    once, and the next model never trains."""
+    volume, _ = make_phantom((32, 28, 16))
+    job = TrainingJob(volume, None, pipeline.Settings(ratio=12), TrainConfig(steps=200, batch_size=2048))
+    job.view = (0, 5)
+    first, second = job.compression.candidates
+    watching = threading.Event()
+
+    def press_stop_when_its_trial_ends() -> None:  # a user's click, on another thread
+        while not watching.is_set():
+            if first.trial_steps > 0:
+                job.request_stop()
+                return
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=press_stop_when_its_trial_ends)
+    watcher.start()
+    items = []
+    run = job.run()
+    try:
+        while True:
+            items.append(next(run))
+    except StopIteration as stop:
+        result = stop.value
+    finally:
+        watching.set()
+        watcher.join()
+    assert second.fitter is None and {i.trying for i in items if isinstance(i, Progress)} == {first.name}
+    assert result.stopped and result.steps == first.trial_steps
+    kinds = [type(i).__name__ for i in items if not isinstance(i, Progress)]
+    assert kinds[-3:] == ["Preview", "Stage", "Decoded"], kinds
 
 
 def test_a_file_without_its_original_opens_as_typed_layers(tmp_path):
