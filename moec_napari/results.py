@@ -5,6 +5,7 @@ widget's."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from qtpy.QtCore import Qt, Signal
@@ -61,7 +62,12 @@ TABLE_COLUMNS = (
     ("Expert", "The expert's label in the experts layer (1..N), with its colour there"),
     ("Voxels", "The share of the volume's voxels this expert reconstructs"),
     ("PSNR", "PSNR of the decoded file over this expert's voxels alone (the whole volume's peak)"),
-    ("Params", "The expert network's number of parameters (weights and biases)"),
+    (
+        "Bytes",
+        "What this expert's region costs in the file: its network's weights and the latents whose grid "
+        "node lies in its region, at their code lengths (the router, decoder and tables are shared)",
+    ),
+    ("Latents", "The latent values (every level and channel) whose grid node lies in this expert's region"),
 )
 #: Rows the table shows before it scrolls.
 TABLE_ROWS = 8
@@ -230,10 +236,22 @@ class ResultsPanel(QWidget):
         self.row_experts = [e.expert for e in r.experts]
         for row, e in enumerate(r.experts):
             label = e.expert + 1  # the experts layer's label, the number the user sees there
-            cells = (str(label), f"{100 * e.share:.1f}%", db_text(e.psnr), f"{e.parameters:,}")
+            measured = not math.isnan(e.coded_bytes)
+            cells = (
+                str(label),
+                f"{100 * e.share:.1f}%",
+                db_text(e.psnr),
+                f"{e.coded_bytes:,.0f}" if measured else "–",
+                f"{e.latents:,}" if measured else "–",
+            )
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if col == 3 and measured:
+                    item.setToolTip(
+                        f"{e.coded_bytes:,.0f} bytes: the expert's network ({e.parameters:,} parameters) "
+                        f"and the {e.latents:,} latents in its region, at their code lengths in the file"
+                    )
                 if col == 0:
                     rgba = color(label) if color is not None else None
                     if rgba is not None:

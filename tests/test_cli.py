@@ -75,9 +75,13 @@ def test_info_and_eval_describe_the_file(phantom_file, compressed, capsys):
     assert report["quality"]["psnr"] > 15
     assert len(report["experts"]) == 4
     assert abs(sum(e["share"] for e in report["experts"]) - 1) < 1e-6
+    # What each expert's region costs: its latents and bytes, within the file's.
+    assert all(e["latents"] >= 0 and e["coded_bytes"] > 0 for e in report["experts"])
+    assert sum(e["coded_bytes"] for e in report["experts"]) < compressed.stat().st_size
     assert main(["eval", str(phantom_file), str(compressed)]) == 0
     table = capsys.readouterr().out
     assert "worst slice" in table and "PSNR inside body" in table and "99th pct error" in table
+    assert "latents   bytes" in table and "the router, decoder and tables are shared" in table
 
 
 def _one_line_error(capsys) -> str:

@@ -247,9 +247,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             + ("" if roi is not None else " (give --roi MASK to measure inside and outside it)")
         )
     print()
-    print("expert  label  voxels   PSNR in region  parameters")
+    print("expert  label  voxels   PSNR in region  parameters    latents   bytes")
     for e in evaluation.experts:
-        print(f"{e.expert:>6}  {e.expert + 1:>5}  {100 * e.share:5.1f}%  {db_text(e.psnr):>14}  {e.parameters:>10,}")
+        print(
+            f"{e.expert:>6}  {e.expert + 1:>5}  {100 * e.share:5.1f}%  {db_text(e.psnr):>14}  {e.parameters:>10,}"
+            f"  {e.latents:>9,}  {e.coded_bytes:>6,.0f}"
+        )
+    print(
+        "(bytes: the expert's network and the latents whose grid node lies in its region, at their code "
+        "lengths in the file; the router, decoder and tables are shared)"
+    )
     return 0
 
 

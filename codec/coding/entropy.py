@@ -88,6 +88,22 @@ def ideal_bits(symbols: np.ndarray, model: SymbolModel) -> float:
     return _histogram_bits(*_histogram(np.asarray(symbols).reshape(-1)), model)
 
 
+def symbol_bits(symbols: np.ndarray, model: SymbolModel) -> np.ndarray:
+    """Each symbol's code length in bits under `model`, shaped like `symbols` (they sum to
+    `ideal_bits`): what a part of a tensor costs, e.g. one expert's weights or a region's latents."""
+    symbols = np.asarray(symbols)
+    if model.constant or not symbols.size:
+        return np.zeros(symbols.shape)
+    if model.family == CONTEXT:
+        r, bins = context.residuals(symbols)
+        bits = np.zeros(symbols.shape)
+        for b, m in enumerate(model.bins):
+            picked = bins == b
+            bits[picked] = symbol_bits(r[picked], m)
+        return bits
+    return -np.log2(np.maximum(_probabilities(symbols.reshape(-1), model), 1e-12)).reshape(symbols.shape)
+
+
 def _histogram(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct symbols and how often each occurs (symbols are int16-sized: a bincount)."""
     lo = int(flat.min())
@@ -97,14 +113,17 @@ def _histogram(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _histogram_bits(values: np.ndarray, counts: np.ndarray, model: SymbolModel) -> float:
+    return float(-(counts * np.log2(np.maximum(_probabilities(values, model), 1e-12))).sum())
+
+
+def _probabilities(values: np.ndarray, model: SymbolModel) -> np.ndarray:
+    """The probability `model` gives each of `values` (a table's, or its family's truncated to [lo, hi])."""
     if model.family == TABLE:
         table = np.asarray(model.counts, dtype=np.float64)
-        p = table[values - model.lo] / table.sum()
-        return float(-(counts * np.log2(np.maximum(p, 1e-12))).sum())
+        return table[values - model.lo] / table.sum()
     lo, hi = model.lo - 0.5, model.hi + 0.5
     total = _cdf(model.family, np.array([hi]), model.scale) - _cdf(model.family, np.array([lo]), model.scale)
-    p = (_cdf(model.family, values + 0.5, model.scale) - _cdf(model.family, values - 0.5, model.scale)) / total
-    return float(-(counts * np.log2(np.maximum(p, 1e-12))).sum())
+    return (_cdf(model.family, values + 0.5, model.scale) - _cdf(model.family, values - 0.5, model.scale)) / total
 
 
 def fit_model(symbols: np.ndarray, spatial: bool = False) -> SymbolModel:

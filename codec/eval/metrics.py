@@ -191,6 +191,8 @@ class ExpertStat:
     share: float  # fraction of the voxels routed to it
     psnr: float  # inside its region, peak of the whole volume
     parameters: int
+    latents: int = 0  # latent values whose node lies in its region (codec.eval.expert_rate)
+    coded_bytes: float = math.nan  # its weights and those latents in the file (nan: not measured)
 
 
 def expert_table(

@@ -26,6 +26,7 @@ class MoecFile:
     meta: MoecMeta
     model: MoEC
     nbytes: int
+    payload: bytes = b""  # the coded weights as read (what each part of the file costs: codec.eval.expert_rate)
 
     @property
     def ratio(self) -> float:
@@ -61,7 +62,7 @@ def from_bytes(data: bytes, name: str = "the file", *, admit: Callable[[MoecMeta
                 raise MoecFormatError(f"{tensor_name} holds non-finite weights")
             param.copy_(torch.from_numpy(np.ascontiguousarray(values)))
     model.eval()
-    return MoecFile(meta, model, len(data))
+    return MoecFile(meta, model, len(data), container.payload)
 
 
 #: The largest file `read` reads: every parameter in float32, and a megabyte of the rest.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from codec.decode.reconstruct import Reconstruction, reconstruct
+from codec.eval.expert_rate import expert_rates
 from codec.eval.metrics import ExpertStat, Quality, RegionQuality, expert_table, quality, region_quality
 from codec.format.moecfile import MoecFile
 from codec.io.roi import check_roi
@@ -50,6 +51,9 @@ def evaluate(
         experts=moec.meta.model.experts,
         parameters_per_expert=moec.meta.model.expert_parameter_count(),
     )
+    if moec.payload:  # what each expert's region costs, from the coded weights as read
+        rates = expert_rates(moec, recon.labels)
+        table = [replace(e, latents=r.latents, coded_bytes=r.coded_bytes) for e, r in zip(table, rates)]
     file_ratio = original.source_bytes / moec.nbytes if original.source_bytes else None
     region = None if roi is None else region_quality(original.data, recon.volume.data, check_roi(roi, original.shape))
     return Evaluation(moec, recon, q, table, moec.ratio, file_ratio, region)

@@ -143,7 +143,7 @@ def test_every_button_and_figure_explains_itself(docked):
     titles = [w for w in results.metrics_box.findChildren(QLabel) if w not in results.metrics.values()]
     assert len(titles) == len(results.metrics) and all(t.toolTip() for t in titles)
     headers = [results.table.horizontalHeaderItem(c) for c in range(results.table.columnCount())]
-    assert [h.text() for h in headers] == ["Expert", "Voxels", "PSNR", "Params"]
+    assert [h.text() for h in headers] == ["Expert", "Voxels", "PSNR", "Bytes", "Latents"]
     assert all(h.toolTip() for h in headers)
     assert results.table.toolTip() and results.windows.toolTip()
     tip = results.curves.toolTip()

@@ -64,6 +64,11 @@ def test_training_produces_the_four_layers_beside_the_original(widget_on, phanto
         swatch = table.item(row, 0).data(widget.results.SWATCH_ROLE)
         assert swatch is not None
         np.testing.assert_allclose(swatch.getRgbF(), experts.get_color(row + 1), atol=1 / 255)
+    # What each expert's region costs: the result's bytes and latents, the bytes explained on hover.
+    for row, e in enumerate(widget.result.experts):
+        assert table.item(row, 3).text() == f"{e.coded_bytes:,.0f}" and table.item(row, 4).text() == f"{e.latents:,}"
+        assert f"{e.parameters:,} parameters" in table.item(row, 3).toolTip()
+    assert 0 < sum(e.coded_bytes for e in widget.result.experts) < len(widget.result.data)
     assert widget.results.curves.steps and widget.results.curves.steps[-1] <= widget.result.steps
 
 
