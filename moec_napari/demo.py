@@ -96,8 +96,11 @@ def main() -> None:
         def shoot():
             if roi is not None:
                 show_roi(viewer, widget, roi, index)
-            for name in filter(None, args.show.split(",")):
-                widget.show_boxes[Role(name.strip())].setChecked(True)
+            shown = [Role(name.strip()) for name in filter(None, args.show.split(","))]
+            for role in shown:
+                widget.show_boxes[role].setChecked(True)
+            if Role.EXPERTS in shown:  # the per-expert table in view: the figures above it folded
+                widget.results.metrics_section.collapse()
             for _ in range(3):  # the status line wraps and the views reset once the layout settles
                 QApplication.processEvents()
             viewer.screenshot(args.screenshot, canvas_only=False)
