@@ -165,8 +165,8 @@ class ResultsPanel(QWidget):
 
         self.experts_section = Fold(
             "Experts",
-            "Each expert's share of the voxels, its PSNR and what its region costs in the file; select a row to show only its "
-            "region; click to fold or unfold",
+            "Each expert's share of the voxels, its PSNR and what its region costs in the file; select a "
+            "row to show only its region; click to fold or unfold",
         )
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         for col, (title, tip) in enumerate(TABLE_COLUMNS):
