@@ -16,6 +16,16 @@ from moec_napari.layer_meta import META
 from moec_napari.layers import orientation_of
 
 
+def drained(run):
+    """Everything a job's run yields, and what it returns."""
+    items = []
+    try:
+        while True:
+            items.append(next(run))
+    except StopIteration as stop:
+        return items, stop.value
+
+
 def test_previews_are_the_displayed_slice_of_the_current_model_and_run_returns_a_result():
     volume, _ = make_phantom((32, 28, 16))
     orientation = orientation_of(volume)
@@ -27,13 +37,7 @@ def test_previews_are_the_displayed_slice_of_the_current_model_and_run_returns_a
         preview_every=0.0,
     )
     job.view = (0, 5)  # display axis 0 (superior-inferior), slice 5
-    items = []
-    run = job.run()
-    try:
-        while True:
-            items.append(next(run))
-    except StopIteration as stop:
-        result = stop.value
+    items, result = drained(job.run())
     previews = [i for i in items if isinstance(i, Preview)]
     assert any(isinstance(i, Progress) for i in items) and previews
     assert isinstance(result, Result) and result.steps == 120 and not result.stopped
@@ -136,13 +140,8 @@ def test_a_stop_while_the_trial_measures_a_model_is_honoured_before_the_next_tra
 
     watcher = threading.Thread(target=press_stop_when_its_trial_ends)
     watcher.start()
-    items = []
-    run = job.run()
     try:
-        while True:
-            items.append(next(run))
-    except StopIteration as stop:
-        result = stop.value
+        items, result = drained(job.run())
     finally:
         watching.set()
         watcher.join()
