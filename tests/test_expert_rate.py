@@ -49,6 +49,9 @@ def test_each_symbols_code_length_adds_up_to_the_models_and_the_stream(trained):
         assert entropy.symbol_bits(sym, model).sum() == pytest.approx(
             entropy.ideal_bits(sym, model), rel=1e-9, abs=1e-9
         )
+    # The code lengths are read from the weights over their qsteps: the decoded symbols' exactly.
+    for (_, _, bits), (_, shape), sym, model in zip(_tensor_bits(moec), shapes, symbols, models):
+        np.testing.assert_array_equal(bits, entropy.symbol_bits(np.asarray(sym).reshape(shape), model))
     coded = sum(bits.sum() for _, _, bits in _tensor_bits(moec)) / 8
     # The range coder spends what the models say, within a few words; the tables come on top.
     assert coded <= len(moec.payload) - at + 16 and len(moec.payload) - at <= coded * 1.01 + 16

@@ -53,12 +53,19 @@ def _tensor_bits(moec: MoecFile) -> list[tuple[str, tuple[int, ...], np.ndarray]
     shapes = moec.meta.model.tensor_shapes()
     if moec.meta.quant.float16:
         return [(name, shape, np.full(shape, 16.0)) for name, shape in shapes]
-    models, _, at = read_table(moec.meta, moec.payload)
-    symbols = entropy.decode(moec.payload[at:], models, [shape for _, shape in shapes])
-    return [
-        (name, shape, entropy.symbol_bits(np.asarray(sym).reshape(shape), model))
-        for (name, shape), sym, model in zip(shapes, symbols, models)
-    ]
+    # The symbols are the model's weights over their qsteps (the decode multiplied them out), so
+    # the range-coded stream is not decoded a second time.
+    models, qsteps, _ = read_table(moec.meta, moec.payload)
+    weights = dict(moec.model.named_tensors())
+    out = []
+    for (name, shape), model, qstep in zip(shapes, models, qsteps):
+        if model.constant:
+            out.append((name, shape, np.zeros(shape)))
+            continue
+        values = weights[name].detach().cpu().numpy().astype(np.float64).reshape(shape)
+        symbols = np.rint(values / np.asarray(qstep, dtype=np.float64)).astype(np.int64)
+        out.append((name, shape, entropy.symbol_bits(symbols, model)))
+    return out
 
 
 def _nearest_voxels(nodes: int, voxels: int) -> np.ndarray:

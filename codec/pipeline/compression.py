@@ -19,7 +19,7 @@ from codec.format.moecfile import MoecFile
 from codec.io.volume import Volume
 from codec.pipeline.evaluation import Evaluation, evaluate
 from codec.pipeline.planning import new_fitter
-from codec.pipeline.rate import Interrupted, StopAsked, sample_voxels, sized_file, unfloored_file
+from codec.pipeline.rate import Interrupted, StopAsked, sample_voxels, sized_file, stop_if_asked, unfloored_file
 from codec.pipeline.trial import Candidate, Trial, candidates_for
 from codec.settings import Settings
 
@@ -286,8 +286,7 @@ def _trial_psnr(
     it); Interrupted when `should_stop()` says so."""
     assert candidate.fitter is not None
     moec = unfloored_file(candidate.fitter, candidate.plan, should_stop)
-    if should_stop is not None and should_stop():
-        raise Interrupted
+    stop_if_asked(should_stop)
     flat = sample_voxels(volume.data.size, TRIAL_VOXELS, seed=1)
     original = volume.data.reshape(-1)[flat.numpy()]
     values = unfloored_values(moec, flat)

@@ -44,7 +44,8 @@ class Interrupted(Exception):
     """A file's landing abandoned because its caller's `should_stop()` said so."""
 
 
-def _checked(should_stop: StopAsked) -> None:
+def stop_if_asked(should_stop: StopAsked) -> None:
+    """Interrupted when `should_stop()` says so."""
     if should_stop is not None and should_stop():
         raise Interrupted
 
@@ -154,7 +155,7 @@ def _qstep_search(fitter: Fitter, plan: Plan, should_stop: StopAsked = None) -> 
 
     @functools.cache
     def payload_at(multiplier: float) -> bytes:
-        _checked(should_stop)
+        stop_if_asked(should_stop)
         return encode_payload(model, plan.quant, scaled_qsteps(base, multiplier, frozen))
 
     def search(meta: MoecMeta, upper: int) -> tuple[dict[str, np.ndarray], bytes]:
