@@ -10,11 +10,14 @@
 3. the time to decode a 256^3 volume at 256x (uint8 and int16), and the chunk size's effect; the
    development chest CT (512 x 512 x 61) at 256x, 1024x and 4096x with the default settings;
 4. the peak memory of `moec compress` on a 512^3 int16 volume (a separate process, measured by the
-   kernel's peak resident set size).
+   kernel's peak resident set size);
+5. a cubic training step on the chest CT, its grid's refinement read whole against the default
+   (a large level read at the batch's points), on the CT as given and resampled to thin slices.
 
 Prints a table and writes benchmarks/results/speed.json.
 
-    python benchmarks/speed.py [--skip-memory | --decode-only | --dispatch-only | --memory-only]
+    python benchmarks/speed.py [--skip-memory | --decode-only | --dispatch-only | --memory-only |
+        --training-only]
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from codec.format import moecfile
 from codec.io.load import load_volume, save_volume
 from codec.io.phantom import phantom_arrays
 from codec.io.volume import from_array
-from codec.model import MoEC
+from codec.model import MoEC, latents
 from codec.settings import TrainConfig
 
 THREADS = 2
@@ -258,6 +261,62 @@ def ct_decode_rows() -> list[dict]:
     return rows
 
 
+def training_rows() -> list[dict]:
+    """Milliseconds per cubic training step of the model the trial keeps on the chest CT (one
+    network on the latents, the default batch), each level's refinement read whole against the
+    default's choice (a large level read at the batch's points, codec.model.refinement), on the
+    development CT and on it resampled to 244 slices (a clinical CT's 1.25 mm slices): refining
+    costs in proportion to the grid, reading by points in proportion to the batch. The median of
+    three timings of 15 steps each."""
+    if not CT.exists():
+        print(f"  (no development CT at {CT}: the training rows are skipped)")
+        return []
+    ct = load_volume(CT)
+    thin = torch.nn.functional.interpolate(
+        torch.from_numpy(ct.data.astype(np.float32))[None, None], size=(512, 512, 244), mode="trilinear"
+    )[0, 0]
+    volumes = [("chest CT 512x512x61", ct), ("chest CT 512x512x244", from_array(thin.numpy(), dtype=np.int16))]
+    by_rule = latents.refined_read_pays
+    readings = {"whole": lambda shape, points: False, "default": by_rule}
+    rows = []
+    for name, volume in volumes:
+        for ratio in (256, 1024):
+            plan = pipeline.make_plan(volume, pipeline.Settings(ratio=ratio, experts=1, encoder="grid"))
+            fitter = pipeline.new_fitter(volume, plan, TrainConfig(steps=1000, cubic_from=0.0))
+            run = fitter.fit()
+            times: dict[str, list[float]] = {reading: [] for reading in readings}
+            try:
+                # One model, the two readings in alternation (so drift on the machine hits both),
+                # a few steps after each switch left out of the timing.
+                for reading in 3 * list(readings):
+                    latents.refined_read_pays = readings[reading]
+                    for _ in range(3):
+                        next(run)
+                    start = time.perf_counter()
+                    for _ in range(15):
+                        next(run)
+                    times[reading].append((time.perf_counter() - start) / 15 * 1000)
+            finally:
+                latents.refined_read_pays = by_rule
+                run.close()
+            row = {"volume": name, "ratio": ratio, "finest": "x".join(map(str, plan.model.grid_resolutions()[0]))}
+            row.update({f"{reading}_ms": float(np.median(ms)) for reading, ms in times.items()})
+            row["speedup"] = row["whole_ms"] / row["default_ms"]
+            rows.append(row)
+            print(f"  {name} at {ratio}x: {row['whole_ms']:.0f} -> {row['default_ms']:.0f} ms a step", flush=True)
+    return rows
+
+
+TRAINING_COLUMNS = [
+    ("volume", "volume", ""),
+    ("ratio", "ratio", ".0f"),
+    ("finest level", "finest", ""),
+    ("refined whole (ms)", "whole_ms", ".1f"),
+    ("default (ms)", "default_ms", ".1f"),
+    ("speed-up", "speedup", ".2f"),
+]
+
+
 def memory_row() -> dict:
     """Peak RSS of `moec compress` on a 512^3 int16 volume, in its own process."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -312,6 +371,11 @@ def main() -> None:
         help="only the sparse / dense rows, written to results/speed_dispatch.json",
     )
     parser.add_argument(
+        "--training-only",
+        action="store_true",
+        help="only the cubic training steps, written to results/speed_training.json",
+    )
+    parser.add_argument(
         "--memory-only", action="store_true", help="only the 512^3 memory run, written to results/speed_memory.json"
     )
     args = parser.parse_args()
@@ -320,6 +384,11 @@ def main() -> None:
         dispatch = dispatch_rows(brain())
         print(table(dispatch, DISPATCH_COLUMNS))
         print(f"wrote {save('speed_dispatch', {'threads': THREADS, 'batch': BATCH, 'dispatch': dispatch})}")
+        return
+    if args.training_only:
+        training = training_rows()
+        print(table(training, TRAINING_COLUMNS))
+        print(f"wrote {save('speed_training', {'threads': THREADS, 'batch': BATCH, 'training': training})}")
         return
     if args.memory_only:
         memory = memory_row()
@@ -367,6 +436,9 @@ def main() -> None:
             ],
         )
     )
+    print("\na cubic training step, the refinement read whole against the default:", flush=True)
+    training = training_rows()
+    print(table(training, TRAINING_COLUMNS))
     memory = None if args.skip_memory else memory_row()
     if memory:
         print(
@@ -381,6 +453,7 @@ def main() -> None:
             "dispatch": dispatch,
             "tuning": tuning,
             "decode": decode,
+            "training": training,
             "memory": memory,
             "note": "decode timed with an untrained 256x model",
         },

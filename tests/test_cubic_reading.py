@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from codec import pipeline
 from codec.cli import main
@@ -21,7 +22,14 @@ from codec.format.container import unpack_container
 from codec.io.load import save_volume
 from codec.io.volume import from_array
 from codec.model import LatentGrid, ModelConfig, MoEC
-from codec.model.latents import CATMULL_ROM, refine, refine_grid, refinement_matrix
+from codec.model.refinement import (
+    CATMULL_ROM,
+    read_refined,
+    refine,
+    refine_grid,
+    refined_read_pays,
+    refinement_matrix,
+)
 from codec.settings import TrainConfig
 
 from .test_format import assemble
@@ -67,6 +75,61 @@ def test_refine_grid_gradients_match_the_numerical_ones_for_grid_and_taps():
         level.grad = taps.grad = None
         refine(refine(refine(level, 1, taps[0]), 2, taps[1]), 3, taps[2]).square().sum().backward()
         torch.testing.assert_close(by_hand, (level.grad, taps.grad))
+
+
+def _refined_then_sampled(level: torch.Tensor, taps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    where = points.flip(1).reshape(1, 1, 1, -1, 3)
+    sampled = F.grid_sample(refine_grid(level, taps).unsqueeze(0), where, mode="bilinear", align_corners=True)
+    return sampled.reshape(level.shape[0], -1)
+
+
+def test_points_read_from_the_coarse_nodes_equal_the_whole_refinement_read_trilinearly():
+    # read_refined gathers each point's 4 x 4 x 4 coarse nodes instead of refining the grid: the
+    # same values and the same gradients for the grid and the taps, the ends and 2- and 3-node
+    # axes (whose windows are narrower) included; its backward is written by hand.
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(1, 9, 7, 5), (2, 6, 2, 3), (1, 2, 3, 4)]:
+        level = torch.randn(*shape, dtype=torch.float64, generator=generator, requires_grad=True)
+        taps = torch.tensor([0.02, 1 / 16, 0.15], dtype=torch.float64, requires_grad=True)
+        points = torch.rand(300, 3, dtype=torch.float64, generator=generator) * 2 - 1
+        points[:8] = torch.tensor([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=torch.float64)
+        weights = torch.randn(shape[0], 300, dtype=torch.float64, generator=generator)
+        read = read_refined(level, taps, points)
+        (read * weights).sum().backward()
+        by_points = read.detach(), level.grad.clone(), taps.grad.clone()
+        level.grad = taps.grad = None
+        whole = _refined_then_sampled(level, taps, points)
+        (whole * weights).sum().backward()
+        torch.testing.assert_close(by_points, (whole.detach(), level.grad, taps.grad))
+    small = torch.randn(1, 3, 4, 2, dtype=torch.float64, generator=generator, requires_grad=True)
+    taps = torch.tensor([0.05, 0.0, 0.1], dtype=torch.float64, requires_grad=True)
+    points = torch.rand(20, 3, dtype=torch.float64, generator=generator) * 2 - 1
+    assert torch.autograd.gradcheck(lambda g, t: read_refined(g, t, points), (small, taps))
+
+
+def test_a_large_level_is_read_by_points_and_the_grid_reads_the_same_either_way():
+    # Refining costs in proportion to the grid, reading by points in proportion to the batch: a
+    # training batch reads a large level by points, a small level and a large batch by refining.
+    assert refined_read_pays((1, 113, 113, 38), 16384)
+    assert not refined_read_pays((1, 29, 29, 19), 16384)
+    assert not refined_read_pays((1, 113, 113, 38), 1 << 20)
+    grid = LatentGrid(1, [(40, 36, 30), (5, 4, 3)], interpolation="cubic")
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for level in range(2):
+            p = getattr(grid, f"grid{level}")
+            p.copy_(torch.randn(p.shape, generator=generator))
+        grid.taps.copy_(torch.rand(2, 3, generator=generator) * 0.1)
+    points = torch.rand(2000, 3, generator=generator) * 2 - 1
+    assert refined_read_pays(tuple(grid.grid0.shape), 2000) and not refined_read_pays(tuple(grid.grid1.shape), 2000)
+    features = grid(points)
+    features.square().sum().backward()
+    read = features.detach(), grid.grid0.grad.clone(), grid.taps.grad.clone()
+    grid.zero_grad()
+    levels = [_refined_then_sampled(getattr(grid, f"grid{k}"), grid.taps[k], points) for k in range(2)]
+    whole = torch.cat(levels).t()
+    whole.square().sum().backward()
+    torch.testing.assert_close(read, (whole.detach(), grid.grid0.grad, grid.taps.grad), rtol=1e-4, atol=1e-4)
 
 
 def test_a_cubically_read_grid_passes_through_its_nodes_and_reads_boxes_as_points():
