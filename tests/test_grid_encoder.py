@@ -20,6 +20,7 @@ from codec.coding.quantize import (
     rate_qstep,
 )
 from codec.errors import MoecError
+from codec.fit.train import latent_rate_penalty
 from codec.format import moecfile
 from codec.format.payload import stored_qsteps
 from codec.model import LatentGrid, ModelConfig, MoEC
@@ -189,6 +190,33 @@ def _written_grids(volume, config: TrainConfig) -> tuple[dict[str, np.ndarray], 
         if name.startswith("encoder.grid")
     }
     return grids, file_psnr(volume, data)
+
+
+def test_the_rate_penalty_is_the_mean_l1_and_neighbour_difference_with_their_gradients():
+    # Its backward is written by hand (a step's largest cost after the reading on a large grid):
+    # the value and the gradients equal autograd's through abs and diff, zeros (subgradient 0) and
+    # axes of one node included, and a grid that needs no gradient gets none.
+    generator = torch.Generator().manual_seed(5)
+    config = TrainConfig(latent_l1=3e-3, latent_tv=2e-2)
+    shapes = [(1, 6, 5, 4), (2, 3, 1, 2), (1, 2, 2, 2)]
+    grids = [torch.randn(s, dtype=torch.float64, generator=generator) for s in shapes]
+    grids[0][0, :2, :2, :2] = 0.0
+    grids[1][:, 1:, :, 1:] = grids[1][:, :1, :, :1]  # equal neighbours: differences of exactly 0
+    leaves = [g.clone().requires_grad_(True) for g in grids]
+    expected = config.latent_l1 * sum(g.abs().sum() for g in leaves) / sum(g.numel() for g in leaves)
+    diffs = [g.diff(dim=a) for g in leaves for a in range(1, 4) if g.shape[a] > 1]
+    expected = expected + config.latent_tv * sum(d.abs().sum() for d in diffs) / sum(d.numel() for d in diffs)
+    (3 * expected).backward()
+    by_hand = [g.clone().requires_grad_(True) for g in grids]
+    by_hand[2].requires_grad_(False)
+    penalty = latent_rate_penalty(by_hand, config)
+    (3 * penalty).backward()
+    torch.testing.assert_close(penalty, expected.detach())
+    for mine, theirs in zip(by_hand[:2], leaves[:2]):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+    assert by_hand[2].grad is None
+    assert latent_rate_penalty(grids, TrainConfig(latent_l1=0.0, latent_tv=0.0)).item() == 0.0
+    assert latent_rate_penalty([], config).item() == 0.0
 
 
 def test_the_sparsity_penalty_stores_more_zero_latents_at_the_same_ratio(phantom):

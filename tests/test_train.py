@@ -10,7 +10,7 @@ import torch
 
 from codec import pipeline
 from codec.decode.reconstruct import predict, reconstruct
-from codec.fit.train import WIDE_FAN_IN, TrainConfig, fan_in_scale
+from codec.fit.train import WIDE_FAN_IN, TrainConfig, adam, fan_in_scale
 from codec.format import moecfile
 from codec.format.payload import stored_qsteps
 from codec.model.coords import coords_from_flat
@@ -181,3 +181,20 @@ def test_a_batch_is_drawn_in_memory_order_with_its_own_coordinates_and_values(tr
     assert weight is not None and weight.shape == flat.shape and torch.all(weight > 0)
     assert torch.equal(coords, coords_from_flat(flat, fitter.shape))
     assert torch.equal(target, fitter.target[flat])
+
+
+def test_the_optimizer_is_adam_fused_where_torch_has_it_and_steps_as_the_plain_one():
+    generator = torch.Generator().manual_seed(6)
+    start = torch.randn(40, 8, generator=generator)
+    target = torch.randn(40, 8, generator=generator)
+    params = [torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())]
+    optimizers = [adam([{"params": [params[0]], "lr": 1e-2}]), torch.optim.Adam([params[1]], lr=1e-2)]
+    fused_on_cpu = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    assert optimizers[0].defaults["fused"] is (True if fused_on_cpu else None)
+    for _ in range(5):
+        for p, optimizer in zip(params, optimizers):
+            optimizer.zero_grad()
+            (p - target).square().sum().backward()
+            optimizer.step()
+    assert (params[0] - start).abs().max() > 1e-2  # it moved
+    torch.testing.assert_close(params[0], params[1])
