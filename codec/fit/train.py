@@ -131,14 +131,17 @@ class _RatePenalty(torch.autograd.Function):
         grids, signs = saved[: ctx.grids], iter(saved[ctx.grids :])
         grads: list[torch.Tensor | None] = []
         for g, needed in zip(grids, ctx.needs_input_grad[2:]):
+            axes = [axis for axis in range(1, g.dim()) if ctx.tv > 0 and g.shape[axis] > 1]
+            steps = [next(signs) for _ in axes]  # consumed whether or not this grid needs a gradient
+            if not needed:
+                grads.append(None)
+                continue
             grad = torch.sign(g).mul_(ctx.l1) if ctx.l1 > 0 else torch.zeros_like(g)
-            for axis in range(1, g.dim()):
+            for axis, step in zip(axes, steps):
                 n = g.shape[axis]
-                if ctx.tv > 0 and n > 1:
-                    step = next(signs)
-                    grad.narrow(axis, 1, n - 1).add_(step, alpha=ctx.tv)
-                    grad.narrow(axis, 0, n - 1).sub_(step, alpha=ctx.tv)
-            grads.append(grad.mul_(out_grad) if needed else None)
+                grad.narrow(axis, 1, n - 1).add_(step, alpha=ctx.tv)
+                grad.narrow(axis, 0, n - 1).sub_(step, alpha=ctx.tv)
+            grads.append(grad.mul_(out_grad))
         return (None, None, *grads)
 
 

@@ -147,7 +147,8 @@ class _ReadRefined(torch.autograd.Function):
         starts, weights, slopes = zip(*(_axis_window(coords[:, k], n) for k, n in enumerate(nodes)))
         o = outer.detach()
         wx, wy, wz = (a + o[k] * b for k, (a, b) in enumerate(zip(weights, slopes)))
-        points, (bx, by, bz) = coords.shape[0], (w.shape[1] for w in (wx, wy, wz))
+        points = coords.shape[0]
+        bx, by, bz = wx.shape[1], wy.shape[1], wz.shape[1]  # window widths: 4, or the axis' nodes if fewer
         base = (starts[0] * ny + starts[1]) * nz + starts[2]
         box = (torch.arange(bx, device=grid.device)[:, None] * ny + torch.arange(by, device=grid.device)) * nz
         index = base[:, None] + (box.reshape(-1, 1) + torch.arange(bz, device=grid.device)).reshape(-1)
