@@ -146,10 +146,15 @@ class TrainConfig:
     pretrain_steps: int = 300
     pretrain_lr: float = 3e-2
     final_fraction: float = 0.2
-    #: From this fraction of the budget on, latent grids train through their rounding (straight-
-    #: through) at the step their rate asks for. From the start: float latents rounded later lose
-    #: much at the switch, and an annealed soft rounding did worse still (docs/benchmarks.md).
+    #: From this fraction of the budget on, latent grids train through their quantization at the
+    #: step their rate asks for. From the start: float latents rounded later lose much at the
+    #: switch, and an annealed soft rounding did worse still (docs/benchmarks.md).
     latent_qat_from: float = 0.0
+    #: From this fraction of the budget on, that quantization is the latents' rounding (straight-
+    #: through); before it, uniform noise over their step. 1: noise throughout the joint stage, the
+    #: rounding met only when the final stage freezes them: measured better at equal steps on all
+    #: three development volumes (docs/benchmarks.md, "Training: quantization noise").
+    latent_rounding_from: float = 1.0
     #: From this fraction of the budget on, latent grids are read by cubic interpolation, trilinear
     #: before (1: never). Cubic is better at equal steps but each step costs much more, so
     #: cubic from the start loses at equal time; trilinear first, then cubic, wins on all three
@@ -187,8 +192,11 @@ class TrainConfig:
             )
         if not RANGES["seed"][0] <= self.seed <= RANGES["seed"][1]:
             raise ValueError(f"seed must be an integer in 0 .. {RANGES['seed'][1]}")
-        if not 0 <= self.final_fraction < 1 or not 0 <= self.latent_qat_from <= 1 or not 0 <= self.cubic_from <= 1:
-            raise ValueError("final_fraction must be in [0, 1), latent_qat_from and cubic_from in [0, 1]")
+        shares = (self.latent_qat_from, self.latent_rounding_from, self.cubic_from)
+        if not 0 <= self.final_fraction < 1 or not all(0 <= share <= 1 for share in shares):
+            raise ValueError(
+                "final_fraction must be in [0, 1), latent_qat_from, latent_rounding_from and cubic_from in [0, 1]"
+            )
         if not 0.0 <= self.sample_activity <= 1.0:
             raise ValueError("sample_activity must be in [0, 1]")
         if not 0.0 < self.trial_share <= 0.3:

@@ -9,6 +9,7 @@ import torch
 from codec.coding import entropy
 from codec.coding.quantize import (
     QuantConfig,
+    add_quantization_noise,
     dequantize,
     fake_quantize,
     max_qsteps,
@@ -56,6 +57,22 @@ def test_fake_quantize_passes_the_gradient_straight_through():
     w = torch.randn(7, 3, requires_grad=True)
     fake_quantize(w, torch.tensor(0.3)).mul(torch.arange(21.0).reshape(7, 3)).sum().backward()
     assert torch.equal(w.grad, torch.arange(21.0).reshape(7, 3))
+
+
+def test_quantization_noise_spans_one_step_centred_with_the_gradient_of_the_value():
+    """Training's stand-in for rounding: the spread of a rounding error (uniform over one step, mean
+    0, variance step^2 / 12), drawn from the generator given (the same seed, the same noise), and
+    every value's own gradient."""
+    w = torch.linspace(-1.0, 1.0, 200_000).requires_grad_()
+    step = torch.tensor(0.3)
+    noisy = add_quantization_noise(w, step, torch.Generator().manual_seed(7))
+    error = (noisy - w).detach()
+    assert error.abs().max() <= 0.15 + 1e-6
+    assert abs(float(error.mean())) < 2e-3 and float(error.var()) == pytest.approx(0.09 / 12, rel=0.02)
+    again = add_quantization_noise(w, step, torch.Generator().manual_seed(7))
+    assert torch.equal(noisy, again)
+    noisy.mul(3.0).sum().backward()
+    assert torch.equal(w.grad, torch.full_like(w, 3.0))
 
 
 def test_zero_tensors_and_bad_configurations():

@@ -8,7 +8,14 @@ from codec.fit.schedule import CONTINUE_LR_FACTOR, ROUTER_TIME_SHARE, Schedule
 from codec.settings import TrainConfig
 
 CONFIG = TrainConfig(
-    steps=1000, lr=1e-2, lr_decay=0.1, final_fraction=0.2, pretrain_steps=300, cubic_from=0.4, latent_qat_from=0.5
+    steps=1000,
+    lr=1e-2,
+    lr_decay=0.1,
+    final_fraction=0.2,
+    pretrain_steps=300,
+    cubic_from=0.4,
+    latent_qat_from=0.5,
+    latent_rounding_from=0.7,
 )
 
 
@@ -23,6 +30,14 @@ def test_a_step_run_goes_router_joint_final_with_the_rate_decaying_after_the_rou
     final = schedule.at(0.85, 765, 0.3)
     assert final.stage == "final" and final.lr < joint.lr
     assert not schedule.at(0.35, 315, 0.3).cubic
+    assert not joint.latent_rounding and schedule.at(0.75, 675, 0.3).latent_rounding
+
+
+def test_the_latents_train_through_noise_until_the_final_stage_by_default():
+    schedule = Schedule.for_run(TrainConfig(steps=1000), steps=1000, fresh=True, has_router=False)
+    points = [schedule.at(f, int(1000 * f), 0.0) for f in (0.0, 0.5, 0.79, 0.81, 0.999)]
+    assert all(p.latent_qat and not p.latent_rounding for p in points)
+    assert [p.stage for p in points] == ["joint", "joint", "joint", "final", "final"]
 
 
 def test_a_continued_run_or_a_model_without_router_has_no_router_stage():

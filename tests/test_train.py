@@ -198,3 +198,35 @@ def test_the_optimizer_is_adam_fused_where_torch_has_it_and_steps_as_the_plain_o
             optimizer.step()
     assert (params[0] - start).abs().max() > 1e-2  # it moved
     torch.testing.assert_close(params[0], params[1])
+
+
+@pytest.mark.parametrize("rounding_from", [1.0, 0.0])
+def test_the_joint_stage_reads_the_latents_with_noise_over_their_step_and_a_preview_rounded(phantom, rounding_from):
+    """By default a joint step reads each latent within half its rate-set step of its value, the
+    noise drawn anew each time; a forward pass without gradient (a preview) reads the rounding the
+    file would hold. With `latent_rounding_from` 0 the joint stage rounds (straight-through)."""
+    volume, _ = phantom
+    settings = pipeline.Settings(ratio=16, experts=1, encoder="grid")
+    config = TrainConfig(steps=300, batch_size=2048, latent_rounding_from=rounding_from)
+    fitter = pipeline.new_fitter(volume, pipeline.make_plan(volume, settings, config), config)
+    run = fitter.fit()
+    for progress in run:
+        if progress.step > 120:  # past the zero grids' first step, refreshed at step 100
+            break
+    assert progress.stage == "joint" and not fitter.quantization.latent_rate.flat
+    grid = fitter.model.encoder
+    step = grid.fake_qsteps["grid0"]
+    rounded = torch.round(grid.grid0 / step) * step
+    assert grid.noise is (fitter.noise_rng if rounding_from == 1.0 else None)
+    noisy = [grid._param("grid0").detach() for _ in range(2)]
+    if rounding_from == 1.0:
+        assert (noisy[0] - grid.grid0).abs().max() <= step / 2 + 1e-6
+        assert not torch.equal(noisy[0], noisy[1]) and not torch.equal(noisy[0], rounded)
+    else:
+        assert torch.equal(noisy[0], rounded) and torch.equal(noisy[1], rounded)
+    coords = coords_from_flat(torch.arange(0, volume.data.size, 11), volume.shape)
+    previews = [predict(fitter.model, coords)[0] for _ in range(2)]
+    with torch.no_grad():
+        assert torch.equal(grid._param("grid0"), rounded)
+    assert np.array_equal(previews[0], previews[1])
+    run.close()

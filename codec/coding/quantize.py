@@ -168,6 +168,14 @@ def fake_quantize(w: torch.Tensor, qstep: torch.Tensor) -> torch.Tensor:
     return w + (q - w).detach()
 
 
+def add_quantization_noise(w: torch.Tensor, qstep: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`w` plus noise drawn uniformly over one qstep, centred: training's smooth stand-in for the
+    rounding error (the same spread), through which every value gets the gradient of where it is,
+    where straight-through rounding answers a value below half a step with zero in the forward pass."""
+    noise = torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype)
+    return w + noise.sub_(0.5).mul_(qstep)
+
+
 def round_in_place(param: torch.nn.Parameter, qstep: np.ndarray | None) -> None:
     """Replace a parameter by its stored form: its dequantized value, or float16 when qstep is None."""
     with torch.no_grad():

@@ -53,6 +53,11 @@ class LatentRate:
     def _values(self) -> list[np.ndarray]:
         return [p.detach().cpu().numpy() for p in self.grids.values()]
 
+    @property
+    def flat(self) -> bool:
+        """Whether the qsteps in use were set on zero grids (1: the first small updates round away)."""
+        return self._flat_since is not None
+
     def during_training(self, fraction: float, step: int) -> dict[str, torch.Tensor]:
         flat_over = self._flat_since is not None and fraction - self._flat_since >= FLAT_SHARE
         if not self._qsteps or step % LATENT_QSTEP_EVERY == 0 or flat_over:

@@ -22,7 +22,8 @@ class Point:
     lr: float
     decay_from: float  # the fraction the learning rate decays from (where the router stage ended)
     cubic: bool  # the latent grids are read cubically from here on
-    latent_qat: bool  # the latents train through their rounding from here on (joint stage)
+    latent_qat: bool  # the latents train through their quantization from here on (joint stage)
+    latent_rounding: bool  # that quantization is their rounding, not noise over their step
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Schedule:
     final_fraction: float
     cubic_from: float
     latent_qat_from: float
+    latent_rounding_from: float
 
     @classmethod
     def for_run(cls, config: TrainConfig, *, steps: int | None, fresh: bool, has_router: bool) -> Schedule:
@@ -54,6 +56,7 @@ class Schedule:
             config.final_fraction,
             config.cubic_from,
             config.latent_qat_from,
+            config.latent_rounding_from,
         )
 
     def at(self, fraction: float, steps_done: int, decay_from: float) -> Point:
@@ -64,7 +67,14 @@ class Schedule:
         else:
             stage = "joint" if fraction < 1.0 - self.final_fraction else "final"
             lr = self.lr * self.lr_decay ** ((fraction - decay_from) / (1.0 - decay_from))
-        return Point(stage, lr, decay_from, fraction >= self.cubic_from, fraction >= self.latent_qat_from)
+        return Point(
+            stage,
+            lr,
+            decay_from,
+            fraction >= self.cubic_from,
+            fraction >= self.latent_qat_from,
+            fraction >= self.latent_rounding_from,
+        )
 
     def in_router_stage(self, fraction: float, steps_done: int) -> bool:
         """Whether the next step is one of the router's: its steps are counted, and in a timed run

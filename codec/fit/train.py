@@ -8,8 +8,9 @@ A run's stages (docs/design.md, "The network"):
             by default, so joint training does not collapse onto one expert (it reads the
             encoder's features but never trains them: codec.model.network);
     joint   everything, loss = MSE + balancing loss (Switch form, alpha N sum_i f_i P_i) + the
-            latents' rate penalty (sparse and smooth grids code to fewer bits), until
-            1 - final_fraction of the budget;
+            latents' rate penalty (sparse and smooth grids code to fewer bits), the latents read
+            with uniform noise over their rate-set step (rounded, straight-through, from
+            TrainConfig.latent_rounding_from), until 1 - final_fraction of the budget;
     final   encoder and router are quantized in place and frozen, so the partition stops moving
             and equals the one the decoder computes from the stored router; experts and decoder
             train quantization-aware against it, at the quantization steps (qsteps) the file
@@ -39,7 +40,7 @@ from codec.errors import MoecError
 from codec.fit.budget import Budget, Clock
 from codec.fit.quantization import Quantization
 from codec.fit.sampling import VoxelSampler
-from codec.fit.schedule import STAGES, Schedule
+from codec.fit.schedule import STAGES, Point, Schedule
 from codec.io.roi import check_roi
 from codec.io.volume import Volume
 from codec.model import ModelConfig, MoEC, is_latent
@@ -249,6 +250,8 @@ class Fitter:
         )
         #: The random numbers of the batches drawn.
         self.rng = torch.Generator().manual_seed(config.seed + 1)
+        #: The random numbers of the latents' quantization noise (apart: the batches stay as they were).
+        self.noise_rng = torch.Generator(device=self.device).manual_seed(config.seed + 2)
         #: Draws the batches: busy voxels and the region of interest more often, weighted back. One
         #: built for another Fitter of the same volume, configuration and region may be passed in
         #: (`sampler`): its strata are costly to build on a large volume, in time and memory.
@@ -309,7 +312,7 @@ class Fitter:
                     stage = point.stage
                 for group in optimizer.param_groups:
                     group["lr"] = point.lr * group["scale"]
-                loss, mse, share, balance = self._step(stage, optimizer, fraction, point.latent_qat)
+                loss, mse, share, balance = self._step(stage, optimizer, fraction, point)
                 run.done += 1
                 self.steps_run += 1
                 self.stage_steps[stage] += 1
@@ -397,7 +400,7 @@ class Fitter:
         return flat, coords_from_flat(flat, self.shape), self.target[flat], weight
 
     def _step(
-        self, stage: str, optimizer: torch.optim.Optimizer, fraction: float, latent_qat: bool
+        self, stage: str, optimizer: torch.optim.Optimizer, fraction: float, point: Point
     ) -> tuple[float, float, tuple[float, ...], float]:
         """One optimisation step: (loss as reported, MSE, expert shares, balancing loss)."""
         model = self.model
@@ -413,8 +416,13 @@ class Fitter:
             return loss.item(), math.nan, tuple(share.tolist()), 0.0
         if stage == "final":
             model.set_fake_qsteps(self.quantization.final_qsteps())
-        elif model.config.encoder == "grid" and not self.quant.float16 and latent_qat:
-            model.set_fake_qsteps(self.quantization.latent_rate.during_training(fraction, self.steps_run))
+        elif model.config.encoder == "grid" and not self.quant.float16 and point.latent_qat:
+            latent_rate = self.quantization.latent_rate
+            qsteps = latent_rate.during_training(fraction, self.steps_run)
+            # Zero grids' first step (1) is there to round the first small updates away: noise over
+            # it would bury the features the experts are fitting.
+            noise = None if point.latent_rounding or latent_rate.flat else self.noise_rng
+            model.set_fake_qsteps(qsteps, noise)
         out = model(coords)
         error = (out.values[:, 0] - target).square()
         mse = error.mean() if weight is None else (weight * error).mean()

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from codec.coding.quantize import fake_quantize
+from codec.coding.quantize import add_quantization_noise, fake_quantize
 
 
 def uniform_parameter(shape: tuple[int, ...], bound: float, generator: torch.Generator) -> nn.Parameter:
@@ -19,10 +19,17 @@ class FakeQuantizable(nn.Module):
     """A module whose parameters can be read through fake quantization (quantization-aware training)."""
 
     fake_qsteps: dict[str, torch.Tensor] | None = None
+    #: Where set, a training step reads the tensors of fake_qsteps with uniform noise over their
+    #: qstep, drawn from this generator (quantize.add_quantization_noise), instead of rounded. A
+    #: forward pass without gradient (a preview of the model as it trains) reads them rounded: the
+    #: values a file written now would hold, and the training's random numbers left alone.
+    noise: torch.Generator | None = None
 
     def _param(self, name: str) -> torch.Tensor:
         p = getattr(self, name)
         if self.fake_qsteps is not None and name in self.fake_qsteps:
+            if self.noise is not None and torch.is_grad_enabled():
+                return add_quantization_noise(p, self.fake_qsteps[name], self.noise)
             return fake_quantize(p, self.fake_qsteps[name])
         return p
 

@@ -208,8 +208,10 @@ class MoEC(nn.Module):
         """The tensors that decide the partition: frozen (and quantized) in the final stage."""
         return [n for n, _ in self.config.tensor_shapes() if n.startswith(("encoder.", "router."))]
 
-    def set_fake_qsteps(self, qsteps: dict[str, torch.Tensor] | None) -> None:
+    def set_fake_qsteps(self, qsteps: dict[str, torch.Tensor] | None, noise: torch.Generator | None = None) -> None:
         """Fake-quantize the named tensors (name -> qstep) in every forward pass; None: all off.
+        With a `noise` generator they are read with uniform noise over their qstep instead of
+        rounded (quantize.add_quantization_noise).
 
         Expert and decoder tensors in the final stage; latent grids while they learn to live with
         their coarse qsteps. The SIREN encoder and the router need none: in the final stage they are
@@ -219,3 +221,4 @@ class MoEC(nn.Module):
             if isinstance(module, FakeQuantizable):
                 chosen = {n[len(prefix) :]: s for n, s in (qsteps or {}).items() if n.startswith(prefix)}
                 module.fake_qsteps = chosen or None
+                module.noise = noise if chosen else None
